@@ -1,0 +1,144 @@
+"""Command line: ``python -m ftmpi train|inspect|report ...``.
+
+This is the one place that turns errors into one-line messages and exit codes. A training run ends every
+rank with ``os._exit`` after its files are flushed: we measured that ranks calling ``MPI_Finalize`` after a
+peer left with ``os._exit(1)`` wait forever, while ranks that skip it end the job at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftmpi", description="Fault-tolerant distributed trainer (MPI SPMD).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train (run under mpirun -n 1+W; see jobs/local.sh)")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--run-dir", help="output folder (default: executor.shared_folder)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    t.add_argument("--inject", action="append", default=[], metavar="KIND:R@N[:S]",
+                   help="inject a fault: kill|exit|hang|pause|slow, rank R, round N (repeatable)")
+    t.add_argument("--detector", choices=["auto", "ulfm", "timeout"], help="executor.failure_detector")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest valid checkpoint in RUN_DIR")
+    t.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tb")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "train":
+        return _train(args)
+    return EXIT_BAD_INPUT
+
+
+def _say(rank: int, text: str) -> None:
+    sys.stderr.write(f"ftmpi: rank {rank}: {text}\n")
+    sys.stderr.flush()
+
+
+def _end(code: int) -> None:
+    """Leave without MPI_Finalize (see module docstring)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _train(args: argparse.Namespace) -> int:
+    t_start = time.monotonic()
+    import mpi4py
+
+    mpi4py.rc.finalize = False
+    from mpi4py import MPI
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    size = MPI.COMM_WORLD.Get_size()
+    try:
+        from .config import load_config
+
+        overrides = list(args.overrides)
+        if args.detector:
+            overrides.append(f"executor.failure_detector={args.detector}")
+        if args.tensorboard:
+            overrides.append("executor.tensorboard=true")
+        if args.quiet:
+            overrides.append("executor.progress=false")
+        if args.inject:
+            overrides.append("faults=[" + ",".join(repr(s) for s in args.inject) + "]")
+        cfg = load_config(args.config, overrides)
+        if size < 2:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{args.config}: need at least 2 MPI ranks (1 coordinator + workers), got {size}; "
+                              "launch with jobs/local.sh W CONFIG or mpirun -n 1+W")
+        run_dir = Path(args.run_dir or cfg.run_dir)
+        from .comm import Channel, resolve_detector
+
+        detector = resolve_detector(cfg.executor.failure_detector)
+    except FtmpiError as exc:
+        if rank == 0:
+            _say(rank, f"error: {exc}")
+        _end(exc.exit_code)
+    ch = Channel(MPI.COMM_WORLD, detector)
+    code = EXIT_CRASH
+    try:
+        if rank == 0:
+            code = _run_rank0(ch, cfg, run_dir, t_start)
+        else:
+            from .worker import run_worker
+
+            code = run_worker(ch, cfg, run_dir)
+    except FtmpiError as exc:
+        _say(rank, f"error: {exc}")
+        code = exc.exit_code
+        if rank == 0:
+            _tell_workers_to_leave(ch, str(exc))
+    except BaseException as exc:  # a real crash: tell rank 0 who, where and why, then leave
+        tb = traceback.format_exc()
+        _say(rank, f"crashed on {socket.gethostname()}: {type(exc).__name__}: {exc}\n{tb}")
+        code = EXIT_CRASH
+        if rank == 0:
+            _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}")
+        else:
+            from .comm import TAG_REPLY
+
+            ch.send(0, TAG_REPLY, {"t": "error", "rank": rank, "host": socket.gethostname(),
+                                   "error": f"{type(exc).__name__}: {exc}"})
+            ch.flush(time.monotonic() + 2.0)
+    _end(code)
+    return code
+
+
+def _tell_workers_to_leave(ch, reason: str) -> None:
+    from .comm import TAG_CTRL
+
+    for r in range(1, ch.size):
+        ch.send(r, TAG_CTRL, {"t": "exit", "reason": reason})
+    ch.flush(time.monotonic() + 2.0)
+
+
+def _run_rank0(ch, cfg, run_dir: Path, t_start: float) -> int:
+    from .config import dump_config
+    from .coordinator import run_coordinator
+    from .metrics import Progress
+
+    import shutil
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("faults", "shards"):  # leftovers of an earlier run in the same folder would mislead
+        shutil.rmtree(run_dir / stale, ignore_errors=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    progress = Progress(cfg.executor.progress)
+    for w in cfg.warnings:
+        progress.event(f"warning: {w}")
+    return run_coordinator(ch, cfg, run_dir, progress, t_start)

@@ -1,0 +1,332 @@
+"""Deadline-bound point-to-point messaging and failure detection.
+
+Every MPI wait in ftmpi goes through :meth:`Channel.poll`: nonblocking requests tested in a loop with a
+bounded exponential backoff until a deadline. Nothing here blocks without a deadline.
+
+Traffic is a star of point-to-point messages between rank 0 and each worker on a duplicate of
+``COMM_WORLD`` with ``ERRORS_RETURN``. We measured (see DESIGN.md, "Traps") that a tree-shaped collective
+through one hung rank stalls every rank below it, while point-to-point traffic isolates each worker and
+needs no communicator rebuild when membership changes. ULFM, where it is in force, is used for what it
+does best: a failed peer's pending receive fails within milliseconds with ``ERR_PROC_FAILED``
+(``Get_failed`` names the ranks), and the alive communicator of the survivors is rebuilt with the
+nonblocking ``Ishrink`` and confirmed with ``Iagree`` (see :meth:`Channel.rebuild_alive`).
+
+Messages are pickled (protocol 5) by us, so the byte counts on the wire are exact, and received with a
+matched probe (``Improbe`` then ``Message.Irecv``) into a buffer of the probed size.
+"""
+from __future__ import annotations
+
+import array
+import enum
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from mpi4py import MPI
+
+from .errors import PeerFailed, PeerTimeout
+
+TAG_CTRL = 11  # coordinator -> worker: round, handoff, ping, stop, exit
+TAG_REPLY = 12  # worker -> coordinator: hello, reply, error, bye
+
+_ULFM_CLASSES = {getattr(MPI, n, None) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
+_ULFM_CLASSES.discard(None)
+
+
+class Detector(str, enum.Enum):
+    """How failures are detected. ``auto`` uses ULFM when in force, and the deadline always."""
+
+    AUTO = "auto"
+    ULFM = "ulfm"
+    TIMEOUT = "timeout"
+
+
+def ulfm_in_force() -> bool:
+    """True when this job runs with ULFM enabled.
+
+    Checked explicitly: the library must be Open MPI >= 5 with distinct ULFM error classes, and the job
+    must have been launched with ULFM on (``mpirun --with-ft ulfm`` exports ``OMPI_MCA_mpi_ft_enable=1``).
+    Calling ``Shrink``/``Agree`` proves nothing: without ULFM mpi4py maps them to ``Comm_dup``/allreduce.
+    """
+    vendor, version = MPI.get_vendor()
+    if vendor != "Open MPI" or version < (5, 0, 0):
+        return False
+    if MPI.ERR_PROC_FAILED in (MPI.ERR_UNKNOWN, MPI.ERR_OTHER):
+        return False
+    flag = os.environ.get("OMPI_MCA_mpi_ft_enable", "").strip().lower()
+    return flag in ("1", "true", "yes", "on", "enabled")
+
+
+def resolve_detector(requested: str) -> Detector:
+    """Turn the configured detector into the one in force; ``ulfm`` without ULFM is an error."""
+    det = Detector(requested)
+    have = ulfm_in_force()
+    if det is Detector.ULFM and not have:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            "executor.failure_detector: 'ulfm' needs Open MPI 5 launched with `mpirun --with-ft ulfm` "
+            "(use jobs/local.sh), or choose 'auto'/'timeout'"
+        )
+    if det is Detector.AUTO:
+        return Detector.ULFM if have else Detector.TIMEOUT
+    return det
+
+
+def is_ulfm_error(exc: BaseException) -> bool:
+    """True when ``exc`` is an MPI error that reports a failed or revoked peer."""
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _ULFM_CLASSES
+
+
+@dataclass
+class Traffic:
+    """Bytes and messages through this rank, for metrics."""
+
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    msgs_sent: int = 0
+    msgs_recv: int = 0
+
+
+@dataclass
+class Outcome:
+    """What a multi-peer wait ended with: the messages that arrived, and who did not answer and why."""
+
+    messages: dict[int, list[Any]] = field(default_factory=dict)
+    failed: dict[int, float] = field(default_factory=dict)  # rank -> time ULFM reported it
+    timed_out: dict[int, float] = field(default_factory=dict)  # rank -> time the deadline passed
+
+
+class Backoff:
+    """Sleep between polls: starts at ``first`` seconds, doubles up to ``cap``."""
+
+    def __init__(self, first: float = 5e-5, cap: float = 5e-3) -> None:
+        self.first, self.cap, self.cur = first, cap, first
+
+    def reset(self) -> None:
+        self.cur = self.first
+
+    def sleep(self, limit: float | None = None) -> None:
+        d = self.cur if limit is None else max(0.0, min(self.cur, limit))
+        time.sleep(d)
+        self.cur = min(self.cap, self.cur * 2)
+
+
+class Channel:
+    """Point-to-point pickled messages on a private duplicate of a communicator, every wait bounded.
+
+    Args:
+        comm: the communicator to duplicate (normally ``MPI.COMM_WORLD``).
+        detector: the failure detector in force (see :func:`resolve_detector`).
+    """
+
+    def __init__(self, comm: MPI.Comm, detector: Detector) -> None:
+        self.comm = comm.Dup()
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.detector = detector
+        self.traffic = Traffic()
+        # Send buffers stay referenced until their request completes; abandoned ones are never freed
+        # early (a request to a dead peer may never complete).
+        self._outbox: list[tuple[MPI.Request, bytes, int]] = []
+        self.alive_comm: MPI.Comm | None = None
+
+    # ---------------------------------------------------------------- sending
+    def send(self, dest: int, tag: int, obj: Any) -> int:
+        """Start sending ``obj`` to ``dest``; returns its size in bytes. Never blocks."""
+        buf = pickle.dumps(obj, protocol=5)
+        try:
+            req = self.comm.Isend([buf, MPI.BYTE], dest, tag)
+        except MPI.Exception as exc:  # a peer known to have failed: the caller learns it on receive
+            if not is_ulfm_error(exc):
+                raise
+            return 0
+        self._outbox.append((req, buf, dest))
+        self.traffic.bytes_sent += len(buf)
+        self.traffic.msgs_sent += 1
+        self._reap()
+        return len(buf)
+
+    def _reap(self) -> None:
+        keep = []
+        for item in self._outbox:
+            try:
+                done = item[0].Test()
+            except MPI.Exception:
+                done = False  # to a failed peer: keep the buffer alive, never free early
+            if not done:
+                keep.append(item)
+        self._outbox = keep
+
+    def flush(self, deadline: float, dests: Iterable[int] | None = None) -> bool:
+        """Wait (bounded) until sends to ``dests`` (default all) complete; True if they all did."""
+        wanted = None if dests is None else set(dests)
+        back = Backoff()
+        while True:
+            self._reap()
+            pending = [d for _, _, d in self._outbox if wanted is None or d in wanted]
+            if not pending:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            back.sleep(deadline - time.monotonic())
+
+    # -------------------------------------------------------------- receiving
+    def _try_recv(self, source: int, tag: int) -> tuple[bool, Any]:
+        """Probe once for a message from ``source``; receive it if there. Raises MPI.Exception."""
+        status = MPI.Status()
+        msg = self.comm.Improbe(source, tag, status)
+        if msg is None:
+            return False, None
+        n = status.Get_count(MPI.BYTE)
+        buf = bytearray(n)
+        req = msg.Irecv([buf, MPI.BYTE])
+        back = Backoff()
+        # The whole message is matched; a large one may still be streaming in. A sender that dies now
+        # makes Test raise under ULFM; without ULFM the caller's deadline still bounds us.
+        t_end = time.monotonic() + 60.0
+        while not req.Test():
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"message of {n} bytes from rank {source} stalled mid-transfer")
+            back.sleep()
+        self.traffic.bytes_recv += n
+        self.traffic.msgs_recv += 1
+        return True, pickle.loads(buf)
+
+    def failed_ranks(self) -> set[int]:
+        """World ranks ULFM knows to have failed (empty without ULFM)."""
+        if self.detector is not Detector.ULFM:
+            return set()
+        try:
+            grp = self.comm.Get_failed()
+        except MPI.Exception:
+            return set()
+        try:
+            n = grp.Get_size()
+            if n == 0:
+                return set()
+            ranks = MPI.Group.Translate_ranks(grp, list(range(n)), self.comm.Get_group())
+            return {r for r in ranks if r != MPI.UNDEFINED}
+        finally:
+            grp.Free()
+
+    def poll(
+        self,
+        sources: Sequence[int],
+        tag: int,
+        deadline: float,
+        until: Callable[[Outcome], bool],
+        on_tick: Callable[[], None] | None = None,
+        tick_every: float = 1.0,
+    ) -> Outcome:
+        """The one wait loop. Receive from ``sources`` until ``until(outcome)`` or ``deadline``.
+
+        A source that ULFM reports as failed goes to ``outcome.failed`` (only when the ULFM detector is in
+        force; under the timeout detector such errors are ignored and the deadline decides). Sources still
+        silent at the deadline go to ``outcome.timed_out``. Several messages per source may arrive.
+        """
+        out = Outcome()
+        live = list(sources)
+        back = Backoff()
+        next_tick = time.monotonic() + tick_every
+        while True:
+            got = False
+            for src in list(live):
+                try:
+                    ok, obj = self._try_recv(src, tag)
+                except MPI.Exception as exc:
+                    if not is_ulfm_error(exc):
+                        raise
+                    if self.detector is Detector.ULFM:
+                        out.failed[src] = time.monotonic()
+                        live.remove(src)
+                    continue
+                if ok:
+                    got = True
+                    out.messages.setdefault(src, []).append(obj)
+            if until(out):
+                return out
+            now = time.monotonic()
+            if now >= deadline:
+                for src in live:
+                    if src not in out.failed:
+                        out.timed_out[src] = now
+                return out
+            if on_tick is not None and now >= next_tick:
+                on_tick()
+                next_tick = now + tick_every
+            if got:
+                back.reset()
+            else:
+                back.sleep(deadline - now)
+
+    def recv_one(self, source: int, tag: int, timeout: float, phase: str, hint: str = "") -> Any:
+        """Receive one message from ``source`` within ``timeout`` seconds, or raise PeerFailed/Timeout."""
+        t0 = time.monotonic()
+        out = self.poll([source], tag, t0 + timeout, until=lambda o: bool(o.messages))
+        if out.messages:
+            return out.messages[source][0]
+        waited = time.monotonic() - t0
+        if out.failed:
+            raise PeerFailed([source], phase, waited, hint)
+        raise PeerTimeout([source], phase, waited, hint)
+
+    # ------------------------------------------------------ alive communicator
+    def rebuild_alive(self, members: Sequence[int], epoch: int, timeout: float) -> bool:
+        """Rebuild the communicator of the alive ranks and agree on ``epoch`` (ULFM only).
+
+        Every member calls this with the same arguments after a membership change. ``Ishrink`` drops the
+        failed ranks, then ``Iagree`` (a fault-tolerant AND over the survivors) confirms that every survivor
+        reached the same epoch. Both are polled against the deadline; a member that hangs instead of dying
+        makes them miss it, and then we carry on without the rebuilt communicator (the star traffic does
+        not need it) and say so. Returns True when the rebuilt communicator matches ``members``.
+        """
+        if self.detector is not Detector.ULFM:
+            return False
+        deadline = time.monotonic() + timeout
+        base = self.alive_comm if self.alive_comm is not None else self.comm
+        try:
+            base.Ack_failed()
+            new_comm, req = base.Ishrink()
+        except MPI.Exception:
+            return False
+        if not _wait_request(req, deadline):
+            return False
+        new_comm.Set_errhandler(MPI.ERRORS_RETURN)
+        grp, wgrp = new_comm.Get_group(), self.comm.Get_group()
+        try:
+            world = MPI.Group.Translate_ranks(grp, list(range(grp.Get_size())), wgrp)
+        finally:
+            grp.Free()
+            wgrp.Free()
+        flag = array.array("i", [1 if sorted(world) == sorted(members) else 0])
+        try:
+            areq = new_comm.Iagree(flag)
+        except MPI.Exception:
+            return False
+        if not _wait_request(areq, deadline):
+            return False
+        old, self.alive_comm = self.alive_comm, new_comm
+        if old is not None:
+            try:
+                old.Free()
+            except MPI.Exception:
+                pass
+        return bool(flag[0])
+
+
+def _wait_request(req: MPI.Request, deadline: float) -> bool:
+    """Poll one request until it completes (True) or fails or the deadline passes (False)."""
+    back = Backoff()
+    while True:
+        try:
+            if req.Test():
+                return True
+        except MPI.Exception:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        back.sleep(deadline - time.monotonic())

@@ -1,0 +1,528 @@
+"""Configuration: YAML file -> frozen dataclasses, validated once, at load.
+
+Each key takes the first value found in this order: a ``--set section.key=value`` override, the YAML file,
+the environment variable ``FTMPI_<SECTION>_<KEY>`` (``FTMPI_NAME``/``FTMPI_FAULTS`` for the top-level
+keys), then the default written on the dataclass field below. Override and environment values are read as
+YAML scalars or lists, so ``--set model.hidden=[64,32]`` and ``FTMPI_EXECUTOR_TIMEOUT=5`` both work.
+
+Every problem is raised as a one-line :class:`~ftmpi.errors.ConfigError` that names where the value came
+from (file, ``--set`` or the variable), the key path and what was expected. Keys of the original system
+(``executor.strategy``, ``executor.aggregate_mode``, numeric ``executor.remap`` and ``executor.scenario``)
+are accepted and mapped; each adds one line to ``Config.warnings`` instead of printing, so the caller
+decides where warnings go (rank 0 only, usually).
+
+The YAML reader differs from ``yaml.safe_load`` in two ways: ``1e-8`` is a float (YAML 1.1 would read
+it as a string, a classic trap for ``eps``), and a key repeated within one mapping is an error rather
+than a silent overwrite.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ftmpi.errors import ConfigError
+
+__all__ = [
+    "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
+    "config_to_dict", "dump_config", "load_config", "parse_fault",
+]
+
+
+class _Bad(Exception):
+    """A value failed its check; the message says what was expected."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    desc = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def check(v: Any) -> int:
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            raise _Bad(desc)
+        return int(v)
+    return check
+
+
+def _num(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+         ) -> Callable[[Any], float]:
+    if hi is None:
+        desc = f"a number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        desc = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def check(v: Any) -> float:
+        ok = _is_num(v) and (v > lo if lo_open else v >= lo)
+        if ok and hi is not None:
+            ok = v < hi if hi_open else v <= hi
+        if not ok:
+            raise _Bad(desc)
+        return float(v)
+    return check
+
+
+def _typed(ok: Callable[[Any], bool], desc: str) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if not ok(v):
+            raise _Bad(desc)
+        return v
+    return check
+
+
+_bool = _typed(lambda v: isinstance(v, bool), "true or false")
+_str = _typed(lambda v: isinstance(v, str), "a string")
+_nonempty_str = _typed(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+_opt_str = _typed(lambda v: v is None or isinstance(v, str), "a string or null")
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    return _typed(lambda v: isinstance(v, str) and v in options, "one of " + ", ".join(options))
+
+
+def _hidden(v: Any) -> tuple[int, ...]:
+    if _is_int(v):  # a single layer given as a scalar, e.g. --set model.hidden=64
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not all(_is_int(h) and h >= 1 for h in v):
+        raise _Bad("a list of integers >= 1")
+    return tuple(int(h) for h in v)
+
+
+def _n_most_rep(v: Any) -> int | float:
+    if _is_int(v) and v >= 0:
+        return int(v)
+    if isinstance(v, float) and 0.0 < v < 1.0:
+        return v
+    raise _Bad("an integer >= 0 (a count) or a number in (0, 1) (a fraction of the shard)")
+
+
+def _f(default: Any, check: Callable[[Any], Any]) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model shape and the local training loop of each worker."""
+
+    type: str = _f("logreg", _choice("logreg", "mlp"))
+    hidden: tuple[int, ...] = _f((128,), _hidden)
+    n_iterations: int = _f(300, _int(1))  # total local iterations per worker
+    batch_size: int = _f(128, _int(1))
+    shuffle: bool = _f(True, _bool)
+    seed: int = _f(0, _int(0))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Local optimizer, pull towards the global model, representative selection and clipping."""
+
+    name: str = _f("sgd", _choice("sgd", "adam"))
+    learning_rate: float = _f(0.05, _num(0, lo_open=True))
+    mu_g: float = _f(0.0, _num(0))
+    n_most_rep: int | float = _f(100, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
+    rep_selection: str = _f("loss", _choice("loss", "random", "stratified"))
+    clip_norm: float = _f(0.0, _num(0))  # 0 = off
+    clip_val: float = _f(0.0, _num(0))  # 0 = off
+    momentum: float = _f(0.0, _num(0, 1, hi_open=True))
+    beta1: float = _f(0.9, _num(0, 1, hi_open=True))
+    beta2: float = _f(0.999, _num(0, 1, hi_open=True))
+    eps: float = _f(1e-8, _num(0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How rank 0 runs rounds, detects failures, remaps data and records the run."""
+
+    comm_period: int = _f(10, _int(1))
+    delta_switch: float = _f(0.0, _num(0))  # 0 = off
+    send_gradients: bool = _f(False, _bool)
+    aggregate: str = _f("uniform", _choice("uniform", "samples", "loss"))
+    quantize: int = _f(0, _int(0, 8))  # bits, 0 = off
+    stochastic_rounding: bool = _f(False, _bool)
+    timeout: float = _f(10.0, _num(0, lo_open=True))  # join handshake and each round's replies
+    startup_timeout: float = _f(120.0, _num(0, lo_open=True))  # a worker's wait while rank 0 loads data
+    failure_detector: str = _f("auto", _choice("auto", "ulfm", "timeout"))
+    remap: str = _f("representative", _choice("representative", "full", "none"))
+    checkpoint_every: int = _f(0, _int(0))  # 0 = only at the end
+    keep: int = _f(3, _int(1))
+    tensorboard: bool = _f(False, _bool)
+    shared_folder: str = _f("runs/{name}", _nonempty_str)  # the run dir; {name} = Config.name
+    eval_every: int = _f(1, _int(1))
+    scenario: str = _f("", _str)  # a free label for result tables
+    progress: bool = _f(True, _bool)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where to find it, and how to split it over the workers."""
+
+    dataset: str = _f("fashion-mnist", _choice("fashion-mnist", "mnist", "occupancy", "synthetic"))
+    path: str | None = _f(None, _opt_str)
+    partition: str = _f("iid", _choice("iid", "label-skew", "unbalanced", "contiguous"))
+    alpha: float = _f(0.3, _num(0, lo_open=True))  # Dirichlet concentration for label-skew
+    classes_per_worker: int = _f(0, _int(0))  # 0 = use alpha
+    power: float = _f(1.5, _num(0, lo_open=True))  # power-law exponent for unbalanced
+    n_samples: int = _f(4000, _int(10))  # synthetic only
+    n_features: int = _f(20, _int(1))
+    n_classes: int = _f(4, _int(2))
+    test_fraction: float = _f(0.2, _num(0, 1, lo_open=True, hi_open=True))  # synthetic only
+
+
+_FAULT_RE = re.compile(r"^(kill|exit|hang|pause|slow):(\d+)@(\d+)(?::([^:]+))?$")
+
+
+_TIMED = ("pause", "slow")
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One injected fault: ``kind`` (kill/exit/hang/pause/slow) hits world ``rank`` at ``round``.
+
+    Rank 0 may be hit too (coordinator loss); ``pause`` and ``slow`` take seconds ``S``."""
+
+    kind: str
+    rank: int
+    round: int
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        base = f"{self.kind}:{self.rank}@{self.round}"
+        return f"{base}:{self.seconds:g}" if self.kind in _TIMED else base
+
+
+def _fault(spec: Any) -> FaultSpec:
+    if not isinstance(spec, str):
+        raise _Bad("a fault string such as 'kill:1@3' or 'slow:2@0:0.5'")
+    m = _FAULT_RE.match(spec.strip())
+    if m is None:
+        raise _Bad("kill:R@N, exit:R@N, hang:R@N, pause:R@N:S or slow:R@N:S (R world rank, N round >= 0)")
+    kind, rank, rnd, secs = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    if kind in ("pause", "slow") and rank == 0:
+        raise _Bad(f"{kind} on a worker rank >= 1 (rank 0 may only be killed, exited or hung)")
+    if kind not in _TIMED:
+        if secs is not None:
+            raise _Bad(f"{kind}:R@N without seconds (only pause and slow take :S)")
+        return FaultSpec(kind, rank, rnd)
+    try:
+        seconds = float(secs) if secs is not None else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise _Bad(f"{kind}:R@N:S with S a number of seconds > 0")
+    return FaultSpec(kind, rank, rnd, seconds)
+
+
+def parse_fault(spec: str) -> FaultSpec:
+    """Parse one fault string: ``kill:R@N``, ``exit:R@N``, ``hang:R@N`` or ``slow:R@N:S``.
+
+    Args:
+        spec: The fault; R is the world rank (>= 1), N the round (>= 0), S seconds (> 0).
+
+    Returns:
+        The parsed :class:`FaultSpec`.
+
+    Raises:
+        ConfigError: If the string is malformed.
+    """
+    try:
+        return _fault(spec)
+    except _Bad as exc:
+        raise ConfigError(f"fault {_show(spec)}: expected {exc}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated run configuration. ``source`` is the YAML file it came from, if any."""
+
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    faults: tuple[FaultSpec, ...] = ()
+    source: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory: ``executor.shared_folder`` with ``{name}`` replaced by :attr:`name`."""
+        return Path(self.executor.shared_folder.replace("{name}", self.name))
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "optimizer": OptimizerConfig, "executor": ExecutorConfig, "data": DataConfig,
+}
+_TOP = ("name", "faults")
+_KEYS = [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)]
+_LEGACY = ("executor.strategy", "executor.aggregate_mode")
+_AGGREGATE_MODES = {0: "uniform", 1: "samples", 2: "loss"}
+_REMAP_CODES = {0: "representative", 1: "full"}
+_ALIASES = {"lr": "learning_rate", "bits": "quantize", "epochs": "n_iterations"}  # common misnomers
+
+_Sourced = dict[str, tuple[Any, str]]  # key path -> (raw value, where it came from)
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(path: str) -> str:
+    """Return " (did you mean 'x.y'?)" for the valid key closest to ``path``, or ""."""
+    section, _, key = path.rpartition(".")
+    key = _ALIASES.get(key, key)
+    leaves = {k: k.rpartition(".")[2] for k in _KEYS}
+    same = {leaf: k for k, leaf in leaves.items() if k.startswith(section + ".")}
+    hits = [same[m] for m in difflib.get_close_matches(key, same, 1, 0.6)]
+    hits = hits or [k for k, leaf in leaves.items() if leaf == key]
+    if not hits:
+        every = {leaf: k for k, leaf in leaves.items()}
+        hits = [every[m] for m in difflib.get_close_matches(key, every, 1, 0.75)]
+    return f" (did you mean '{hits[0]}'?)" if hits else ""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-8`` as a float and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(problem.split())
+        raise ConfigError(f"{where}: not a valid YAML value {_show(text)}: {problem}") from None
+
+
+def _read_yaml(path: str) -> dict[Any, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{path}: cannot read config file: {reason}") from None
+    try:
+        tree = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {' '.join(problem.split())}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {_show(tree)}")
+    return tree
+
+
+def _flatten(tree: Mapping[Any, Any], where: str) -> _Sourced:
+    """Turn ``{section: {key: value}}`` into ``{"section.key": (value, where)}``, refusing unknown keys."""
+    flat: _Sourced = {}
+    for section, body in tree.items():
+        section = str(section)
+        if section in _TOP:
+            flat[section] = (body, where)
+            continue
+        if section not in _SECTIONS:
+            hits = difflib.get_close_matches(section, [*_SECTIONS, *_TOP], 1, 0.6)
+            hint = f" (did you mean '{hits[0]}'?)" if hits else ""
+            raise ConfigError(f"{where}: {section}: unknown section{hint}")
+        if body is None:  # "model:" with nothing under it
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {_show(body)}")
+        for key, value in body.items():
+            path = f"{section}.{key}"
+            if path not in _KEYS and path not in _LEGACY:
+                raise ConfigError(f"{where}: {path}: unknown key{_suggest(path)}")
+            flat[path] = (value, where)
+    return flat
+
+
+def _from_overrides(overrides: Sequence[str]) -> _Sourced:
+    flat: _Sourced = {}
+    for item in overrides:
+        path, eq, text = item.partition("=")
+        path = path.strip()
+        if not eq or not path:
+            raise ConfigError(f"--set {_show(item)}: expected section.key=value")
+        value = _yaml_value(text, f"--set {path}")
+        section, dot, key = path.partition(".")
+        flat.update(_flatten({section: {key: value}} if dot else {path: value}, "--set"))
+    return flat
+
+
+def _from_env(env: Mapping[str, str]) -> _Sourced:
+    flat: _Sourced = {}
+    for path in (*_TOP, *_KEYS):
+        var = "FTMPI_" + path.replace(".", "_").upper()
+        if var in env:
+            flat[path] = (_yaml_value(env[var], var), var)
+    return flat
+
+
+def _apply_legacy(flat: _Sourced, warnings: list[str]) -> None:
+    """Map the original system's spellings in one source onto the current keys (in place)."""
+    if "executor.strategy" in flat:
+        value, where = flat.pop("executor.strategy")
+        if value != "mw":
+            raise ConfigError(f"{where}: executor.strategy: expected 'mw' (master-worker, the only "
+                              f"strategy), got {_show(value)}")
+        warnings.append(f"{where}: executor.strategy: deprecated and ignored (mw is the only strategy)")
+    if "executor.aggregate_mode" in flat:
+        value, where = flat.pop("executor.aggregate_mode")
+        if not _is_int(value) or value not in _AGGREGATE_MODES:
+            raise ConfigError(f"{where}: executor.aggregate_mode: expected 0, 1 or 2, got {_show(value)}")
+        new = _AGGREGATE_MODES[value]
+        if "executor.aggregate" in flat and flat["executor.aggregate"][0] != new:
+            raise ConfigError(f"{where}: executor.aggregate_mode: {value} means aggregate '{new}', but "
+                              f"executor.aggregate is {_show(flat['executor.aggregate'][0])}; keep one")
+        flat["executor.aggregate"] = (new, where)
+        warnings.append(f"{where}: executor.aggregate_mode: deprecated; use executor.aggregate: {new}")
+    if "executor.remap" in flat and _is_int(flat["executor.remap"][0]):
+        value, where = flat["executor.remap"]
+        if value not in _REMAP_CODES:
+            raise ConfigError(f"{where}: executor.remap: expected one of representative, full, none "
+                              f"(or legacy 0, 1), got {_show(value)}")
+        flat["executor.remap"] = (_REMAP_CODES[value], where)
+        warnings.append(f"{where}: executor.remap: numeric value {value} is deprecated; use "
+                        f"executor.remap: {_REMAP_CODES[value]}")
+    if "executor.scenario" in flat and _is_int(flat["executor.scenario"][0]):
+        value, where = flat["executor.scenario"]
+        flat["executor.scenario"] = (str(value), where)
+        warnings.append(f"{where}: executor.scenario: numeric value {value} is now only a label; "
+                        "executor.quantize and executor.remap choose the behaviour")
+
+
+def _checked(path: str, check: Callable[[Any], Any], value: Any, where: str) -> Any:
+    try:
+        return check(value)
+    except _Bad as exc:
+        raise ConfigError(f"{where}: {path}: expected {exc}, got {_show(value)}") from None
+
+
+def _faults(value: Any, where: str) -> tuple[FaultSpec, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):  # "kill:1@3, hang:2@5" (handy in FTMPI_FAULTS)
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: faults: expected a list of fault strings, got {_show(value)}")
+    return tuple(_checked(f"faults[{i}]", _fault, spec, where) for i, spec in enumerate(value))
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
+                env: Mapping[str, str] | None = None) -> Config:
+    """Load, merge and validate a configuration.
+
+    Args:
+        path: The YAML file, or None for the defaults alone.
+        overrides: ``section.key=value`` strings (the CLI's ``--set``); the value is read as YAML.
+        env: The environment to read ``FTMPI_*`` variables from; ``os.environ`` when None.
+
+    Returns:
+        The validated, frozen :class:`Config`.
+
+    Raises:
+        ConfigError: One line naming the file/override/variable, the key and what was expected.
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    warnings: list[str] = []
+    sources = [_from_env(os.environ if env is None else env)]
+    source = None if path is None else os.fspath(path)
+    if source is not None:
+        sources.append(_flatten(_read_yaml(source), source))
+    sources.append(_from_overrides(overrides))
+    merged: _Sourced = {}
+    for flat in sources:  # lowest precedence first
+        _apply_legacy(flat, warnings)
+        merged.update(flat)
+
+    sections = {}
+    for section, cls in _SECTIONS.items():
+        kwargs = {}
+        for f in fields(cls):
+            key = f"{section}.{f.name}"
+            if key in merged:
+                kwargs[f.name] = _checked(key, f.metadata["check"], *merged[key])
+        sections[section] = cls(**kwargs)
+    name = Path(source).stem if source is not None else "default"
+    if "name" in merged:
+        name = _checked("name", _nonempty_str, *merged["name"])
+    faults = _faults(*merged["faults"]) if "faults" in merged else ()
+
+    model = sections["model"]
+    if model.type == "mlp" and not model.hidden:
+        where = merged.get("model.hidden", merged.get("model.type", (None, "defaults")))[1]
+        raise ConfigError(f"{where}: model.hidden: expected at least one hidden layer for type mlp, got []")
+    return Config(name=name, faults=faults, source=source, warnings=tuple(dict.fromkeys(warnings)),
+                  **sections)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-data form of ``cfg`` (lists, faults as strings) that :func:`load_config` reads back."""
+    out: dict[str, Any] = {"name": cfg.name}
+    for section in _SECTIONS:
+        values = dataclasses.asdict(getattr(cfg, section))
+        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    out["faults"] = [str(f) for f in cfg.faults]
+    return out
+
+
+def dump_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved configuration as YAML, atomically (temp file, then ``os.replace``).
+
+    Args:
+        cfg: The configuration to write.
+        path: Destination file; missing parent directories are created.
+
+    Returns:
+        The path written.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# resolved ftmpi configuration (from {cfg.source or 'defaults'})\n"
+    text = header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

@@ -1,0 +1,423 @@
+"""Rank 0: membership, the round loop, aggregation, failure handling and handoff, outputs.
+
+State machine (:class:`CState`): JOINING → SHARDING → TRAINING (⇄ RECOVERING after a failure) →
+STOPPING → DONE, or NO_WORKERS when every worker is lost.
+
+Rank 0 alone decides membership. A worker is declared dead when ULFM reports it (detector ``ulfm``), when it
+misses a round's deadline (always), or when it reports its own crash. Every message carries
+(epoch, round); anything else is dropped and counted, and a rank already declared dead that speaks again is
+told to leave. The dead worker's rows are handed to the survivors (``executor.remap``) through HDF5 files
+named in their next round message; the ownership of every sample id is tracked so coverage is exact.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import faults as F
+from .codec import decode, encode
+from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
+from .config import Config
+from .data import Dataset, load_dataset
+from .errors import EXIT_NO_WORKERS, EXIT_OK
+from .metrics import MetricsCSV, Progress, write_json_atomic
+from .models import Model
+from .optim import Optimizer
+from .partition import Ownership, assign_handoff, class_histogram, partition
+from .shards import handoff_path, shard_path, write_shard
+from .worker import rep_count, select_representative
+
+
+class CState(enum.Enum):
+    JOINING = "joining"
+    SHARDING = "sharding"
+    TRAINING = "training"
+    RECOVERING = "recovering"
+    STOPPING = "stopping"
+    DONE = "done"
+    NO_WORKERS = "no-workers"
+
+
+@dataclass
+class Member:
+    rank: int
+    host: str = "?"
+    pid: int = 0
+    alive: bool = True
+    rep: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass
+class Failure:
+    """One worker lost: when, how it was noticed, and what it cost."""
+
+    rank: int
+    round: int
+    how: str  # ulfm | timeout | error | never-joined
+    detected_at: float  # wall clock (time.time())
+    injected_at: float | None = None  # wall clock of the injected fault, when one was injected
+    kind: str | None = None  # injected fault kind
+    detection_latency: float | None = None
+    recovery_time: float | None = None
+    handoff_time: float | None = None
+    rows_handed: int = 0
+    rows_dropped: int = 0
+    reason: str = ""
+
+
+class Coordinator:
+    def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float) -> None:
+        self.ch, self.cfg, self.run_dir, self.progress = ch, cfg, Path(run_dir), progress
+        self.t_start = t_start
+        self.state = CState.JOINING
+        self.members = {r: Member(r) for r in range(1, ch.size)}
+        self.failures: list[Failure] = []
+        self.epoch = 0
+        self.round = 0
+        self.iters_done = 0
+        self.period = cfg.executor.comm_period
+        self.switched_at: int | None = None
+        self.stale = 0
+        self.rows_handed = 0
+        self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
+        self.pending_handoff: dict[int, list[str]] = {}
+        self._awaiting_recovery: list[Failure] = []
+        self.last_acc = float("nan")
+        self.last_per_class = np.zeros(0)
+
+    # --------------------------------------------------------------- helpers
+    @property
+    def alive(self) -> list[int]:
+        return [r for r, m in self.members.items() if m.alive]
+
+    def _now_wall(self) -> float:
+        return time.time()
+
+    def _declare_dead(self, rank: int, how: str, reason: str = "") -> Failure:
+        m = self.members[rank]
+        m.alive = False
+        f = Failure(rank=rank, round=self.round, how=how, detected_at=self._now_wall(), reason=reason)
+        mark = F.read_marks(self.run_dir).get(rank)
+        if mark is not None:
+            f.injected_at, f.kind = float(mark["time"]), str(mark["kind"])
+            f.detection_latency = max(0.0, f.detected_at - f.injected_at)
+        if how == "timeout" or how == "never-joined":
+            self.suspects.add(rank)
+        self.failures.append(f)
+        self.progress.event(f"worker {rank} declared dead at round {self.round} ({how}"
+                            + (f", {f.detection_latency:.2f}s after the {f.kind}" if f.kind else "")
+                            + (f": {reason}" if reason else "") + f"); {len(self.alive)} workers left")
+        return f
+
+    def _expel(self, rank: int, why: str) -> None:
+        self.stale += 1
+        self.ch.send(rank, TAG_CTRL, {"t": "exit", "reason": why})
+
+    # ------------------------------------------------------------------ join
+    def _join(self) -> None:
+        ex = self.cfg.executor
+        ranks = list(self.members)
+        out = self.ch.poll(ranks, TAG_REPLY, time.monotonic() + ex.timeout,
+                           until=lambda o: all(r in o.messages or r in o.failed for r in ranks))
+        for r in ranks:
+            hello = next((m for m in out.messages.get(r, []) if m.get("t") == "hello"), None)
+            if hello is None:
+                how = "ulfm" if r in out.failed else "never-joined"
+                self._declare_dead(r, how, "no hello within executor.timeout")
+            else:
+                self.members[r].host, self.members[r].pid = hello["host"], int(hello["pid"])
+
+    # ------------------------------------------------------------------ data
+    def _shard(self) -> None:
+        cfg = self.cfg
+        self.state = CState.SHARDING
+        self.data: Dataset = load_dataset(cfg.data, cfg.model.seed)
+        d = self.data
+        self.ownership = Ownership(len(d.y_train))
+        alive = self.alive
+        parts = partition(d.y_train, len(alive), cfg.data.partition, cfg.model.seed, alpha=cfg.data.alpha,
+                          classes_per_worker=cfg.data.classes_per_worker, power=cfg.data.power)
+        self.histogram = class_histogram(d.y_train, parts, d.n_classes)
+        for r, ids in zip(alive, parts):
+            write_shard(shard_path(self.run_dir, r), d.X_train[ids], d.y_train[ids], ids,
+                        {"n_classes": d.n_classes, "dataset": d.name, "rank": r})
+            self.ownership.assign(r, ids)
+        self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts)}
+        self.model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
+        self.tensors = self.model.tensors()
+
+    # ----------------------------------------------------------------- rounds
+    def _broadcast(self, rnd: int, iters: int, first: bool) -> None:
+        ex = self.cfg.executor
+        if first or ex.quantize == 0:
+            payload, full = self.W.copy(), True
+            self.W_bcast[...] = self.W
+        else:  # quantized change of the global model; the gap W - W_bcast is the error feedback
+            payload = encode(self.W - self.W_bcast, self.tensors, ex.quantize, ex.stochastic_rounding,
+                             self.cfg.model.seed * 31 + rnd)
+            self.W_bcast += decode(payload, self.tensors, self.model.n_params)
+            full = False
+        for r in self.alive:
+            msg: dict[str, Any] = {"t": "round", "epoch": self.epoch, "round": rnd, "iters": iters,
+                                   "full": full, "params": payload,
+                                   "handoff": self.pending_handoff.pop(r, [])}
+            if first:
+                msg["setup"] = {"shard": str(shard_path(self.run_dir, r)), "n_classes": self.data.n_classes,
+                                "sizes": self.model.sizes.tolist()}
+            self.ch.send(r, TAG_CTRL, msg)
+
+    def _collect(self, rnd: int) -> tuple[dict[int, dict], Outcome, dict[int, str]]:
+        ex = self.cfg.executor
+        alive = self.alive
+        replied: dict[int, dict] = {}
+        errors: dict[int, str] = {}
+
+        def sort(out: Outcome) -> bool:
+            for src, msgs in out.messages.items():
+                while msgs:
+                    m = msgs.pop(0)
+                    kind = m.get("t")
+                    if src not in alive:  # a rank already declared dead speaks: a zombie
+                        self._expel(src, "declared dead earlier; its messages are ignored")
+                    elif kind == "error":
+                        errors[src] = str(m.get("error", "crashed"))
+                    elif kind == "reply" and m.get("epoch") == self.epoch and m.get("round") == rnd:
+                        replied[src] = m
+                    else:
+                        self.stale += 1
+            return all(r in replied or r in errors or r in out.failed for r in alive)
+
+        def ping() -> None:
+            for r in replied:
+                self.ch.send(r, TAG_CTRL, {"t": "ping", "epoch": self.epoch, "round": rnd})
+
+        sources = alive + sorted(self.suspects)
+        out = self.ch.poll(sources, TAG_REPLY, time.monotonic() + ex.timeout, until=sort, on_tick=ping,
+                           tick_every=max(0.05, ex.timeout / 4))
+        for s in self.suspects:
+            out.timed_out.pop(s, None)
+            out.failed.pop(s, None)
+        return replied, out, errors
+
+    def _aggregate(self, replies: dict[int, dict]) -> tuple[float, float]:
+        ex = self.cfg.executor
+        ranks = sorted(replies)
+        if ex.aggregate == "samples":
+            w = np.array([replies[r]["n"] for r in ranks], np.float64)
+        elif ex.aggregate == "loss":
+            w = np.array([max(replies[r]["loss"], 1e-12) for r in ranks], np.float64)
+        else:
+            w = np.ones(len(ranks))
+        w /= w.sum()
+        agg = np.zeros(self.model.n_params, np.float32)
+        for wi, r in zip(w, ranks):
+            agg += np.float32(wi) * decode(replies[r]["update"], self.tensors, self.model.n_params)
+        before = self.W.copy()
+        if ex.send_gradients:
+            self.opt.step(self.W, agg)
+        else:
+            self.W += agg
+        loss = float(np.dot(w, [replies[r]["loss"] for r in ranks]))
+        return loss, float(np.max(np.abs(self.W - before))) if self.W.size else 0.0
+
+    # ---------------------------------------------------------------- failure
+    def _handle_failures(self, dead: list[int], failures: list[Failure]) -> None:
+        cfg, d = self.cfg, self.data
+        t0 = time.monotonic()
+        self.state = CState.RECOVERING
+        self.epoch += 1
+        survivors = self.alive
+        give_all: list[np.ndarray] = []
+        for r, f in zip(dead, failures):
+            owned = self.ownership.release(r)
+            if cfg.executor.remap == "full":
+                give = owned
+            elif cfg.executor.remap == "representative":
+                give = self._representative_of(r, owned)
+            else:
+                give = np.zeros(0, np.int64)
+            rest = np.setdiff1d(owned, give, assume_unique=True)
+            if len(rest):
+                self.ownership.drop(rest)
+            f.rows_handed, f.rows_dropped = int(len(give)), int(len(rest))
+            give_all.append(give)
+        ids = np.sort(np.concatenate(give_all)) if give_all else np.zeros(0, np.int64)
+        if survivors and len(ids):
+            for s, part in assign_handoff(ids, survivors, cfg.model.seed + self.epoch).items():
+                if len(part) == 0:
+                    continue
+                part = np.sort(part)
+                p = handoff_path(self.run_dir, self.epoch, s)
+                write_shard(p, d.X_train[part], d.y_train[part], part,
+                            {"n_classes": d.n_classes, "dataset": d.name, "rank": s, "epoch": self.epoch})
+                self.ownership.assign(s, part)
+                self.pending_handoff.setdefault(s, []).append(str(p))
+            self.rows_handed += int(len(ids))
+        dt = time.monotonic() - t0
+        for f in failures:
+            f.handoff_time = dt  # completed when the survivors report loading it (see _round)
+        if ids.size:
+            self.progress.event(f"epoch {self.epoch}: handed {len(ids)} rows of worker(s) {dead} to "
+                                f"{survivors} (remap={cfg.executor.remap}, coverage "
+                                f"{self.ownership.coverage():.4f})")
+        self._awaiting_recovery += failures
+
+    def _representative_of(self, rank: int, owned: np.ndarray) -> np.ndarray:
+        """The dead worker's latest reported representative ids, or (if it never reported) the top rows of
+        its shard scored by rank 0 with the current global model."""
+        rep = self.members[rank].rep
+        rep = rep[np.isin(rep, owned)] if len(rep) else rep
+        if len(rep) == 0 and len(owned):
+            o = self.cfg.optimizer
+            k = rep_count(o.n_most_rep, len(owned))
+            X, y = self.data.X_train[owned], self.data.y_train[owned]
+            scores = self.model.sample_loss(self.W, X, y)
+            loc = select_representative(o.rep_selection, scores, y, k, self.data.n_classes,
+                                        self.cfg.model.seed + rank)
+            rep = owned[loc]
+        return np.asarray(rep, np.int64)
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> int:
+        cfg, ex = self.cfg, self.cfg.executor
+        self._join()
+        self._shard()
+        o = cfg.optimizer
+        self.W = self.model.init(cfg.model.seed)
+        self.W_bcast = np.zeros_like(self.W)
+        self.opt = Optimizer(o.name, self.model.n_params, o.learning_rate, o.momentum, o.beta1, o.beta2, o.eps)
+        n_cls = self.data.n_classes
+        self.metrics = MetricsCSV(self.run_dir / "metrics.csv", [f"acc_class{c}" for c in range(n_cls)])
+        self.progress.event(f"{len(self.alive)} workers, {len(self.data.y_train)} training rows "
+                            f"({self.data.name}), {self.model.n_params} params, detector={self.ch.detector.value}")
+        self.state = CState.TRAINING
+        first = True
+        code = EXIT_OK
+        while self.iters_done < cfg.model.n_iterations:
+            if not self.alive:
+                self.state = CState.NO_WORKERS
+                code = EXIT_NO_WORKERS
+                break
+            code = self._round(first)
+            first = False
+        self.state = CState.STOPPING if code == EXIT_OK else self.state
+        self._finish(code)
+        return code
+
+    def _round(self, first: bool) -> int:
+        cfg, ex = self.cfg, self.cfg.executor
+        rnd = self.round
+        for f in F.due(cfg.faults, 0, rnd):
+            F.inject(f, self.run_dir)
+        t0 = time.monotonic()
+        iters = min(self.period, cfg.model.n_iterations - self.iters_done)
+        self._broadcast(rnd, iters, first)
+        replies, out, errors = self._collect(rnd)
+        newly: list[tuple[int, Failure]] = []
+        for r in sorted(set(out.failed) | set(out.timed_out) | set(errors)):
+            if r in replies:
+                continue
+            how = "error" if r in errors else ("ulfm" if r in out.failed else "timeout")
+            newly.append((r, self._declare_dead(r, how, errors.get(r, ""))))
+        for r, m in replies.items():
+            self.members[r].rep = np.asarray(m["rep"], np.int64)
+        loss, dmax = self._aggregate(replies) if replies else (float("nan"), 0.0)
+        self.iters_done += iters
+        if newly:
+            self._handle_failures([r for r, _ in newly], [f for _, f in newly])
+        elif self._awaiting_recovery and replies and len(replies) == len(self.alive):
+            now = self._now_wall()
+            for f in self._awaiting_recovery:
+                base = f.injected_at if f.injected_at is not None else f.detected_at
+                f.recovery_time = now - base
+                loads = [m.get("t_handoff", 0.0) for m in replies.values()]
+                f.handoff_time = (f.handoff_time or 0.0) + (now - f.detected_at) * 0 + max(loads)
+            self._awaiting_recovery = []
+            self.state = CState.TRAINING
+        if ex.delta_switch > 0 and self.period > 1 and replies and dmax < ex.delta_switch:
+            self.period = 1
+            self.switched_at = rnd
+            self.progress.event(f"delta_switch: max|dW|={dmax:.3g} < {ex.delta_switch}; communicating "
+                                f"every iteration from round {rnd + 1}")
+        last = self.iters_done >= cfg.model.n_iterations
+        if rnd % ex.eval_every == 0 or last:
+            self.last_acc, self.last_per_class = self.model.evaluate(self.W, self.data.X_test,
+                                                                     self.data.y_test, self.data.n_classes)
+        tr = self.ch.traffic
+        row = {"round": rnd, "epoch": self.epoch, "wall": time.monotonic() - self.t_start, "iters": self.iters_done,
+               "train_loss": loss, "test_acc": self.last_acc, "bytes_sent": tr.bytes_sent,
+               "bytes_recv": tr.bytes_recv, "alive_workers": len(self.alive), "stale_dropped": self.stale,
+               "failures": len(self.failures), "coverage": self.ownership.coverage(),
+               "round_time": time.monotonic() - t0}
+        row.update({f"acc_class{c}": float(v) for c, v in enumerate(self.last_per_class)})
+        self.metrics.row(row)
+        self.progress.update(rnd, f"loss {loss:.4f} acc {self.last_acc:.4f} workers {len(self.alive)} "
+                             f"epoch {self.epoch} failures {len(self.failures)} "
+                             f"{(tr.bytes_sent + tr.bytes_recv) / 1e6:.1f} MB", force=bool(newly) or last)
+        self.round += 1
+        return EXIT_OK
+
+    # ----------------------------------------------------------------- finish
+    def _finish(self, code: int) -> None:
+        ex = self.cfg.executor
+        alive = self.alive
+        for r in alive:
+            self.ch.send(r, TAG_CTRL, {"t": "stop", "epoch": self.epoch, "round": self.round})
+        if alive:
+            byes = self.ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
+                                until=lambda o: all(any(m.get("t") == "bye" for m in o.messages.get(r, []))
+                                                    or r in o.failed for r in alive))
+            del byes
+        self.ch.flush(time.monotonic() + 1.0)
+        self.metrics.close()
+        self.progress.close()
+        self.summary = self._summary(code)
+        write_json_atomic(self.run_dir / "summary.json", self.summary)
+        self._reap_hung()
+
+    def _reap_hung(self) -> None:
+        """SIGKILL ranks declared dead by deadline that still exist on this host: a stopped or hung
+        process keeps mpirun from ever returning (measured), and ULFM then reports it as failed."""
+        me = socket.gethostname()
+        for r in sorted(self.suspects):
+            m = self.members[r]
+            if m.pid and m.host == me:
+                try:
+                    os.kill(m.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def _summary(self, code: int) -> dict[str, Any]:
+        cfg, tr = self.cfg, self.ch.traffic
+        status = {EXIT_OK: "completed", EXIT_NO_WORKERS: "no-workers"}.get(code, "failed")
+        rec = [f for f in self.failures if f.recovery_time is not None]
+        return {
+            "status": status, "exit_code": code, "name": cfg.name, "scenario": cfg.executor.scenario,
+            "final_test_acc": self.last_acc,
+            "per_class_acc": [float(v) for v in self.last_per_class],
+            "wall_seconds": time.monotonic() - self.t_start, "rounds": self.round,
+            "iterations": self.iters_done, "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv,
+            "bytes_total": tr.bytes_sent + tr.bytes_recv, "ranks": self.ch.size, "workers": self.ch.size - 1,
+            "alive_workers": len(self.alive), "detector": self.ch.detector.value,
+            "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
+            "quantize": cfg.executor.quantize, "remap": cfg.executor.remap, "partition": cfg.data.partition,
+            "dataset": self.data.name if hasattr(self, "data") else cfg.data.dataset,
+            "failures": [asdict(f) for f in self.failures],
+            "max_recovery_time": max((f.recovery_time for f in rec), default=None),
+            "coverage": self.ownership.coverage() if hasattr(self, "ownership") else None,
+            "points_handed": self.rows_handed, "stale_dropped": self.stale,
+            "class_histogram": self.histogram.tolist() if hasattr(self, "histogram") else None,
+            "initial_shards": getattr(self, "initial_shards", None),
+        }
+
+
+def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float) -> int:
+    return Coordinator(ch, cfg, run_dir, progress, t_start).run()

@@ -1,0 +1,75 @@
+"""Deterministic fault injection: make rank R fail in a chosen way at the start of round N.
+
+Kinds (``--inject KIND:R@N[:S]`` or the config's ``faults:`` list):
+
+- ``kill``  SIGKILL itself (what an OOM killer or a node loss looks like);
+- ``exit``  ``os._exit(1)`` without MPI_Finalize (ULFM does not report this: only a deadline catches it);
+- ``hang``  SIGSTOP itself: the process exists but never answers again;
+- ``pause`` SIGSTOP itself and be resumed after S seconds by a helper process (a zombie that wakes up
+  after it was declared dead; it must be told to leave and must change nothing);
+- ``slow``  sleep S seconds once, then carry on (must NOT be declared dead when S < timeout).
+
+Before dying, a rank writes ``run_dir/faults/rank-R.json`` with the wall-clock time of the injection, so
+that detection latency and recovery time are measured from the real moment of failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .config import FaultSpec
+
+
+def due(faults: Iterable[FaultSpec], rank: int, round_: int) -> list[FaultSpec]:
+    """The faults scheduled for ``rank`` at ``round_``."""
+    return [f for f in faults if f.rank == rank and f.round == round_]
+
+
+def _mark(run_dir: Path, f: FaultSpec) -> None:
+    d = Path(run_dir) / "faults"
+    d.mkdir(parents=True, exist_ok=True)
+    rec = {"rank": f.rank, "round": f.round, "kind": f.kind, "seconds": f.seconds, "time": time.time(),
+           "pid": os.getpid()}
+    tmp = d / f".rank-{f.rank}.json.tmp"
+    tmp.write_text(json.dumps(rec))
+    os.replace(tmp, d / f"rank-{f.rank}.json")
+
+
+def read_marks(run_dir: Path) -> dict[int, dict]:
+    """Injection records written by :func:`inject`, by rank."""
+    out: dict[int, dict] = {}
+    d = Path(run_dir) / "faults"
+    if d.is_dir():
+        for p in d.glob("rank-*.json"):
+            try:
+                rec = json.loads(p.read_text())
+                out[int(rec["rank"])] = rec
+            except (ValueError, KeyError, OSError):
+                continue
+    return out
+
+
+def inject(f: FaultSpec, run_dir: Path) -> None:
+    """Carry out one fault on this process. Returns only for ``slow`` (and ``pause``, once resumed)."""
+    _mark(run_dir, f)
+    pid = os.getpid()
+    if f.kind == "kill":
+        os.kill(pid, signal.SIGKILL)
+    elif f.kind == "exit":
+        os._exit(1)
+    elif f.kind == "hang":
+        os.kill(pid, signal.SIGSTOP)
+        while True:  # resumed by someone after all: still never answer
+            time.sleep(3600)
+    elif f.kind == "pause":
+        subprocess.Popen(["sh", "-c", f"sleep {f.seconds}; kill -CONT {pid}"], start_new_session=True)
+        os.kill(pid, signal.SIGSTOP)
+    elif f.kind == "slow":
+        time.sleep(f.seconds)
+    else:  # parse_fault validated the kinds already
+        raise ValueError(f"unknown fault kind {f.kind!r}")

@@ -1,0 +1,62 @@
+"""Model parameter layout and its binding to the numba kernels.
+
+A model is its layer sizes ``[d, h1, ..., k]``; softmax regression is the MLP with no hidden layer. All
+parameters live in one flat float32 vector (per layer: W row-major, then b), so optimizers, quantization and
+messages handle one array.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels as K
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model shape and the kernels that evaluate it."""
+
+    sizes: np.ndarray
+
+    @classmethod
+    def build(cls, kind: str, hidden: tuple[int, ...], n_features: int, n_classes: int) -> "Model":
+        layers = [n_features] + (list(hidden) if kind == "mlp" else []) + [n_classes]
+        return cls(np.asarray(layers, dtype=np.int64))
+
+    @property
+    def n_params(self) -> int:
+        return int(K.n_params(self.sizes))
+
+    def tensors(self) -> list[slice]:
+        """The slices of each tensor (every W and every b) in the flat vector, for per-tensor codecs."""
+        out: list[slice] = []
+        for w_sl, _shape, b_sl in K.layer_slices(self.sizes):
+            out += [w_sl, b_sl]
+        return out
+
+    def init(self, seed: int) -> np.ndarray:
+        return K.init_params(self.sizes, seed)
+
+    def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray, grad: np.ndarray) -> float:
+        return float(K.loss_grad(params, self.sizes, X, y, grad))
+
+    def sample_loss(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.empty(X.shape[0], dtype=np.float32)
+        if X.shape[0]:
+            K.sample_loss(params, self.sizes, X, y, out)
+        return out
+
+    def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return K.predict(params, self.sizes, X)
+
+    def evaluate(self, params: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
+        """Accuracy and per-class accuracy (NaN for a class absent from ``y``)."""
+        pred = self.predict(params, X)
+        hit = pred == y
+        per = np.full(n_classes, np.nan)
+        counts = np.bincount(y, minlength=n_classes)
+        hits = np.bincount(y[hit], minlength=n_classes)
+        nz = counts > 0
+        per[nz] = hits[nz] / counts[nz]
+        return float(hit.mean()) if len(y) else float("nan"), per

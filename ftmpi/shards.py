@@ -1,0 +1,176 @@
+"""HDF5 shard and handoff files: write atomically, read with validation, list. No MPI.
+
+A shard holds one worker's rows: ``/X`` (float32, ``(n, d)``), ``/y`` (int32, ``(n,)``) and ``/ids``
+(int64 global row ids, ``(n,)``), plus attributes such as ``n_classes`` and ``dataset``. A handoff file
+has the same layout and carries rows handed to one survivor in one membership epoch.
+
+Each file is written by one rank to a temporary name in the destination directory and then moved into
+place with ``os.replace``, so a reader sees either the old file or the complete new one, never a partial
+write. Datasets are stored contiguous and uncompressed: shards are scratch files read once, and writing
+a 15000 x 784 shard must cost far less than a training round.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ftmpi.errors import DataError
+
+__all__ = ["Shard", "handoff_path", "list_handoffs", "parse_handoff_name", "read_shard", "shard_path",
+           "write_shard"]
+
+FORMAT = "ftmpi-shard"
+FORMAT_VERSION = 1
+_HANDOFF_RE = re.compile(r"^handoff-e(\d+)-w(\d+)\.h5$")
+_DTYPES = {"X": np.float32, "y": np.int32, "ids": np.int64}
+
+
+@dataclass
+class Shard:
+    """The rows of one shard or handoff file.
+
+    Attributes:
+        X: ``(n, d)`` float32 features.
+        y: ``(n,)`` int32 labels.
+        ids: ``(n,)`` int64 global row ids.
+        attrs: The file's attributes (plain Python values), including ``format`` and ``format_version``.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    ids: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def shard_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
+    """Path of worker ``rank``'s shard: ``run_dir/shards/worker-0003.h5``."""
+    return Path(run_dir) / "shards" / f"worker-{rank:04d}.h5"
+
+
+def handoff_path(run_dir: str | os.PathLike[str], epoch: int, rank: int) -> Path:
+    """Path of the rows handed to worker ``rank`` in ``epoch``: ``run_dir/shards/handoff-e0001-w0002.h5``."""
+    return Path(run_dir) / "shards" / f"handoff-e{epoch:04d}-w{rank:04d}.h5"
+
+
+def parse_handoff_name(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """Return ``(epoch, rank)`` from a handoff file name, or None if the name is not one."""
+    m = _HANDOFF_RE.match(Path(path).name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def list_handoffs(run_dir: str | os.PathLike[str], rank: int | None = None) -> list[Path]:
+    """Handoff files of a run, sorted by (epoch, rank); only ``rank``'s when given.
+
+    Temporary files of writes in progress are never listed.
+    """
+    folder = Path(run_dir) / "shards"
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        key = parse_handoff_name(p)
+        if key is not None and (rank is None or key[1] == rank):
+            found.append((key, p))
+    return [p for _, p in sorted(found)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids: np.ndarray,
+                attrs: Mapping[str, Any] | None = None) -> Path:
+    """Write a shard (or handoff) file atomically.
+
+    Args:
+        path: Destination; missing parent directories are created.
+        X: ``(n, d)`` features, stored as float32.
+        y: ``(n,)`` labels, stored as int32.
+        ids: ``(n,)`` global row ids, stored as int64.
+        attrs: Extra HDF5 attributes (strings, numbers, small arrays), e.g. ``n_classes``, ``dataset``.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: If the shapes disagree.
+        Exception: Whatever the write raised; the destination is then untouched and no temp file left.
+    """
+    dest = Path(path)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.int32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
+        raise ValueError(f"{dest}: expected X (n, d), y (n,), ids (n,); "
+                         f"got {X.shape}, {y.shape}, {ids.shape}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("X", data=X)
+            f.create_dataset("y", data=y)
+            f.create_dataset("ids", data=ids)
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def read_shard(path: str | os.PathLike[str]) -> Shard:
+    """Read and validate a shard (or handoff) file.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The :class:`Shard`, arrays loaded into memory.
+
+    Raises:
+        DataError: Naming the file, if it is missing, not HDF5, truncated, or lacks or misshapes a dataset.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: shard file not found")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            for name, dtype in _DTYPES.items():
+                ds = f.get(name)
+                if not isinstance(ds, h5py.Dataset):
+                    raise DataError(f"{path}: not a shard file: no dataset /{name}")
+                if ds.dtype != dtype:
+                    raise DataError(f"{path}: /{name} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+                arrays[name] = ds[()]
+    except DataError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise DataError(f"{path}: unreadable HDF5 shard (corrupt or truncated?): {reason}") from None
+    X, y, ids = arrays["X"], arrays["y"], arrays["ids"]
+    if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
+        raise DataError(f"{path}: inconsistent shapes X {X.shape}, y {y.shape}, ids {ids.shape}")
+    return Shard(X, y, ids, attrs)

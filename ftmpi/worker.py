@@ -1,0 +1,197 @@
+"""A worker's life: say hello, train on its shard round after round, report, leave when told.
+
+State machine (:class:`WState`): JOINING → WAITING ⇄ TRAINING → STOPPED (told to stop) or EXPELLED (declared
+dead earlier, told to leave) or LOST (no word from rank 0 within ``executor.timeout``).
+
+Per round the worker applies the broadcast to its replica of the global model, takes ``iters`` local steps
+(minibatch SGD/Adam with the ``mu_g`` pull towards the global model), scores every sample of its shard, and
+sends back its update (delta or mean gradient, quantized with error feedback when asked), its mean loss,
+its shard size and the global ids of its ``n_most_rep`` most representative points.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import faults as F
+from . import kernels as K
+from .codec import ErrorFeedback, decode
+from .comm import TAG_CTRL, TAG_REPLY, Channel
+from .config import Config
+from .errors import CoordinatorLost, Expelled, PeerError
+from .models import Model
+from .optim import Optimizer, clip
+from .shards import read_shard
+
+
+class WState(enum.Enum):
+    JOINING = "joining"
+    WAITING = "waiting"
+    TRAINING = "training"
+    STOPPED = "stopped"
+    EXPELLED = "expelled"
+    LOST = "lost"
+
+
+def rep_count(n_most_rep: float, n: int) -> int:
+    """``n_most_rep`` as a count: a fraction in (0, 1) of the shard, else an absolute count."""
+    if 0 < n_most_rep < 1:
+        return int(round(n_most_rep * n))
+    return int(min(n_most_rep, n))
+
+
+def select_representative(kind: str, scores: np.ndarray, y: np.ndarray, k: int, n_classes: int,
+                          seed: int) -> np.ndarray:
+    """Local row indices of the ``k`` most representative points under the selection rule ``kind``."""
+    if kind == "random":
+        return K.select_random(len(scores), k, seed)
+    if kind == "stratified":
+        return K.select_stratified(scores, y, k, n_classes)
+    return K.select_loss(scores, k)
+
+
+class Worker:
+    def __init__(self, ch: Channel, cfg: Config, run_dir: Path) -> None:
+        self.ch, self.cfg, self.run_dir = ch, cfg, Path(run_dir)
+        self.rank = ch.rank
+        self.state = WState.JOINING
+        self.epoch = -1
+
+    # ------------------------------------------------------------------ waits
+    def _wait_ctrl(self, timeout: float, phase: str) -> dict:
+        """Next control message from rank 0 (pings extend the deadline), or CoordinatorLost."""
+        while True:
+            try:
+                msg = self.ch.recv_one(0, TAG_CTRL, timeout, phase, "is rank 0 alive?")
+            except PeerError as exc:
+                raise CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}") from None
+            if msg.get("t") != "ping":
+                return msg
+
+    # --------------------------------------------------------------- the loop
+    def run(self) -> int:
+        cfg = self.cfg
+        self.ch.send(0, TAG_REPLY, {"t": "hello", "rank": self.rank, "host": socket.gethostname(),
+                                    "pid": os.getpid()})
+        msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
+        if msg["t"] == "round":
+            self._setup(msg["setup"])
+        while True:
+            t = msg["t"]
+            if t == "stop":
+                self.state = WState.STOPPED
+                self.ch.send(0, TAG_REPLY, {"t": "bye", "rank": self.rank})
+                self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
+                return 0
+            if t == "exit":
+                self.state = WState.EXPELLED
+                raise Expelled(f"worker {self.rank}: {msg.get('reason', 'told to leave by rank 0')}")
+            if t == "round":
+                self._round(msg)
+            self.state = WState.WAITING
+            msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {msg.get('round', '?')}")
+
+    def _setup(self, setup: dict) -> None:
+        cfg = self.cfg
+        shard = read_shard(setup["shard"])
+        self.X, self.y, self.ids = shard.X, shard.y, shard.ids
+        self.n_classes = int(setup["n_classes"])
+        self.model = Model(np.asarray(setup["sizes"], dtype=np.int64))
+        n = self.model.n_params
+        self.tensors = self.model.tensors()
+        o = cfg.optimizer
+        self.opt = Optimizer(o.name, n, o.learning_rate, o.momentum, o.beta1, o.beta2, o.eps)
+        self.replica = np.zeros(n, np.float32)
+        self.grad = np.zeros(n, np.float32)
+        self.uplink = ErrorFeedback(n, self.tensors, cfg.executor.quantize, cfg.executor.stochastic_rounding)
+        self.rng = np.random.default_rng([cfg.model.seed, self.rank])
+        self._order = np.zeros(0, np.int64)
+        self._pos = 0
+
+    def _load_handoffs(self, paths: list[str]) -> int:
+        added = 0
+        for p in paths:
+            s = read_shard(p)
+            self.X = np.concatenate([self.X, s.X])
+            self.y = np.concatenate([self.y, s.y])
+            self.ids = np.concatenate([self.ids, s.ids])
+            added += len(s.ids)
+        self._order = np.zeros(0, np.int64)  # reshuffle over the grown shard
+        self._pos = 0
+        return added
+
+    def _batch(self, bs: int) -> np.ndarray:
+        n = len(self.y)
+        if self._pos + bs > len(self._order):
+            self._order = self.rng.permutation(n) if self.cfg.model.shuffle else np.arange(n)
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + bs]
+        self._pos += bs
+        return np.sort(idx)
+
+    def _round(self, msg: dict) -> None:
+        cfg, ex = self.cfg, self.cfg.executor
+        self.state = WState.TRAINING
+        self.epoch, rnd = msg["epoch"], msg["round"]
+        for f in F.due(cfg.faults, self.rank, rnd):
+            F.inject(f, self.run_dir)
+        t0 = time.monotonic()
+        handed = self._load_handoffs(msg.get("handoff") or [])
+        t_handoff = time.monotonic() - t0
+        if msg.get("full"):
+            self.replica[...] = msg["params"]
+        else:
+            self.replica += decode(msg["params"], self.tensors, self.model.n_params)
+        iters, bs = int(msg["iters"]), min(cfg.model.batch_size, len(self.y))
+        mu = cfg.optimizer.mu_g
+        losses = []
+        if ex.send_gradients:
+            # Parameter-server semantics: gradients at the global model, averaged over `iters` batches.
+            acc = np.zeros_like(self.grad)
+            for _ in range(iters):
+                b = self._batch(bs)
+                losses.append(self.model.loss_grad(self.replica, self.X[b], self.y[b], self.grad))
+                acc += self.grad
+            acc /= max(iters, 1)
+            clip(acc, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
+            update = acc
+            local = self.replica
+        else:
+            local = self.replica.copy()
+            for _ in range(iters):
+                b = self._batch(bs)
+                losses.append(self.model.loss_grad(local, self.X[b], self.y[b], self.grad))
+                if mu > 0:
+                    self.grad += mu * (local - self.replica)
+                clip(self.grad, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
+                self.opt.step(local, self.grad)
+            update = local - self.replica
+        payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
+        rep = self._representative(local, rnd)
+        reply: dict[str, Any] = {
+            "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
+            "loss": float(np.mean(losses)) if losses else float("nan"), "n": int(len(self.y)), "rep": rep,
+            "handed_in": handed, "t_handoff": t_handoff, "t_compute": time.monotonic() - t0,
+        }
+        self.ch.send(0, TAG_REPLY, reply)
+
+    def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
+        o = self.cfg.optimizer
+        k = rep_count(o.n_most_rep, len(self.y))
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        scores = self.model.sample_loss(params, self.X, self.y) if o.rep_selection != "random" else \
+            np.zeros(len(self.y), np.float32)
+        local = select_representative(o.rep_selection, scores, self.y, k, self.n_classes,
+                                      seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
+        return self.ids[local].astype(np.int64)
+
+
+def run_worker(ch: Channel, cfg: Config, run_dir: Path) -> int:
+    return Worker(ch, cfg, run_dir).run()

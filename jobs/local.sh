@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run ftmpi on this machine: jobs/local.sh W CONFIG [train args...]
+#   W       number of workers (the job has W+1 ranks: rank 0 coordinates)
+#   CONFIG  a YAML config (configs/*.yaml)
+# Adds the mpirun flags this machine needs: --with-ft ulfm (Open MPI 5's fault tolerance: without it one
+# dead rank takes the whole job down), --oversubscribe (more ranks than cores), --allow-run-as-root when
+# root. FTMPI_MPIRUN_ARGS adds more; FTMPI_NO_ULFM=1 runs without ULFM (then only hangs are survivable).
+# A hard wall-clock limit (FTMPI_JOB_TIMEOUT seconds, default 3600) is the last backstop.
+set -u
+if [ $# -lt 2 ]; then
+  echo "usage: jobs/local.sh W CONFIG [train args...]" >&2
+  exit 2
+fi
+W=$1; CONFIG=$2; shift 2
+case "$W" in ''|*[!0-9]*) echo "jobs/local.sh: W must be a number of workers, got '$W'" >&2; exit 2;; esac
+[ "$W" -ge 1 ] || { echo "jobs/local.sh: need at least 1 worker" >&2; exit 2; }
+[ -f "$CONFIG" ] || { echo "jobs/local.sh: config file '$CONFIG' not found" >&2; exit 2; }
+PY=${PYTHON:-python3}
+MPIRUN=${MPIRUN:-mpirun}
+flags=(--oversubscribe)
+[ "$(id -u)" = "0" ] && flags+=(--allow-run-as-root)
+[ "${FTMPI_NO_ULFM:-0}" = "1" ] || flags+=(--with-ft ulfm)
+# one BLAS/numba thread per rank: W+1 ranks share the cores
+for v in OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMBA_NUM_THREADS; do
+  export "$v=${!v:-1}"
+  flags+=(-x "$v")
+done
+for v in $(env | grep -o '^FTMPI_[A-Z_]*' || true); do flags+=(-x "$v"); done
+# shellcheck disable=SC2206
+extra=(${FTMPI_MPIRUN_ARGS:-})
+exec timeout --kill-after=10 "${FTMPI_JOB_TIMEOUT:-3600}" \
+  "$MPIRUN" "${flags[@]}" "${extra[@]}" -n $((W + 1)) "$PY" -m ftmpi train "$CONFIG" "$@"

