@@ -163,6 +163,7 @@ class ExecutorConfig:
     tensorboard: bool = _f(False, _bool)
     shared_folder: str = _f("runs/{name}", _nonempty_str)  # the run dir; {name} = Config.name
     eval_every: int = _f(1, _int(1))
+    score_every: int = _f(5, _int(1))  # rounds over which a worker re-scores its whole shard
     scenario: str = _f("", _str)  # a free label for result tables
     progress: bool = _f(True, _bool)
 

@@ -91,6 +91,7 @@ class Coordinator:
         self.pending_handoff: dict[int, list[str]] = {}
         self._awaiting_recovery: list[Failure] = []
         self.last_acc = float("nan")
+        self._pending_row: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
 
     # --------------------------------------------------------------- helpers
@@ -139,7 +140,6 @@ class Coordinator:
     def _shard(self) -> None:
         cfg = self.cfg
         self.state = CState.SHARDING
-        self.data: Dataset = load_dataset(cfg.data, cfg.model.seed)
         d = self.data
         self.ownership = Ownership(len(d.y_train))
         alive = self.alive
@@ -288,8 +288,15 @@ class Coordinator:
     # ------------------------------------------------------------------- run
     def run(self) -> int:
         cfg, ex = self.cfg, self.cfg.executor
+        t0 = time.monotonic()
+        self.data: Dataset = load_dataset(cfg.data, cfg.model.seed)  # the workers' hellos queue meanwhile
+        t1 = time.monotonic()
         self._join()
+        t2 = time.monotonic()
         self._shard()
+        t3 = time.monotonic()
+        self.progress.event(f"start-up: data {t1 - t0:.2f}s, join {t2 - t1:.2f}s, shards {t3 - t2:.2f}s "
+                            f"({t3 - self.t_start:.2f}s since launch of rank 0's main)")
         o = cfg.optimizer
         self.W = self.model.init(cfg.model.seed)
         self.W_bcast = np.zeros_like(self.W)
@@ -320,6 +327,7 @@ class Coordinator:
         t0 = time.monotonic()
         iters = min(self.period, cfg.model.n_iterations - self.iters_done)
         self._broadcast(rnd, iters, first)
+        self._write_row()  # the previous round's row, evaluated while the workers train
         replies, out, errors = self._collect(rnd)
         newly: list[tuple[int, Failure]] = []
         for r in sorted(set(out.failed) | set(out.timed_out) | set(errors)):
@@ -347,27 +355,37 @@ class Coordinator:
             self.switched_at = rnd
             self.progress.event(f"delta_switch: max|dW|={dmax:.3g} < {ex.delta_switch}; communicating "
                                 f"every iteration from round {rnd + 1}")
-        last = self.iters_done >= cfg.model.n_iterations
-        if rnd % ex.eval_every == 0 or last:
-            self.last_acc, self.last_per_class = self.model.evaluate(self.W, self.data.X_test,
-                                                                     self.data.y_test, self.data.n_classes)
         tr = self.ch.traffic
-        row = {"round": rnd, "epoch": self.epoch, "wall": time.monotonic() - self.t_start, "iters": self.iters_done,
-               "train_loss": loss, "test_acc": self.last_acc, "bytes_sent": tr.bytes_sent,
-               "bytes_recv": tr.bytes_recv, "alive_workers": len(self.alive), "stale_dropped": self.stale,
-               "failures": len(self.failures), "coverage": self.ownership.coverage(),
-               "round_time": time.monotonic() - t0}
-        row.update({f"acc_class{c}": float(v) for c, v in enumerate(self.last_per_class)})
-        self.metrics.row(row)
-        self.progress.update(rnd, f"loss {loss:.4f} acc {self.last_acc:.4f} workers {len(self.alive)} "
-                             f"epoch {self.epoch} failures {len(self.failures)} "
-                             f"{(tr.bytes_sent + tr.bytes_recv) / 1e6:.1f} MB", force=bool(newly) or last)
+        self._pending_row = {
+            "round": rnd, "epoch": self.epoch, "iters": self.iters_done, "train_loss": loss,
+            "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv, "alive_workers": len(self.alive),
+            "stale_dropped": self.stale, "failures": len(self.failures), "coverage": self.ownership.coverage(),
+            "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.t_start, "_event": bool(newly)}
         self.round += 1
         return EXIT_OK
+
+    def _write_row(self, last: bool = False) -> None:
+        """Evaluate the global model (as of the end of the pending round) and write that round's row."""
+        row = self._pending_row
+        if row is None:
+            return
+        self._pending_row = None
+        rnd = row["round"]
+        if rnd % self.cfg.executor.eval_every == 0 or last:
+            self.last_acc, self.last_per_class = self.model.evaluate(self.W, self.data.X_test,
+                                                                     self.data.y_test, self.data.n_classes)
+        event = row.pop("_event")
+        row["test_acc"] = self.last_acc
+        row.update({f"acc_class{c}": float(v) for c, v in enumerate(self.last_per_class)})
+        self.metrics.row(row)
+        self.progress.update(rnd, f"loss {row['train_loss']:.4f} acc {self.last_acc:.4f} workers "
+                             f"{row['alive_workers']} epoch {row['epoch']} failures {row['failures']} "
+                             f"{(row['bytes_sent'] + row['bytes_recv']) / 1e6:.1f} MB", force=event or last)
 
     # ----------------------------------------------------------------- finish
     def _finish(self, code: int) -> None:
         ex = self.cfg.executor
+        self._write_row(last=True)
         alive = self.alive
         for r in alive:
             self.ch.send(r, TAG_CTRL, {"t": "stop", "epoch": self.epoch, "round": self.round})

@@ -67,7 +67,7 @@ def inject(f: FaultSpec, run_dir: Path) -> None:
         while True:  # resumed by someone after all: still never answer
             time.sleep(3600)
     elif f.kind == "pause":
-        subprocess.Popen(["sh", "-c", f"sleep {f.seconds}; kill -CONT {pid}"], start_new_session=True)
+        subprocess.Popen(["sh", "-c", f"sleep {f.seconds}; kill -CONT {pid} 2>/dev/null"], start_new_session=True)
         os.kill(pid, signal.SIGSTOP)
     elif f.kind == "slow":
         time.sleep(f.seconds)

@@ -60,3 +60,23 @@ class Model:
         nz = counts > 0
         per[nz] = hits[nz] / counts[nz]
         return float(hit.mean()) if len(y) else float("nan"), per
+
+
+def warmup(quantize_bits: int = 0) -> None:
+    """Load every kernel this process will call from numba's cache (or compile it) on tiny inputs, so
+    that the first round does not pay for it. Workers do this while rank 0 is still loading the data."""
+    sizes = np.array([3, 2, 2], np.int64)
+    for s in (sizes, sizes[[0, 2]]):
+        p = K.init_params(s, 0)
+        X = np.zeros((4, 3), np.float32)
+        y = np.zeros(4, np.int32)
+        K.loss_grad(p, s, X, y, np.zeros_like(p))
+        out = np.zeros(4, np.float32)
+        K.sample_loss(p, s, X, y, out)
+        K.predict(p, s, X)
+    K.select_loss(out, 2)
+    K.select_stratified(out, y, 2, 2)
+    K.select_random(4, 2, 0)
+    if quantize_bits:
+        packed, lo, hi = K.quantize_pack(out, quantize_bits, False, 0)
+        K.unpack_dequantize(packed, quantize_bits, lo, hi, 4, np.zeros(4, np.float32))

@@ -25,7 +25,7 @@ from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLY, Channel
 from .config import Config
 from .errors import CoordinatorLost, Expelled, PeerError
-from .models import Model
+from .models import Model, warmup
 from .optim import Optimizer, clip
 from .shards import read_shard
 
@@ -79,6 +79,7 @@ class Worker:
         cfg = self.cfg
         self.ch.send(0, TAG_REPLY, {"t": "hello", "rank": self.rank, "host": socket.gethostname(),
                                     "pid": os.getpid()})
+        warmup(cfg.executor.quantize)
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if msg["t"] == "round":
             self._setup(msg["setup"])
@@ -113,6 +114,7 @@ class Worker:
         self.rng = np.random.default_rng([cfg.model.seed, self.rank])
         self._order = np.zeros(0, np.int64)
         self._pos = 0
+        self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
 
     def _load_handoffs(self, paths: list[str]) -> int:
         added = 0
@@ -124,6 +126,10 @@ class Worker:
             added += len(s.ids)
         self._order = np.zeros(0, np.int64)  # reshuffle over the grown shard
         self._pos = 0
+        if added and self.scores is not None:
+            n_old = len(self.scores)
+            fresh = self.model.sample_loss(self.replica, self.X[n_old:], self.y[n_old:])
+            self.scores = np.concatenate([self.scores, fresh])
         return added
 
     def _batch(self, bs: int) -> np.ndarray:
@@ -181,13 +187,28 @@ class Worker:
         }
         self.ch.send(0, TAG_REPLY, reply)
 
+    def _rescore(self, params: np.ndarray, rnd: int) -> None:
+        """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
+        that every row is re-scored every ``executor.score_every`` rounds at 1/score_every of the cost."""
+        n = len(self.y)
+        if self.scores is None:
+            self.scores = self.model.sample_loss(params, self.X, self.y)
+            return
+        every = self.cfg.executor.score_every
+        lo, hi = (rnd % every) * n // every, (rnd % every + 1) * n // every
+        if hi > lo:
+            self.scores[lo:hi] = self.model.sample_loss(params, self.X[lo:hi], self.y[lo:hi])
+
     def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
         o = self.cfg.optimizer
         k = rep_count(o.n_most_rep, len(self.y))
         if k <= 0:
             return np.zeros(0, np.int64)
-        scores = self.model.sample_loss(params, self.X, self.y) if o.rep_selection != "random" else \
-            np.zeros(len(self.y), np.float32)
+        if o.rep_selection == "random":
+            scores = np.zeros(len(self.y), np.float32)
+        else:
+            self._rescore(params, rnd)
+            scores = self.scores
         local = select_representative(o.rep_selection, scores, self.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
         return self.ids[local].astype(np.int64)
