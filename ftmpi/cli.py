@@ -47,8 +47,12 @@ def _say(rank: int, text: str) -> None:
     sys.stderr.flush()
 
 
-def _end(code: int) -> None:
-    """Leave without MPI_Finalize (see module docstring)."""
+def _end(code: int, rank: int = -1) -> None:
+    """Leave without MPI_Finalize (see module docstring); rank 0 leaves its verdict for jobs/local.sh."""
+    if rank == 0:
+        from .metrics import write_status
+
+        write_status(code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -88,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     except FtmpiError as exc:
         if rank == 0:
             _say(rank, f"error: {exc}")
-        _end(exc.exit_code)
+        _end(exc.exit_code, rank)
     ch = Channel(MPI.COMM_WORLD, detector)
     code = EXIT_CRASH
     try:
@@ -115,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
             ch.send(0, TAG_REPLY, {"t": "error", "rank": rank, "host": socket.gethostname(),
                                    "error": f"{type(exc).__name__}: {exc}"})
             ch.flush(time.monotonic() + 2.0)
-    _end(code)
+    _end(code, rank)
     return code
 
 
@@ -130,13 +134,14 @@ def _tell_workers_to_leave(ch, reason: str) -> None:
 def _run_rank0(ch, cfg, run_dir: Path, t_start: float) -> int:
     from .config import dump_config
     from .coordinator import run_coordinator
-    from .metrics import Progress
+    from .metrics import Progress, write_json_atomic
 
     import shutil
 
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("faults", "shards"):  # leftovers of an earlier run in the same folder would mislead
         shutil.rmtree(run_dir / stale, ignore_errors=True)
+    write_json_atomic(run_dir / "summary.json", {"status": "running", "name": cfg.name, "pid": os.getpid()})
     dump_config(cfg, run_dir / "config.yaml")
     progress = Progress(cfg.executor.progress)
     for w in cfg.warnings:

@@ -184,7 +184,7 @@ class DataConfig:
     test_fraction: float = _f(0.2, _num(0, 1, lo_open=True, hi_open=True))  # synthetic only
 
 
-_FAULT_RE = re.compile(r"^(kill|exit|hang|pause|slow):(\d+)@(\d+)(?::([^:]+))?$")
+_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow):(\d+)@(\d+)(?::([^:]+))?$")
 
 
 _TIMED = ("pause", "slow")
@@ -192,7 +192,7 @@ _TIMED = ("pause", "slow")
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One injected fault: ``kind`` (kill/exit/hang/pause/slow) hits world ``rank`` at ``round``.
+    """One injected fault: ``kind`` (kill/exit/raise/hang/pause/slow) hits world ``rank`` at ``round``.
 
     Rank 0 may be hit too (coordinator loss); ``pause`` and ``slow`` take seconds ``S``."""
 
@@ -211,7 +211,7 @@ def _fault(spec: Any) -> FaultSpec:
         raise _Bad("a fault string such as 'kill:1@3' or 'slow:2@0:0.5'")
     m = _FAULT_RE.match(spec.strip())
     if m is None:
-        raise _Bad("kill:R@N, exit:R@N, hang:R@N, pause:R@N:S or slow:R@N:S (R world rank, N round >= 0)")
+        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S or slow:R@N:S (R world rank, N round >= 0)")
     kind, rank, rnd, secs = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
     if kind in ("pause", "slow") and rank == 0:
         raise _Bad(f"{kind} on a worker rank >= 1 (rank 0 may only be killed, exited or hung)")

@@ -15,6 +15,7 @@ import enum
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
 from .config import Config
 from .data import Dataset, load_dataset
 from .errors import EXIT_NO_WORKERS, EXIT_OK
-from .metrics import MetricsCSV, Progress, write_json_atomic
+from .metrics import MetricsCSV, Progress, write_json_atomic, write_status
 from .models import Model
 from .optim import Optimizer
 from .partition import Ownership, assign_handoff, class_histogram, partition
@@ -126,13 +127,15 @@ class Coordinator:
     def _join(self) -> None:
         ex = self.cfg.executor
         ranks = list(self.members)
-        out = self.ch.poll(ranks, TAG_REPLY, time.monotonic() + ex.timeout,
+        # startup_timeout, not timeout: a worker says hello once its kernels are loaded (or compiled, on a
+        # cold numba cache: seconds) so that round 0 is as quick as any other.
+        out = self.ch.poll(ranks, TAG_REPLY, time.monotonic() + ex.startup_timeout,
                            until=lambda o: all(r in o.messages or r in o.failed for r in ranks))
         for r in ranks:
             hello = next((m for m in out.messages.get(r, []) if m.get("t") == "hello"), None)
             if hello is None:
                 how = "ulfm" if r in out.failed else "never-joined"
-                self._declare_dead(r, how, "no hello within executor.timeout")
+                self._declare_dead(r, how, "no hello within executor.startup_timeout")
             else:
                 self.members[r].host, self.members[r].pid = hello["host"], int(hello["pid"])
 
@@ -250,6 +253,11 @@ class Coordinator:
             f.rows_handed, f.rows_dropped = int(len(give)), int(len(rest))
             give_all.append(give)
         ids = np.sort(np.concatenate(give_all)) if give_all else np.zeros(0, np.int64)
+        if not survivors and len(ids):  # nobody left to take them
+            self.ownership.drop(ids)
+            for f in failures:
+                f.rows_dropped, f.rows_handed = f.rows_dropped + f.rows_handed, 0
+            ids = ids[:0]
         if survivors and len(ids):
             for s, part in assign_handoff(ids, survivors, cfg.model.seed + self.epoch).items():
                 if len(part) == 0:
@@ -312,6 +320,8 @@ class Coordinator:
             if not self.alive:
                 self.state = CState.NO_WORKERS
                 code = EXIT_NO_WORKERS
+                sys.stderr.write(f"ftmpi: rank 0: error: every worker is lost (round {self.round}); metrics "
+                                 f"and summary saved in {self.run_dir}\n")
                 break
             code = self._round(first)
             first = False
@@ -399,6 +409,7 @@ class Coordinator:
         self.progress.close()
         self.summary = self._summary(code)
         write_json_atomic(self.run_dir / "summary.json", self.summary)
+        write_status(code)  # before reaping: without ULFM, killing a hung rank takes the job down
         self._reap_hung()
 
     def _reap_hung(self) -> None:

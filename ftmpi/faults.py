@@ -4,6 +4,7 @@ Kinds (``--inject KIND:R@N[:S]`` or the config's ``faults:`` list):
 
 - ``kill``  SIGKILL itself (what an OOM killer or a node loss looks like);
 - ``exit``  ``os._exit(1)`` without MPI_Finalize (ULFM does not report this: only a deadline catches it);
+- ``raise`` raise an exception (a bug in user code): the rank reports it to rank 0 and leaves;
 - ``hang``  SIGSTOP itself: the process exists but never answers again;
 - ``pause`` SIGSTOP itself and be resumed after S seconds by a helper process (a zombie that wakes up
   after it was declared dead; it must be told to leave and must change nothing);
@@ -62,6 +63,8 @@ def inject(f: FaultSpec, run_dir: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     elif f.kind == "exit":
         os._exit(1)
+    elif f.kind == "raise":
+        raise RuntimeError(f"injected fault raise:{f.rank}@{f.round}")
     elif f.kind == "hang":
         os.kill(pid, signal.SIGSTOP)
         while True:  # resumed by someone after all: still never answer

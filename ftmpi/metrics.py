@@ -36,6 +36,17 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def write_status(code: int) -> None:
+    """Leave rank 0's verdict in ``$FTMPI_STATUS_FILE`` when set (jobs/local.sh reads it): mpirun's own exit
+    code also counts ranks that died on the way, even when training went on and completed."""
+    status = os.environ.get("FTMPI_STATUS_FILE")
+    if status:
+        try:
+            Path(status).write_text(f"{code}\n")
+        except OSError:
+            pass
+
+
 class MetricsCSV:
     """Append-only metrics table; every row is flushed so a crash loses at most the row being written."""
 

@@ -77,9 +77,9 @@ class Worker:
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
         cfg = self.cfg
+        warmup(cfg.executor.quantize)  # a cold numba cache compiles here, while rank 0 loads the data
         self.ch.send(0, TAG_REPLY, {"t": "hello", "rank": self.rank, "host": socket.gethostname(),
                                     "pid": os.getpid()})
-        warmup(cfg.executor.quantize)
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if msg["t"] == "round":
             self._setup(msg["setup"])

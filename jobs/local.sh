@@ -28,5 +28,24 @@ done
 for v in $(env | grep -o '^FTMPI_[A-Z_]*' || true); do flags+=(-x "$v"); done
 # shellcheck disable=SC2206
 extra=(${FTMPI_MPIRUN_ARGS:-})
-exec timeout --kill-after=10 "${FTMPI_JOB_TIMEOUT:-3600}" \
-  "$MPIRUN" "${flags[@]}" "${extra[@]}" -n $((W + 1)) "$PY" -m ftmpi train "$CONFIG" "$@"
+# Rank 0 writes its verdict here: mpirun's code also counts ranks that died on the way (a worker killed
+# or expelled while training went on), so both are reported and ftmpi's verdict is the exit code.
+FTMPI_STATUS_FILE=$(mktemp "${TMPDIR:-/tmp}/ftmpi-status.XXXXXX")
+export FTMPI_STATUS_FILE
+flags+=(-x FTMPI_STATUS_FILE)
+trap 'rm -f "$FTMPI_STATUS_FILE"' EXIT
+rc=0
+timeout --kill-after=10 "${FTMPI_JOB_TIMEOUT:-3600}" \
+  "$MPIRUN" "${flags[@]}" "${extra[@]}" -n $((W + 1)) "$PY" -m ftmpi train "$CONFIG" "$@" || rc=$?
+verdict=$(cat "$FTMPI_STATUS_FILE" 2>/dev/null || true)
+if [ "$rc" = "124" ] || [ "$rc" = "137" ]; then
+  echo "jobs/local.sh: the job overran FTMPI_JOB_TIMEOUT=${FTMPI_JOB_TIMEOUT:-3600}s and was killed" >&2
+  exit 124
+fi
+if [ -n "$verdict" ]; then
+  if [ "$verdict" != "$rc" ]; then
+    echo "jobs/local.sh: mpirun exited $rc (some rank left with an error); ftmpi's outcome: exit $verdict" >&2
+  fi
+  exit "$verdict"
+fi
+exit "$rc"

@@ -1,12 +1,11 @@
 """Numba kernels of ftmpi: model loss/gradient, representative-point selection, gradient quantization.
 
-Pure array functions that know nothing of MPI; every numeric kernel is a module-level
-``@njit(cache=True)`` function, single-threaded (several MPI ranks share the cores).
+Pure array functions that know nothing of MPI. Numeric loops are module-level ``@njit(cache=True)``
+functions, single-threaded (several MPI ranks share the cores); matrix products use numpy's BLAS.
 """
 
 from .model import CHUNK_ROWS, init_params, layer_slices, loss_grad, n_params, predict, sample_loss
-from .quant import (dequantize, pack, packed_size, quantize, quantize_pack, unpack,
-                    unpack_dequantize)
+from .quant import dequantize, pack, packed_size, quantize, quantize_pack, unpack, unpack_dequantize
 from .select import SELECTORS, select, select_loss, select_random, select_stratified, topk
 
 __all__ = [

@@ -18,6 +18,7 @@ from numba import njit
 
 _CHUNK = 8192  # codes per scratch buffer in the generic fused paths; a multiple of 8 (byte-aligned)
 _M64 = (1 << 64) - 1
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 # --------------------------------------------------------------------------------------------- kernels
@@ -193,11 +194,13 @@ def _prepare(x: np.ndarray, bits: int):
     if x.shape[0] == 0:
         return x, bits, np.float32(0.0), np.float32(0.0), np.float32(0.0), np.int32((1 << bits) - 1)
     lo, hi = _minmax(x)
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi - lo <= np.finfo(np.float32).max):
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi - lo <= _F32_MAX):
         raise ValueError("cannot quantize: the tensor holds NaN/inf or its range overflows float32")
     top = (1 << bits) - 1
-    inv = np.float32(top / (float(hi) - float(lo))) if hi > lo else np.float32(0.0)
-    return x, bits, np.float32(lo), np.float32(hi), inv, np.int32(top)
+    inv = top / (float(hi) - float(lo)) if hi > lo else 0.0
+    if inv > _F32_MAX:  # span below ~1e-36: code as constant (error <= span)
+        inv = 0.0
+    return x, bits, np.float32(lo), np.float32(hi), np.float32(inv), np.int32(top)
 
 
 def _scale(bits: int, lo: float, hi: float) -> np.float32:

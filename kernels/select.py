@@ -3,10 +3,12 @@
 Every selector returns exactly ``min(k, n)`` distinct local row indices (int64) and is deterministic:
 ``select_loss`` and ``select_stratified`` order them by score, highest first (ties: lower index
 first); ``select_random`` returns them ascending (the order HDF5 fancy indexing wants).
-NaN scores rank below every number.
+NaN scores count as -inf.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -45,13 +47,13 @@ def _topk(scores, k):
     hi = np.empty(k, np.int64)
     for i in range(k):
         s = scores[i]
-        hs[i] = -np.inf if s != s else s
+        hs[i] = -np.inf if math.isnan(s) else s
         hi[i] = i
     for pos in range(k // 2 - 1, -1, -1):
         _sift_down(hs, hi, pos, k)
     for i in range(k, scores.shape[0]):
         s = scores[i]
-        s = -np.inf if s != s else s
+        s = -np.inf if math.isnan(s) else s
         if s > hs[0]:  # a later index never wins a tie
             hs[0] = s
             hi[0] = i
@@ -119,7 +121,7 @@ def topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest scores, highest first, ties broken by lower index.
 
     Args:
-        scores: 1-D scores (any float or int dtype; compared as float64, NaN lowest).
+        scores: 1-D scores (any float or int dtype; compared as float64, NaN as -inf).
         k: Number wanted; ``k <= 0`` gives an empty result, ``k >= n`` all ``n`` sorted.
 
     Returns:

@@ -7,7 +7,7 @@ import pytest
 
 from ftmpi import kernels as K
 
-MODELS = [[6, 4], [6, 8, 4], [6, 8, 5, 4]]  # logreg, MLP with 1 and 2 hidden layers
+MODELS = [[6, 4], [6, 8, 4], [6, 40, 5, 4]]  # logreg, MLP with 1 and 2 hidden layers (one > 32 wide)
 
 
 def _data(sizes, n, seed=0):
@@ -100,7 +100,7 @@ def test_sample_loss_and_predict_chunked(sizes, monkeypatch):
     monkeypatch.setattr(K.model, "CHUNK_ROWS", 7)  # several chunks and a partial one
     X, y = _data(sizes, 45)
     params = _params(sizes)
-    ref_loss, _, ref_per_sample, ref_logits = _reference(params, sizes, X, y)
+    _, _, ref_per_sample, ref_logits = _reference(params, sizes, X, y)
     out = np.empty(45, np.float32)
     K.sample_loss(params, sizes, X, y, out)
     np.testing.assert_allclose(out, ref_per_sample, rtol=1e-5, atol=1e-6)
@@ -285,6 +285,14 @@ def test_fused_equals_unfused(bits, stochastic):
     out = K.unpack_dequantize(packed, bits, lo, hi, x.size, buf[5:20_008])
     assert out.base is buf and not buf[:5].any() and not buf[20_008:].any()
     np.testing.assert_array_equal(out, K.dequantize(codes, bits, lo, hi))
+
+
+def test_quantize_extreme_ranges():
+    tiny = np.array([0.0, 1e-40, 2e-40], np.float32)  # span too small for a float32 1/scale
+    codes, lo, hi = K.quantize(tiny, 8)
+    assert np.abs(K.dequantize(codes, 8, lo, hi) - tiny).max() <= hi - lo
+    with pytest.raises(ValueError, match="range overflows"):
+        K.quantize(np.array([-3e38, 3e38], np.float32), 8)
 
 
 def test_quantize_rejects_bad_input():

@@ -1,0 +1,131 @@
+"""Fault injection with real signals on real mpirun jobs (issue 3).
+
+Every job runs under a hard limit (tests/mpirun.py). The synthetic smoke config trains 4 workers for 20
+rounds; ``executor.timeout`` is lowered so that deadline detection is quick.
+"""
+from __future__ import annotations
+
+import pytest
+
+from .mpirun import ROOT, needs_mpi, run_job
+
+pytestmark = [pytest.mark.mpi, needs_mpi]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+FAST = ("--set", "executor.timeout=1.5")
+
+
+def _failures(job):
+    return {f["rank"]: f for f in job.summary["failures"]}
+
+
+def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp_path):
+    job = run_job(4, SMOKE, tmp_path / "r", "--inject", "kill:2@5", "--detector", "ulfm",
+                  "--set", "executor.remap=full", *FAST)
+    assert job.rc == 0, job.err
+    s = job.summary
+    f = _failures(job)[2]
+    assert s["status"] == "completed" and s["alive_workers"] == 3
+    assert f["how"] == "ulfm" and f["kind"] == "kill" and f["round"] == 5
+    assert f["detection_latency"] < 1.0 and f["recovery_time"] < 1.5
+    assert s["coverage"] == 1.0 and f["rows_dropped"] == 0
+    assert s["points_handed"] == f["rows_handed"] == s["initial_shards"]["2"]
+    assert s["final_test_acc"] > 0.75
+    rows = job.metrics()
+    assert [int(r["alive_workers"]) for r in rows][4:7] == [4, 3, 3]
+    assert int(rows[-1]["epoch"]) == 1
+    handoffs = sorted(p.name for p in (tmp_path / "r" / "shards").glob("handoff-*.h5"))
+    assert handoffs == ["handoff-e0001-w0001.h5", "handoff-e0001-w0003.h5", "handoff-e0001-w0004.h5"]
+
+
+@pytest.mark.parametrize("kind", ["kill", "exit"])
+def test_timeout_detector_catches_kill_and_exit(tmp_path, kind):
+    job = run_job(4, SMOKE, tmp_path / kind, "--inject", f"{kind}:3@4", "--detector", "timeout", *FAST)
+    assert job.rc == 0, job.err  # ftmpi's verdict; mpirun itself may report the dead rank
+    f = _failures(job)[3]
+    assert f["how"] == "timeout" and f["kind"] == kind
+    assert 1.0 < f["detection_latency"] < 1.5 + 1.0
+    assert f["recovery_time"] < 1.5 + 1.0
+    s = job.summary
+    assert s["detector"] == "timeout" and s["alive_workers"] == 3
+    # representative remap: the dead worker's 50 top rows are handed over, the rest dropped, exactly
+    assert f["rows_handed"] == 50 and f["rows_handed"] + f["rows_dropped"] == s["initial_shards"]["3"]
+    assert s["coverage"] == pytest.approx(1 - f["rows_dropped"] / 3200)
+
+
+def test_exit_under_auto_falls_back_to_the_deadline(tmp_path):
+    job = run_job(4, SMOKE, tmp_path / "x", "--inject", "exit:1@3", *FAST)
+    assert job.rc == 0, job.err
+    assert job.summary["detector"] == "ulfm"
+    assert _failures(job)[1]["how"] == "timeout"
+
+
+def test_hung_worker_is_detected_and_the_job_still_ends(tmp_path):
+    job = run_job(4, SMOKE, tmp_path / "h", "--inject", "hang:4@6", *FAST, limit=60)
+    assert job.rc == 0, job.err
+    f = _failures(job)[4]
+    assert f["how"] == "timeout" and f["kind"] == "hang" and f["detection_latency"] < 1.5 + 1.0
+    assert job.wall < 30
+
+
+def test_slow_worker_within_deadline_is_not_declared_dead(tmp_path):
+    job = run_job(4, SMOKE, tmp_path / "s", "--inject", "slow:2@3:0.8", *FAST)
+    assert job.rc == 0, job.err
+    assert job.summary["failures"] == [] and job.summary["alive_workers"] == 4
+    times = [float(r["round_time"]) for r in job.metrics()]
+    assert times[3] > 0.7  # the round waited for it
+
+
+def test_two_in_one_round_then_a_third(tmp_path):
+    job = run_job(4, SMOKE, tmp_path / "t", "--inject", "kill:1@4", "--inject", "kill:3@4",
+                  "--inject", "exit:2@8", "--set", "executor.remap=full", *FAST)
+    assert job.rc == 0, job.err
+    s, f = job.summary, _failures(job)
+    assert sorted(f) == [1, 2, 3] and f[1]["round"] == f[3]["round"] == 4 and f[2]["round"] == 8
+    assert s["alive_workers"] == 1 and s["coverage"] == 1.0 and s["status"] == "completed"
+    # worker 2 held rows handed to it in epoch 1; they are passed on with its own in epoch 2
+    assert f[2]["rows_handed"] > s["initial_shards"]["2"]
+
+
+def test_all_workers_dead_saves_and_exits_3(tmp_path):
+    job = run_job(2, SMOKE, tmp_path / "a", "--inject", "kill:1@3", "--inject", "kill:2@5", *FAST)
+    assert job.rc == 3, job.err
+    s = job.summary
+    assert s["status"] == "no-workers" and s["exit_code"] == 3 and s["alive_workers"] == 0
+    assert len(job.metrics()) == s["rounds"] == 6
+    assert "every worker" in job.err or "no workers" in job.err.lower()
+
+
+def test_worker_dead_before_first_round_and_worker_exception(tmp_path):
+    job = run_job(3, SMOKE, tmp_path / "e", "--inject", "kill:1@0", "--inject", "raise:2@2", *FAST)
+    assert job.rc == 0, job.err
+    f = _failures(job)
+    assert f[1]["round"] == 0 and f[1]["rows_handed"] == 50  # scored by rank 0: it never reported
+    assert f[2]["how"] == "error" and "injected fault raise:2@2" in f[2]["reason"]
+    assert f[2]["detection_latency"] < 1.0  # reported by the worker itself, no deadline needed
+
+
+def test_zombie_that_wakes_up_is_expelled_and_changes_nothing(tmp_path):
+    job = run_job(3, SMOKE, tmp_path / "z", "--inject", "pause:2@3:2.5", "--set", "executor.timeout=1",
+                  "--set", "model.n_iterations=2000", "--set", "executor.comm_period=5", limit=90)
+    assert job.rc == 0, job.err
+    s = job.summary
+    assert _failures(job)[2]["how"] == "timeout"
+    assert s["stale_dropped"] >= 1 and s["alive_workers"] == 2
+    assert "rank 2" in job.err and "declared dead" in job.err  # the zombie says why it leaves
+
+
+@pytest.mark.parametrize("detector", ["ulfm", "timeout"])
+def test_coordinator_loss_ends_every_rank_nonzero(tmp_path, detector):
+    job = run_job(3, SMOKE, tmp_path / "c", "--inject", "kill:0@4", "--detector", detector, *FAST, limit=60)
+    assert job.rc != 0
+    assert job.err.count("lost the coordinator") == 3, job.err
+    assert job.summary["status"] == "running"  # rank 0 never finished; nothing claims otherwise
+    assert len(job.metrics()) >= 3  # what was written is intact
+
+
+def test_without_ulfm_a_hang_is_still_survived_and_ulfm_request_is_refused(tmp_path):
+    job = run_job(3, SMOKE, tmp_path / "n", "--inject", "hang:1@3", *FAST, ulfm=False, limit=60)
+    assert job.rc == 0, job.err
+    assert job.summary["detector"] == "timeout" and _failures(job)[1]["how"] == "timeout"
+    bad = run_job(2, SMOKE, tmp_path / "u", "--detector", "ulfm", ulfm=False, limit=60)
+    assert bad.rc == 2 and "--with-ft ulfm" in bad.err and "Traceback" not in bad.err

@@ -1,0 +1,91 @@
+"""Real mpirun runs of the trainer (issue 2): 3 and 5 ranks, quantization, determinism, bad input."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from .mpirun import ROOT, needs_mpi, run_job
+
+pytestmark = [pytest.mark.mpi, needs_mpi]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+def test_three_ranks_train_and_write_outputs(tmp_path):
+    job = run_job(2, SMOKE, tmp_path / "run")
+    assert job.rc == 0, job.err
+    s = job.summary
+    assert s["status"] == "completed" and s["exit_code"] == 0
+    assert s["workers"] == 2 and s["alive_workers"] == 2 and s["failures"] == []
+    assert s["final_test_acc"] > 0.75  # 4 synthetic classes: chance is 0.25
+    rows = job.metrics()
+    assert len(rows) == s["rounds"] == 20
+    assert [int(r["round"]) for r in rows] == list(range(20))
+    assert float(rows[-1]["test_acc"]) == pytest.approx(s["final_test_acc"])
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert int(rows[-1]["bytes_sent"]) > 0 and int(rows[-1]["bytes_recv"]) > 0
+    on_wire = int(rows[-1]["bytes_sent"]) + int(rows[-1]["bytes_recv"])
+    assert on_wire <= s["bytes_total"] < on_wire + 2000  # + the stop/bye messages
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["executor"]["comm_period"] == 10 and resolved["data"]["dataset"] == "synthetic"
+    assert s["coverage"] == 1.0
+
+
+def test_same_seed_same_result(tmp_path):
+    a = run_job(2, SMOKE, tmp_path / "a", "--set", "model.n_iterations=60")
+    b = run_job(2, SMOKE, tmp_path / "b", "--set", "model.n_iterations=60")
+    assert a.rc == 0 and b.rc == 0, a.err + b.err
+    assert [r["train_loss"] for r in a.metrics()] == [r["train_loss"] for r in b.metrics()]
+    assert a.summary["final_test_acc"] == b.summary["final_test_acc"]
+
+
+def test_five_ranks_quantized_gradients_and_options(tmp_path):
+    """4 workers, 4-bit quantization both ways, loss-weighted aggregation, mu_g pull, delta_switch."""
+    job = run_job(4, SMOKE, tmp_path / "q", "--set", "executor.quantize=4", "--set", "executor.aggregate=loss",
+                  "--set", "optimizer.mu_g=0.01", "--set", "executor.delta_switch=0.05",
+                  "--set", "optimizer.name=adam", "--set", "optimizer.learning_rate=0.02")
+    assert job.rc == 0, job.err
+    s = job.summary
+    assert s["status"] == "completed" and s["workers"] == 4
+    assert s["final_test_acc"] > 0.75
+    assert s["iterations"] == 200
+    # delta_switch: once the global model moves less than 0.05, rounds become one iteration long
+    assert s["switched_to_every_iteration_at"] is not None
+    assert s["rounds"] > 20
+    grads = run_job(4, SMOKE, tmp_path / "g", "--set", "executor.send_gradients=true",
+                    "--set", "executor.comm_period=1", "--set", "model.n_iterations=60",
+                    "--set", "optimizer.learning_rate=0.5")
+    assert grads.rc == 0, grads.err
+    assert grads.summary["final_test_acc"] > 0.75 and grads.summary["rounds"] == 60
+
+
+def test_quantization_shrinks_the_wire(tmp_path):
+    raw = run_job(2, SMOKE, tmp_path / "raw", "--set", "model.type=mlp", "--set", "model.hidden=[64]",
+                  "--set", "model.n_iterations=50")
+    q8 = run_job(2, SMOKE, tmp_path / "q8", "--set", "model.type=mlp", "--set", "model.hidden=[64]",
+                 "--set", "model.n_iterations=50", "--set", "executor.quantize=8")
+    assert raw.rc == 0 and q8.rc == 0, raw.err + q8.err
+    # 8-bit codes instead of float32 for ~1.6k parameters: well under half the bytes
+    assert q8.summary["bytes_total"] < 0.5 * raw.summary["bytes_total"]
+    assert abs(q8.summary["final_test_acc"] - raw.summary["final_test_acc"]) < 0.03
+
+
+@pytest.mark.parametrize("bad, expect", [
+    (["--set", "executor.timeout=-1"], "executor.timeout"),
+    (["--set", "model.typo=3"], "model.typo"),
+])
+def test_bad_config_one_line_exit_2_on_every_rank(tmp_path, bad, expect):
+    job = run_job(2, SMOKE, tmp_path / "bad", *bad, limit=60)
+    assert job.rc == 2
+    lines = [ln for ln in job.err.splitlines() if ln.startswith("ftmpi:")]
+    assert len(lines) == 1 and expect in lines[0], job.err
+    assert "Traceback" not in job.err
+    assert not (tmp_path / "bad" / "summary.json").exists()
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    job = run_job(2, SMOKE, tmp_path / "nodata", "--set", "data.dataset=mnist",
+                  "--set", f"data.path={tmp_path}/nowhere", limit=60,
+                  env={"FTMPI_DATA": str(tmp_path / "nothing-here"), "HOME": str(tmp_path)})
+    assert job.rc == 2, job.err
+    assert "Traceback" not in job.err
+    assert any("mnist" in ln for ln in job.err.splitlines() if ln.startswith("ftmpi: rank 0"))
