@@ -133,6 +133,7 @@ class OptimizerConfig:
 
     name: str = _f("sgd", _choice("sgd", "adam"))
     learning_rate: float = _f(0.05, _num(0, lo_open=True))
+    lr_schedule: str = _f("constant", _choice("constant", "cosine", "linear"))  # over n_iterations
     mu_g: float = _f(0.0, _num(0))
     n_most_rep: int | float = _f(100, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
     rep_selection: str = _f("loss", _choice("loss", "random", "stratified"))

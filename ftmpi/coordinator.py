@@ -31,7 +31,7 @@ from .data import Dataset, load_dataset
 from .errors import EXIT_NO_WORKERS, EXIT_OK
 from .metrics import MetricsCSV, Progress, write_json_atomic, write_status
 from .models import Model
-from .optim import Optimizer
+from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, partition
 from .shards import handoff_path, shard_path, write_shard
 from .worker import rep_count, select_representative
@@ -168,9 +168,13 @@ class Coordinator:
                              self.cfg.model.seed * 31 + rnd)
             self.W_bcast += decode(payload, self.tensors, self.model.n_params)
             full = False
+        o = self.cfg.optimizer
+        # the rate at the middle of this round's iterations
+        lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
+        self.opt.lr = lr
         for r in self.alive:
             msg: dict[str, Any] = {"t": "round", "epoch": self.epoch, "round": rnd, "iters": iters,
-                                   "full": full, "params": payload,
+                                   "lr": lr, "full": full, "params": payload,
                                    "handoff": self.pending_handoff.pop(r, [])}
             if first:
                 msg["setup"] = {"shard": str(shard_path(self.run_dir, r)), "n_classes": self.data.n_classes,

@@ -4,7 +4,19 @@ State is plain arrays and a step counter so that a checkpoint can store and rest
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def lr_at(base: float, schedule: str, done: int, total: int) -> float:
+    """Learning rate after ``done`` of ``total`` iterations: constant, cosine or linear decay to zero."""
+    frac = min(max(done / max(total, 1), 0.0), 1.0)
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return base * (1.0 - frac)
+    return base
 
 
 def clip(grad: np.ndarray, clip_norm: float, clip_val: float) -> None:

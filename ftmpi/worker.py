@@ -155,6 +155,7 @@ class Worker:
         else:
             self.replica += decode(msg["params"], self.tensors, self.model.n_params)
         iters, bs = int(msg["iters"]), min(cfg.model.batch_size, len(self.y))
+        self.opt.lr = float(msg.get("lr", cfg.optimizer.learning_rate))
         mu = cfg.optimizer.mu_g
         losses = []
         if ex.send_gradients:

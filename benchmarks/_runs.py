@@ -1,0 +1,52 @@
+"""Shared by the end-to-end benchmarks: run a real job through jobs/local.sh and time it from outside."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run(workers: int, config: str, run_dir: Path, *args: str, limit: float = 600) -> dict:
+    """Run one job; return its summary plus ``outer_wall`` (seconds, mpirun start-up included) and ``rc``."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = dict(os.environ, PYTHON=sys.executable, FTMPI_JOB_TIMEOUT=str(int(limit)))
+    cmd = ["bash", str(ROOT / "jobs" / "local.sh"), str(workers), config, "--run-dir", str(run_dir), "--quiet",
+           *args]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {"status": "missing"}
+    summary["outer_wall"] = wall
+    summary["rc"] = p.returncode
+    if p.returncode not in (0,) and summary.get("status") != "completed":
+        sys.stderr.write(f"run {' '.join(cmd)} -> rc {p.returncode}\n{p.stderr[-2000:]}\n")
+    return summary
+
+
+def machine() -> dict:
+    import numpy
+
+    try:
+        ompi = subprocess.run(["ompi_info", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    except OSError:
+        ompi = "?"
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "cores": os.cpu_count(),
+            "mpi": ompi, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def write(name: str, payload: dict, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)

@@ -1,0 +1,557 @@
+"""HDF5 checkpoints of rank 0's state: save atomically, load with validation, summarise. No MPI.
+
+A checkpoint is one file, ``run_dir/ckpt/round-000120.h5``, where the number is the next round to run.
+Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func:`load`::
+
+    /                              attrs: format, format_version, round, epoch, iters_done, period,
+                                          switched_at (-1 = never), test_acc, train_loss, coverage, dataset,
+                                          n_classes, created (unix), created_iso, stale_dropped, rows_handed,
+                                          wall_seconds, bytes_total, config (YAML), failures (JSON), rng (JSON)
+    /model/sizes                   int64 [d, h..., k]
+    /model/layer0/W, /model/layer0/b, ...   float32, W of shape (fan_in, fan_out)
+    /optimizer/m, /optimizer/v     float32 (v empty for SGD); attrs name, step
+    /membership/alive, /dead       int32 world ranks
+    /ownership/owner               int32 per training id: owning rank, or -1
+    /ownership/dropped             uint8 per training id: 1 = dropped on purpose
+    /representative/worker-0003    int64 global ids, one dataset per worker
+    /metrics/per_class_acc         float64
+
+The parameters are stored per layer so a user sees matrices, not one long vector; :func:`load` puts them
+back into the flat layout of :func:`ftmpi.kernels.model.layer_slices`.
+
+Integrity: HDF5 has no checksum on contiguous raw data (its Fletcher32 filter needs chunked storage and its
+read error does not say which dataset), so every dataset carries an attribute ``crc32``: ``zlib.crc32`` of
+its little-endian C-order bytes. :func:`load` recomputes it and names the dataset that does not match.
+
+Atomicity: :func:`save` writes ``.round-000120.h5.tmp-<pid>`` in the same folder, fsyncs it, moves it into
+place with ``os.replace`` and fsyncs the folder, so a reader sees the old set of checkpoints or the new
+one, never a partial file. A writer killed midway leaves only its temp file, which :func:`list_checkpoints`
+never lists and :func:`prune` deletes once a newer checkpoint is complete.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from ftmpi.errors import CheckpointError
+from ftmpi.kernels.model import layer_slices
+from ftmpi.partition import coverage as _coverage
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "ckpt_path", "format_summary", "list_checkpoints", "load",
+           "newest_valid", "prune", "save", "summarize"]
+
+FORMAT = "ftmpi-checkpoint"
+FORMAT_VERSION = 1
+_NAME_RE = re.compile(r"^round-(\d+)\.h5$")
+_TMP_RE = re.compile(r"^\.round-\d+\.h5\.tmp-\d+$")
+_WORKER_RE = re.compile(r"^worker-(\d+)$")
+_LAYER_RE = re.compile(r"^layer(\d+)$")
+_INT_ATTRS = ("round", "epoch", "iters_done", "period", "n_classes", "stale_dropped", "rows_handed", "bytes_total")
+_FLOAT_ATTRS = ("test_acc", "train_loss", "wall_seconds", "created")
+_PathLike = str | os.PathLike[str]
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """A consistent snapshot of rank 0's state, enough to resume a run and to audit it.
+
+    Attributes:
+        round: The next round to run.
+        epoch: Membership epoch.
+        iters_done: Local iterations done so far (per worker).
+        period: Current communication period (local iterations per round).
+        switched_at: Round at which ``delta_switch`` set the period to 1, or None.
+        params: Flat float32 global parameters.
+        sizes: int64 layer widths ``[d, h..., k]``.
+        optim: ``{"name": str, "m": float32, "v": float32 (may be empty), "step": int}``.
+        members: Alive worker world ranks at save time.
+        dead: Worker world ranks declared dead.
+        owner: int32 owner rank per training id, -1 for none.
+        dropped: bool per training id, True when dropped on purpose.
+        representative: Worker rank -> int64 global ids of its most representative rows.
+        rng: Small JSON-able dict of seeds/state needed to reproduce the run.
+        config: Resolved configuration, as from :func:`ftmpi.config.config_to_dict`.
+        test_acc: Test accuracy at save time (NaN if not evaluated yet).
+        per_class_acc: float64 test accuracy per class (may be empty).
+        train_loss: Mean training loss of the last round.
+        failures: One JSON-able dict per lost worker.
+        stale_dropped: Messages dropped for being from an older epoch or round.
+        rows_handed: Training rows handed over to survivors so far.
+        wall_seconds: Wall time of the run so far.
+        bytes_total: Bytes communicated so far.
+        dataset: Dataset name.
+        n_classes: Number of classes.
+        created: ``time.time()`` at save.
+    """
+
+    round: int
+    epoch: int
+    iters_done: int
+    period: int
+    switched_at: int | None
+    params: np.ndarray
+    sizes: np.ndarray
+    optim: dict[str, Any]
+    members: list[int]
+    dead: list[int]
+    owner: np.ndarray
+    dropped: np.ndarray
+    representative: dict[int, np.ndarray]
+    rng: dict[str, Any]
+    config: dict[str, Any]
+    test_acc: float
+    per_class_acc: np.ndarray
+    train_loss: float
+    failures: list[dict[str, Any]]
+    stale_dropped: int
+    rows_handed: int
+    wall_seconds: float
+    bytes_total: int
+    dataset: str
+    n_classes: int
+    created: float
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of training ids owned by some worker (1.0 for an empty training set)."""
+        owner = np.asarray(self.owner)
+        return _coverage(int(np.count_nonzero(owner >= 0)), owner.size)
+
+
+class _Invalid(Exception):
+    """What is wrong with a checkpoint file (the caller adds the file name)."""
+
+
+def ckpt_path(run_dir: _PathLike, round: int) -> Path:
+    """Path of the checkpoint taken before ``round``: ``run_dir/ckpt/round-000120.h5``."""
+    return Path(run_dir) / "ckpt" / f"round-{round:06d}.h5"
+
+
+def list_checkpoints(run_dir: _PathLike) -> list[Path]:
+    """Checkpoint files of a run, oldest round first; temp files of unfinished writes are never listed."""
+    folder = Path(run_dir) / "ckpt"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME_RE.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")))
+
+
+def _put(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    ds = group.create_dataset(name, data=data)
+    ds.attrs["crc32"] = np.uint32(_crc(data))
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _inconsistency(s: Snapshot) -> str | None:
+    """Return what makes the snapshot self-contradictory, or None. Shared by :func:`save` and :func:`load`."""
+    sizes = np.asarray(s.sizes)
+    if sizes.ndim != 1 or len(sizes) < 2 or sizes.min() < 1:
+        return f"sizes {sizes.tolist()} is not [d, (hidden...,) k] with positive entries"
+    n = layer_slices(sizes)[-1][2].stop
+    if np.shape(s.params) != (n,):
+        return f"params has shape {np.shape(s.params)} but sizes {sizes.tolist()} need ({n},)"
+    if np.shape(s.optim["m"]) != (n,):
+        return f"optimizer m has shape {np.shape(s.optim['m'])}, expected ({n},)"
+    if np.shape(s.optim["v"]) not in ((0,), (n,)):
+        return f"optimizer v has shape {np.shape(s.optim['v'])}, expected (0,) or ({n},)"
+    owner, dropped = np.asarray(s.owner), np.asarray(s.dropped)
+    if owner.ndim != 1 or owner.shape != dropped.shape:
+        return f"ownership: owner has shape {owner.shape} but dropped has {dropped.shape}"
+    if owner.size and owner.min() < -1:
+        return "ownership: owner holds ranks below -1"
+    both = int(np.count_nonzero((owner >= 0) & dropped.astype(bool)))
+    if both:
+        return f"ownership: {both} id(s) are both owned and dropped"
+    for rank, ids in s.representative.items():
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= owner.size)):
+            return f"representative ids of worker {rank} fall outside [0, {owner.size})"
+    if np.size(s.per_class_acc) not in (0, s.n_classes):
+        return f"per_class_acc has {np.size(s.per_class_acc)} entries for {s.n_classes} classes"
+    both_ways = sorted(set(s.members) & set(s.dead))
+    if both_ways:
+        return f"rank(s) {both_ways} are listed as both alive and dead"
+    return None
+
+
+def save(path: _PathLike, snap: Snapshot) -> Path:
+    """Write a checkpoint atomically (temp file in the same folder, fsync, ``os.replace``).
+
+    Args:
+        path: Destination, usually :func:`ckpt_path`; missing parent folders are created.
+        snap: The state to store.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: If the snapshot contradicts itself (e.g. params do not match sizes); nothing is written.
+        Exception: Whatever the write raised; the destination is then untouched and the temp file removed.
+    """
+    dest = Path(path)
+    problem = _inconsistency(snap)
+    if problem:
+        raise ValueError(f"{dest}: refusing to save an inconsistent snapshot: {problem}")
+    texts = {"config": yaml.safe_dump(snap.config, sort_keys=False),  # fail before touching the disk
+             "failures": json.dumps(snap.failures), "rng": json.dumps(snap.rng)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write(f, snap, texts)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every filesystem lets a folder be fsync'd
+        fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return dest
+
+
+def _write(f: h5py.File, s: Snapshot, texts: dict[str, str]) -> None:
+    a = f.attrs
+    a["format"], a["format_version"] = FORMAT, FORMAT_VERSION
+    for key in _INT_ATTRS:
+        a[key] = int(getattr(s, key))
+    for key in _FLOAT_ATTRS:
+        a[key] = float(getattr(s, key))
+    a["switched_at"] = -1 if s.switched_at is None else int(s.switched_at)
+    a["coverage"] = s.coverage
+    a["dataset"] = str(s.dataset)
+    a["created_iso"] = _iso(s.created)
+    for key, text in texts.items():
+        a[key] = text
+    sizes = np.asarray(s.sizes, np.int64)
+    params = np.asarray(s.params, np.float32)
+    model = f.create_group("model")
+    _put(model, "sizes", sizes)
+    for i, (w_sl, shape, b_sl) in enumerate(layer_slices(sizes)):
+        layer = model.create_group(f"layer{i}")
+        _put(layer, "W", params[w_sl].reshape(shape))
+        _put(layer, "b", params[b_sl])
+    opt = f.create_group("optimizer")
+    opt.attrs["name"], opt.attrs["step"] = str(s.optim["name"]), int(s.optim["step"])
+    _put(opt, "m", np.asarray(s.optim["m"], np.float32))
+    _put(opt, "v", np.asarray(s.optim["v"], np.float32))
+    members = f.create_group("membership")
+    _put(members, "alive", np.asarray(s.members, np.int32).reshape(-1))
+    _put(members, "dead", np.asarray(s.dead, np.int32).reshape(-1))
+    own = f.create_group("ownership")
+    _put(own, "owner", np.asarray(s.owner, np.int32))
+    _put(own, "dropped", np.asarray(s.dropped, bool).astype(np.uint8))
+    rep = f.create_group("representative")
+    for rank in sorted(s.representative):
+        _put(rep, f"worker-{int(rank):04d}", np.asarray(s.representative[rank], np.int64))
+    _put(f.create_group("metrics"), "per_class_acc", np.asarray(s.per_class_acc, np.float64).reshape(-1))
+
+
+def _attr(obj: h5py.HLObject, name: str, kind: type) -> Any:
+    if name not in obj.attrs:
+        raise _Invalid(f"missing attribute '{name}' on {obj.name}")
+    value = obj.attrs[name]
+    value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    value = value.item() if isinstance(value, np.generic) else value
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[kind]
+    if not ok(value):
+        raise _Invalid(f"attribute '{name}' on {obj.name} is not a {kind.__name__}: {value!r:.60}")
+    return kind(value)
+
+
+def _text(f: h5py.File, name: str, parse: Any, kind: type) -> Any:
+    try:
+        value = parse(_attr(f, name, str))
+    except (ValueError, yaml.YAMLError) as exc:
+        raise _Invalid(f"attribute '{name}' does not parse: {_one_line(exc)}") from None
+    if not isinstance(value, kind):
+        raise _Invalid(f"attribute '{name}' is not a {kind.__name__}")
+    return value
+
+
+def _group(f: h5py.File, name: str) -> h5py.Group:
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Group):
+        raise _Invalid(f"missing group /{name}")
+    return obj
+
+
+def _get(f: h5py.File, name: str, dtype: type, ndim: int) -> np.ndarray:
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        raise _Invalid(f"missing dataset /{name}")
+    if obj.dtype != np.dtype(dtype) or obj.ndim != ndim:
+        raise _Invalid(f"dataset /{name} is {obj.dtype} with {obj.ndim} dim(s), expected "
+                       f"{np.dtype(dtype)} with {ndim}")
+    if "crc32" not in obj.attrs:
+        raise _Invalid(f"dataset /{name} has no crc32 attribute")
+    data = obj[()]
+    stored, actual = int(obj.attrs["crc32"]), _crc(data)
+    if stored != actual:
+        raise _Invalid(f"checksum mismatch in dataset /{name} (stored crc32 {stored:08x}, data gives "
+                       f"{actual:08x}): the file is corrupt")
+    return data
+
+
+def _read(f: h5py.File) -> tuple[Snapshot, float]:
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+    if fmt is None:
+        raise _Invalid("not an ftmpi checkpoint (no 'format' attribute)")
+    if fmt != FORMAT:
+        raise _Invalid(f"not an ftmpi checkpoint (format {fmt!r:.60}, expected {FORMAT!r})")
+    version = _attr(f, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise _Invalid(f"checkpoint format version {version} found; this ftmpi reads version {FORMAT_VERSION} only")
+    sizes = _get(f, "model/sizes", np.int64, 1)
+    if len(sizes) < 2 or sizes.min() < 1:
+        raise _Invalid(f"/model/sizes {sizes.tolist()} is not [d, (hidden...,) k] with positive entries")
+    slices = layer_slices(sizes)
+    n_layers = sum(1 for k in _group(f, "model") if _LAYER_RE.match(k))
+    if n_layers != len(slices):
+        raise _Invalid(f"/model holds {n_layers} layer group(s) but sizes {sizes.tolist()} describe {len(slices)}")
+    params = np.empty(slices[-1][2].stop, np.float32)
+    for i, (w_sl, shape, b_sl) in enumerate(slices):
+        W, b = _get(f, f"model/layer{i}/W", np.float32, 2), _get(f, f"model/layer{i}/b", np.float32, 1)
+        if W.shape != shape or b.shape != (shape[1],):
+            raise _Invalid(f"/model/layer{i} holds W {W.shape} and b {b.shape} but sizes {sizes.tolist()} "
+                           f"imply {shape} and ({shape[1]},)")
+        params[w_sl], params[b_sl] = W.ravel(), b
+    opt = _group(f, "optimizer")
+    optim = {"name": _attr(opt, "name", str), "m": _get(f, "optimizer/m", np.float32, 1),
+             "v": _get(f, "optimizer/v", np.float32, 1), "step": _attr(opt, "step", int)}
+    dropped = _get(f, "ownership/dropped", np.uint8, 1)
+    if dropped.size and dropped.max() > 1:
+        raise _Invalid("/ownership/dropped holds values other than 0 and 1")
+    representative = {}
+    for key, obj in _group(f, "representative").items():
+        m = _WORKER_RE.match(key)
+        if m is None or not isinstance(obj, h5py.Dataset):
+            raise _Invalid(f"unexpected object /representative/{key} (expected worker-NNNN datasets)")
+        representative[int(m.group(1))] = _get(f, f"representative/{key}", np.int64, 1)
+    switched_at = _attr(f, "switched_at", int)
+    snap = Snapshot(
+        **{k: _attr(f, k, int) for k in _INT_ATTRS}, **{k: _attr(f, k, float) for k in _FLOAT_ATTRS},
+        switched_at=None if switched_at < 0 else switched_at, params=params, sizes=sizes, optim=optim,
+        members=_get(f, "membership/alive", np.int32, 1).tolist(),
+        dead=_get(f, "membership/dead", np.int32, 1).tolist(),
+        owner=_get(f, "ownership/owner", np.int32, 1), dropped=dropped.astype(bool),
+        representative=representative, rng=_text(f, "rng", json.loads, dict),
+        config=_text(f, "config", yaml.safe_load, dict),
+        per_class_acc=_get(f, "metrics/per_class_acc", np.float64, 1),
+        failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str))
+    return snap, _attr(f, "coverage", float)
+
+
+def _load(path: Path) -> Snapshot:
+    if not path.exists():
+        raise _Invalid("no such checkpoint file")
+    if not path.is_file():
+        raise _Invalid("not a regular file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise _Invalid(f"not a readable HDF5 file, or truncated ({_one_line(exc)})") from None
+    with f:
+        try:
+            snap, stored_coverage = _read(f)
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise _Invalid(f"unreadable ({_one_line(exc)})") from None
+    problem = _inconsistency(snap)
+    if problem:
+        raise _Invalid(f"inconsistent contents: {problem}")
+    if not math.isclose(stored_coverage, snap.coverage, abs_tol=1e-9):
+        raise _Invalid(f"attribute coverage={stored_coverage} disagrees with /ownership/owner ({snap.coverage})")
+    return snap
+
+
+def load(path: _PathLike) -> Snapshot:
+    """Read and validate a checkpoint.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The :class:`Snapshot`, with ``params`` reassembled into the flat layout.
+
+    Raises:
+        CheckpointError: One line, ``"<file>: <what is wrong>"``: missing file, not HDF5 or truncated, not an
+            ftmpi checkpoint, another format version, a missing group/dataset/attribute, a checksum
+            mismatch (naming the dataset), or contents that contradict each other.
+    """
+    try:
+        return _load(Path(path))
+    except _Invalid as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def newest_valid(run_dir: _PathLike) -> tuple[Path, Snapshot, list[str]]:
+    """Find the newest checkpoint of a run that loads.
+
+    Args:
+        run_dir: The run directory (checkpoints live in its ``ckpt`` folder).
+
+    Returns:
+        ``(path, snapshot, warnings)``; one warning ``"skipping <file>: <reason>"`` per newer broken file.
+
+    Raises:
+        CheckpointError: If the folder holds no checkpoint, or none of them loads (names the folder).
+    """
+    folder = Path(run_dir) / "ckpt"
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        raise CheckpointError(f"{folder}: no checkpoint found (expected round-NNNNNN.h5 files)")
+    warnings: list[str] = []
+    for p in reversed(paths):
+        try:
+            return p, _load(p), warnings
+        except _Invalid as exc:
+            warnings.append(f"skipping {p}: {exc}")
+    raise CheckpointError(f"{folder}: none of the {len(paths)} checkpoint(s) is valid; newest "
+                          f"{warnings[0].removeprefix('skipping ')}")
+
+
+def prune(run_dir: _PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints, and temp files older than the newest checkpoint.
+
+    A temp file older than a complete checkpoint belongs to a writer that was killed (rank 0 writes one
+    checkpoint at a time). Call this right after :func:`save`, so the newest file is known to be good.
+
+    Args:
+        run_dir: The run directory.
+        keep: How many checkpoints to keep (>= 1; the newest is never deleted).
+
+    Returns:
+        The files deleted.
+
+    Raises:
+        ValueError: If ``keep < 1``.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    paths = list_checkpoints(run_dir)
+    doomed = paths[:-keep]
+    if paths:
+        newest = paths[-1].stat().st_mtime
+        doomed += [p for p in paths[-1].parent.iterdir() if _TMP_RE.match(p.name) and p.stat().st_mtime < newest]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def summarize(path: _PathLike) -> dict[str, Any]:
+    """Validate a checkpoint and describe it as a JSON-able dict (what ``ftmpi inspect`` shows).
+
+    Raises:
+        CheckpointError: As :func:`load`.
+    """
+    s = load(path)
+    p = Path(path)
+    tensors = [{"name": f"layer{i}/{t}", "shape": list(shape) if t == "W" else [shape[1]],
+                "norm": float(np.linalg.norm(s.params[sl].astype(np.float64)))}
+               for i, (w_sl, shape, b_sl) in enumerate(layer_slices(s.sizes)) for t, sl in (("W", w_sl), ("b", b_sl))]
+    ranks, counts = np.unique(s.owner[s.owner >= 0], return_counts=True)
+    return {
+        "file": str(p), "format_version": FORMAT_VERSION, "file_size": p.stat().st_size,
+        "created": _iso(s.created), "round": s.round, "epoch": s.epoch, "iters_done": s.iters_done,
+        "period": s.period, "switched_at": s.switched_at, "members": s.members, "dead": s.dead,
+        "coverage": s.coverage, "n_samples": int(s.owner.size), "n_owned": int(counts.sum()),
+        "n_dropped": int(s.dropped.sum()), "owned_per_worker": {int(r): int(c) for r, c in zip(ranks, counts, strict=True)},
+        "test_acc": _finite(s.test_acc), "train_loss": _finite(s.train_loss),
+        "per_class_acc": [_finite(x) for x in s.per_class_acc], "sizes": s.sizes.tolist(),
+        "n_params": int(s.params.size), "tensors": tensors,
+        "optimizer": {"name": s.optim["name"], "step": s.optim["step"]},
+        "representative": {r: int(ids.size) for r, ids in sorted(s.representative.items())},
+        "dataset": s.dataset, "n_classes": s.n_classes, "failures": s.failures,
+        "stale_dropped": s.stale_dropped, "rows_handed": s.rows_handed, "wall_seconds": s.wall_seconds,
+        "bytes_total": s.bytes_total, "rng": s.rng, "config": s.config,
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""  # unreachable
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _per_rank(d: dict[int, int]) -> str:
+    return "  ".join(f"w{r}={n}" for r, n in d.items()) or "none"
+
+
+def format_summary(d: dict[str, Any]) -> str:
+    """Render :func:`summarize`'s dict as readable text: header, aligned facts, tensor table, config."""
+    period = f"{d['period']}" + (f" (every iteration since round {d['switched_at']})"
+                                 if d["switched_at"] is not None else "")
+    failures = [f"rank {x.get('rank', '?')} at round {x.get('round', '?')} ({x.get('how', '?')})"
+                for x in d["failures"]]
+    rows = [
+        ("format version", d["format_version"]), ("file size", _size(d["file_size"])), ("created", d["created"]),
+        ("round", f"{d['round']} (next to run)"), ("epoch", d["epoch"]), ("iterations done", d["iters_done"]),
+        ("comm period", period), ("members", " ".join(map(str, d["members"])) or "none"),
+        ("dead", " ".join(map(str, d["dead"])) or "none"),
+        ("coverage", f"{100 * d['coverage']:.2f} % ({d['n_owned']} of {d['n_samples']} samples owned, "
+                     f"{d['n_dropped']} dropped)"),
+        ("rows per worker", _per_rank(d["owned_per_worker"])),
+        ("test accuracy", _num(d["test_acc"])), ("train loss", _num(d["train_loss"])),
+        ("per-class acc", " ".join(_num(x, ".3f") for x in d["per_class_acc"]) or "n/a"),
+        ("optimizer", f"{d['optimizer']['name']}, step {d['optimizer']['step']}"),
+        ("representative", _per_rank(d["representative"])),
+        ("dataset", f"{d['dataset']}, {d['n_classes']} classes"),
+        ("failures", f"{len(failures)}" + (": " + "; ".join(failures) if failures else "")),
+        ("rows handed", d["rows_handed"]), ("stale dropped", d["stale_dropped"]),
+        ("traffic", f"{_size(d['bytes_total'])} in {d['wall_seconds']:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"ftmpi checkpoint {d['file']}"] + [f"  {k:<{width}} : {v}" for k, v in rows]
+    lines.append(f"tensors ({d['n_params']} parameters, sizes {d['sizes']})")
+    shapes = [" x ".join(map(str, t["shape"])) for t in d["tensors"]]
+    name_w = max(4, *(len(t["name"]) for t in d["tensors"]))
+    shape_w = max(5, *(len(s) for s in shapes))
+    lines.append(f"  {'name':<{name_w}}  {'shape':>{shape_w}}  {'L2 norm':>12}")
+    lines += [f"  {t['name']:<{name_w}}  {s:>{shape_w}}  {t['norm']:>12.6g}" for t, s in zip(d["tensors"], shapes, strict=True)]
+    lines.append("config")
+    lines += ["  " + line for line in yaml.safe_dump(d["config"], sort_keys=False).splitlines()]
+    return "\n".join(lines)
