@@ -6,7 +6,7 @@ Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func
     /                              attrs: format, format_version, round, epoch, iters_done, period,
                                           switched_at (-1 = never), test_acc, train_loss, coverage, dataset,
                                           n_classes, created (unix), created_iso, stale_dropped, rows_handed,
-                                          wall_seconds, bytes_total, config (YAML), failures (JSON), rng (JSON)
+                                          wall_seconds, bytes_total, config (YAML), failures, rng (JSON)
     /model/sizes                   int64 [d, h..., k]
     /model/layer0/W, /model/layer0/b, ...   float32, W of shape (fan_in, fan_out)
     /optimizer/m, /optimizer/v     float32 (v empty for SGD); attrs name, step
@@ -57,7 +57,8 @@ _NAME_RE = re.compile(r"^round-(\d+)\.h5$")
 _TMP_RE = re.compile(r"^\.round-\d+\.h5\.tmp-\d+$")
 _WORKER_RE = re.compile(r"^worker-(\d+)$")
 _LAYER_RE = re.compile(r"^layer(\d+)$")
-_INT_ATTRS = ("round", "epoch", "iters_done", "period", "n_classes", "stale_dropped", "rows_handed", "bytes_total")
+_INT_ATTRS = ("round", "epoch", "iters_done", "period", "n_classes", "stale_dropped", "rows_handed",
+              "bytes_total")
 _FLOAT_ATTRS = ("test_acc", "train_loss", "wall_seconds", "created")
 _PathLike = str | os.PathLike[str]
 
@@ -67,32 +68,20 @@ class Snapshot:
     """A consistent snapshot of rank 0's state, enough to resume a run and to audit it.
 
     Attributes:
-        round: The next round to run.
-        epoch: Membership epoch.
-        iters_done: Local iterations done so far (per worker).
-        period: Current communication period (local iterations per round).
+        round, epoch, iters_done, period: The next round to run, the membership epoch, local iterations
+            done so far, and the current communication period.
         switched_at: Round at which ``delta_switch`` set the period to 1, or None.
-        params: Flat float32 global parameters.
-        sizes: int64 layer widths ``[d, h..., k]``.
-        optim: ``{"name": str, "m": float32, "v": float32 (may be empty), "step": int}``.
-        members: Alive worker world ranks at save time.
-        dead: Worker world ranks declared dead.
-        owner: int32 owner rank per training id, -1 for none.
-        dropped: bool per training id, True when dropped on purpose.
+        params, sizes: Flat float32 global parameters; int64 layer widths ``[d, h..., k]``.
+        optim: ``{"name": str, "m": float32, "v": float32 (empty for SGD), "step": int}``.
+        members, dead: World ranks of the alive workers and of those declared dead.
+        owner, dropped: Per training id, the int32 owning rank (-1 none) and whether it was dropped.
         representative: Worker rank -> int64 global ids of its most representative rows.
-        rng: Small JSON-able dict of seeds/state needed to reproduce the run.
-        config: Resolved configuration, as from :func:`ftmpi.config.config_to_dict`.
-        test_acc: Test accuracy at save time (NaN if not evaluated yet).
-        per_class_acc: float64 test accuracy per class (may be empty).
-        train_loss: Mean training loss of the last round.
+        rng, config: Seeds/state to reproduce the run (small, JSON-able); the resolved config
+            (:func:`ftmpi.config.config_to_dict`).
+        test_acc, per_class_acc, train_loss: Metrics at save time (NaN/empty before the first evaluation).
         failures: One JSON-able dict per lost worker.
-        stale_dropped: Messages dropped for being from an older epoch or round.
-        rows_handed: Training rows handed over to survivors so far.
-        wall_seconds: Wall time of the run so far.
-        bytes_total: Bytes communicated so far.
-        dataset: Dataset name.
-        n_classes: Number of classes.
-        created: ``time.time()`` at save.
+        stale_dropped, rows_handed, wall_seconds, bytes_total: Run counters so far.
+        dataset, n_classes, created: Dataset name, number of classes, ``time.time()`` at save.
     """
 
     round: int
@@ -148,16 +137,35 @@ def list_checkpoints(run_dir: _PathLike) -> list[Path]:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")))
+    return zlib.crc32(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).data)
 
 
-def _put(group: h5py.Group, name: str, data: np.ndarray) -> None:
-    ds = group.create_dataset(name, data=data)
+def _put(f: h5py.File, name: str, data: np.ndarray) -> None:
+    ds = f.create_dataset(name, data=data)
     ds.attrs["crc32"] = np.uint32(_crc(data))
 
 
 def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings with lists on one line (``hidden: [64, 32]``), as a user writes a config."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def _yaml(tree: dict[str, Any]) -> str:
+    return yaml.dump(tree, Dumper=_Dumper, sort_keys=False)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -197,14 +205,7 @@ def _inconsistency(s: Snapshot) -> str | None:
 
 
 def save(path: _PathLike, snap: Snapshot) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, fsync, ``os.replace``).
-
-    Args:
-        path: Destination, usually :func:`ckpt_path`; missing parent folders are created.
-        snap: The state to store.
-
-    Returns:
-        The destination path.
+    """Write ``snap`` atomically to ``path`` (usually :func:`ckpt_path`; folders are created); return it.
 
     Raises:
         ValueError: If the snapshot contradicts itself (e.g. params do not match sizes); nothing is written.
@@ -214,28 +215,20 @@ def save(path: _PathLike, snap: Snapshot) -> Path:
     problem = _inconsistency(snap)
     if problem:
         raise ValueError(f"{dest}: refusing to save an inconsistent snapshot: {problem}")
-    texts = {"config": yaml.safe_dump(snap.config, sort_keys=False),  # fail before touching the disk
+    texts = {"config": _yaml(snap.config),  # fail before touching the disk
              "failures": json.dumps(snap.failures), "rng": json.dumps(snap.rng)}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:
             _write(f, snap, texts)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     try:  # make the rename itself durable; not every filesystem lets a folder be fsync'd
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(dest.parent)
     except OSError:
         pass
     return dest
@@ -254,28 +247,23 @@ def _write(f: h5py.File, s: Snapshot, texts: dict[str, str]) -> None:
     a["created_iso"] = _iso(s.created)
     for key, text in texts.items():
         a[key] = text
-    sizes = np.asarray(s.sizes, np.int64)
-    params = np.asarray(s.params, np.float32)
-    model = f.create_group("model")
-    _put(model, "sizes", sizes)
+    sizes, params = np.asarray(s.sizes, np.int64), np.asarray(s.params, np.float32)
+    arrays: dict[str, np.ndarray] = {"model/sizes": sizes}
     for i, (w_sl, shape, b_sl) in enumerate(layer_slices(sizes)):
-        layer = model.create_group(f"layer{i}")
-        _put(layer, "W", params[w_sl].reshape(shape))
-        _put(layer, "b", params[b_sl])
-    opt = f.create_group("optimizer")
-    opt.attrs["name"], opt.attrs["step"] = str(s.optim["name"]), int(s.optim["step"])
-    _put(opt, "m", np.asarray(s.optim["m"], np.float32))
-    _put(opt, "v", np.asarray(s.optim["v"], np.float32))
-    members = f.create_group("membership")
-    _put(members, "alive", np.asarray(s.members, np.int32).reshape(-1))
-    _put(members, "dead", np.asarray(s.dead, np.int32).reshape(-1))
-    own = f.create_group("ownership")
-    _put(own, "owner", np.asarray(s.owner, np.int32))
-    _put(own, "dropped", np.asarray(s.dropped, bool).astype(np.uint8))
-    rep = f.create_group("representative")
-    for rank in sorted(s.representative):
-        _put(rep, f"worker-{int(rank):04d}", np.asarray(s.representative[rank], np.int64))
-    _put(f.create_group("metrics"), "per_class_acc", np.asarray(s.per_class_acc, np.float64).reshape(-1))
+        arrays[f"model/layer{i}/W"], arrays[f"model/layer{i}/b"] = params[w_sl].reshape(shape), params[b_sl]
+    arrays |= {"optimizer/m": np.asarray(s.optim["m"], np.float32),
+               "optimizer/v": np.asarray(s.optim["v"], np.float32),
+               "membership/alive": np.asarray(s.members, np.int32).reshape(-1),
+               "membership/dead": np.asarray(s.dead, np.int32).reshape(-1),
+               "ownership/owner": np.asarray(s.owner, np.int32),
+               "ownership/dropped": np.asarray(s.dropped, bool).astype(np.uint8),
+               "metrics/per_class_acc": np.asarray(s.per_class_acc, np.float64).reshape(-1)}
+    arrays |= {f"representative/worker-{int(r):04d}": np.asarray(ids, np.int64)
+               for r, ids in sorted(s.representative.items())}
+    f.require_group("representative")  # present even when no worker has representative ids yet
+    for name, data in arrays.items():  # intermediate groups are created on the way
+        _put(f, name, data)
+    f["optimizer"].attrs["name"], f["optimizer"].attrs["step"] = str(s.optim["name"]), int(s.optim["step"])
 
 
 def _attr(obj: h5py.HLObject, name: str, kind: type) -> Any:
@@ -335,14 +323,16 @@ def _read(f: h5py.File) -> tuple[Snapshot, float]:
         raise _Invalid(f"not an ftmpi checkpoint (format {fmt!r:.60}, expected {FORMAT!r})")
     version = _attr(f, "format_version", int)
     if version != FORMAT_VERSION:
-        raise _Invalid(f"checkpoint format version {version} found; this ftmpi reads version {FORMAT_VERSION} only")
+        raise _Invalid(f"checkpoint format version {version} found; this ftmpi reads version "
+                       f"{FORMAT_VERSION} only")
     sizes = _get(f, "model/sizes", np.int64, 1)
     if len(sizes) < 2 or sizes.min() < 1:
         raise _Invalid(f"/model/sizes {sizes.tolist()} is not [d, (hidden...,) k] with positive entries")
     slices = layer_slices(sizes)
     n_layers = sum(1 for k in _group(f, "model") if _LAYER_RE.match(k))
     if n_layers != len(slices):
-        raise _Invalid(f"/model holds {n_layers} layer group(s) but sizes {sizes.tolist()} describe {len(slices)}")
+        raise _Invalid(f"/model holds {n_layers} layer group(s) but sizes {sizes.tolist()} describe "
+                       f"{len(slices)}")
     params = np.empty(slices[-1][2].stop, np.float32)
     for i, (w_sl, shape, b_sl) in enumerate(slices):
         W, b = _get(f, f"model/layer{i}/W", np.float32, 2), _get(f, f"model/layer{i}/b", np.float32, 1)
@@ -394,18 +384,13 @@ def _load(path: Path) -> Snapshot:
     if problem:
         raise _Invalid(f"inconsistent contents: {problem}")
     if not math.isclose(stored_coverage, snap.coverage, abs_tol=1e-9):
-        raise _Invalid(f"attribute coverage={stored_coverage} disagrees with /ownership/owner ({snap.coverage})")
+        raise _Invalid(f"attribute coverage={stored_coverage} disagrees with /ownership/owner "
+                       f"({snap.coverage})")
     return snap
 
 
 def load(path: _PathLike) -> Snapshot:
-    """Read and validate a checkpoint.
-
-    Args:
-        path: The checkpoint file.
-
-    Returns:
-        The :class:`Snapshot`, with ``params`` reassembled into the flat layout.
+    """Read and validate a checkpoint; ``params`` of the :class:`Snapshot` are back in the flat layout.
 
     Raises:
         CheckpointError: One line, ``"<file>: <what is wrong>"``: missing file, not HDF5 or truncated, not an
@@ -419,13 +404,9 @@ def load(path: _PathLike) -> Snapshot:
 
 
 def newest_valid(run_dir: _PathLike) -> tuple[Path, Snapshot, list[str]]:
-    """Find the newest checkpoint of a run that loads.
+    """The newest checkpoint in ``run_dir/ckpt`` that loads, as ``(path, snapshot, warnings)``.
 
-    Args:
-        run_dir: The run directory (checkpoints live in its ``ckpt`` folder).
-
-    Returns:
-        ``(path, snapshot, warnings)``; one warning ``"skipping <file>: <reason>"`` per newer broken file.
+    ``warnings`` holds one ``"skipping <file>: <reason>"`` per newer checkpoint that does not load.
 
     Raises:
         CheckpointError: If the folder holds no checkpoint, or none of them loads (names the folder).
@@ -450,15 +431,11 @@ def prune(run_dir: _PathLike, keep: int) -> list[Path]:
     A temp file older than a complete checkpoint belongs to a writer that was killed (rank 0 writes one
     checkpoint at a time). Call this right after :func:`save`, so the newest file is known to be good.
 
-    Args:
-        run_dir: The run directory.
-        keep: How many checkpoints to keep (>= 1; the newest is never deleted).
-
     Returns:
         The files deleted.
 
     Raises:
-        ValueError: If ``keep < 1``.
+        ValueError: If ``keep < 1`` (the newest checkpoint is never deleted).
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -466,7 +443,8 @@ def prune(run_dir: _PathLike, keep: int) -> list[Path]:
     doomed = paths[:-keep]
     if paths:
         newest = paths[-1].stat().st_mtime
-        doomed += [p for p in paths[-1].parent.iterdir() if _TMP_RE.match(p.name) and p.stat().st_mtime < newest]
+        doomed += [p for p in paths[-1].parent.iterdir()
+                   if _TMP_RE.match(p.name) and p.stat().st_mtime < newest]
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
@@ -486,14 +464,16 @@ def summarize(path: _PathLike) -> dict[str, Any]:
     p = Path(path)
     tensors = [{"name": f"layer{i}/{t}", "shape": list(shape) if t == "W" else [shape[1]],
                 "norm": float(np.linalg.norm(s.params[sl].astype(np.float64)))}
-               for i, (w_sl, shape, b_sl) in enumerate(layer_slices(s.sizes)) for t, sl in (("W", w_sl), ("b", b_sl))]
+               for i, (w_sl, shape, b_sl) in enumerate(layer_slices(s.sizes))
+               for t, sl in (("W", w_sl), ("b", b_sl))]
     ranks, counts = np.unique(s.owner[s.owner >= 0], return_counts=True)
     return {
         "file": str(p), "format_version": FORMAT_VERSION, "file_size": p.stat().st_size,
         "created": _iso(s.created), "round": s.round, "epoch": s.epoch, "iters_done": s.iters_done,
         "period": s.period, "switched_at": s.switched_at, "members": s.members, "dead": s.dead,
         "coverage": s.coverage, "n_samples": int(s.owner.size), "n_owned": int(counts.sum()),
-        "n_dropped": int(s.dropped.sum()), "owned_per_worker": {int(r): int(c) for r, c in zip(ranks, counts, strict=True)},
+        "n_dropped": int(s.dropped.sum()),
+        "owned_per_worker": {int(r): int(c) for r, c in zip(ranks, counts, strict=True)},
         "test_acc": _finite(s.test_acc), "train_loss": _finite(s.train_loss),
         "per_class_acc": [_finite(x) for x in s.per_class_acc], "sizes": s.sizes.tolist(),
         "n_params": int(s.params.size), "tensors": tensors,
@@ -528,12 +508,13 @@ def format_summary(d: dict[str, Any]) -> str:
     failures = [f"rank {x.get('rank', '?')} at round {x.get('round', '?')} ({x.get('how', '?')})"
                 for x in d["failures"]]
     rows = [
-        ("format version", d["format_version"]), ("file size", _size(d["file_size"])), ("created", d["created"]),
+        ("format version", d["format_version"]), ("file size", _size(d["file_size"])),
+        ("created", d["created"]),
         ("round", f"{d['round']} (next to run)"), ("epoch", d["epoch"]), ("iterations done", d["iters_done"]),
         ("comm period", period), ("members", " ".join(map(str, d["members"])) or "none"),
         ("dead", " ".join(map(str, d["dead"])) or "none"),
-        ("coverage", f"{100 * d['coverage']:.2f} % ({d['n_owned']} of {d['n_samples']} samples owned, "
-                     f"{d['n_dropped']} dropped)"),
+        ("coverage", f"{100 * d['coverage']:.2f} % ({d['n_owned']} of {d['n_samples']} owned, "
+                     + f"{d['n_dropped']} dropped)"),
         ("rows per worker", _per_rank(d["owned_per_worker"])),
         ("test accuracy", _num(d["test_acc"])), ("train loss", _num(d["train_loss"])),
         ("per-class acc", " ".join(_num(x, ".3f") for x in d["per_class_acc"]) or "n/a"),
@@ -551,7 +532,8 @@ def format_summary(d: dict[str, Any]) -> str:
     name_w = max(4, *(len(t["name"]) for t in d["tensors"]))
     shape_w = max(5, *(len(s) for s in shapes))
     lines.append(f"  {'name':<{name_w}}  {'shape':>{shape_w}}  {'L2 norm':>12}")
-    lines += [f"  {t['name']:<{name_w}}  {s:>{shape_w}}  {t['norm']:>12.6g}" for t, s in zip(d["tensors"], shapes, strict=True)]
+    lines += [f"  {t['name']:<{name_w}}  {s:>{shape_w}}  {t['norm']:>12.6g}"
+              for t, s in zip(d["tensors"], shapes, strict=True)]
     lines.append("config")
-    lines += ["  " + line for line in yaml.safe_dump(d["config"], sort_keys=False).splitlines()]
+    lines += ["  " + line for line in _yaml(d["config"]).splitlines()]
     return "\n".join(lines)

@@ -94,72 +94,70 @@ class Run:
         return out
 
 
-def _read_summary(run: Run) -> None:
-    p = run.path / "summary.json"
+def _text(run: Run, name: str) -> str | None:
+    """The file's text, or None if it is absent or unreadable (then a problem is recorded)."""
+    p = run.path / name
     if not p.exists():
+        return None
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        run.problems.append(f"{name}: unreadable: {exc}")
+        return None
+
+
+def _read_summary(run: Run) -> None:
+    text = _text(run, "summary.json")
+    if text is None:
         return
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         run.problems.append(f"summary.json: bad JSON at line {exc.lineno} col {exc.colno}: {exc.msg}")
         return
-    except (OSError, UnicodeDecodeError) as exc:
-        run.problems.append(f"summary.json: unreadable: {exc}")
-        return
-    if not isinstance(obj, dict) or "status" not in obj:
+    if isinstance(obj, dict) and "status" in obj:
+        run.summary = obj
+    else:
         run.problems.append("summary.json: not an object with a 'status' key")
-        return
-    run.summary = obj
 
 
 def _read_config(run: Run) -> None:
-    p = run.path / "config.yaml"
-    if not p.exists():
+    text = _text(run, "config.yaml")
+    if text is None:
         return
     try:
-        obj = yaml.safe_load(p.read_text(encoding="utf-8"))
+        obj = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        run.problems.append(f"config.yaml: bad YAML{where}: {problem}")
+        run.problems.append(f"config.yaml: bad YAML{where}: {getattr(exc, 'problem', None) or 'syntax error'}")
         return
-    except (OSError, UnicodeDecodeError) as exc:
-        run.problems.append(f"config.yaml: unreadable: {exc}")
-        return
-    if not isinstance(obj, dict):
+    if isinstance(obj, dict):
+        run.config = obj
+    else:
         run.problems.append("config.yaml: not a mapping of sections")
-        return
-    run.config = obj
 
 
 def _read_metrics(run: Run) -> None:
     """Read metrics.csv into float rows; stop at the first bad line and keep the rows before it."""
-    p = run.path / "metrics.csv"
-    if not p.exists():
-        return
-    run.has_metrics = True
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        run.problems.append(f"metrics.csv: unreadable: {exc}")
+    run.has_metrics = (run.path / "metrics.csv").exists()
+    text = _text(run, "metrics.csv")
+    if text is None:
         return
     lines = text.splitlines()
-    if not lines:
-        run.problems.append("metrics.csv: empty (no header)")
-        return
-    reader = csv.DictReader(lines)
-    header = reader.fieldnames or []
+    rows = list(csv.reader(lines))
+    header = rows[0] if rows else []
     if "round" not in header:
-        run.problems.append("metrics.csv: no 'round' column in the header")
+        run.problems.append("metrics.csv: " + ("empty" if not lines else "no 'round' column in the header"))
         return
-    for n, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            got = len([v for v in raw.values() if v is not None]) + len(raw.get(None) or [])  # type: ignore
-            run.problems.append(f"metrics.csv: line {n} has {got} of {len(header)} fields (truncated?)")
+    for n, cells in enumerate(rows[1:], start=2):
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            run.problems.append(f"metrics.csv: line {n} has {len(cells)} of {len(header)} fields (truncated?)")
             return
         row: dict[str, float] = {}
-        for k, v in raw.items():
+        for k, v in zip(header, cells):
             try:
                 row[k] = float(v) if v != "" else math.nan
             except ValueError:
@@ -169,8 +167,9 @@ def _read_metrics(run: Run) -> None:
             run.problems.append(f"metrics.csv: line {n}: no round number")
             return
         run.metrics.append(row)
-    if not text.endswith("\n") and run.metrics:
-        run.metrics.pop()
+    if not text.endswith("\n") and len(rows) > 1:
+        if run.metrics and len(run.metrics) == len(rows) - 1:
+            run.metrics.pop()
         run.problems.append(f"metrics.csv: line {len(lines)} is cut off (no line end)")
 
 
@@ -227,40 +226,20 @@ def expand_run_dirs(paths: Sequence[str | Path], warn: Any = None) -> list[Path]
 
 
 def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
 
 
 def _pick(*values: Any) -> Any:
     """The first value that is not None (a NaN counts as None)."""
-    for v in values:
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
-            continue
-        return v
-    return None
+    return next((v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))), None)
 
 
-def _row(run: Run) -> dict[str, Any]:
-    s = run.summary or {}
-    ex, opt, data = run.section("executor"), run.section("optimizer"), run.section("data")
-    last = run.metrics[-1] if run.metrics else {}
-    first = run.metrics[0] if run.metrics else {}
-    faults = run.config.get("faults") if run.config else None
-    if isinstance(faults, list):
-        faults = ",".join(str(f) for f in faults) or "none"
-    fails = s.get("failures")
-    detected = len(fails) if isinstance(fails, list) else _pick(last.get("failures"))
-    b_total = _pick(_num(s.get("bytes_total")), last.get("bytes_sent", math.nan) + last.get("bytes_recv", math.nan)
-                    if last else None)
-    rounds = _pick(_num(s.get("rounds")), last.get("round", math.nan) + 1 if last else None)
-    notes = list(run.problems)
-    status = run.status
-    if not run.path.exists():
-        notes.append("no such directory")
-    elif not run.path.is_dir():
-        notes.append("not a directory")
-    elif status == "missing":
+def _notes(run: Run) -> str:
+    s, notes = run.summary or {}, list(run.problems)
+    if not run.path.is_dir():
+        notes.append("not a directory" if run.path.exists() else "no such directory")
+    elif run.status == "missing":
         notes.append(f"no {', '.join(RUN_FILES)}")
     elif run.summary is None and not run.problems:
         notes.append("no summary.json" + ("" if run.has_metrics else " nor metrics.csv"))
@@ -272,9 +251,23 @@ def _row(run: Run) -> dict[str, Any]:
         notes.append(f"exit {s.get('exit_code', '?')}")
     if run.problems and s.get("status"):
         notes.append(f"summary says {s['status']}")
+    return "; ".join(notes)
+
+
+def _row(run: Run) -> dict[str, Any]:
+    s = run.summary or {}
+    ex, opt, data = run.section("executor"), run.section("optimizer"), run.section("data")
+    last = run.metrics[-1] if run.metrics else {}
+    first = run.metrics[0] if run.metrics else {}
+    faults = run.config.get("faults") if run.config else None
+    if isinstance(faults, list):
+        faults = ",".join(str(f) for f in faults) or "none"
+    fails = s.get("failures")
+    wire = last.get("bytes_sent", math.nan) + last.get("bytes_recv", math.nan) if last else None
+    mb = _pick(_num(s.get("bytes_total")), wire)
     row = {
         "run": run.name,
-        "status": status,
+        "status": run.status,
         "workers": _pick(_num(s.get("workers")), first.get("alive_workers")),
         "comm_period": _pick(_num(s.get("comm_period")), _num(ex.get("comm_period"))),
         "quantize": _pick(_num(s.get("quantize")), _num(ex.get("quantize"))),
@@ -283,17 +276,17 @@ def _row(run: Run) -> dict[str, Any]:
         "partition": _pick(s.get("partition"), data.get("partition")),
         "rep_selection": opt.get("rep_selection"),
         "faults": faults,
-        "detected": detected,
+        "detected": len(fails) if isinstance(fails, list) else _pick(last.get("failures")),
         "final_acc": _pick(_num(s.get("final_test_acc")), last.get("test_acc")),
         "wall_s": _pick(_num(s.get("wall_seconds")), last.get("wall")),
-        "rounds": rounds,
-        "mb": b_total / 1e6 if b_total is not None else None,
+        "rounds": _pick(_num(s.get("rounds")), last["round"] + 1 if last else None),
+        "mb": mb / 1e6 if mb is not None else None,
         "max_recovery_s": _num(s.get("max_recovery_time")),
         "coverage": _pick(_num(s.get("coverage")), last.get("coverage")),
         "points_handed": _num(s.get("points_handed")),
         "scenario": _pick(s.get("scenario") or None, ex.get("scenario") or None),
+        "note": _notes(run),
         "dataset": _pick(s.get("dataset"), data.get("dataset")),
-        "note": "; ".join(notes),
         "path": str(run.path),
     }
     for k in _INT_KEYS:
@@ -309,62 +302,42 @@ def collect(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         run_dirs: Run dirs (use :func:`expand_run_dirs` first for folders of runs).
 
     Returns:
-        Rows with ``None`` for every value that could not be found.
+        Rows with ``None`` for every value that could not be found (plus ``dataset`` and ``path``).
     """
     return [_row(load_run(p)) for p in run_dirs]
-
-
-def _fixed(digits: int) -> Any:
-    return lambda v: f"{v:.{digits}f}"
-
-
-def _int(v: float) -> str:
-    return f"{int(round(v))}"
 
 
 def _mb(v: float) -> str:
     return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
-def _bits(v: float) -> str:
-    return "off" if v == 0 else _int(v)
-
-
-#: (key, header, formatter for numbers or None for text, right-aligned?)
+_INT = "{:.0f}".format
+#: (row key, header, formatter for numbers or None for text); numbers are right-aligned.
 COLUMNS: list[tuple[str, str, Any]] = [
-    ("run", "run", None), ("status", "status", None), ("workers", "W", _int),
-    ("comm_period", "period", _int), ("quantize", "bits", _bits), ("remap", "remap", None),
+    ("run", "run", None), ("status", "status", None), ("workers", "W", _INT), ("comm_period", "period", _INT),
+    ("quantize", "bits", lambda v: "off" if v == 0 else _INT(v)), ("remap", "remap", None),
     ("detector", "detector", None), ("partition", "partition", None), ("rep_selection", "rep", None),
-    ("faults", "injected", None), ("detected", "detected", _int), ("final_acc", "acc", _fixed(4)),
-    ("wall_s", "wall s", _fixed(1)), ("rounds", "rounds", _int), ("mb", "MB", _mb),
-    ("max_recovery_s", "recovery s", _fixed(3)), ("coverage", "coverage", _fixed(3)),
-    ("points_handed", "handed", _int), ("scenario", "scenario", None), ("note", "note", None),
+    ("faults", "injected", None), ("detected", "detected", _INT), ("final_acc", "acc", "{:.4f}".format),
+    ("wall_s", "wall s", "{:.1f}".format), ("rounds", "rounds", _INT), ("mb", "MB", _mb),
+    ("max_recovery_s", "recovery s", "{:.3f}".format), ("coverage", "coverage", "{:.3f}".format),
+    ("points_handed", "handed", _INT), ("scenario", "scenario", None), ("note", "note", None),
 ]
 
 
-def _cell(v: Any, fmt: Any) -> str:
-    if v is None or v == "" or (isinstance(v, float) and not math.isfinite(v)):
-        return MISSING
-    if fmt is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
-        return fmt(v)
-    return str(v)
-
-
 def _grid(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[bool], list[list[str]]]:
-    heads = [h for _, h, _ in COLUMNS]
-    right = [fmt is not None for _, _, fmt in COLUMNS]
-    cells = [[_cell(r.get(k), fmt) for k, _, fmt in COLUMNS] for r in rows]
-    return heads, right, cells
+    def cell(v: Any, fmt: Any) -> str:
+        if v is None or v == "" or (isinstance(v, float) and not math.isfinite(v)):
+            return MISSING
+        return fmt(v) if fmt is not None and isinstance(v, (int, float)) else str(v)
+    cells = [[cell(r.get(k), fmt) for k, _, fmt in COLUMNS] for r in rows]
+    return [h for _, h, _ in COLUMNS], [fmt is not None for _, _, fmt in COLUMNS], cells
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """A GitHub table of ``rows`` (numbers right-aligned, "—" where a value is missing)."""
     heads, right, cells = _grid(rows)
-
-    def esc(t: str) -> str:
-        return t.replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
+    lines += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -372,38 +345,34 @@ def to_text(rows: Sequence[dict[str, Any]]) -> str:
     """An aligned plain-text table; columns missing in every row are left out (run and status stay)."""
     heads, right, cells = _grid(rows)
     keep = [i for i in range(len(heads)) if i < 2 or any(row[i] != MISSING for row in cells)]
-    widths = {i: max([len(heads[i])] + [len(row[i]) for row in cells]) for i in keep}
+    width = {i: max(len(r[i]) for r in [heads, *cells]) for i in keep}
 
     def line(vals: list[str]) -> str:
-        parts = [vals[i].rjust(widths[i]) if right[i] else vals[i].ljust(widths[i]) for i in keep]
-        return "  ".join(parts).rstrip()
-    return "\n".join([line(heads), line(["-" * widths.get(i, 0) for i in range(len(heads))])]
+        return "  ".join(vals[i].rjust(width[i]) if right[i] else vals[i].ljust(width[i]) for i in keep).rstrip()
+    return "\n".join([line(heads), line(["-" * width.get(i, 0) for i in range(len(heads))])]
                      + [line(row) for row in cells]) + "\n"
 
 
 def failure_lines(run_dirs: Sequence[Path]) -> list[str]:
-    """One line per failure recorded in the runs' summaries (rank, round, how, latency, recovery)."""
+    """One line per failure recorded in the runs' summaries (rank, round, how, latency, recovery, rows)."""
     out = []
     for p in run_dirs:
         run = load_run(p)
         for f in (run.summary or {}).get("failures") or []:
             if not isinstance(f, dict):
                 continue
-            parts = [f"{run.name}: rank {f.get('rank')} lost at round {f.get('round')}",
-                     f"({f.get('kind') or 'not injected'}, seen by {f.get('how')})"]
+            text = (f"{run.name}: rank {f.get('rank')} lost at round {f.get('round')} "
+                    f"({f.get('kind') or 'not injected'}, seen by {f.get('how')})")
             for key, label in (("detection_latency", "detected after"), ("recovery_time", "recovered after")):
-                if _num(f.get(key)) is not None:
-                    parts.append(f"{label} {f[key]:.3f}s")
+                text += f", {label} {f[key]:.3f}s" if _num(f.get(key)) is not None else ""
             if f.get("rows_handed") is not None:
-                parts.append(f"{f['rows_handed']} rows handed, {f.get('rows_dropped')} dropped")
-            if f.get("reason"):
-                parts.append(f"reason: {f['reason']}")
-            out.append(", ".join(parts[:1]) + " " + ", ".join(parts[1:]))
+                text += f", {f['rows_handed']} rows handed, {f.get('rows_dropped')} dropped"
+            out.append(text + (f", reason: {f['reason']}" if f.get("reason") else ""))
     return out
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as CSV (every key of :data:`COLUMNS` plus ``dataset`` and ``path``; full precision).
+    """Write rows as CSV: every key of :data:`COLUMNS` plus ``dataset`` and ``path``, full precision.
 
     Args:
         rows: Rows from :func:`collect`.
@@ -418,8 +387,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     with open(dest, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r[k] for k in keys})
+        w.writerows({k: "" if r.get(k) is None else r[k] for k in keys} for r in rows)
     return dest
 
 
@@ -433,19 +401,15 @@ def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_report(ns: argparse.Namespace) -> int:
-    """Print the report for parsed arguments; returns the exit code (0, or 2 if nothing was given)."""
+    """Print the report for parsed arguments (see :func:`add_report_args`); returns the exit code."""
     dirs = expand_run_dirs(ns.run_dirs)
     rows = collect(dirs)
-    if not rows:
-        print("ftmpi: error: report: no run dirs given", file=sys.stderr)
-        return 2
     if ns.markdown:
         sys.stdout.write(to_markdown(rows))
     else:
         sys.stdout.write(to_text(rows))
         fails = failure_lines(dirs)
-        if fails:
-            sys.stdout.write("\nfailures:\n" + "".join(f"  {f}\n" for f in fails))
+        sys.stdout.write("\nfailures:\n" + "".join(f"  {f}\n" for f in fails) if fails else "")
     if ns.csv:
         try:
             write_csv(rows, ns.csv)

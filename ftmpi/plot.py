@@ -1,0 +1,391 @@
+"""Training curves as PNG: ``python -m ftmpi plot RUN_DIR... -o out.png [--per-class [CLASSES]]``.
+
+:func:`plot_runs` draws test accuracy and training loss against round and against wall time, one line per
+run; a dashed vertical line in the run's colour marks the round in which a worker's failure was detected
+and a dotted one a remap (the metrics row where ``epoch`` changes). :func:`plot_class_accuracy` draws
+per-class test accuracy, or the mean over a chosen set of classes (say, the dead worker's) against the mean
+over the rest. Both return a :class:`PlotResult` listing every mark they drew, so tests and scripts can check
+them. matplotlib is optional (``pip install 'ftmpi[plot]'``); figures are rendered with the Agg canvas and
+never touch pyplot's global state.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftmpi.errors import ConfigError, FtmpiError
+from ftmpi.report import Run, expand_run_dirs, load_run
+
+__all__ = ["Mark", "PlotResult", "add_plot_args", "dead_worker_classes", "plot_class_accuracy", "plot_runs",
+           "run_plot"]
+
+NEED_MPL = "plot needs matplotlib: pip install 'ftmpi[plot]'"
+_XS = {"round": ("round", "round", "round"),
+       "wall": ("wall", "wall-clock time since launch (s)", "wall-clock time")}
+
+
+@dataclass
+class Mark:
+    """One vertical mark drawn: a detected failure or a remap, at a round and (if known) a wall time."""
+
+    run: str
+    kind: str  # "failure" or "remap"
+    round: int
+    wall: float | None
+    label: str = ""
+
+
+@dataclass
+class PlotResult:
+    """What a plot function drew: the file, the runs drawn, the runs left out (with why), the marks."""
+
+    path: Path
+    runs: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Mark]:
+        """The failure marks."""
+        return [m for m in self.marks if m.kind == "failure"]
+
+    @property
+    def remaps(self) -> list[Mark]:
+        """The remap marks."""
+        return [m for m in self.marks if m.kind == "remap"]
+
+
+def _figure(w: float, h: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError(NEED_MPL) from None
+    fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def _load(run_dirs: Sequence[str | Path], result: PlotResult) -> list[Run]:
+    """Runs with at least one metrics row; the others go to ``result.skipped`` with the reason."""
+    runs = []
+    for p in expand_run_dirs(run_dirs):
+        run = load_run(p)
+        if not run.metrics:
+            why = "; ".join(run.problems) or ("not a directory" if not run.path.is_dir()
+                                              else "no metrics rows" if run.has_metrics else "no metrics.csv")
+            result.skipped.append((run.name, why))
+            continue
+        runs.append(run)
+    return runs
+
+
+def _series(run: Run, key: str) -> list[float]:
+    return [row.get(key, math.nan) for row in run.metrics]
+
+
+def _wall_at(run: Run, rnd: int) -> float | None:
+    """Wall time of the metrics row of round ``rnd`` (or the last row before it)."""
+    best = None
+    for row in run.metrics:
+        if row["round"] <= rnd and math.isfinite(row.get("wall", math.nan)):
+            best = row["wall"]
+    return best
+
+
+def _marks(run: Run) -> list[Mark]:
+    out = [Mark(run.name, "failure", r, _wall_at(run, r), label) for r, label in run.failure_rounds()]
+    out += [Mark(run.name, "remap", r, _wall_at(run, r), "remap") for r in run.remap_rounds()]
+    return out
+
+
+def _settings(run: Run) -> dict[str, str]:
+    s, ex = run.summary or {}, run.section("executor")
+    first = run.metrics[0] if run.metrics else {}
+    workers = s.get("workers") or first.get("alive_workers")
+    bits = s.get("quantize", ex.get("quantize"))
+    faults = ",".join(str(f) for f in (run.config or {}).get("faults") or [])
+    return {
+        "workers": f"W={int(workers)}" if workers else "",
+        "period": f"P={s.get('comm_period', ex.get('comm_period', '?'))}",
+        "bits": f"{bits}-bit" if bits else "",
+        "remap": f"remap={s.get('remap', ex.get('remap', '?'))}",
+        "partition": str(s.get("partition") or run.section("data").get("partition") or ""),
+        "faults": faults,
+    }
+
+
+def _labels(runs: list[Run]) -> list[str]:
+    """Legend text: run name, the settings that differ between the runs (all for one run), faults, status."""
+    sets = [_settings(r) for r in runs]
+    keys = [k for k in sets[0] if len(runs) == 1 or len({s[k] for s in sets}) > 1 or k == "faults"]
+    out = []
+    for run, s in zip(runs, sets):
+        bits = [s[k] for k in keys if s[k]]
+        text = run.name + (f"  ({', '.join(bits)})" if bits else "")
+        acc = run.metrics[-1].get("test_acc", math.nan)
+        if math.isfinite(acc):
+            text += f"  acc {acc:.3f}"
+        if run.status != "completed":
+            text += f"  [{run.status}]"
+        out.append(text)
+    return out
+
+
+def _vmarks(ax: Any, marks: list[Mark], x: str, color: Any, slot: int) -> None:
+    """Draw failure (dashed) and remap (dotted) lines; label failures at the top of the panel."""
+    for m in marks:
+        pos = m.round if x == "round" else m.wall
+        if pos is None:
+            continue
+        style = "--" if m.kind == "failure" else ":"
+        ax.axvline(pos, color=color, linestyle=style, linewidth=1.6 if m.kind == "failure" else 1.2, alpha=0.9)
+        if m.kind == "failure":
+            ax.annotate(f"✕ {m.label}", xy=(pos, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12 - 11 * slot), textcoords="offset points", color=color, fontsize=8)
+        else:
+            ax.annotate("remap", xy=(pos, 0.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 4 + 11 * slot), textcoords="offset points", color=color, fontsize=8,
+                        fontstyle="italic")
+
+
+def _style_legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = handles + [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3", linestyle=":")]
+    labels = labels + ["failure detected", "remap (new epoch)"]
+    ncol = 1 if max(len(t) for t in labels) > 60 else 2 if len(labels) > 4 else len(labels)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, x: str = "both") -> PlotResult:
+    """Plot test accuracy and training loss of several runs into one PNG.
+
+    Args:
+        run_dirs: Run dirs, or folders of run dirs (expanded one level). Runs without metrics rows are
+            left out and listed in :attr:`PlotResult.skipped`.
+        out_png: The PNG to write.
+        x: ``"round"``, ``"wall"`` or ``"both"`` (a 2x2 grid: rows accuracy/loss, columns round/wall).
+
+    Returns:
+        The :class:`PlotResult`, with every failure and remap mark drawn.
+
+    Raises:
+        ConfigError: If matplotlib is missing, ``x`` is unknown or no run has metrics to draw.
+    """
+    if x not in ("round", "wall", "both"):
+        raise ConfigError(f"plot: x must be round, wall or both, got {x!r}")
+    result = PlotResult(Path(out_png))
+    runs = _load(run_dirs, result)
+    if not runs:
+        raise ConfigError("plot: nothing to draw (" + "; ".join(f"{n}: {w}" for n, w in result.skipped) + ")")
+    xs = ["round", "wall"] if x == "both" else [x]
+    fig = _figure(6.2 * len(xs) + 0.6, 8.2 + 0.22 * len(runs))
+    axes = fig.subplots(2, len(xs), squeeze=False, sharex="col")
+    colors = _colors(len(runs))
+    handles: list[Any] = []
+    losses: list[float] = []
+    slot = 0  # failure labels of successive runs stack downwards
+    for i, run in enumerate(runs):
+        marks = _marks(run)
+        result.marks += marks
+        result.runs.append(run.name)
+        losses += [v for v in _series(run, "train_loss") if math.isfinite(v) and v > 0]
+        for col, key in enumerate(xs):
+            xv = _series(run, _XS[key][0])
+            for row, metric in enumerate(("test_acc", "train_loss")):
+                ax = axes[row][col]
+                (line,) = ax.plot(xv, _series(run, metric), color=colors[i], linewidth=1.6,
+                                  marker="o" if len(xv) < 30 else None, markersize=3)
+                _vmarks(ax, marks, key, colors[i], slot)
+                if row == 0 and col == 0:
+                    handles.append(line)
+        slot += bool(marks)
+    for col, key in enumerate(xs):
+        axes[0][col].set_title(f"test accuracy by {_XS[key][2]}")
+        axes[1][col].set_title(f"training loss by {_XS[key][2]}")
+        axes[1][col].set_xlabel(_XS[key][1])
+        axes[0][col].set_ylabel("test accuracy")
+        axes[1][col].set_ylabel("training loss (mean over workers)")
+        if losses and max(losses) / min(losses) > 20:
+            axes[1][col].set_yscale("log")
+        for row in (0, 1):
+            axes[row][col].grid(True, alpha=0.3)
+    data = {str((r.summary or {}).get("dataset") or r.section("data").get("dataset") or "?") for r in runs}
+    fig.suptitle(f"{len(runs)} run{'s' if len(runs) > 1 else ''} on {', '.join(sorted(data))}", fontsize=13)
+    _style_legend(fig, handles, _labels(runs))
+    result.path = _save(fig, out_png)
+    return result
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def dead_worker_classes(run: Run, factor: float = 1.5) -> list[int]:
+    """Classes of which the failed workers held a large share (more than ``factor`` times a fair share).
+
+    Uses ``class_histogram`` (rows in the order of ``initial_shards``) and the failed ranks of the summary;
+    returns ``[]`` when they cannot be told (no failure, no histogram, or an iid split with no such class).
+    """
+    s = run.summary or {}
+    hist, shards = s.get("class_histogram"), s.get("initial_shards")
+    dead = {f.get("rank") for f in s.get("failures") or [] if isinstance(f, dict)}
+    if not hist or not isinstance(shards, dict) or not dead:
+        return []
+    ranks = [int(r) for r in shards]
+    if len(ranks) != len(hist):
+        return []
+    rows = [hist[i] for i, r in enumerate(ranks) if r in dead]
+    fair = len(rows) / len(ranks)
+    out = []
+    for c in range(len(hist[0])):
+        total = sum(h[c] for h in hist)
+        if total and sum(h[c] for h in rows) / total > factor * fair:
+            out.append(c)
+    return out
+
+
+def _class_names(run: Run, n: int) -> list[str]:
+    ds = (run.summary or {}).get("dataset") or run.section("data").get("dataset")
+    if ds in ("fashion-mnist",):
+        from ftmpi.data import FASHION_CLASSES
+
+        return [f"{c} {FASHION_CLASSES[c]}" if c < len(FASHION_CLASSES) else str(c) for c in range(n)]
+    return [f"class {c}" for c in range(n)]
+
+
+def plot_class_accuracy(run_dirs: Sequence[str | Path], out_png: str | Path,
+                        classes: list[int] | str | None = None) -> PlotResult:
+    """Per-class test accuracy against round, one panel per run, failures and remaps marked.
+
+    Args:
+        run_dirs: Run dirs, or folders of run dirs.
+        out_png: The PNG to write.
+        classes: ``None`` draws every class; a list draws the mean accuracy over those classes against the
+            mean over the others (each class faint behind); ``"dead"`` picks, per run, the classes the
+            failed worker(s) held most of (:func:`dead_worker_classes`), or every class if there are none.
+
+    Returns:
+        The :class:`PlotResult`.
+
+    Raises:
+        ConfigError: If matplotlib is missing or no run has per-class columns to draw.
+    """
+    result = PlotResult(Path(out_png))
+    runs = []
+    for run in _load(run_dirs, result):
+        if "acc_class0" in run.metrics[0]:
+            runs.append(run)
+        else:
+            result.skipped.append((run.name, "no acc_class columns in metrics.csv"))
+    if not runs:
+        raise ConfigError("plot: no per-class accuracy to draw (" +
+                          "; ".join(f"{n}: {w}" for n, w in result.skipped) + ")")
+    ncol = min(len(runs), 2)
+    nrow = math.ceil(len(runs) / ncol)
+    fig = _figure(8.4 * ncol, 4.4 * nrow + 0.5)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, run in zip(axes.flat, runs):
+        marks = _marks(run)
+        result.marks += marks
+        result.runs.append(run.name)
+        n_cls = sum(1 for k in run.metrics[0] if k.startswith("acc_class"))
+        names = _class_names(run, n_cls)
+        rounds = _series(run, "round")
+        acc = [_series(run, f"acc_class{c}") for c in range(n_cls)]
+        pick = dead_worker_classes(run) if classes == "dead" else classes
+        pick = [c for c in (pick or []) if 0 <= c < n_cls]
+        title = run.name
+        if pick and len(pick) < n_cls:
+            rest = [c for c in range(n_cls) if c not in pick]
+            for c in range(n_cls):
+                ax.plot(rounds, acc[c], color="tab:red" if c in pick else "0.6", linewidth=0.7, alpha=0.45)
+            for group, color, what in ((pick, "tab:red", "classes " + ", ".join(map(str, pick))),
+                                       (rest, "0.2", "other classes")):
+                mean = [sum(acc[c][i] for c in group) / len(group) for i in range(len(rounds))]
+                ax.plot(rounds, mean, color=color, linewidth=2.4, label=f"{what} (mean)")
+            if classes == "dead":
+                title += "  (red: classes the failed worker held most of)"
+        else:
+            colors = _colors(n_cls)
+            for c in range(n_cls):
+                ax.plot(rounds, acc[c], color=colors[c], linewidth=1.4, label=names[c])
+            if classes == "dead":
+                title += ("  (no failure)" if not run.failure_rounds()
+                          else "  (failed worker held no class in particular)")
+        _vmarks(ax, marks, "round", "black", 0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy of the class")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("Per-class test accuracy (dashed: failure detected, dotted: remap)", fontsize=12)
+    result.path = _save(fig, out_png)
+    return result
+
+
+def _classes_arg(text: str) -> list[int] | str | None:
+    if text in ("", "all", "dead"):
+        return text or "all"
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, dead or class numbers like 0,3; got {text!r}") from None
+
+
+def add_plot_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``plot`` arguments to ``parser`` (a subparser of the ftmpi CLI, or a fresh one)."""
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run dirs, or folders of run dirs (expanded one level)")
+    parser.add_argument("-o", "--output", default="curves.png", metavar="OUT.png", help="PNG to write")
+    parser.add_argument("--x", choices=["round", "wall", "both"], default="both",
+                        help="x axis of the curves (default both: a 2x2 grid)")
+    parser.add_argument("--per-class", nargs="?", const="all", default=None, type=_classes_arg,
+                        metavar="CLASSES", help="plot per-class accuracy instead: all (default), dead (the "
+                        "failed worker's classes vs the rest), or class numbers such as 0,3")
+    return parser
+
+
+def run_plot(ns: argparse.Namespace) -> int:
+    """Draw the plot for parsed arguments; returns the exit code (0, or 2 with a one-line error)."""
+    try:
+        if ns.per_class is not None:
+            res = plot_class_accuracy(ns.run_dirs, ns.output, None if ns.per_class == "all" else ns.per_class)
+        else:
+            res = plot_runs(ns.run_dirs, ns.output, ns.x)
+    except FtmpiError as exc:
+        print(f"ftmpi: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    for name, why in res.skipped:
+        print(f"ftmpi: plot: {name} left out: {why}", file=sys.stderr)
+    print(f"ftmpi: wrote {res.path} ({len(res.runs)} runs, {len(res.failures)} failures and "
+          f"{len(res.remaps)} remaps marked)")
+    return 0
+
+
+def main_plot(args: Sequence[str] | None = None) -> int:
+    """Standalone entry point: ``python -m ftmpi.plot RUN_DIR... -o out.png``."""
+    parser = add_plot_args(argparse.ArgumentParser(prog="ftmpi plot", description=__doc__.splitlines()[0]))
+    return run_plot(parser.parse_args(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_plot())
