@@ -305,6 +305,11 @@ class Coordinator:
         t1 = time.monotonic()
         self._join()
         t2 = time.monotonic()
+        if not self.alive:
+            sys.stderr.write("ftmpi: rank 0: error: no worker joined within executor.startup_timeout "
+                             f"({ex.startup_timeout:g}s)\n")
+            self._finish(EXIT_NO_WORKERS)
+            return EXIT_NO_WORKERS
         self._shard()
         t3 = time.monotonic()
         self.progress.event(f"start-up: data {t1 - t0:.2f}s, join {t2 - t1:.2f}s, shards {t3 - t2:.2f}s "
@@ -409,7 +414,8 @@ class Coordinator:
                                                     or r in o.failed for r in alive))
             del byes
         self.ch.flush(time.monotonic() + 1.0)
-        self.metrics.close()
+        if hasattr(self, "metrics"):
+            self.metrics.close()
         self.progress.close()
         self.summary = self._summary(code)
         write_json_atomic(self.run_dir / "summary.json", self.summary)

@@ -25,7 +25,10 @@ __all__ = ["Mark", "PlotResult", "add_plot_args", "dead_worker_classes", "plot_c
            "run_plot"]
 
 NEED_MPL = "plot needs matplotlib: pip install 'ftmpi[plot]'"
+#: x choice -> (metrics column, axis label, title words)
+_SMOOTH_FROM = 200  # rounds
 _XS = {"round": ("round", "round", "round"),
+       "iters": ("iters", "local iterations per worker (round x comm_period)", "local iterations"),
        "wall": ("wall", "wall-clock time since launch (s)", "wall-clock time")}
 
 
@@ -38,6 +41,11 @@ class Mark:
     round: int
     wall: float | None
     label: str = ""
+    iters: float | None = None
+
+    def at(self, x: str) -> float | None:
+        """The mark's position on axis ``x`` (``round``, ``iters`` or ``wall``)."""
+        return float(self.round) if x == "round" else self.iters if x == "iters" else self.wall
 
 
 @dataclass
@@ -96,18 +104,20 @@ def _series(run: Run, key: str) -> list[float]:
     return [row.get(key, math.nan) for row in run.metrics]
 
 
-def _wall_at(run: Run, rnd: int) -> float | None:
-    """Wall time of the metrics row of round ``rnd`` (or the last row before it)."""
+def _at(run: Run, rnd: int, key: str) -> float | None:
+    """Column ``key`` of the metrics row of round ``rnd`` (or of the last row before it)."""
     best = None
     for row in run.metrics:
-        if row["round"] <= rnd and math.isfinite(row.get("wall", math.nan)):
-            best = row["wall"]
+        if row["round"] <= rnd and math.isfinite(row.get(key, math.nan)):
+            best = row[key]
     return best
 
 
 def _marks(run: Run) -> list[Mark]:
-    out = [Mark(run.name, "failure", r, _wall_at(run, r), label) for r, label in run.failure_rounds()]
-    out += [Mark(run.name, "remap", r, _wall_at(run, r), "remap") for r in run.remap_rounds()]
+    out = [Mark(run.name, "failure", r, _at(run, r, "wall"), label, _at(run, r, "iters"))
+           for r, label in run.failure_rounds()]
+    out += [Mark(run.name, "remap", r, _at(run, r, "wall"), "remap", _at(run, r, "iters"))
+            for r in run.remap_rounds()]
     return out
 
 
@@ -147,7 +157,7 @@ def _labels(runs: list[Run]) -> list[str]:
 def _vmarks(ax: Any, marks: list[Mark], x: str, color: Any, slot: int) -> None:
     """Draw failure (dashed) and remap (dotted) lines; label failures at the top of the panel."""
     for m in marks:
-        pos = m.round if x == "round" else m.wall
+        pos = m.at(x)
         if pos is None:
             continue
         style = "--" if m.kind == "failure" else ":"
@@ -161,11 +171,14 @@ def _vmarks(ax: Any, marks: list[Mark], x: str, color: Any, slot: int) -> None:
                         fontstyle="italic")
 
 
-def _style_legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
+def _style_legend(fig: Any, handles: list[Any], labels: list[str], smoothed: bool = False) -> None:
     from matplotlib.lines import Line2D
 
     handles = handles + [Line2D([], [], color="0.3", linestyle="--"), Line2D([], [], color="0.3", linestyle=":")]
     labels = labels + ["failure detected", "remap (new epoch)"]
+    if smoothed:
+        handles.append(Line2D([], [], color="0.3", linewidth=0.6, alpha=0.4))
+        labels.append(f"faint: every round (solid: trailing mean, runs > {_SMOOTH_FROM} rounds)")
     ncol = 1 if max(len(t) for t in labels) > 60 else 2 if len(labels) > 4 else len(labels)
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
 
@@ -177,7 +190,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, x: str = "bot
         run_dirs: Run dirs, or folders of run dirs (expanded one level). Runs without metrics rows are
             left out and listed in :attr:`PlotResult.skipped`.
         out_png: The PNG to write.
-        x: ``"round"``, ``"wall"`` or ``"both"`` (a 2x2 grid: rows accuracy/loss, columns round/wall).
+        x: ``"round"``, ``"iters"``, ``"wall"`` or ``"both"``: a 2x2 grid, rows accuracy/loss, columns
+            round/wall. With ``"both"``, runs whose rounds differ in length (another ``comm_period``, or a
+            ``delta_switch``) are drawn against local iterations instead of round, which they share.
 
     Returns:
         The :class:`PlotResult`, with every failure and remap mark drawn.
@@ -185,29 +200,38 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, x: str = "bot
     Raises:
         ConfigError: If matplotlib is missing, ``x`` is unknown or no run has metrics to draw.
     """
-    if x not in ("round", "wall", "both"):
-        raise ConfigError(f"plot: x must be round, wall or both, got {x!r}")
+    if x not in ("round", "iters", "wall", "both"):
+        raise ConfigError(f"plot: x must be round, iters, wall or both, got {x!r}")
     result = PlotResult(Path(out_png))
     runs = _load(run_dirs, result)
     if not runs:
         raise ConfigError("plot: nothing to draw (" + "; ".join(f"{n}: {w}" for n, w in result.skipped) + ")")
-    xs = ["round", "wall"] if x == "both" else [x]
+    xs = [_progress_axis(runs), "wall"] if x == "both" else [x]
     fig = _figure(6.2 * len(xs) + 0.6, 8.2 + 0.22 * len(runs))
     axes = fig.subplots(2, len(xs), squeeze=False, sharex="col")
     colors = _colors(len(runs))
     handles: list[Any] = []
     losses: list[float] = []
+    tails: dict[str, list[float]] = {"test_acc": [], "train_loss": []}  # values after each run's first 10%
     slot = 0  # failure labels of successive runs stack downwards
+    smoothed = False
     for i, run in enumerate(runs):
         marks = _marks(run)
         result.marks += marks
         result.runs.append(run.name)
         losses += [v for v in _series(run, "train_loss") if math.isfinite(v) and v > 0]
+        for metric, values in tails.items():
+            values += [v for v in _series(run, metric)[len(run.metrics) // 10:] if math.isfinite(v)]
         for col, key in enumerate(xs):
             xv = _series(run, _XS[key][0])
             for row, metric in enumerate(("test_acc", "train_loss")):
                 ax = axes[row][col]
-                (line,) = ax.plot(xv, _series(run, metric), color=colors[i], linewidth=1.6,
+                yv = _series(run, metric)
+                if len(yv) > _SMOOTH_FROM:  # a long noisy series: faint raw values under a trailing mean
+                    ax.plot(xv, yv, color=colors[i], linewidth=0.6, alpha=0.25)
+                    yv = _trailing_mean(yv, len(yv) // 40)
+                    smoothed = True
+                (line,) = ax.plot(xv, yv, color=colors[i], linewidth=1.6,
                                   marker="o" if len(xv) < 30 else None, markersize=3)
                 _vmarks(ax, marks, key, colors[i], slot)
                 if row == 0 and col == 0:
@@ -221,13 +245,49 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, x: str = "bot
         axes[1][col].set_ylabel("training loss (mean over workers)")
         if losses and max(losses) / min(losses) > 20:
             axes[1][col].set_yscale("log")
-        for row in (0, 1):
+        for row, metric in enumerate(tails):
             axes[row][col].grid(True, alpha=0.3)
+            _zoom(axes[row][col], tails[metric], low=metric == "test_acc")
     data = {str((r.summary or {}).get("dataset") or r.section("data").get("dataset") or "?") for r in runs}
     fig.suptitle(f"{len(runs)} run{'s' if len(runs) > 1 else ''} on {', '.join(sorted(data))}", fontsize=13)
-    _style_legend(fig, handles, _labels(runs))
+    _style_legend(fig, handles, _labels(runs), smoothed)
     result.path = _save(fig, out_png)
     return result
+
+
+def _trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` finite values up to each point (so a failure's effect never shows early)."""
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1):i + 1] if math.isfinite(v)]
+        out.append(sum(recent) / len(recent) if recent else math.nan)
+    return out
+
+
+def _zoom(ax: Any, tail: list[float], low: bool) -> None:
+    """Zoom the y axis onto the values after the first 10% of each run when the early ones squash them
+    (accuracy: cut the bottom; loss: cut the top); the panel's title says so."""
+    if len(tail) < 2 or ax.get_yscale() == "log":
+        return
+    lo, hi = ax.get_ylim()
+    t_lo, t_hi = min(tail), max(tail)
+    pad = 0.15 * (t_hi - t_lo) or 0.01
+    if low and t_lo - pad > lo + 0.3 * (hi - lo):
+        ax.set_ylim(t_lo - pad, hi)
+        ax.set_title(ax.get_title() + "  (zoomed: first rounds below)", fontsize=11)
+    elif not low and t_hi + pad < hi - 0.3 * (hi - lo):
+        ax.set_ylim(lo, t_hi + pad)
+        ax.set_title(ax.get_title() + "  (zoomed: first rounds above)", fontsize=11)
+
+
+def _progress_axis(runs: list[Run]) -> str:
+    """``round`` when every run's rounds are equally long, else ``iters`` (round numbers would mislead)."""
+    periods = set()
+    for run in runs:
+        s = run.summary or {}
+        periods.add(None if s.get("switched_to_every_iteration_at") is not None
+                    else s.get("comm_period", run.section("executor").get("comm_period")))
+    return "round" if len(periods) == 1 and None not in periods else "iters"
 
 
 def _colors(n: int) -> list[Any]:
@@ -356,8 +416,9 @@ def add_plot_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="run dirs, or folders of run dirs (expanded one level)")
     parser.add_argument("-o", "--output", default="curves.png", metavar="OUT.png", help="PNG to write")
-    parser.add_argument("--x", choices=["round", "wall", "both"], default="both",
-                        help="x axis of the curves (default both: a 2x2 grid)")
+    parser.add_argument("--x", choices=["round", "iters", "wall", "both"], default="both",
+                        help="x axis of the curves (default both: round, or iterations when the runs' "
+                        "comm_period differ, and wall time)")
     parser.add_argument("--per-class", nargs="?", const="all", default=None, type=_classes_arg,
                         metavar="CLASSES", help="plot per-class accuracy instead: all (default), dead (the "
                         "failed worker's classes vs the rest), or class numbers such as 0,3")

@@ -111,9 +111,6 @@ class Worker:
         self.replica = np.zeros(n, np.float32)
         self.grad = np.zeros(n, np.float32)
         self.uplink = ErrorFeedback(n, self.tensors, cfg.executor.quantize, cfg.executor.stochastic_rounding)
-        self.rng = np.random.default_rng([cfg.model.seed, self.rank])
-        self._order = np.zeros(0, np.int64)
-        self._pos = 0
         self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
 
     def _load_handoffs(self, paths: list[str]) -> int:
@@ -124,22 +121,25 @@ class Worker:
             self.y = np.concatenate([self.y, s.y])
             self.ids = np.concatenate([self.ids, s.ids])
             added += len(s.ids)
-        self._order = np.zeros(0, np.int64)  # reshuffle over the grown shard
-        self._pos = 0
         if added and self.scores is not None:
             n_old = len(self.scores)
             fresh = self.model.sample_loss(self.replica, self.X[n_old:], self.y[n_old:])
             self.scores = np.concatenate([self.scores, fresh])
         return added
 
-    def _batch(self, bs: int) -> np.ndarray:
+    def _batches(self, rnd: int, iters: int, bs: int) -> list[np.ndarray]:
+        """This round's minibatches: consecutive slices of a permutation seeded by (seed, rank, round), so
+        that a resumed run or a re-grown shard draws exactly what it would have drawn."""
         n = len(self.y)
-        if self._pos + bs > len(self._order):
-            self._order = self.rng.permutation(n) if self.cfg.model.shuffle else np.arange(n)
-            self._pos = 0
-        idx = self._order[self._pos:self._pos + bs]
-        self._pos += bs
-        return np.sort(idx)
+        rng = np.random.default_rng([self.cfg.model.seed, self.rank, rnd])
+        need = iters * bs
+        if self.cfg.model.shuffle:
+            order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
+        else:
+            start = (rnd * need) % n
+            order = np.roll(np.arange(n), -start)
+            order = np.tile(order, -(-need // n))
+        return [np.sort(order[i * bs:(i + 1) * bs]) for i in range(iters)]
 
     def _round(self, msg: dict) -> None:
         cfg, ex = self.cfg, self.cfg.executor
@@ -161,8 +161,7 @@ class Worker:
         if ex.send_gradients:
             # Parameter-server semantics: gradients at the global model, averaged over `iters` batches.
             acc = np.zeros_like(self.grad)
-            for _ in range(iters):
-                b = self._batch(bs)
+            for b in self._batches(rnd, iters, bs):
                 losses.append(self.model.loss_grad(self.replica, self.X[b], self.y[b], self.grad))
                 acc += self.grad
             acc /= max(iters, 1)
@@ -171,8 +170,7 @@ class Worker:
             local = self.replica
         else:
             local = self.replica.copy()
-            for _ in range(iters):
-                b = self._batch(bs)
+            for b in self._batches(rnd, iters, bs):
                 losses.append(self.model.loss_grad(local, self.X[b], self.y[b], self.grad))
                 if mu > 0:
                     self.grad += mu * (local - self.replica)

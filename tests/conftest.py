@@ -1,0 +1,13 @@
+"""Session set-up shared by the test tiers."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_numba_cache():
+    """Compile the kernels once, in this process, before any mpirun job: on a fresh checkout the jobs then
+    load them from numba's cache instead of compiling them in every rank."""
+    from ftmpi.models import warmup
+
+    warmup(8)
