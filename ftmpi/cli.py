@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
+from .plot import add_plot_args, run_plot
+from .report import add_report_args, run_report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,11 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest valid checkpoint in RUN_DIR")
     t.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tb")
     t.add_argument("--quiet", action="store_true", help="no progress line")
+    add_report_args(sub.add_parser("report", help="results table of run dirs")).set_defaults(run=run_report)
+    add_plot_args(sub.add_parser("plot", help="accuracy/loss curves of run dirs as PNG")).set_defaults(run=run_plot)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "run", None):
+        return args.run(args)
     if args.cmd == "train":
         return _train(args)
     return EXIT_BAD_INPUT

@@ -91,6 +91,7 @@ class Coordinator:
         self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
         self.pending_handoff: dict[int, list[str]] = {}
         self._awaiting_recovery: list[Failure] = []
+        self.tb: Any = None
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
@@ -114,6 +115,8 @@ class Coordinator:
         if how == "timeout" or how == "never-joined":
             self.suspects.add(rank)
         self.failures.append(f)
+        if self.tb is not None:
+            self.tb.event(self.round, f"worker {rank} lost ({how}{', ' + f.kind if f.kind else ''})")
         self.progress.event(f"worker {rank} declared dead at round {self.round} ({how}"
                             + (f", {f.detection_latency:.2f}s after the {f.kind}" if f.kind else "")
                             + (f": {reason}" if reason else "") + f"); {len(self.alive)} workers left")
@@ -276,6 +279,9 @@ class Coordinator:
         dt = time.monotonic() - t0
         for f in failures:
             f.handoff_time = dt  # completed when the survivors report loading it (see _round)
+        if self.tb is not None:
+            self.tb.event(self.round, f"epoch {self.epoch}: {len(ids)} rows of {dead} handed to {survivors}",
+                          kind="remap")
         if ids.size:
             self.progress.event(f"epoch {self.epoch}: handed {len(ids)} rows of worker(s) {dead} to "
                                 f"{survivors} (remap={cfg.executor.remap}, coverage "
@@ -301,6 +307,10 @@ class Coordinator:
     def run(self) -> int:
         cfg, ex = self.cfg, self.cfg.executor
         t0 = time.monotonic()
+        if ex.tensorboard:  # first, so that a missing package fails at once with exit code 2
+            from .tb import TBWriter
+
+            self.tb = TBWriter(self.run_dir / "tb")
         self.data: Dataset = load_dataset(cfg.data, cfg.model.seed)  # the workers' hellos queue meanwhile
         t1 = time.monotonic()
         self._join()
@@ -397,6 +407,10 @@ class Coordinator:
         row["test_acc"] = self.last_acc
         row.update({f"acc_class{c}": float(v) for c, v in enumerate(self.last_per_class)})
         self.metrics.row(row)
+        if self.tb is not None:
+            from .tb import row_scalars
+
+            self.tb.scalars(rnd, row_scalars(row))
         self.progress.update(rnd, f"loss {row['train_loss']:.4f} acc {self.last_acc:.4f} workers "
                              f"{row['alive_workers']} epoch {row['epoch']} failures {row['failures']} "
                              f"{(row['bytes_sent'] + row['bytes_recv']) / 1e6:.1f} MB", force=event or last)
@@ -416,6 +430,8 @@ class Coordinator:
         self.ch.flush(time.monotonic() + 1.0)
         if hasattr(self, "metrics"):
             self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
         self.progress.close()
         self.summary = self._summary(code)
         write_json_atomic(self.run_dir / "summary.json", self.summary)

@@ -93,6 +93,8 @@ class Progress:
         self.stream.flush()
 
     def event(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self._open:
             self.stream.write("\n")
             self._open = False

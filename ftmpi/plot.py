@@ -25,8 +25,8 @@ __all__ = ["Mark", "PlotResult", "add_plot_args", "dead_worker_classes", "plot_c
            "run_plot"]
 
 NEED_MPL = "plot needs matplotlib: pip install 'ftmpi[plot]'"
+_SMOOTH_FROM = 200  # rounds; longer series are drawn faint, under a trailing mean
 #: x choice -> (metrics column, axis label, title words)
-_SMOOTH_FROM = 200  # rounds
 _XS = {"round": ("round", "round", "round"),
        "iters": ("iters", "local iterations per worker (round x comm_period)", "local iterations"),
        "wall": ("wall", "wall-clock time since launch (s)", "wall-clock time")}
@@ -69,6 +69,7 @@ class PlotResult:
 
 
 def _figure(w: float, h: float) -> Any:
+    """A Figure on the Agg canvas (no pyplot), or the one-line ConfigError when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -171,6 +172,16 @@ def _vmarks(ax: Any, marks: list[Mark], x: str, color: Any, slot: int) -> None:
                         fontstyle="italic")
 
 
+def _keep_labels_inside(fig: Any) -> None:
+    """Put the mark labels of the right quarter of a panel on the left of their line (else they get cut)."""
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        for ann in ax.texts:
+            if hasattr(ann, "xyann") and hi > lo and (ann.xy[0] - lo) / (hi - lo) > 0.75:
+                ann.set_horizontalalignment("right")
+                ann.xyann = (-abs(ann.xyann[0]), ann.xyann[1])
+
+
 def _style_legend(fig: Any, handles: list[Any], labels: list[str], smoothed: bool = False) -> None:
     from matplotlib.lines import Line2D
 
@@ -241,16 +252,20 @@ def plot_runs(run_dirs: Sequence[str | Path], out_png: str | Path, x: str = "bot
         axes[0][col].set_title(f"test accuracy by {_XS[key][2]}")
         axes[1][col].set_title(f"training loss by {_XS[key][2]}")
         axes[1][col].set_xlabel(_XS[key][1])
+        if key != "wall":
+            axes[1][col].xaxis.set_major_locator(_integer_ticks())
         axes[0][col].set_ylabel("test accuracy")
         axes[1][col].set_ylabel("training loss (mean over workers)")
         if losses and max(losses) / min(losses) > 20:
             axes[1][col].set_yscale("log")
         for row, metric in enumerate(tails):
             axes[row][col].grid(True, alpha=0.3)
-            _zoom(axes[row][col], tails[metric], low=metric == "test_acc")
+            if max(len(r.metrics) for r in runs) >= 50:  # short runs: the whole climb is worth seeing
+                _zoom(axes[row][col], tails[metric], low=metric == "test_acc")
     data = {str((r.summary or {}).get("dataset") or r.section("data").get("dataset") or "?") for r in runs}
     fig.suptitle(f"{len(runs)} run{'s' if len(runs) > 1 else ''} on {', '.join(sorted(data))}", fontsize=13)
     _style_legend(fig, handles, _labels(runs), smoothed)
+    _keep_labels_inside(fig)
     result.path = _save(fig, out_png)
     return result
 
@@ -270,14 +285,11 @@ def _zoom(ax: Any, tail: list[float], low: bool) -> None:
     if len(tail) < 2 or ax.get_yscale() == "log":
         return
     lo, hi = ax.get_ylim()
-    t_lo, t_hi = min(tail), max(tail)
-    pad = 0.15 * (t_hi - t_lo) or 0.01
-    if low and t_lo - pad > lo + 0.3 * (hi - lo):
-        ax.set_ylim(t_lo - pad, hi)
-        ax.set_title(ax.get_title() + "  (zoomed: first rounds below)", fontsize=11)
-    elif not low and t_hi + pad < hi - 0.3 * (hi - lo):
-        ax.set_ylim(lo, t_hi + pad)
-        ax.set_title(ax.get_title() + "  (zoomed: first rounds above)", fontsize=11)
+    pad = 0.15 * (max(tail) - min(tail)) or 0.01
+    new = (min(tail) - pad, hi) if low else (lo, max(tail) + pad)
+    if new[1] - new[0] < 0.7 * (hi - lo):
+        ax.set_ylim(*new)
+        ax.set_title(ax.get_title() + f"  (zoomed: first rounds {'below' if low else 'above'})", fontsize=11)
 
 
 def _progress_axis(runs: list[Run]) -> str:
@@ -288,6 +300,12 @@ def _progress_axis(runs: list[Run]) -> str:
         periods.add(None if s.get("switched_to_every_iteration_at") is not None
                     else s.get("comm_period", run.section("executor").get("comm_period")))
     return "round" if len(periods) == 1 and None not in periods else "iters"
+
+
+def _integer_ticks() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _colors(n: int) -> list[Any]:
@@ -322,12 +340,10 @@ def dead_worker_classes(run: Run, factor: float = 1.5) -> list[int]:
 
 
 def _class_names(run: Run, n: int) -> list[str]:
-    ds = (run.summary or {}).get("dataset") or run.section("data").get("dataset")
-    if ds in ("fashion-mnist",):
-        from ftmpi.data import FASHION_CLASSES
+    from ftmpi.data import FASHION_CLASSES
 
-        return [f"{c} {FASHION_CLASSES[c]}" if c < len(FASHION_CLASSES) else str(c) for c in range(n)]
-    return [f"class {c}" for c in range(n)]
+    fashion = ((run.summary or {}).get("dataset") or run.section("data").get("dataset")) == "fashion-mnist"
+    return [f"{c} {FASHION_CLASSES[c]}" if fashion and c < len(FASHION_CLASSES) else f"class {c}" for c in range(n)]
 
 
 def plot_class_accuracy(run_dirs: Sequence[str | Path], out_png: str | Path,
@@ -371,8 +387,8 @@ def plot_class_accuracy(run_dirs: Sequence[str | Path], out_png: str | Path,
         names = _class_names(run, n_cls)
         rounds = _series(run, "round")
         acc = [_series(run, f"acc_class{c}") for c in range(n_cls)]
-        pick = dead_worker_classes(run) if classes == "dead" else classes
-        pick = [c for c in (pick or []) if 0 <= c < n_cls]
+        wanted = dead_worker_classes(run) if classes == "dead" else classes
+        pick = [c for c in wanted or [] if isinstance(c, int) and 0 <= c < n_cls]
         title = run.name
         if pick and len(pick) < n_cls:
             rest = [c for c in range(n_cls) if c not in pick]
@@ -394,10 +410,12 @@ def plot_class_accuracy(run_dirs: Sequence[str | Path], out_png: str | Path,
         _vmarks(ax, marks, "round", "black", 0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.set_ylabel("test accuracy of the class")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("Per-class test accuracy (dashed: failure detected, dotted: remap)", fontsize=12)
+    _keep_labels_inside(fig)
     result.path = _save(fig, out_png)
     return result
 

@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,12 +76,18 @@ class Run:
         return sec if isinstance(sec, dict) else {}
 
     def failure_rounds(self) -> list[tuple[int, str]]:
-        """``(round, label)`` of each failure the summary records, e.g. ``(5, "rank 2 kill")``."""
-        out = []
-        for f in (self.summary or {}).get("failures") or []:
-            if isinstance(f, dict) and isinstance(f.get("round"), int):
-                how = f.get("kind") or f.get("how") or ""
-                out.append((f["round"], f"rank {f.get('rank', '?')} {how}".strip()))
+        """``(round, label)`` of each failure, e.g. ``(5, "rank 2 kill")``: from the summary, or, when it
+        has no failure list (a crashed run), from the rounds where the metrics' failure count grows."""
+        fails = (self.summary or {}).get("failures")
+        if isinstance(fails, list):
+            return [(f["round"], f"rank {f.get('rank', '?')} {f.get('kind') or f.get('how') or ''}".strip())
+                    for f in fails if isinstance(f, dict) and isinstance(f.get("round"), int)]
+        out, seen = [], 0.0
+        for row in self.metrics:
+            n = row.get("failures", math.nan)
+            if math.isfinite(n) and n > seen:
+                out.append((int(row["round"]), f"{n - seen:.0f} worker(s) lost"))
+                seen = n
         return out
 
     def remap_rounds(self) -> list[int]:
@@ -194,32 +201,26 @@ def _is_run_dir(p: Path) -> bool:
     return any((p / f).exists() for f in RUN_FILES)
 
 
-def expand_run_dirs(paths: Sequence[str | Path], warn: Any = None) -> list[Path]:
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Expand folders of run dirs by one level; other paths pass through unchanged.
 
-    A folder is expanded when it holds no summary.json or metrics.csv itself but has subfolders that
-    do. Subfolders without any run file are skipped with a message to ``warn`` (a callable taking one
-    string; default: stderr), so nothing disappears silently.
+    A folder is expanded when it holds no summary.json or metrics.csv itself but has a subfolder with a
+    run file. Every subfolder (hidden ones aside) is then listed, so a run that died before writing
+    anything still gets a row (status ``missing``) instead of vanishing.
 
     Args:
         paths: Run dirs or folders of run dirs, in the order given.
-        warn: Where to report skipped subfolders.
 
     Returns:
         The run dirs, in order (subfolders sorted by name).
     """
-    say = warn or (lambda text: print(f"ftmpi: {text}", file=sys.stderr))
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir() and not (p / "summary.json").exists() and not (p / "metrics.csv").exists():
             subs = sorted(s for s in p.iterdir() if s.is_dir() and not s.name.startswith("."))
-            runs = [s for s in subs if _is_run_dir(s)]
-            if runs:
-                for s in subs:
-                    if s not in runs:
-                        say(f"{s}: no {', '.join(RUN_FILES)}; not a run dir, left out")
-                out += runs
+            if any(_is_run_dir(s) for s in subs):
+                out += subs
                 continue
         out.append(p)
     return out
@@ -240,7 +241,7 @@ def _notes(run: Run) -> str:
     if not run.path.is_dir():
         notes.append("not a directory" if run.path.exists() else "no such directory")
     elif run.status == "missing":
-        notes.append(f"no {', '.join(RUN_FILES)}")
+        notes.append(f"no {', '.join(RUN_FILES)}" + (" (see job.log)" if (run.path / "job.log").exists() else ""))
     elif run.summary is None and not run.problems:
         notes.append("no summary.json" + ("" if run.has_metrics else " nor metrics.csv"))
         if run.has_metrics and not run.metrics:
@@ -291,7 +292,7 @@ def _row(run: Run) -> dict[str, Any]:
     }
     for k in _INT_KEYS:
         if isinstance(row[k], float):
-            row[k] = int(round(row[k]))
+            row[k] = round(row[k])
     return row
 
 
@@ -404,12 +405,14 @@ def run_report(ns: argparse.Namespace) -> int:
     """Print the report for parsed arguments (see :func:`add_report_args`); returns the exit code."""
     dirs = expand_run_dirs(ns.run_dirs)
     rows = collect(dirs)
-    if ns.markdown:
-        sys.stdout.write(to_markdown(rows))
-    else:
-        sys.stdout.write(to_text(rows))
-        fails = failure_lines(dirs)
-        sys.stdout.write("\nfailures:\n" + "".join(f"  {f}\n" for f in fails) if fails else "")
+    fails = [] if ns.markdown else failure_lines(dirs)
+    text = to_markdown(rows) if ns.markdown else to_text(rows)
+    text += "\nfailures:\n" + "".join(f"  {f}\n" for f in fails) if fails else ""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ftmpi report runs | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if ns.csv:
         try:
             write_csv(rows, ns.csv)

@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftmpi.errors import ConfigError
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["NEED_TB", "TBWriter", "row_scalars"]
 
@@ -41,10 +44,10 @@ TAGS = {
 def _summary_writer() -> Any:
     """The SummaryWriter class of tensorboardX, else of torch, else a ConfigError."""
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # type: ignore[import-untyped]
     except ImportError:
         try:
-            from torch.utils.tensorboard import SummaryWriter  # type: ignore[no-redef]
+            from torch.utils.tensorboard import SummaryWriter  # type: ignore[import-not-found,no-redef]
         except ImportError:
             raise ConfigError(NEED_TB) from None
     return SummaryWriter
@@ -64,16 +67,20 @@ def row_scalars(row: Mapping[str, Any]) -> dict[str, float]:
     """
     out: dict[str, float] = {}
     for col, tag in TAGS.items():
-        if _finite(row.get(col)):
-            out[tag] = float(row[col])
-    sent, recv = row.get("bytes_sent"), row.get("bytes_recv")
-    if _finite(sent) and _finite(recv):
-        out["wire/bytes"] = float(sent) + float(recv)
-        out["wire/bytes_sent"], out["wire/bytes_recv"] = float(sent), float(recv)
-    for col, v in row.items():
-        if str(col).startswith("acc_class") and _finite(v):
-            out[f"test/accuracy_class{str(col)[len('acc_class'):]}"] = float(v)
+        if (v := _as_float(row.get(col))) is not None:
+            out[tag] = v
+    sent, recv = _as_float(row.get("bytes_sent")), _as_float(row.get("bytes_recv"))
+    if sent is not None and recv is not None:
+        out["wire/bytes"], out["wire/bytes_sent"], out["wire/bytes_recv"] = sent + recv, sent, recv
+    for col, value in row.items():
+        if str(col).startswith("acc_class") and (v := _as_float(value)) is not None:
+            out[f"test/accuracy_class{str(col)[len('acc_class'):]}"] = v
     return out
+
+
+def _as_float(v: Any) -> float | None:
+    """``v`` as a float if it is a finite number (not a bool), else None."""
+    return float(v) if _finite(v) else None
 
 
 def _finite(v: Any) -> bool:
@@ -132,7 +139,7 @@ class TBWriter:
             self._closed = True
             self._w.close()
 
-    def __enter__(self) -> TBWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -129,3 +129,15 @@ def test_without_ulfm_a_hang_is_still_survived_and_ulfm_request_is_refused(tmp_p
     assert job.summary["detector"] == "timeout" and _failures(job)[1]["how"] == "timeout"
     bad = run_job(2, SMOKE, tmp_path / "u", "--detector", "ulfm", ulfm=False, limit=60)
     assert bad.rc == 2 and "--with-ft ulfm" in bad.err and "Traceback" not in bad.err
+
+
+def test_tensorboard_events_of_a_run_with_a_failure(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from .test_tb import read_events
+
+    job = run_job(2, SMOKE, tmp_path / "tb", "--tensorboard", "--inject", "kill:1@4", *FAST)
+    assert job.rc == 0, job.err
+    scalars, texts = read_events(tmp_path / "tb" / "tb")
+    assert len(scalars["test/accuracy"]) == job.summary["rounds"]
+    assert [v for _, v in scalars["cluster/alive_workers"]][3:6] == [2, 1, 1]
+    assert any("worker 1 lost" in t for _, _, t in texts) and any("handed" in t for _, _, t in texts)

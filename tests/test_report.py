@@ -12,8 +12,16 @@ from ftmpi.config import dump_config, load_config
 from ftmpi.errors import ConfigError
 from ftmpi.metrics import MetricsCSV, write_json_atomic
 from ftmpi.report import (
-    MISSING, add_report_args, collect, expand_run_dirs, load_run, main_report, run_report, to_markdown,
-    to_text, write_csv,
+    MISSING,
+    add_report_args,
+    collect,
+    expand_run_dirs,
+    load_run,
+    main_report,
+    run_report,
+    to_markdown,
+    to_text,
+    write_csv,
 )
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -146,13 +154,17 @@ def test_cut_off_last_line_is_corrupt(tmp_path):
 
 def test_expand_folder_of_runs(runs, tmp_path):
     root = runs["kill"].parent
-    (root / "logs").mkdir()
-    said: list[str] = []
-    dirs = expand_run_dirs([root, runs["missing"]], warn=said.append)
+    (root / "died-early").mkdir()
+    (root / "died-early" / "job.log").write_text("ftmpi: rank 0: error: ...\n")
+    (root / ".hidden").mkdir()
+    dirs = expand_run_dirs([root, runs["missing"]])
     names = [d.name for d in dirs]
-    assert names[-1] == "never-written" and "w4-kill" in names and "crashed" in names
-    assert "empty" not in names and "logs" not in names and len(said) == 2 and "not a run dir" in said[0]
+    assert names == sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) + ["never-written"]
+    assert "empty" in names and "died-early" in names, "a folder of runs lists every run, even empty ones"
+    died = by_run(collect(dirs))["died-early"]
+    assert died["status"] == "missing" and "(see job.log)" in died["note"]
     assert expand_run_dirs([runs["kill"]]) == [runs["kill"]], "a run dir is never expanded"
+    assert expand_run_dirs([tmp_path / "nope"]) == [tmp_path / "nope"]
 
 
 def test_csv_output_round_trips(runs, tmp_path):
@@ -208,6 +220,8 @@ def test_plot_runs_marks_failures_and_remaps(runs, tmp_path):
     assert skipped["never-written"] == "not a directory"
     kill = [m for m in res.failures if m.run == "w4-kill"]
     assert [(m.round, m.wall, m.label) for m in kill] == [(5, pytest.approx(5.55), "rank 2 kill")]
+    inferred = [(m.round, m.label) for m in res.failures if m.run == "no-summary"]
+    assert inferred == [(5, "1 worker(s) lost")], "no summary: failures come from the metrics' failure count"
     remaps = {m.run: m.round for m in res.remaps}
     assert remaps["w4-kill"] == 5 and remaps["no-summary"] == 5 and "w4-q4" not in remaps
     one = plot_runs([runs["quant"]], tmp_path / "one.png", x="round")

@@ -11,7 +11,7 @@ from ftmpi.errors import ConfigError
 
 pytest.importorskip("tensorboardX")
 
-from ftmpi.tb import NEED_TB, TBWriter, row_scalars  # noqa: E402
+from ftmpi.tb import NEED_TB, TBWriter, row_scalars
 
 
 def read_events(log_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str, str]]]:
