@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest valid checkpoint in RUN_DIR")
     t.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tb")
     t.add_argument("--quiet", action="store_true", help="no progress line")
+    i = sub.add_parser("inspect", help="summarise an HDF5 checkpoint")
+    i.add_argument("file", help="a checkpoint, e.g. runs/x/ckpt/round-000080.h5")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
     add_report_args(sub.add_parser("report", help="results table of run dirs")).set_defaults(run=run_report)
     add_plot_args(sub.add_parser("plot", help="accuracy/loss curves of run dirs as PNG")).set_defaults(run=run_plot)
     return p
@@ -45,7 +48,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     if args.cmd == "train":
         return _train(args)
+    if args.cmd == "inspect":
+        return _inspect(args)
     return EXIT_BAD_INPUT
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import format_summary, summarize
+
+    try:
+        d = summarize(args.file)
+    except FtmpiError as exc:
+        sys.stderr.write(f"ftmpi: error: {exc}\n")
+        return exc.exit_code
+    print(json.dumps(d, indent=2) if args.json else format_summary(d))
+    return 0
 
 
 def _say(rank: int, text: str) -> None:
@@ -91,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"{args.config}: need at least 2 MPI ranks (1 coordinator + workers), got {size}; "
                               "launch with jobs/local.sh W CONFIG or mpirun -n 1+W")
-        run_dir = Path(args.run_dir or cfg.run_dir)
+        run_dir = Path(args.resume or args.run_dir or cfg.run_dir)
         from .comm import Channel, resolve_detector
 
         detector = resolve_detector(cfg.executor.failure_detector)
@@ -103,22 +122,25 @@ def _train(args: argparse.Namespace) -> int:
     code = EXIT_CRASH
     try:
         if rank == 0:
-            code = _run_rank0(ch, cfg, run_dir, t_start)
+            code = _run_rank0(ch, cfg, run_dir, t_start, bool(args.resume))
         else:
             from .worker import run_worker
 
             code = run_worker(ch, cfg, run_dir)
     except FtmpiError as exc:
-        _say(rank, f"error: {exc}")
         code = exc.exit_code
+        if not getattr(exc, "quiet", False):
+            _say(rank, f"error: {exc}")
         if rank == 0:
-            _tell_workers_to_leave(ch, str(exc))
+            _tell_workers_to_leave(ch, str(exc), code)
+            _failed_summary(run_dir, str(exc), code)
     except BaseException as exc:  # a real crash: tell rank 0 who, where and why, then leave
         tb = traceback.format_exc()
         _say(rank, f"crashed on {socket.gethostname()}: {type(exc).__name__}: {exc}\n{tb}")
         code = EXIT_CRASH
         if rank == 0:
-            _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}")
+            _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}", EXIT_CRASH)
+            _failed_summary(run_dir, f"{type(exc).__name__}: {exc}", EXIT_CRASH)
         else:
             from .comm import TAG_REPLY
 
@@ -129,27 +151,48 @@ def _train(args: argparse.Namespace) -> int:
     return code
 
 
-def _tell_workers_to_leave(ch, reason: str) -> None:
+def _tell_workers_to_leave(ch, reason: str, code: int) -> None:
+    """Rank 0 failed: every worker leaves at once with the same exit code, silently (rank 0 said why)."""
     from .comm import TAG_CTRL
 
     for r in range(1, ch.size):
-        ch.send(r, TAG_CTRL, {"t": "exit", "reason": reason})
+        ch.send(r, TAG_CTRL, {"t": "exit", "reason": reason, "code": code, "quiet": True})
     ch.flush(time.monotonic() + 2.0)
 
 
-def _run_rank0(ch, cfg, run_dir: Path, t_start: float) -> int:
+def _failed_summary(run_dir: Path, error: str, code: int) -> None:
+    """Record rank 0's failure in summary.json (metrics and checkpoints already written stay as they are)."""
+    from .metrics import write_json_atomic
+
+    if run_dir.is_dir():
+        try:
+            write_json_atomic(run_dir / "summary.json", {"status": "failed", "exit_code": code, "error": error})
+        except OSError:
+            pass
+
+
+def _run_rank0(ch, cfg, run_dir: Path, t_start: float, resuming: bool = False) -> int:
     from .config import dump_config
     from .coordinator import run_coordinator
     from .metrics import Progress, write_json_atomic
 
     import shutil
 
+    resume = None
+    progress = Progress(cfg.executor.progress)
+    if resuming:
+        from .checkpoint import newest_valid
+
+        path, resume, skipped = newest_valid(run_dir)
+        for w in skipped:
+            _say(0, f"warning: {w}")
+        progress.event(f"resuming from {path}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("faults", "shards"):  # leftovers of an earlier run in the same folder would mislead
+    # leftovers of an earlier run in the same folder would mislead; a resumed run keeps its fault records
+    for stale in ("shards",) if resume is not None else ("faults", "shards", "ckpt"):
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     write_json_atomic(run_dir / "summary.json", {"status": "running", "name": cfg.name, "pid": os.getpid()})
     dump_config(cfg, run_dir / "config.yaml")
-    progress = Progress(cfg.executor.progress)
     for w in cfg.warnings:
         progress.event(f"warning: {w}")
-    return run_coordinator(ch, cfg, run_dir, progress, t_start)
+    return run_coordinator(ch, cfg, run_dir, progress, t_start, resume)

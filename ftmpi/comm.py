@@ -247,7 +247,7 @@ class Channel:
                 if ok:
                     got = True
                     out.messages.setdefault(src, []).append(obj)
-            if until(out):
+            if until(out) or not live:  # done, or every source is known to have failed
                 return out
             now = time.monotonic()
             if now >= deadline:

@@ -26,10 +26,11 @@ import numpy as np
 from . import faults as F
 from .codec import decode, encode
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
-from .config import Config
+from .checkpoint import Snapshot, ckpt_path, prune, save
+from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
-from .errors import EXIT_NO_WORKERS, EXIT_OK
-from .metrics import MetricsCSV, Progress, write_json_atomic, write_status
+from .errors import EXIT_NO_WORKERS, EXIT_OK, CheckpointError
+from .metrics import MetricsCSV, Progress, truncate_metrics, write_json_atomic, write_status
 from .models import Model
 from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, partition
@@ -75,8 +76,11 @@ class Failure:
 
 
 class Coordinator:
-    def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float) -> None:
+    def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
+                 resume: Snapshot | None = None) -> None:
         self.ch, self.cfg, self.run_dir, self.progress = ch, cfg, Path(run_dir), progress
+        self.resume = resume
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()}
         self.t_start = t_start
         self.state = CState.JOINING
         self.members = {r: Member(r) for r in range(1, ch.size)}
@@ -92,6 +96,10 @@ class Coordinator:
         self.pending_handoff: dict[int, list[str]] = {}
         self._awaiting_recovery: list[Failure] = []
         self.tb: Any = None
+        self.bytes_before = 0
+        self.wall_before = 0.0
+        self.ckpt_seconds = 0.0
+        self.last_loss = float("nan")
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
@@ -147,18 +155,90 @@ class Coordinator:
         cfg = self.cfg
         self.state = CState.SHARDING
         d = self.data
-        self.ownership = Ownership(len(d.y_train))
         alive = self.alive
-        parts = partition(d.y_train, len(alive), cfg.data.partition, cfg.model.seed, alpha=cfg.data.alpha,
-                          classes_per_worker=cfg.data.classes_per_worker, power=cfg.data.power)
+        if self.resume is None:
+            self.ownership = Ownership(len(d.y_train))
+            parts = partition(d.y_train, len(alive), cfg.data.partition, cfg.model.seed, alpha=cfg.data.alpha,
+                              classes_per_worker=cfg.data.classes_per_worker, power=cfg.data.power)
+            for r, ids in zip(alive, parts):
+                self.ownership.assign(r, ids)
+        else:
+            self._rebalance(alive)
+        parts = [self.ownership.owned(r) for r in alive]
         self.histogram = class_histogram(d.y_train, parts, d.n_classes)
         for r, ids in zip(alive, parts):
             write_shard(shard_path(self.run_dir, r), d.X_train[ids], d.y_train[ids], ids,
                         {"n_classes": d.n_classes, "dataset": d.name, "rank": r})
-            self.ownership.assign(r, ids)
         self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts)}
         self.model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
         self.tensors = self.model.tensors()
+
+    def _rebalance(self, alive: list[int]) -> None:
+        """Resume: rows of ranks that are not in this job are spread evenly over its workers and a rank present
+        in both keeps its rows (so a skewed partition stays skewed); if ranks joined that owned nothing,
+        every owned row is spread evenly again. Dropped rows stay dropped."""
+        snap = self.resume
+        assert snap is not None
+        if len(snap.owner) != len(self.data.y_train):
+            raise CheckpointError(f"checkpoint holds ownership of {len(snap.owner)} samples but the dataset "
+                                  f"{self.data.name} has {len(self.data.y_train)} training rows")
+        self.ownership = Ownership.from_arrays(snap.owner, np.flatnonzero(snap.dropped))
+        newcomers = [r for r in alive if r not in self.ownership.ranks()]
+        # new ranks joined: spread every owned row evenly again; else only the rows of ranks now absent
+        orphans = [self.ownership.release(r) for r in self.ownership.ranks() if newcomers or r not in alive]
+        ids = np.sort(np.concatenate(orphans)) if orphans else np.zeros(0, np.int64)
+        if len(ids):
+            for r, part in assign_handoff(ids, alive, self.cfg.model.seed + snap.epoch + 1).items():
+                self.ownership.assign(r, part)
+        for r in alive:
+            rep = snap.representative.get(r)
+            if rep is not None:
+                self.members[r].rep = np.asarray(rep, np.int64)
+        self.progress.event(f"resumed at round {snap.round} (epoch {snap.epoch}): {len(ids)} rows spread over "
+                            f"{alive}; coverage {self.ownership.coverage():.4f}")
+
+    def _restore(self) -> None:
+        """Load the snapshot's model, optimizer and counters (the workers get the model in round 0)."""
+        snap = self.resume
+        assert snap is not None
+        if not np.array_equal(snap.sizes, self.model.sizes):
+            raise CheckpointError(f"checkpoint model {snap.sizes.tolist()} does not match the config's "
+                                  f"{self.model.sizes.tolist()}")
+        self.W = snap.params.astype(np.float32, copy=True)
+        if snap.optim.get("name") == self.opt.name:
+            self.opt.load_state(snap.optim)
+        self.round, self.epoch, self.iters_done = snap.round, snap.epoch + 1, snap.iters_done
+        self.period, self.switched_at = snap.period, snap.switched_at
+        self.stale, self.rows_handed = snap.stale_dropped, snap.rows_handed
+        self.failures = [Failure(**f) for f in snap.failures]
+        self.bytes_before = snap.bytes_total
+        self.wall_before = snap.wall_seconds
+
+    def _checkpoint(self) -> None:
+        """Save a consistent snapshot (after the round's row is written) and prune old ones."""
+        self._write_row()
+        ex, tr = self.cfg.executor, self.ch.traffic
+        t0 = time.monotonic()
+        snap = Snapshot(
+            round=self.round, epoch=self.epoch, iters_done=self.iters_done, period=self.period,
+            switched_at=self.switched_at, params=self.W, sizes=self.model.sizes,
+            optim={"name": self.opt.name, **self.opt.state()}, members=self.alive,
+            dead=[r for r, m in self.members.items() if not m.alive], owner=self.ownership.owner_array(),
+            dropped=self._dropped_mask(), representative={r: self.members[r].rep for r in self.alive},
+            rng={"seed": self.cfg.model.seed}, config=config_to_dict(self.cfg), test_acc=self.last_acc,
+            per_class_acc=np.asarray(self.last_per_class, np.float64), train_loss=self.last_loss,
+            failures=[asdict(f) for f in self.failures], stale_dropped=self.stale, rows_handed=self.rows_handed,
+            wall_seconds=self.wall_before + time.monotonic() - self.t_start,
+            bytes_total=self.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=self.data.name,
+            n_classes=self.data.n_classes, created=time.time())
+        save(ckpt_path(self.run_dir, self.round), snap)
+        prune(self.run_dir, ex.keep)
+        self.ckpt_seconds += time.monotonic() - t0
+
+    def _dropped_mask(self) -> np.ndarray:
+        mask = np.zeros(len(self.data.y_train), bool)
+        mask[self.ownership.dropped()] = True
+        return mask
 
     # ----------------------------------------------------------------- rounds
     def _broadcast(self, rnd: int, iters: int, first: bool) -> None:
@@ -329,7 +409,11 @@ class Coordinator:
         self.W_bcast = np.zeros_like(self.W)
         self.opt = Optimizer(o.name, self.model.n_params, o.learning_rate, o.momentum, o.beta1, o.beta2, o.eps)
         n_cls = self.data.n_classes
-        self.metrics = MetricsCSV(self.run_dir / "metrics.csv", [f"acc_class{c}" for c in range(n_cls)])
+        if self.resume is not None:
+            self._restore()
+            truncate_metrics(self.run_dir / "metrics.csv", self.resume.round)
+        self.metrics = MetricsCSV(self.run_dir / "metrics.csv", [f"acc_class{c}" for c in range(n_cls)],
+                                  append=self.resume is not None)
         self.progress.event(f"{len(self.alive)} workers, {len(self.data.y_train)} training rows "
                             f"({self.data.name}), {self.model.n_params} params, detector={self.ch.detector.value}")
         self.state = CState.TRAINING
@@ -352,7 +436,8 @@ class Coordinator:
         cfg, ex = self.cfg, self.cfg.executor
         rnd = self.round
         for f in F.due(cfg.faults, 0, rnd):
-            F.inject(f, self.run_dir)
+            if (0, rnd) not in self.fired:  # a resumed job does not replay a fault that already fired
+                F.inject(f, self.run_dir)
         t0 = time.monotonic()
         iters = min(self.period, cfg.model.n_iterations - self.iters_done)
         self._broadcast(rnd, iters, first)
@@ -390,7 +475,11 @@ class Coordinator:
             "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv, "alive_workers": len(self.alive),
             "stale_dropped": self.stale, "failures": len(self.failures), "coverage": self.ownership.coverage(),
             "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.t_start, "_event": bool(newly)}
+        self.last_loss = loss
         self.round += 1
+        ce = ex.checkpoint_every
+        if ce > 0 and self.round % ce == 0 and self.iters_done < cfg.model.n_iterations:
+            self._checkpoint()
         return EXIT_OK
 
     def _write_row(self, last: bool = False) -> None:
@@ -419,6 +508,8 @@ class Coordinator:
     def _finish(self, code: int) -> None:
         ex = self.cfg.executor
         self._write_row(last=True)
+        if hasattr(self, "W"):
+            self._checkpoint()
         alive = self.alive
         for r in alive:
             self.ch.send(r, TAG_CTRL, {"t": "stop", "epoch": self.epoch, "round": self.round})
@@ -458,9 +549,13 @@ class Coordinator:
             "status": status, "exit_code": code, "name": cfg.name, "scenario": cfg.executor.scenario,
             "final_test_acc": self.last_acc,
             "per_class_acc": [float(v) for v in self.last_per_class],
-            "wall_seconds": time.monotonic() - self.t_start, "rounds": self.round,
+            "wall_seconds": self.wall_before + time.monotonic() - self.t_start, "rounds": self.round,
             "iterations": self.iters_done, "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv,
-            "bytes_total": tr.bytes_sent + tr.bytes_recv, "ranks": self.ch.size, "workers": self.ch.size - 1,
+            "bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "ranks": self.ch.size,
+            "workers": self.ch.size - 1,
+            "resumed_from": None if self.resume is None else {"round": self.resume.round,
+                                                              "epoch": self.resume.epoch},
+            "checkpoint_seconds": self.ckpt_seconds,
             "alive_workers": len(self.alive), "detector": self.ch.detector.value,
             "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
             "quantize": cfg.executor.quantize, "remap": cfg.executor.remap, "partition": cfg.data.partition,
@@ -474,5 +569,6 @@ class Coordinator:
         }
 
 
-def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float) -> int:
-    return Coordinator(ch, cfg, run_dir, progress, t_start).run()
+def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
+                    resume: Snapshot | None = None) -> int:
+    return Coordinator(ch, cfg, run_dir, progress, t_start, resume).run()

@@ -47,6 +47,25 @@ def write_status(code: int) -> None:
             pass
 
 
+def truncate_metrics(path: Path, before_round: int) -> None:
+    """Keep only the rows of rounds before ``before_round`` (a resumed run rewrites the later ones)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    head, body = rows[0], rows[1:]
+    keep = [r for r in body if r and r[0].isdigit() and int(r[0]) < before_round]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(head)
+        w.writerows(keep)
+    os.replace(tmp, path)
+
+
 class MetricsCSV:
     """Append-only metrics table; every row is flushed so a crash loses at most the row being written."""
 

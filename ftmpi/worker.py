@@ -62,6 +62,8 @@ class Worker:
         self.rank = ch.rank
         self.state = WState.JOINING
         self.epoch = -1
+        # faults that already fired in an earlier launch of this run (a resumed job does not replay them)
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()}
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str) -> dict:
@@ -92,7 +94,10 @@ class Worker:
                 return 0
             if t == "exit":
                 self.state = WState.EXPELLED
-                raise Expelled(f"worker {self.rank}: {msg.get('reason', 'told to leave by rank 0')}")
+                exc = Expelled(f"worker {self.rank}: {msg.get('reason', 'told to leave by rank 0')}")
+                if "code" in msg:  # rank 0 itself failed and said why: leave with its code, silently
+                    exc.exit_code, exc.quiet = int(msg["code"]), bool(msg.get("quiet"))
+                raise exc
             if t == "round":
                 self._round(msg)
             self.state = WState.WAITING
@@ -146,7 +151,8 @@ class Worker:
         self.state = WState.TRAINING
         self.epoch, rnd = msg["epoch"], msg["round"]
         for f in F.due(cfg.faults, self.rank, rnd):
-            F.inject(f, self.run_dir)
+            if (self.rank, rnd) not in self.fired:
+                F.inject(f, self.run_dir)
         t0 = time.monotonic()
         handed = self._load_handoffs(msg.get("handoff") or [])
         t_handoff = time.monotonic() - t0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run ftmpi on this machine: jobs/local.sh W CONFIG [train args...]
+# Run ftmpi on this machine: jobs/local.sh W CONFIG [--max-restarts N] [train args...]
 #   W       number of workers (the job has W+1 ranks: rank 0 coordinates)
 #   CONFIG  a YAML config (configs/*.yaml)
 # Adds the mpirun flags this machine needs: --with-ft ulfm (Open MPI 5's fault tolerance: without it one
@@ -37,10 +37,52 @@ FTMPI_STATUS_FILE=$(mktemp "${TMPDIR:-/tmp}/ftmpi-status.XXXXXX")
 export FTMPI_STATUS_FILE
 flags+=(-x FTMPI_STATUS_FILE)
 trap 'rm -f "$FTMPI_STATUS_FILE"' EXIT
-rc=0
-timeout --kill-after=10 "${FTMPI_JOB_TIMEOUT:-3600}" \
-  "$MPIRUN" "${flags[@]}" "${extra[@]}" -n $((W + 1)) "$PY" -m ftmpi train "$CONFIG" "$@" || rc=$?
-verdict=$(cat "$FTMPI_STATUS_FILE" 2>/dev/null || true)
+
+# --max-restarts N: when rank 0 is lost (no verdict) or crashes, relaunch with --resume RUN_DIR from the
+# newest valid checkpoint, up to N times. RUN_DIR is --run-dir/--resume, else the config's shared_folder.
+max_restarts=0
+args=()
+run_dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --max-restarts) max_restarts=$2; shift 2;;
+    --max-restarts=*) max_restarts=${1#*=}; shift;;
+    --run-dir|--resume) run_dir=$2; args+=("$1" "$2"); shift 2;;
+    *) args+=("$1"); shift;;
+  esac
+done
+case "$max_restarts" in ''|*[!0-9]*) echo "jobs/local.sh: --max-restarts needs a number" >&2; exit 2;; esac
+
+launch() {
+  : > "$FTMPI_STATUS_FILE"
+  rc=0
+  timeout --kill-after=10 "${FTMPI_JOB_TIMEOUT:-3600}" \
+    "$MPIRUN" "${flags[@]}" "${extra[@]}" -n $((W + 1)) "$PY" -m ftmpi train "$CONFIG" "$@" || rc=$?
+  verdict=$(cat "$FTMPI_STATUS_FILE" 2>/dev/null || true)
+}
+
+restarts=0
+launch "${args[@]}"
+while [ "$restarts" -lt "$max_restarts" ] && { [ -z "$verdict" ] || [ "$verdict" = "1" ]; } \
+      && [ "$rc" != "124" ] && [ "$rc" != "137" ]; do
+  if [ -z "$run_dir" ]; then
+    run_dir=$("$PY" -c "import sys; from ftmpi.config import load_config; print(load_config(sys.argv[1]).run_dir)" "$CONFIG")
+  fi
+  if ! ls "$run_dir"/ckpt/round-*.h5 >/dev/null 2>&1; then
+    echo "jobs/local.sh: no checkpoint in $run_dir/ckpt to resume from" >&2
+    break
+  fi
+  restarts=$((restarts + 1))
+  echo "jobs/local.sh: rank 0 lost; restart $restarts of $max_restarts from the newest checkpoint in $run_dir" >&2
+  resume_args=()
+  skip=0
+  for a in "${args[@]}"; do  # --run-dir X / --resume X become --resume RUN_DIR
+    if [ "$skip" = 1 ]; then skip=0; continue; fi
+    case "$a" in --run-dir|--resume) skip=1; continue;; esac
+    resume_args+=("$a")
+  done
+  launch "${resume_args[@]}" --resume "$run_dir"
+done
 if [ "$rc" = "124" ] || [ "$rc" = "137" ]; then
   echo "jobs/local.sh: the job overran FTMPI_JOB_TIMEOUT=${FTMPI_JOB_TIMEOUT:-3600}s and was killed" >&2
   exit 124
