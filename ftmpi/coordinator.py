@@ -506,19 +506,12 @@ class Coordinator:
 
     # ----------------------------------------------------------------- finish
     def _finish(self, code: int) -> None:
+        """Write every output first, then stop the workers: without ULFM, prterun kills the whole job as soon
+        as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then."""
         ex = self.cfg.executor
         self._write_row(last=True)
         if hasattr(self, "W"):
             self._checkpoint()
-        alive = self.alive
-        for r in alive:
-            self.ch.send(r, TAG_CTRL, {"t": "stop", "epoch": self.epoch, "round": self.round})
-        if alive:
-            byes = self.ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
-                                until=lambda o: all(any(m.get("t") == "bye" for m in o.messages.get(r, []))
-                                                    or r in o.failed for r in alive))
-            del byes
-        self.ch.flush(time.monotonic() + 1.0)
         if hasattr(self, "metrics"):
             self.metrics.close()
         if self.tb is not None:
@@ -526,7 +519,15 @@ class Coordinator:
         self.progress.close()
         self.summary = self._summary(code)
         write_json_atomic(self.run_dir / "summary.json", self.summary)
-        write_status(code)  # before reaping: without ULFM, killing a hung rank takes the job down
+        write_status(code)
+        alive = self.alive
+        for r in alive:
+            self.ch.send(r, TAG_CTRL, {"t": "stop", "epoch": self.epoch, "round": self.round})
+        if alive:
+            self.ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
+                         until=lambda o: all(any(m.get("t") == "bye" for m in o.messages.get(r, []))
+                                             or r in o.failed for r in alive))
+        self.ch.flush(time.monotonic() + 1.0)
         self._reap_hung()
 
     def _reap_hung(self) -> None:
