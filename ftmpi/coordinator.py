@@ -510,6 +510,9 @@ class Coordinator:
         as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then."""
         ex = self.cfg.executor
         self._write_row(last=True)
+        if hasattr(self, "W") and not np.isfinite(self.last_acc):  # e.g. resumed a run that had finished
+            self.last_acc, self.last_per_class = self.model.evaluate(self.W, self.data.X_test,
+                                                                     self.data.y_test, self.data.n_classes)
         if hasattr(self, "W"):
             self._checkpoint()
         if hasattr(self, "metrics"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -58,8 +57,15 @@ def test_whole_job_sigkilled_then_resumed_with_more_workers(tmp_path):
             assert time.monotonic() < deadline and p.poll() is None, "no checkpoint at round 100"
             time.sleep(0.05)
     finally:
-        os.killpg(p.pid, signal.SIGKILL)  # every rank, mpirun and all, at once
+        # every process of the session at once: bash, timeout (in a process group of its own), mpirun, ranks
+        subprocess.run(["pkill", "-KILL", "-s", str(p.pid)], check=False)
         p.wait(timeout=30)
+    for _ in range(100):  # SIGKILL is delivered asynchronously; orphans are reaped by init
+        left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"processes of the killed job survived: {left}"
     time.sleep(0.5)
     snap = load(list_checkpoints(run_dir)[-1])
     assert snap.round >= 100
