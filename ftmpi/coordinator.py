@@ -77,9 +77,10 @@ class Failure:
 
 class Coordinator:
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
-                 resume: Snapshot | None = None) -> None:
+                 resume: Snapshot | None = None, prefetch: Any = None) -> None:
         self.ch, self.cfg, self.run_dir, self.progress = ch, cfg, Path(run_dir), progress
         self.resume = resume
+        self.prefetch = prefetch  # the dataset, being read in a thread since the process started
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()}
         self.t_start = t_start
         self.state = CState.JOINING
@@ -391,7 +392,9 @@ class Coordinator:
             from .tb import TBWriter
 
             self.tb = TBWriter(self.run_dir / "tb")
-        self.data: Dataset = load_dataset(cfg.data, cfg.model.seed)  # the workers' hellos queue meanwhile
+        # the workers' hellos queue meanwhile
+        self.data: Dataset = (self.prefetch.get() if self.prefetch is not None
+                              else load_dataset(cfg.data, cfg.model.seed))
         t1 = time.monotonic()
         self._join()
         t2 = time.monotonic()
@@ -574,5 +577,5 @@ class Coordinator:
 
 
 def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
-                    resume: Snapshot | None = None) -> int:
-    return Coordinator(ch, cfg, run_dir, progress, t_start, resume).run()
+                    resume: Snapshot | None = None, prefetch: Any = None) -> int:
+    return Coordinator(ch, cfg, run_dir, progress, t_start, resume, prefetch).run()

@@ -10,4 +10,4 @@ def warm_numba_cache():
     load them from numba's cache instead of compiling them in every rank."""
     from ftmpi.models import warmup
 
-    warmup(8)
+    warmup(8, True, "all")
