@@ -22,6 +22,10 @@ MPIRUN=${MPIRUN:-mpirun}
 # rank 0 instead (see below).
 flags=(--oversubscribe --runtime-options error-nonzero-status=false)
 [ "$(id -u)" = "0" ] && flags+=(--allow-run-as-root)
+# Transport: ob1 over shared memory and TCP. Open MPI's default also probes OFI/UCX, which costs ~1 s of
+# MPI_Init per launch here (0.12 s without); ULFM is best supported on ob1. FTMPI_MPI_TRANSPORT=default
+# keeps Open MPI's own choice (e.g. for InfiniBand through UCX on a cluster).
+[ "${FTMPI_MPI_TRANSPORT:-ob1}" = "default" ] || flags+=(--mca pml ob1 --mca btl self,sm,tcp)
 [ "${FTMPI_NO_ULFM:-0}" = "1" ] || flags+=(--with-ft ulfm)
 # one BLAS/numba thread per rank: W+1 ranks share the cores
 for v in OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMBA_NUM_THREADS; do
