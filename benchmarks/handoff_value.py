@@ -46,16 +46,11 @@ def rows_of_grid(rules: list[str], sizes: list[str]) -> list[dict]:
     return out
 
 
-def held_classes(summary: dict, rank: int = DEAD_RANK, share: float = SHARE) -> list[int]:
-    """Classes of which world ``rank`` held more than ``share`` of the training rows at the start."""
-    hist, shards = summary.get("class_histogram"), summary.get("initial_shards")
-    if not hist or not isinstance(shards, dict):
-        return []
-    ranks = [int(r) for r in shards]
-    if rank not in ranks:
-        return []
-    mine = hist[ranks.index(rank)]
-    return [c for c in range(len(mine)) if sum(h[c] for h in hist) and mine[c] / sum(h[c] for h in hist) > share]
+def dead_classes(summary: dict) -> list[int]:
+    """The dead worker's classes of a run (see the module docstring)."""
+    from ftmpi.plot import held_classes
+
+    return held_classes(summary, [DEAD_RANK], SHARE)
 
 
 def handoff_bytes(run_dir: Path) -> int:
@@ -77,7 +72,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def record(s: dict, run_dir: Path, n_features: int) -> dict:
     """One run's numbers for the table."""
     per = s.get("per_class_acc") or []
-    dead = held_classes(s)
+    dead = dead_classes(s)
     rest = [c for c in range(len(per)) if c not in dead]
     f = (s.get("failures") or [{}])[0]
     rows = _metrics(run_dir)

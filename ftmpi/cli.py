@@ -168,7 +168,7 @@ def _train(args: argparse.Namespace) -> int:
         else:
             from .worker import run_worker
 
-            code = run_worker(ch, cfg, run_dir)
+            code = run_worker(ch, cfg, run_dir, bool(args.resume))
     except FtmpiError as exc:
         code = exc.exit_code
         if not getattr(exc, "quiet", False):

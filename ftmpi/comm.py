@@ -8,18 +8,18 @@ Traffic is a star of point-to-point messages between rank 0 and each worker on a
 through one hung rank stalls every rank below it, while point-to-point traffic isolates each worker and
 needs no communicator rebuild when membership changes. ULFM, where it is in force, is used for what it
 does best: a failed peer's pending receive fails within milliseconds with ``ERR_PROC_FAILED``
-(``Get_failed`` names the ranks), and the alive communicator of the survivors is rebuilt with the
-nonblocking ``Ishrink`` and confirmed with ``Iagree`` (see :meth:`Channel.rebuild_alive`).
+(``Get_failed`` names the ranks), and the alive communicator of the survivors is rebuilt with ``Shrink``
+and confirmed with ``Agree``, under a deadline (see :meth:`Channel.rebuild_alive`).
 
 Messages are pickled (protocol 5) by us, so the byte counts on the wire are exact, and received with a
 matched probe (``Improbe`` then ``Message.Irecv``) into a buffer of the probed size.
 """
 from __future__ import annotations
 
-import array
 import enum
 import os
 import pickle
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -132,7 +132,12 @@ class Channel:
         # Send buffers stay referenced until their request completes; abandoned ones are never freed
         # early (a request to a dead peer may never complete).
         self._outbox: list[tuple[MPI.Request, bytes, int]] = []
+        # Collectives (the ULFM rebuild) run on a communicator of their own: whatever a failed collective
+        # does to it (errors, revocation) cannot touch the point-to-point traffic of the rounds.
+        self.coll = comm.Dup()
+        self.coll.Set_errhandler(MPI.ERRORS_RETURN)
         self.alive_comm: MPI.Comm | None = None
+        self._rebuild_broken = False
 
     # ---------------------------------------------------------------- sending
     def send(self, dest: int, tag: int, obj: Any) -> int:
@@ -204,14 +209,16 @@ class Channel:
             grp = self.comm.Get_failed()
         except MPI.Exception:
             return set()
+        wgrp = self.comm.Get_group()
         try:
             n = grp.Get_size()
             if n == 0:
                 return set()
-            ranks = MPI.Group.Translate_ranks(grp, list(range(n)), self.comm.Get_group())
+            ranks = MPI.Group.Translate_ranks(grp, list(range(n)), wgrp)
             return {r for r in ranks if r != MPI.UNDEFINED}
         finally:
             grp.Free()
+            wgrp.Free()
 
     def poll(
         self,
@@ -276,57 +283,48 @@ class Channel:
 
     # ------------------------------------------------------ alive communicator
     def rebuild_alive(self, members: Sequence[int], epoch: int, timeout: float) -> bool:
-        """Rebuild the communicator of the alive ranks and agree on ``epoch`` (ULFM only).
+        """Rebuild the communicator of the alive ranks and agree on it (ULFM only).
 
-        Every member calls this with the same arguments after a membership change. ``Ishrink`` drops the
-        failed ranks, then ``Iagree`` (a fault-tolerant AND over the survivors) confirms that every survivor
-        reached the same epoch. Both are polled against the deadline; a member that hangs instead of dying
-        makes them miss it, and then we carry on without the rebuilt communicator (the star traffic does
-        not need it) and say so. Returns True when the rebuilt communicator matches ``members``.
+        Every member calls this with the same arguments after a membership change: ``Ack_failed``,
+        ``Shrink`` (drops the failed ranks) and ``Agree`` (a fault-tolerant AND over the survivors: does the
+        shrunk communicator hold exactly ``members``?). The nonblocking ``Ishrink`` fails with
+        MPI_ERR_INTERN in Open MPI 5.0.11 after a SIGKILL (measured), so the blocking calls run in a helper
+        thread (mpi4py initialises MPI_THREAD_MULTIPLE) on a communicator of their own, and this thread waits
+        for it with a deadline. A member that hangs instead of dying makes it miss the deadline; the helper
+        is then abandoned, rebuilding stops for the rest of the run, and the star traffic, which never needed
+        it, carries on. Returns True when every survivor agreed on ``members``.
         """
-        if self.detector is not Detector.ULFM:
+        if self.detector is not Detector.ULFM or self._rebuild_broken:
             return False
-        deadline = time.monotonic() + timeout
-        base = self.alive_comm if self.alive_comm is not None else self.comm
-        try:
-            base.Ack_failed()
-            new_comm, req = base.Ishrink()
-        except MPI.Exception:
+        base = self.alive_comm if self.alive_comm is not None else self.coll
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                base.Ack_failed()
+                new_comm = base.Shrink()
+                new_comm.Set_errhandler(MPI.ERRORS_RETURN)
+                grp, wgrp = new_comm.Get_group(), self.comm.Get_group()
+                try:
+                    world = MPI.Group.Translate_ranks(grp, list(range(grp.Get_size())), wgrp)
+                finally:
+                    grp.Free()
+                    wgrp.Free()
+                result["agreed"] = new_comm.Agree(1 if sorted(world) == sorted(members) else 0)
+                result["comm"] = new_comm
+            except MPI.Exception as exc:
+                result["error"] = exc.Get_error_string()
+
+        helper = threading.Thread(target=work, name=f"ftmpi-rebuild-e{epoch}", daemon=True)
+        helper.start()
+        helper.join(timeout)
+        if helper.is_alive() or "comm" not in result:
+            self._rebuild_broken = True
             return False
-        if not _wait_request(req, deadline):
-            return False
-        new_comm.Set_errhandler(MPI.ERRORS_RETURN)
-        grp, wgrp = new_comm.Get_group(), self.comm.Get_group()
-        try:
-            world = MPI.Group.Translate_ranks(grp, list(range(grp.Get_size())), wgrp)
-        finally:
-            grp.Free()
-            wgrp.Free()
-        flag = array.array("i", [1 if sorted(world) == sorted(members) else 0])
-        try:
-            areq = new_comm.Iagree(flag)
-        except MPI.Exception:
-            return False
-        if not _wait_request(areq, deadline):
-            return False
-        old, self.alive_comm = self.alive_comm, new_comm
+        old, self.alive_comm = self.alive_comm, result["comm"]
         if old is not None:
             try:
                 old.Free()
             except MPI.Exception:
                 pass
-        return bool(flag[0])
-
-
-def _wait_request(req: MPI.Request, deadline: float) -> bool:
-    """Poll one request until it completes (True) or fails or the deadline passes (False)."""
-    back = Backoff()
-    while True:
-        try:
-            if req.Test():
-                return True
-        except MPI.Exception:
-            return False
-        if time.monotonic() >= deadline:
-            return False
-        back.sleep(deadline - time.monotonic())
+        return bool(result["agreed"])

@@ -81,7 +81,8 @@ class Coordinator:
         self.ch, self.cfg, self.run_dir, self.progress = ch, cfg, Path(run_dir), progress
         self.resume = resume
         self.prefetch = prefetch  # the dataset, being read in a thread since the process started
-        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()}
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resume \
+            else set()
         self.t_start = t_start
         self.state = CState.JOINING
         self.members = {r: Member(r) for r in range(1, ch.size)}
@@ -103,6 +104,8 @@ class Coordinator:
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
+        self.pending_rebuild: list[int] | None = None
+        self.alive_comm: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
 
     # --------------------------------------------------------------- helpers
@@ -260,6 +263,8 @@ class Coordinator:
             msg: dict[str, Any] = {"t": "round", "epoch": self.epoch, "round": rnd, "iters": iters,
                                    "lr": lr, "full": full, "params": payload,
                                    "handoff": self.pending_handoff.pop(r, [])}
+            if self.pending_rebuild is not None:
+                msg["rebuild"] = self.pending_rebuild
             if first:
                 msg["setup"] = {"shard": str(shard_path(self.run_dir, r)), "n_classes": self.data.n_classes,
                                 "sizes": self.model.sizes.tolist()}
@@ -368,6 +373,12 @@ class Coordinator:
                                 f"{survivors} (remap={cfg.executor.remap}, coverage "
                                 f"{self.ownership.coverage():.4f})")
         self._awaiting_recovery += failures
+        # ULFM: rebuild the survivors' communicator when every rank declared dead so far is one that ULFM
+        # knows failed (a hung or exited rank it does not know would keep Ishrink from completing).
+        if self.ch.detector is Detector.ULFM and survivors:
+            dead = {r for r, m in self.members.items() if not m.alive}
+            if dead <= self.ch.failed_ranks():
+                self.pending_rebuild = [0] + survivors
 
     def _representative_of(self, rank: int, owned: np.ndarray) -> np.ndarray:
         """The dead worker's latest reported representative ids, or (if it never reported) the top rows of
@@ -444,6 +455,15 @@ class Coordinator:
         t0 = time.monotonic()
         iters = min(self.period, cfg.model.n_iterations - self.iters_done)
         self._broadcast(rnd, iters, first)
+        if self.pending_rebuild is not None:  # the survivors do the same on this round's message
+            members, self.pending_rebuild = self.pending_rebuild, None
+            t_rb = time.monotonic()
+            ok = self.ch.rebuild_alive(members, self.epoch, min(2.0, ex.timeout / 2))
+            self.alive_comm = {"epoch": self.epoch, "members": members, "agreed": ok,
+                               "seconds": time.monotonic() - t_rb}
+            if not ok:
+                self.progress.event(f"epoch {self.epoch}: the alive communicator was not rebuilt in time; "
+                                    "carrying on with point-to-point traffic")
         self._write_row()  # the previous round's row, evaluated while the workers train
         replies, out, errors = self._collect(rnd)
         newly: list[tuple[int, Failure]] = []
@@ -562,7 +582,7 @@ class Coordinator:
             "workers": self.ch.size - 1,
             "resumed_from": None if self.resume is None else {"round": self.resume.round,
                                                               "epoch": self.resume.epoch},
-            "checkpoint_seconds": self.ckpt_seconds,
+            "checkpoint_seconds": self.ckpt_seconds, "alive_comm": self.alive_comm,
             "alive_workers": len(self.alive), "detector": self.ch.detector.value,
             "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
             "quantize": cfg.executor.quantize, "remap": cfg.executor.remap, "partition": cfg.data.partition,

@@ -21,8 +21,8 @@ from typing import Any
 from ftmpi.errors import ConfigError, FtmpiError
 from ftmpi.report import Run, expand_run_dirs, load_run
 
-__all__ = ["Mark", "PlotResult", "add_plot_args", "dead_worker_classes", "plot_class_accuracy", "plot_runs",
-           "run_plot"]
+__all__ = ["Mark", "PlotResult", "add_plot_args", "dead_worker_classes", "held_classes", "plot_class_accuracy",
+           "plot_held_class_accuracy", "plot_runs", "run_plot"]
 
 NEED_MPL = "plot needs matplotlib: pip install 'ftmpi[plot]'"
 _SMOOTH_FROM = 200  # rounds; longer series are drawn faint, under a trailing mean
@@ -416,6 +416,124 @@ def plot_class_accuracy(run_dirs: Sequence[str | Path], out_png: str | Path,
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("Per-class test accuracy (dashed: failure detected, dotted: remap)", fontsize=12)
     _keep_labels_inside(fig)
+    result.path = _save(fig, out_png)
+    return result
+
+
+def held_classes(summary: dict[str, Any] | None, ranks: Sequence[int], share: float = 0.5) -> list[int]:
+    """Classes of which the workers ``ranks`` together held more than ``share`` of the training rows at the start.
+
+    Reads ``class_histogram`` and ``initial_shards`` of a run's summary, so it works for a fault-free run too
+    (the same seed gives the same partition). Returns ``[]`` when the summary does not say.
+    """
+    s = summary or {}
+    hist, shards = s.get("class_histogram"), s.get("initial_shards")
+    if not hist or not isinstance(shards, dict) or len(shards) != len(hist):
+        return []
+    order = [int(r) for r in shards]
+    rows = [hist[i] for i, r in enumerate(order) if r in set(ranks)]
+    out = []
+    for c in range(len(hist[0])):
+        total = sum(h[c] for h in hist)
+        if total and sum(h[c] for h in rows) / total > share:
+            out.append(c)
+    return out
+
+
+def _group_means(run: Run, classes: list[int]) -> list[float]:
+    """Per round, the mean test accuracy over ``classes``."""
+    cols = [_series(run, f"acc_class{c}") for c in classes]
+    return [sum(col[i] for col in cols) / len(cols) for i in range(len(run.metrics))]
+
+
+def plot_held_class_accuracy(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[str | Path]]]]],
+                             out_png: str | Path, rank: int = 2, share: float = 0.5) -> PlotResult:
+    """Test accuracy of the classes a worker held most of, and of the other classes, against round.
+
+    One row of two panels per group (left: the classes of which world ``rank`` held more than ``share`` of the
+    rows, :func:`held_classes`; right: the other classes). Each line is one setting: the mean over its runs (for
+    instance one per seed; each run uses its own classes) with a band from the lowest to the highest run, and
+    its final values in the legend. The failure rounds of the runs are marked once per panel.
+
+    Args:
+        panels: ``[(title, [(line label, [run dirs])])]``.
+        out_png: The PNG to write.
+        rank: The worker whose classes are split out (the one that fails).
+        share: Fraction of a class's rows the worker must have held.
+
+    Returns:
+        The :class:`PlotResult`; runs without metrics, or whose summary names no such class, are in ``skipped``.
+
+    Raises:
+        ConfigError: If matplotlib is missing or nothing can be drawn.
+    """
+    result = PlotResult(Path(out_png))
+    loaded = []
+    for title, lines in panels:
+        row = []
+        for label, dirs in lines:
+            runs = []
+            for run in _load(dirs, result):
+                cls = held_classes(run.summary, [rank], share)
+                n_cls = sum(1 for k in run.metrics[0] if k.startswith("acc_class"))
+                if not cls or len(cls) >= n_cls:
+                    result.skipped.append((run.name, f"no class of which worker {rank} held > {share:.0%}"))
+                    continue
+                runs.append((run, cls, [c for c in range(n_cls) if c not in cls]))
+            if runs:
+                row.append((label, runs))
+        if row:
+            loaded.append((title, row))
+    if not loaded:
+        raise ConfigError("plot: nothing to draw (" + "; ".join(f"{n}: {w}" for n, w in result.skipped) + ")")
+    fig = _figure(13.5, 4.3 * len(loaded) + 0.9)
+    axes = fig.subplots(len(loaded), 2, squeeze=False)
+    palette = ["0.35", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]
+    styles = [(0, (4, 2)), "-", "-", "-", "-", "-"]
+    for (title, row), pair in zip(loaded, axes):
+        fail_rounds: set[int] = set()
+        lows: list[float] = []
+        for i, (label, runs) in enumerate(row):
+            n = min(len(r.metrics) for r, _, _ in runs)
+            xs = _series(runs[0][0], "round")[:n]
+            finals = []
+            for ax, pick in zip(pair, (1, 2)):
+                curves = [_group_means(r, t[pick - 1])[:n] for r, *t in runs]
+                mean = [sum(c[j] for c in curves) / len(curves) for j in range(n)]
+                color = palette[i % len(palette)]
+                if len(curves) > 1:
+                    ax.fill_between(xs, [min(c[j] for c in curves) for j in range(n)],
+                                    [max(c[j] for c in curves) for j in range(n)], color=color, alpha=0.12,
+                                    linewidth=0)
+                ax.plot(xs, mean, color=color, linestyle=styles[i % len(styles)], linewidth=2.0,
+                        label=label if pick == 2 else None)
+                finals.append(mean[-1])
+                lows += [v for c in curves for v in c[n // 10:] if math.isfinite(v)]
+            pair[1].lines[-1].set_label(f"{label}: final {100 * finals[0]:.1f}% / {100 * finals[1]:.1f}%")
+            for r, _, _ in runs:
+                result.runs.append(r.name)
+                for m in _marks(r):
+                    if m.kind == "failure":
+                        result.marks.append(m)
+                        fail_rounds.add(m.round)
+        n_runs = max(len(runs) for _, runs in row)
+        for ax, what in zip(pair, (f"classes worker {rank} held > {share:.0%} of", "the other classes")):
+            for fr in sorted(fail_rounds):
+                ax.axvline(fr, color="black", linestyle="--", linewidth=1.3)
+                ax.annotate(f"worker {rank} killed (round {fr})", xy=(fr, 0.0), xycoords=("data", "axes fraction"),
+                            xytext=(4, 6), textcoords="offset points", fontsize=9)
+            ax.set_title(f"{title}: {what}", fontsize=11)
+            ax.set_xlabel("round")
+            ax.set_ylabel("test accuracy, mean over the classes")
+            ax.xaxis.set_major_locator(_integer_ticks())
+            ax.grid(True, alpha=0.3)
+            if lows:
+                ax.set_ylim(max(0.0, min(lows) - 0.03), min(1.0, max(lows) + 0.03))
+        pair[1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
+                       title=f"mean of {n_runs} runs (band: min–max)\nfinal: held classes / other classes",
+                       title_fontsize=9)
+    fig.suptitle(f"Losing worker {rank} of a label-skewed split: accuracy on its classes and on the others",
+                 fontsize=13)
     result.path = _save(fig, out_png)
     return result
 

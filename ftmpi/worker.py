@@ -57,13 +57,15 @@ def select_representative(kind: str, scores: np.ndarray, y: np.ndarray, k: int, 
 
 
 class Worker:
-    def __init__(self, ch: Channel, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> None:
         self.ch, self.cfg, self.run_dir = ch, cfg, Path(run_dir)
         self.rank = ch.rank
         self.state = WState.JOINING
         self.epoch = -1
-        # faults that already fired in an earlier launch of this run (a resumed job does not replay them)
-        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()}
+        # faults that already fired in an earlier launch of this run (a resumed job does not replay them);
+        # a fresh run ignores old records (rank 0 is deleting them at this moment)
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resuming \
+            else set()
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str) -> dict:
@@ -154,6 +156,9 @@ class Worker:
             if (self.rank, rnd) not in self.fired:
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
+        rebuilt = None
+        if msg.get("rebuild"):  # ULFM: rank 0 and every survivor rebuild the alive communicator together
+            rebuilt = self.ch.rebuild_alive(msg["rebuild"], self.epoch, min(2.0, ex.timeout / 2))
         handed = self._load_handoffs(msg.get("handoff") or [])
         t_handoff = time.monotonic() - t0
         if msg.get("full"):
@@ -189,6 +194,7 @@ class Worker:
             "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
             "loss": float(np.mean(losses)) if losses else float("nan"), "n": int(len(self.y)), "rep": rep,
             "handed_in": handed, "t_handoff": t_handoff, "t_compute": time.monotonic() - t0,
+            "alive_comm": rebuilt,
         }
         self.ch.send(0, TAG_REPLY, reply)
 
@@ -219,5 +225,5 @@ class Worker:
         return self.ids[local].astype(np.int64)
 
 
-def run_worker(ch: Channel, cfg: Config, run_dir: Path) -> int:
-    return Worker(ch, cfg, run_dir).run()
+def run_worker(ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> int:
+    return Worker(ch, cfg, run_dir, resuming).run()

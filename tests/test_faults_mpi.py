@@ -28,6 +28,8 @@ def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp
     assert f["how"] == "ulfm" and f["kind"] == "kill" and f["round"] == 5
     assert f["detection_latency"] < 1.0 and f["recovery_time"] < 1.5
     assert s["coverage"] == 1.0 and f["rows_dropped"] == 0
+    # ULFM: the survivors rebuilt their communicator (Shrink) and agreed on its members (Agree)
+    assert s["alive_comm"]["agreed"] is True and s["alive_comm"]["members"] == [0, 1, 3, 4]
     assert s["points_handed"] == f["rows_handed"] == s["initial_shards"]["2"]
     assert s["final_test_acc"] > 0.75
     rows = job.metrics()
@@ -61,6 +63,9 @@ def test_exit_under_auto_falls_back_to_the_deadline(tmp_path):
 
 def test_hung_worker_is_detected_and_the_job_still_ends(tmp_path):
     job = run_job(4, SMOKE, tmp_path / "h", "--inject", "hang:4@6", *FAST, limit=60)
+    # the same run dir again: the injected fault fires again (old fault records are not replayed)
+    again = run_job(4, SMOKE, tmp_path / "h", "--inject", "hang:4@6", *FAST, limit=60)
+    assert again.rc == 0 and _failures(again)[4]["kind"] == "hang", again.err
     assert job.rc == 0, job.err
     f = _failures(job)[4]
     assert f["how"] == "timeout" and f["kind"] == "hang" and f["detection_latency"] < 1.5 + 1.0
