@@ -74,7 +74,7 @@ def main() -> int:
                             f"{summ['final_test_acc']:.4f} vs {ref['final_test_acc']:.4f} ({delta:+.2f} pts)",
                             "within 0.3 pts", abs(delta) <= 0.3))
         else:
-            rows_md.append((f"same, resumed with 2 workers", f"{summ['final_test_acc']:.4f} ({delta:+.2f} pts), "
+            rows_md.append(("same, resumed with 2 workers", f"{summ['final_test_acc']:.4f} ({delta:+.2f} pts), "
                             f"coverage {summ['coverage']}", "coverage 1.0", summ["coverage"] == 1.0))
     mk = ["# Checkpoints on Fashion-MNIST (4 workers, logreg, this machine)", "", f"{res['machine']}", "",
           "| measure | result | target | pass |", "|---|---|---|---|"]

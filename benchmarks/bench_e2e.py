@@ -67,7 +67,8 @@ def main() -> int:
     for k, lim in (("8", 0.3), ("4", 1.0)):
         q = res["quantize"][k]
         rows.append((f"{k}-bit both ways: accuracy change, bytes",
-                     f"{q['delta_points']:+.2f} pts, {q['bytes_total'] / 1e6:.1f} MB vs {b0['bytes_total'] / 1e6:.1f} MB",
+                     f"{q['delta_points']:+.2f} pts, {q['bytes_total'] / 1e6:.1f} MB "
+                     f"vs {b0['bytes_total'] / 1e6:.1f} MB",
                      f"within {lim} pts", abs(q["delta_points"]) <= lim))
     rows.append(("same seed, same config: same accuracy", f"{[b['final_test_acc'] for b in base]}", "equal",
                  res["deterministic"]))
@@ -83,7 +84,8 @@ def main() -> int:
         m = run(4, MLP, tmp / "mlp")
         res["mlp"] = {"test_acc": m["final_test_acc"], "outer_wall": m["outer_wall"]}
         rows.append(("MLP 784-256-128-10, 4 workers: test accuracy",
-                     f"{m['final_test_acc']:.4f} in {m['outer_wall']:.1f} s", ">= 0.8750", m["final_test_acc"] >= 0.875))
+                     f"{m['final_test_acc']:.4f} in {m['outer_wall']:.1f} s", ">= 0.8750",
+                     m["final_test_acc"] >= 0.875))
     mk = ["# End-to-end on Fashion-MNIST (4 workers, this machine)", "",
           f"{res['machine']}", "", "| measure | result | target | pass |", "|---|---|---|---|"]
     for name, val, target, ok in rows:

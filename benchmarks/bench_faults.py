@@ -57,7 +57,8 @@ def main() -> int:
                                  "points_handed": s["points_handed"]}
         ok = None if lim is None else abs(d) <= lim and (remap != "full" or s["coverage"] == 1.0)
         acc_rows.append((remap, s["final_test_acc"], d, s["coverage"], s["points_handed"],
-                         "—" if lim is None else f"within {lim} pts" + (", coverage 1.0" if remap == "full" else ""), ok))
+                         "—" if lim is None else f"within {lim} pts" + (", coverage 1.0" if remap == "full" else ""),
+                         ok))
     multi = {
         "2 of 4, same round": ("--inject", f"kill:1@{at}", "--inject", f"kill:3@{at}"),
         "2 of 4, different rounds": ("--inject", f"kill:1@{at}", "--inject", f"exit:3@{at + 10}"),
@@ -84,11 +85,13 @@ def main() -> int:
         mk.append(f"| {det} | {kind} | {how} | {f3(dl)} | {f3(rt)} | {f3(ht)} | {tgt} | {'PASS' if ok else 'FAIL'} "
                   f"| {wall:.1f} |")
     mk += ["", "## Accuracy after losing 1 of 4 workers", "",
-           "| remap | test acc | vs fault-free | coverage | rows handed | target | pass |", "|---|---|---|---|---|---|---|"]
+           "| remap | test acc | vs fault-free | coverage | rows handed | target | pass |",
+           "|---|---|---|---|---|---|---|"]
     for remap, acc, d, cov, handed, tgt, ok in acc_rows:
         mk.append(f"| {remap} | {acc:.4f} | {d:+.2f} pts | {cov:.4f} | {handed} | {tgt} | "
                   f"{'—' if ok is None else ('PASS' if ok else 'FAIL')} |")
-    mk += ["", "## Several failures", "", "| scenario | status | test acc | workers left | coverage | job wall | pass |",
+    mk += ["", "## Several failures", "",
+           "| scenario | status | test acc | workers left | coverage | job wall | pass |",
            "|---|---|---|---|---|---|---|"]
     for name, st, acc, alive, cov, wall, ok in multi_rows:
         mk.append(f"| {name} | {st} | {f3(acc)} | {alive} | {f3(cov)} | {wall:.1f} | {'PASS' if ok else 'FAIL'} |")

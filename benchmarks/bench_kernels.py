@@ -65,7 +65,7 @@ def interleaved_medians(fns, repeats):
     """Median seconds of each callable, runs interleaved so machine-load drift hits all alike."""
     times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, t in zip(fns, times):
+        for fn, t in zip(fns, times, strict=False):
             start = time.perf_counter()
             fn()
             t.append(time.perf_counter() - start)

@@ -17,7 +17,6 @@ per-class test accuracy over them, the other classes' the mean over the rest.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import ROOT, RESULTS, machine, run, write  # noqa: E402
+from _runs import RESULTS, ROOT, machine, run, write  # noqa: E402
 
 CONFIGS = {"logreg": "configs/fashion_mnist.yaml", "mlp": "configs/fashion_mnist_mlp.yaml"}
 DEAD_RANK = 2
@@ -211,8 +210,9 @@ def main() -> int:
     ap.add_argument("--keep", default=None, help="folder for the runs' summary/metrics/config (default: a temp dir)")
     ap.add_argument("--out", default="handoff_value", help="result name in benchmarks/results")
     args = ap.parse_args()
-    from ftmpi.config import load_config
     from ftmpi.kernels import SELECTORS
+
+    from ftmpi.config import load_config
 
     rules = args.rules.split(",") if args.rules else list(SELECTORS)
     sizes = args.sizes.split(",")

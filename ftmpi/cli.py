@@ -12,8 +12,8 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
 from .plot import add_plot_args, run_plot
@@ -214,11 +214,11 @@ def _failed_summary(run_dir: Path, error: str, code: int) -> None:
 
 
 def _run_rank0(ch, cfg, run_dir: Path, t_start: float, resuming: bool = False, prefetch=None) -> int:
+    import shutil
+
     from .config import dump_config
     from .coordinator import run_coordinator
     from .metrics import Progress, write_json_atomic
-
-    import shutil
 
     resume = None
     progress = Progress(cfg.executor.progress)

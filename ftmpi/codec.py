@@ -32,7 +32,7 @@ def decode(payload: Any, tensors: list[slice], n: int) -> np.ndarray:
         return payload
     bits, parts = payload
     out = np.empty(n, np.float32)
-    for sl, (packed, lo, hi) in zip(tensors, parts):
+    for sl, (packed, lo, hi) in zip(tensors, parts, strict=True):
         view = out[sl]
         K.unpack_dequantize(packed, bits, np.float32(lo), np.float32(hi), view.shape[0], view)
     return out

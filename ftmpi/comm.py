@@ -21,8 +21,9 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from mpi4py import MPI
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from . import faults as F
+from .checkpoint import Snapshot, ckpt_path, prune, save
 from .codec import decode, encode
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
-from .checkpoint import Snapshot, ckpt_path, prune, save
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
 from .errors import EXIT_NO_WORKERS, EXIT_OK, CheckpointError
@@ -164,16 +164,16 @@ class Coordinator:
             self.ownership = Ownership(len(d.y_train))
             parts = partition(d.y_train, len(alive), cfg.data.partition, cfg.model.seed, alpha=cfg.data.alpha,
                               classes_per_worker=cfg.data.classes_per_worker, power=cfg.data.power)
-            for r, ids in zip(alive, parts):
+            for r, ids in zip(alive, parts, strict=True):
                 self.ownership.assign(r, ids)
         else:
             self._rebalance(alive)
         parts = [self.ownership.owned(r) for r in alive]
         self.histogram = class_histogram(d.y_train, parts, d.n_classes)
-        for r, ids in zip(alive, parts):
+        for r, ids in zip(alive, parts, strict=True):
             write_shard(shard_path(self.run_dir, r), d.X_train[ids], d.y_train[ids], ids,
                         {"n_classes": d.n_classes, "dataset": d.name, "rank": r})
-        self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts)}
+        self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts, strict=True)}
         self.model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
         self.tensors = self.model.tensors()
 
@@ -314,7 +314,7 @@ class Coordinator:
             w = np.ones(len(ranks))
         w /= w.sum()
         agg = np.zeros(self.model.n_params, np.float32)
-        for wi, r in zip(w, ranks):
+        for wi, r in zip(w, ranks, strict=True):
             agg += np.float32(wi) * decode(replies[r]["update"], self.tensors, self.model.n_params)
         before = self.W.copy()
         if ex.send_gradients:
@@ -332,7 +332,7 @@ class Coordinator:
         self.epoch += 1
         survivors = self.alive
         give_all: list[np.ndarray] = []
-        for r, f in zip(dead, failures):
+        for r, f in zip(dead, failures, strict=True):
             owned = self.ownership.release(r)
             if cfg.executor.remap == "full":
                 give = owned

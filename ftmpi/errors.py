@@ -5,7 +5,7 @@ them into a one-line message and an exit code, so no rank ever prints a tracebac
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Exit codes: 0 success, 1 an unexpected crash, 2 bad input (config/data/checkpoint),
 #: 3 training could not finish (every worker lost), 4 the coordinator was lost (seen from a worker),

@@ -20,8 +20,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .config import FaultSpec
 

@@ -20,7 +20,7 @@ class Model:
     sizes: np.ndarray
 
     @classmethod
-    def build(cls, kind: str, hidden: tuple[int, ...], n_features: int, n_classes: int) -> "Model":
+    def build(cls, kind: str, hidden: tuple[int, ...], n_features: int, n_classes: int) -> Model:
         layers = [n_features] + (list(hidden) if kind == "mlp" else []) + [n_classes]
         return cls(np.asarray(layers, dtype=np.int64))
 

@@ -164,7 +164,7 @@ def _read_metrics(run: Run) -> None:
             run.problems.append(f"metrics.csv: line {n} has {len(cells)} of {len(header)} fields (truncated?)")
             return
         row: dict[str, float] = {}
-        for k, v in zip(header, cells):
+        for k, v in zip(header, cells, strict=False):
             try:
                 row[k] = float(v) if v != "" else math.nan
             except ValueError:

@@ -81,7 +81,8 @@ class Worker:
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
         cfg = self.cfg
-        warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)  # a cold numba cache compiles here, while rank 0 loads the data
+        # a cold numba cache compiles here, while rank 0 loads the data
+        warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
         self.ch.send(0, TAG_REPLY, {"t": "hello", "rank": self.rank, "host": socket.gethostname(),
                                     "pid": os.getpid()})
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")

@@ -227,7 +227,8 @@ def test_parse_fault():
     assert str(parse_fault("slow:2@5:0.5")) == "slow:2@5:0.5" and str(parse_fault("kill:1@3")) == "kill:1@3"
 
 
-@pytest.mark.parametrize("spec", ["kil:1@3", "slow:0@3:1", "pause:1@2", "kill:1", "kill:-1@3", "kill:1@-2", "kill:1@3:2",
+@pytest.mark.parametrize("spec", ["kil:1@3", "slow:0@3:1", "pause:1@2", "kill:1", "kill:-1@3", "kill:1@-2",
+                                  "kill:1@3:2",
                                   "slow:1@3", "slow:1@3:0", "slow:1@3:abc", "slow:1@3:inf", "", "kill:a@b"])
 def test_parse_fault_errors(spec):
     with pytest.raises(ConfigError, match="fault"):
