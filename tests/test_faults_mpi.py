@@ -146,3 +146,16 @@ def test_tensorboard_events_of_a_run_with_a_failure(tmp_path):
     assert len(scalars["test/accuracy"]) == job.summary["rounds"]
     assert [v for _, v in scalars["cluster/alive_workers"]][3:6] == [2, 1, 1]
     assert any("worker 1 lost" in t for _, _, t in texts) and any("handed" in t for _, _, t in texts)
+
+
+def test_worker_dies_while_its_handoff_is_in_progress(tmp_path):
+    """Worker 2 is killed on the very round message that hands it worker 1's rows, before loading them."""
+    job = run_job(4, SMOKE, tmp_path / "ho", "--inject", "kill:1@4", "--inject", "kill:2@5",
+                  "--set", "executor.remap=full", *FAST)
+    assert job.rc == 0, job.err
+    s, f = job.summary, _failures(job)
+    assert f[1]["round"] == 4 and f[2]["round"] == 5
+    assert s["coverage"] == 1.0 and s["alive_workers"] == 2
+    # worker 2's own rows plus its share of worker 1's, never loaded, were handed on again
+    assert f[2]["rows_handed"] > s["initial_shards"]["2"]
+    assert s["points_handed"] == f[1]["rows_handed"] + f[2]["rows_handed"]
