@@ -204,11 +204,18 @@ def _tell_workers_to_leave(ch, reason: str, code: int) -> None:
 
 def _failed_summary(run_dir: Path, error: str, code: int) -> None:
     """Record rank 0's failure in summary.json (metrics and checkpoints already written stay as they are)."""
+    import json
+
     from .metrics import write_json_atomic
 
-    if run_dir.is_dir():
+    path = run_dir / "summary.json"
+    try:
+        mine = json.loads(path.read_text()).get("pid") == os.getpid()  # the "running" marker of this launch
+    except (OSError, ValueError, AttributeError):
+        mine = False
+    if mine:  # never overwrite the summary of an earlier launch (e.g. a bad --resume of a finished run)
         try:
-            write_json_atomic(run_dir / "summary.json", {"status": "failed", "exit_code": code, "error": error})
+            write_json_atomic(path, {"status": "failed", "exit_code": code, "error": error})
         except OSError:
             pass
 

@@ -106,7 +106,9 @@ def test_resume_skips_a_corrupt_newest_checkpoint_and_inspect_reads_them(tmp_pat
 
 def test_resume_from_nothing_is_one_line_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "summary.json").write_text('{"status": "completed"}')
     job = run_job(2, SMOKE, tmp_path / "unused", "--resume", str(tmp_path / "empty"), limit=60)
     assert job.rc == 2, job.err
     lines = [ln for ln in job.err.splitlines() if ln.startswith("ftmpi:")]
     assert len(lines) == 1 and "ckpt" in lines[0] and "Traceback" not in job.err
+    assert (tmp_path / "empty" / "summary.json").read_text() == '{"status": "completed"}'  # left alone
