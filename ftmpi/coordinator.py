@@ -105,6 +105,7 @@ class Coordinator:
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
         self.pending_rebuild: list[int] | None = None
+        self._bcast_wall = 0.0
         self.alive_comm: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
 
@@ -255,6 +256,7 @@ class Coordinator:
                              self.cfg.model.seed * 31 + rnd)
             self.W_bcast += decode(payload, self.tensors, self.model.n_params)
             full = False
+        self._bcast_wall = time.time()
         o = self.cfg.optimizer
         # the rate at the middle of this round's iterations
         lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
@@ -364,7 +366,7 @@ class Coordinator:
             self.rows_handed += int(len(ids))
         dt = time.monotonic() - t0
         for f in failures:
-            f.handoff_time = dt  # completed when the survivors report loading it (see _round)
+            f.handoff_time = dt  # rank 0's part; completed when the survivors report loading (see _round)
         if self.tb is not None:
             self.tb.event(self.round, f"epoch {self.epoch}: {len(ids)} rows of {dead} handed to {survivors}",
                           kind="remap")
@@ -483,8 +485,10 @@ class Coordinator:
             for f in self._awaiting_recovery:
                 base = f.injected_at if f.injected_at is not None else f.detected_at
                 f.recovery_time = now - base
+                # from detection to the survivors training on the rows: until this round's message went out
+                # (rank 0 wrote the handoff files meanwhile), plus the slowest survivor's load
                 loads = [m.get("t_handoff", 0.0) for m in replies.values()]
-                f.handoff_time = (f.handoff_time or 0.0) + (now - f.detected_at) * 0 + max(loads)
+                f.handoff_time = max(0.0, self._bcast_wall - f.detected_at) + max(loads)
             self._awaiting_recovery = []
             self.state = CState.TRAINING
         if ex.delta_switch > 0 and self.period > 1 and replies and dmax < ex.delta_switch:
