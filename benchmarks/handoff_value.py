@@ -1,6 +1,6 @@
 """What handing over a dead worker's points is worth, measured (issue 7).
 
-    python benchmarks/handoff_value.py [--quick] [--seeds 3] [--models logreg,mlp] [--keep DIR]
+    python benchmarks/handoff_value.py [--quick] [--seeds 5] [--models logreg,mlp] [--keep DIR]
 
 Fashion-MNIST, 4 workers, logistic regression (configs/fashion_mnist.yaml) and the MLP
 (configs/fashion_mnist_mlp.yaml, ``model.n_iterations`` cut to ``--mlp-iterations``), world rank 2 SIGKILLed
@@ -8,7 +8,8 @@ at 40% of the rounds, partitions ``label-skew`` (Dirichlet alpha 0.3) and ``iid`
 ``remap: none``, ``representative`` with every selection rule at two ``n_most_rep`` sizes, ``full``; each
 run once per seed (``model.seed`` seeds the partition, the initial model and the minibatches, so a seed's
 runs share the partition and differences between rows are paired). Jobs run one at a time through
-jobs/local.sh. Writes benchmarks/results/handoff_value.{json,md} and handoff_classes.png.
+jobs/local.sh (about 18 minutes on 2 cores; ``--quick``: logreg, 2 seeds, rules loss and random at one size,
+about 2 minutes). Writes benchmarks/results/handoff_value.{json,md} and handoff_classes.png.
 
 The dead worker's classes of a seed are the classes of which rank 2 held more than half of the training
 rows in the initial partition (from ``class_histogram`` of the run's summary); their accuracy is the mean
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -93,6 +95,99 @@ def record(s: dict, run_dir: Path, n_features: int) -> dict:
     }
 
 
+def code_version() -> dict:
+    """The commit, whether the tree has uncommitted changes, and a digest of the code the jobs run."""
+    import hashlib
+    import subprocess
+
+    h = hashlib.sha1()
+    for p in sorted([*ROOT.glob("ftmpi/*.py"), *ROOT.glob("kernels/*.py"), ROOT / "jobs" / "local.sh"]):
+        h.update(p.name.encode() + p.read_bytes())
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "ftmpi", "kernels", "jobs"], capture_output=True,
+                           text=True).stdout.strip()
+    return {"commit": head or "?", "uncommitted": bool(dirty), "digest": h.hexdigest()[:12]}
+
+
+_OTHERS = ("ftmpi", "pytest", "benchmarks/", "sweep.sh")
+_TICK = float(os.sysconf("SC_CLK_TCK"))  # clock ticks per second of /proc/<pid>/stat
+
+
+def _others(mine: Path) -> dict[int, tuple[str, float]]:
+    """Other ftmpi jobs, tests or benchmarks on this machine (not this study's own jobs): pid -> (command line,
+    CPU seconds so far)."""
+    me = {os.getpid(), os.getppid()}
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in me:
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            if not cmd or str(mine) in cmd or not any(k in cmd for k in _OTHERS):
+                continue
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[int(d.name)] = (cmd[:100], (int(fields[11]) + int(fields[12])) / _TICK)
+    return found
+
+
+def _busy(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], dt: float) -> list[str]:
+    """The processes of ``after`` that used more than 10% of a core since ``before`` (sleeping shells don't)."""
+    return [f"{pid}: {cmd}" for pid, (cmd, cpu) in after.items() if cpu - before.get(pid, ("", 0.0))[1] > 0.1 * dt]
+
+
+class Watch:
+    """Samples the other busy jobs every half second while a job of the study runs: their CPU time would be
+    taken from the study's 2 cores and inflate the times it measures."""
+
+    def __init__(self, mine: Path) -> None:
+        import threading
+
+        self.mine, self.seen, self._stop = mine, [], threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        prev, t = _others(self.mine), time.monotonic()
+        while not self._stop.wait(0.5):
+            cur, now = _others(self.mine), time.monotonic()
+            self.seen += [c for c in _busy(prev, cur, now - t) if c not in self.seen]
+            prev, t = cur, now
+
+    def __enter__(self) -> Watch:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def wait_alone(mine: Path, limit: float) -> float:
+    """Wait (up to ``limit`` s) until no other ftmpi job, test or benchmark is busy; returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        before = _others(mine)
+        time.sleep(1.0)
+        if not _busy(before, _others(mine), 1.0):
+            break
+        time.sleep(4.0)
+    return time.monotonic() - t0
+
+
+def unclean(s: dict, injected: bool) -> str:
+    """Why a run cannot be used as a measurement of its row ('' when it can): it did not complete, or it lost
+    a worker other than the one killed (the study compares remap rules after exactly one loss)."""
+    if s.get("status") != "completed":
+        return f"status {s.get('status')} (rc {s.get('rc')})"
+    lost = [(f.get("rank"), f.get("round"), f.get("how")) for f in s.get("failures") or []]
+    want = [DEAD_RANK] if injected else []
+    if [r for r, _, _ in lost] != want:
+        return f"lost workers {lost}, expected {want}"
+    return ""
+
+
 def keep(run_dir: Path, dest: Path) -> None:
     """Keep the small files of a run (for the plot); drop its shards and checkpoints (~190 MB a run)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -137,7 +232,7 @@ def summarize(records: list[dict], grid: list[dict]) -> dict:
                 recs = [r for r in records if (r["model"], r["partition"], r["row"]) == (model, part, g["row"])]
                 if not recs:
                     continue
-                ok = [r for r in recs if r["status"] == "completed"]
+                ok = [r for r in recs if r["status"] == "completed" and r.get("clean", True)]
                 c: dict = {"n": len(ok), "failed": len(recs) - len(ok), "seeds": [r["seed"] for r in ok]}
                 for key in ("final_acc", "dead_acc", "other_acc", "rows_handed", "handoff_bytes", "handoff_time",
                             "round_time_median", "recovery_time"):
@@ -162,9 +257,11 @@ def table(cells: dict, grid: list[dict]) -> list[str]:
         handed = "—" if base else fmt(*c["rows_handed"], nd=0)
         mb = "—" if base else fmt(*c["handoff_bytes"], scale=1e-6, nd=2)
         ht = "—" if base else fmt(*c["handoff_time"], nd=3)
-        out.append(f"| {g['row']}{fail} | {fmt(*c['final_acc'], 100)} | {'—' if base else fmt(*c['d_final_acc'], sign=True)} "
-                   f"| {fmt(*c['dead_acc'], 100)} | {'—' if base else fmt(*c['d_dead_acc'], sign=True)} "
-                   f"| {fmt(*c['other_acc'], 100)} | {handed} | {mb} | {ht} | {fmt(*c['round_time_median'], nd=3)} |")
+        d_final = "—" if base else fmt(*c["d_final_acc"], sign=True)
+        d_dead = "—" if base else fmt(*c["d_dead_acc"], sign=True)
+        out.append(f"| {g['row']}{fail} | {fmt(*c['final_acc'], 100)} | {d_final} | {fmt(*c['dead_acc'], 100)} "
+                   f"| {d_dead} | {fmt(*c['other_acc'], 100)} | {handed} | {mb} | {ht} "
+                   f"| {fmt(*c['round_time_median'], nd=3)} |")
     return out
 
 
@@ -172,7 +269,7 @@ def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: 
     """Paired per-seed differences between selection rules at the same size (points of accuracy)."""
     def recs(row: str) -> list[dict]:
         return [r for r in records if (r["model"], r["partition"], r["row"]) == (model, part, row)
-                and r["status"] == "completed"]
+                and r["status"] == "completed" and r.get("clean", True)]
     out = []
     for size in sizes:
         for a in rules:
@@ -188,6 +285,13 @@ def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: 
     return out
 
 
+def size_words(row: str) -> str:
+    """``rep random 0.05`` -> ``random, 5% of the shard``; ``rep loss 100`` -> ``loss, 100 rows``."""
+    _, rule, size = row.split()
+    v = float(size)
+    return f"{rule}, " + (f"{100 * v:g}% of the shard" if 0 < v < 1 else f"{int(v)} rows")
+
+
 def best_rule(cells: dict, rules: list[str], sizes: list[str]) -> str | None:
     """The representative row with the highest mean dead-class accuracy (ties: overall accuracy)."""
     cands = [(c["dead_acc"][0], c["final_acc"][0], row) for row, c in cells.items()
@@ -198,15 +302,20 @@ def best_rule(cells: dict, rules: list[str], sizes: list[str]) -> str | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help="a small grid: logreg only, 2 seeds, rules loss and random, size 0.05 (~3 min)")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+                    help="a small grid: logreg only, 2 seeds, rules loss and random, size 0.05 (~2 min)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     ap.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp")
     ap.add_argument("--partitions", default="label-skew,iid")
     ap.add_argument("--rules", default=None, help="selection rules (default: every rule of kernels.SELECTORS)")
     ap.add_argument("--sizes", default="100,0.05", help="n_most_rep values: counts or fractions of the shard")
     ap.add_argument("--mlp-iterations", type=int, default=800,
-                    help="model.n_iterations of the MLP runs (config: 1500; 800 = 80 rounds, like logreg)")
+                    help="model.n_iterations of the MLP runs (config: 1500; 800 = 80 rounds, as logreg)")
     ap.add_argument("--eval-every", type=int, default=2, help="executor.eval_every of every run (curves)")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="runs again a job that lost a worker it was not told to lose (default 2 more times)")
+    ap.add_argument("--wait", type=float, default=900,
+                    help="before each job, wait up to this many seconds for other ftmpi jobs/tests/benchmarks to end "
+                    "(a job that shared the cores anyway is run again, up to 10 times)")
     ap.add_argument("--keep", default=None, help="folder for the runs' summary/metrics/config (default: a temp dir)")
     ap.add_argument("--out", default="handoff_value", help="result name in benchmarks/results")
     args = ap.parse_args()
@@ -247,13 +356,33 @@ def main() -> int:
                                  "rounds": rounds, "fault_round": at})
     print(f"handoff_value: {len(plan)} jobs, kept in {keep_dir}", file=sys.stderr)
     records = []
+    code_at_start = code_version()
     t0 = time.monotonic()
     for i, p in enumerate(plan):
         rd = scratch / p["name"]
         args_ = [a for s in p["sets"] for a in ("--set", s)] + [a for f in p["inject"] for a in ("--inject", f)]
-        s = run(WORKERS, CONFIGS[p["model"]], rd, *args_, limit=300)
+        rejected: list[dict] = []
+        contended: list[list[str]] = []
+        waited = 0.0
+        while True:
+            waited += wait_alone(scratch, args.wait)
+            with Watch(scratch) as w:
+                s = run(WORKERS, CONFIGS[p["model"]], rd, *args_, limit=300)
+            if w.seen and len(contended) < 10:  # timings shared the cores with another job: measure again
+                contended.append(w.seen)
+                print(f"handoff_value: {p['name']}: other jobs ran meanwhile ({w.seen[0]}); again", file=sys.stderr)
+                continue
+            why = unclean(s, bool(p["inject"]))
+            if not why or len(rejected) >= args.retries:
+                break
+            rejected.append({"why": why, "failures": s.get("failures"), "final_acc": s.get("final_test_acc")})
+            print(f"handoff_value: {p['name']}: {why}; again", file=sys.stderr)
         rec = {k: p[k] for k in ("model", "partition", "seed", "row", "name", "rounds", "fault_round")}
         rec |= record(s, rd, 784)
+        rec["rejected_attempts"] = rejected
+        rec["clean"] = not why
+        rec["contended_attempts"], rec["waited_for_others"] = len(contended), waited
+        rec["shared_cores"] = bool(w.seen)
         keep(rd, keep_dir / p["name"])
         records.append(rec)
         el = time.monotonic() - t0
@@ -262,11 +391,13 @@ def main() -> int:
               f"handoff {rec['handoff_time']}", file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
     wall = time.monotonic() - t0
+    code_at_end = code_version()
     cells = summarize(records, grid)
     res = {"machine": machine(), "workers": WORKERS, "dead_rank": DEAD_RANK, "share": SHARE, "seeds": seeds,
            "rules": rules, "sizes": sizes, "models": models, "partitions": parts,
            "mlp_iterations": args.mlp_iterations, "eval_every": args.eval_every, "quick": args.quick,
-           "study_wall_seconds": wall, "kept_runs": str(keep_dir), "summary": cells, "runs": records}
+           "study_wall_seconds": wall, "kept_runs": str(keep_dir),
+           "code": {"start": code_at_start, "end": code_at_end}, "summary": cells, "runs": records}
 
     png = None
     best: dict[str, str | None] = {}
@@ -282,7 +413,7 @@ def main() -> int:
                 continue
             lines = []
             for row, label in (("fault-free", "fault-free"), ("none", "remap none (its rows dropped)"),
-                               (best[model], f"remap representative, best: {best[model][4:]}"),
+                               (best[model], f"remap representative, best: {size_words(best[model])}"),
                                ("full", "remap full (whole shard handed over)")):
                 lines.append((label, [keep_dir / f"{model}-label-skew-s{s}-{row.replace(' ', '-')}" for s in seeds]))
             panels.append((f"{model}, label-skew", lines))
@@ -295,7 +426,12 @@ def main() -> int:
     mk = [f"# What handing over a dead worker's points is worth (Fashion-MNIST, {WORKERS} workers)", "",
           f"{res['machine']}", "",
           f"Command: `python benchmarks/handoff_value.py{' --quick' if args.quick else ''}` — {len(plan)} jobs "
-          f"one at a time, {wall / 60:.1f} min on this machine.", "",
+          f"one at a time, {wall / 60:.1f} min on this machine. Code: commit {code_at_start['commit']}"
+          + (" with uncommitted changes" if code_at_start["uncommitted"] else "")
+          + f", source digest {code_at_start['digest']}"
+          + (", unchanged during the study." if code_at_end["digest"] == code_at_start["digest"] else
+             f"; **the code changed during the study** (digest {code_at_end['digest']} at the end): the runs "
+             "mix versions."), "",
           "**Setup.** " + "; ".join(
               f"{m}: `{CONFIGS[m]}`" + (f" with `model.n_iterations={args.mlp_iterations}` (config: 1500)"
                                         if m == "mlp" else "")
@@ -330,9 +466,24 @@ def main() -> int:
                        "differences in points; wins = seeds where the rule is better):", "",
                        "| size | rules | accuracy | mean ± std | wins | per seed |", "|---|---|---|---|---|---|"]
                 mk += comp + [""]
+    n_cont = sum(r["contended_attempts"] for r in records)
+    n_shared = [r["name"] for r in records if r["shared_cores"]]
+    waited = sum(r["waited_for_others"] for r in records)
+    mk += [f"**Alone on the machine.** Before each job the study waited for other ftmpi jobs, tests and benchmarks "
+           f"to end ({waited:.0f} s in all); {n_cont} job(s) that shared the cores anyway were run again"
+           + (f"; still shared after 10 tries, timings inflated: {n_shared}." if n_shared else
+              "; every timing in the tables comes from a job that ran alone."), ""]
+    redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
+    bad = [r["name"] for r in records if not r["clean"]]
+    mk += [f"**Repeated runs.** {len(redo)} attempt(s) of {len(plan)} jobs lost a worker they were not told to "
+           f"lose (or did not complete) and were run again (up to {args.retries} more times)"
+           + (": " + "; ".join(f"`{n}`: {w}" for n, w in redo) if redo else "")
+           + (f". Still unclean after the retries, left out of the tables: {bad}." if bad else "."), ""]
     if png:
-        mk += [f"Plot: `benchmarks/results/{Path(png).name}` (label-skew; mean over seeds, band = min–max; "
-               f"best representative row per model by dead-class accuracy: {best}).", ""]
+        mk += [f"Plot: `benchmarks/results/{Path(png).name}`: label-skew, fault-free vs `none` vs the best "
+               "representative row (highest mean dead-class accuracy: "
+               + ", ".join(f"{m} `{b}`" for m, b in best.items() if b)
+               + ") vs `full`; each line the mean over the seeds of a trailing mean over 5 rounds.", ""]
     write(args.out, res, "\n".join(mk))
     return 0
 

@@ -136,7 +136,8 @@ class OptimizerConfig:
     lr_schedule: str = _f("constant", _choice("constant", "cosine", "linear"))  # over n_iterations
     mu_g: float = _f(0.0, _num(0))
     n_most_rep: int | float = _f(100, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
-    rep_selection: str = _f("loss", _choice("loss", "random", "stratified"))
+    # random: measured best (benchmarks/results/handoff_value.md); loss is the original system's rule
+    rep_selection: str = _f("random", _choice("loss", "random", "stratified"))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off
     clip_val: float = _f(0.0, _num(0))  # 0 = off
     momentum: float = _f(0.0, _num(0, 1, hi_open=True))

@@ -143,7 +143,7 @@ def _labels(runs: list[Run]) -> list[str]:
     sets = [_settings(r) for r in runs]
     keys = [k for k in sets[0] if len(runs) == 1 or len({s[k] for s in sets}) > 1 or k == "faults"]
     out = []
-    for run, s in zip(runs, sets):
+    for run, s in zip(runs, sets, strict=True):
         bits = [s[k] for k in keys if s[k]]
         text = run.name + (f"  ({', '.join(bits)})" if bits else "")
         acc = run.metrics[-1].get("test_acc", math.nan)
@@ -379,7 +379,7 @@ def plot_class_accuracy(run_dirs: Sequence[str | Path], out_png: str | Path,
     axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
-    for ax, run in zip(axes.flat, runs):
+    for ax, run in zip(axes.flat, runs, strict=False):
         marks = _marks(run)
         result.marks += marks
         result.runs.append(run.name)
@@ -447,19 +447,21 @@ def _group_means(run: Run, classes: list[int]) -> list[float]:
 
 
 def plot_held_class_accuracy(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[str | Path]]]]],
-                             out_png: str | Path, rank: int = 2, share: float = 0.5) -> PlotResult:
+                             out_png: str | Path, rank: int = 2, share: float = 0.5, smooth: int = 5) -> PlotResult:
     """Test accuracy of the classes a worker held most of, and of the other classes, against round.
 
     One row of two panels per group (left: the classes of which world ``rank`` held more than ``share`` of the
-    rows, :func:`held_classes`; right: the other classes). Each line is one setting: the mean over its runs (for
-    instance one per seed; each run uses its own classes) with a band from the lowest to the highest run, and
-    its final values in the legend. The failure rounds of the runs are marked once per panel.
+    rows, :func:`held_classes`, each run using its own; right: the other classes). Each line is one setting:
+    the mean over its runs (for instance one per seed) of a causal trailing mean over ``smooth`` rounds, so
+    that the drop after a failure never shows before it. The legend gives each line's final values (mean of
+    the runs' last rows, unsmoothed). The failure rounds of ``rank`` are marked once per panel.
 
     Args:
         panels: ``[(title, [(line label, [run dirs])])]``.
         out_png: The PNG to write.
         rank: The worker whose classes are split out (the one that fails).
         share: Fraction of a class's rows the worker must have held.
+        smooth: Trailing-mean window in metrics rows (1 = raw values).
 
     Returns:
         The :class:`PlotResult`; runs without metrics, or whose summary names no such class, are in ``skipped``.
@@ -474,8 +476,8 @@ def plot_held_class_accuracy(panels: Sequence[tuple[str, Sequence[tuple[str, Seq
         for label, dirs in lines:
             runs = []
             for run in _load(dirs, result):
-                cls = held_classes(run.summary, [rank], share)
                 n_cls = sum(1 for k in run.metrics[0] if k.startswith("acc_class"))
+                cls = held_classes(run.summary, [rank], share)
                 if not cls or len(cls) >= n_cls:
                     result.skipped.append((run.name, f"no class of which worker {rank} held > {share:.0%}"))
                     continue
@@ -486,54 +488,52 @@ def plot_held_class_accuracy(panels: Sequence[tuple[str, Sequence[tuple[str, Seq
             loaded.append((title, row))
     if not loaded:
         raise ConfigError("plot: nothing to draw (" + "; ".join(f"{n}: {w}" for n, w in result.skipped) + ")")
-    fig = _figure(13.5, 4.3 * len(loaded) + 0.9)
+    fig = _figure(14.5, 4.4 * len(loaded) + 0.9)
     axes = fig.subplots(len(loaded), 2, squeeze=False)
     palette = ["0.35", "tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"]
-    styles = [(0, (4, 2)), "-", "-", "-", "-", "-"]
-    for (title, row), pair in zip(loaded, axes):
+    for (title, row), pair in zip(loaded, axes, strict=True):
         fail_rounds: set[int] = set()
-        lows: list[float] = []
+        shown: list[list[float]] = [[], []]
         for i, (label, runs) in enumerate(row):
             n = min(len(r.metrics) for r, _, _ in runs)
             xs = _series(runs[0][0], "round")[:n]
             finals = []
-            for ax, pick in zip(pair, (1, 2)):
-                curves = [_group_means(r, t[pick - 1])[:n] for r, *t in runs]
+            for side, ax in enumerate(pair):
+                raw = [_group_means(r, groups[side])[:n] for r, *groups in runs]
+                curves = [_trailing_mean(c, smooth) if smooth > 1 else c for c in raw]
                 mean = [sum(c[j] for c in curves) / len(curves) for j in range(n)]
-                color = palette[i % len(palette)]
-                if len(curves) > 1:
-                    ax.fill_between(xs, [min(c[j] for c in curves) for j in range(n)],
-                                    [max(c[j] for c in curves) for j in range(n)], color=color, alpha=0.12,
-                                    linewidth=0)
-                ax.plot(xs, mean, color=color, linestyle=styles[i % len(styles)], linewidth=2.0,
-                        label=label if pick == 2 else None)
-                finals.append(mean[-1])
-                lows += [v for c in curves for v in c[n // 10:] if math.isfinite(v)]
-            pair[1].lines[-1].set_label(f"{label}: final {100 * finals[0]:.1f}% / {100 * finals[1]:.1f}%")
+                ax.plot(xs, mean, color=palette[i % len(palette)], linestyle=(0, (4, 2)) if i == 0 else "-",
+                        linewidth=2.2, zorder=3 if i == 0 else 2)  # the first (reference) line stays visible
+                finals.append(sum(c[-1] for c in raw) / len(raw))
+                shown[side] += [v for v in mean[n // 10:] if math.isfinite(v)]
+            pair[1].lines[-1].set_label(f"{label}: {100 * finals[0]:.1f}% / {100 * finals[1]:.1f}%")
             for r, _, _ in runs:
                 result.runs.append(r.name)
-                for m in _marks(r):
-                    if m.kind == "failure":
-                        result.marks.append(m)
-                        fail_rounds.add(m.round)
+                result.marks += [m for m in _marks(r) if m.kind == "failure"]
+                fail_rounds |= {rnd for rnd, what in r.failure_rounds() if what.startswith(f"rank {rank} ")}
         n_runs = max(len(runs) for _, runs in row)
-        for ax, what in zip(pair, (f"classes worker {rank} held > {share:.0%} of", "the other classes")):
+        whats = (f"the classes worker {rank} held > {share:.0%} of", "the other classes")
+        for side, (ax, what) in enumerate(zip(pair, whats, strict=True)):
             for fr in sorted(fail_rounds):
                 ax.axvline(fr, color="black", linestyle="--", linewidth=1.3)
-                ax.annotate(f"worker {rank} killed (round {fr})", xy=(fr, 0.0), xycoords=("data", "axes fraction"),
-                            xytext=(4, 6), textcoords="offset points", fontsize=9)
+            if fail_rounds:
+                fr = min(fail_rounds)
+                ax.annotate(f"worker {rank} killed (round {fr})", xy=(fr, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(4, -14), textcoords="offset points", fontsize=9)
             ax.set_title(f"{title}: {what}", fontsize=11)
             ax.set_xlabel("round")
-            ax.set_ylabel("test accuracy, mean over the classes")
+            ax.set_ylabel("test accuracy (mean over those classes)")
             ax.xaxis.set_major_locator(_integer_ticks())
             ax.grid(True, alpha=0.3)
-            if lows:
-                ax.set_ylim(max(0.0, min(lows) - 0.03), min(1.0, max(lows) + 0.03))
+            if shown[side]:
+                lo, hi = min(shown[side]), max(shown[side])
+                pad = 0.12 * (hi - lo) + 0.01
+                ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + 2 * pad))
         pair[1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False,
-                       title=f"mean of {n_runs} runs (band: min–max)\nfinal: held classes / other classes",
+                       title=f"mean of {n_runs} seeds; final accuracy:\nworker {rank}'s classes / other classes",
                        title_fontsize=9)
-    fig.suptitle(f"Losing worker {rank} of a label-skewed split: accuracy on its classes and on the others",
-                 fontsize=13)
+    fig.suptitle(f"Losing worker {rank} of a label-skewed split: accuracy on its classes and on the others "
+                 f"(trailing mean over {smooth} rounds; first 10% of rounds off the scale)", fontsize=12)
     result.path = _save(fig, out_png)
     return result
 

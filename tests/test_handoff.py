@@ -1,0 +1,238 @@
+"""The handoff's bookkeeping and selection, in-process (no MPI): what ``remap`` keeps and drops, the skew the
+partitions promise, and the representative-point rules on awkward shards.
+
+The coordinator's recovery step is exercised for real (:meth:`Coordinator._handle_failures` on a small
+synthetic dataset, with a stand-in channel and mpi4py imported without ``MPI_Init``), next to the same
+accounting written with the pure pieces (:class:`Ownership` and :func:`assign_handoff`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ftmpi import kernels as K
+from ftmpi.partition import Ownership, assign_handoff, class_histogram, partition
+from ftmpi.plot import held_classes
+from ftmpi.worker import rep_count, select_representative
+
+
+def labels(n: int = 4000, k: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(np.arange(n) % k).astype(np.int32)
+
+
+def _recover(own: Ownership, dead: int, give: np.ndarray, survivors: list[int], seed: int) -> tuple[int, int]:
+    """The coordinator's recovery step with the pure pieces: release, keep ``give``, drop the rest, deal."""
+    owned = own.release(dead)
+    rest = np.setdiff1d(owned, give, assume_unique=True)
+    if len(rest):
+        own.drop(rest)
+    if len(give):
+        for r, part in assign_handoff(np.sort(give), survivors, seed).items():
+            own.assign(r, part)
+    return len(give), len(rest)
+
+
+# ---------------------------------------------------------------------------------- accounting, pure
+@pytest.mark.parametrize("kind", ["iid", "label-skew", "unbalanced"])
+@pytest.mark.parametrize("remap", ["none", "representative", "full"])
+def test_coverage_drops_by_exactly_the_dropped_rows(kind, remap):
+    y = labels()
+    n = len(y)
+    own = Ownership(n)
+    ranks = [1, 2, 3, 4]
+    for r, ids in zip(ranks, partition(y, 4, kind, seed=3), strict=True):
+        own.assign(r, ids)
+    before = {r: own.owned(r) for r in ranks}
+    dead = before[2]
+    give = {"none": dead[:0], "full": dead, "representative": dead[::7]}[remap]
+    handed, dropped = _recover(own, 2, give, [1, 3, 4], seed=5)
+    assert handed + dropped == len(dead)
+    assert own.coverage() == pytest.approx(1 - dropped / n, abs=0)  # exact: (n - dropped) / n
+    assert int(np.count_nonzero(own.owner_array() >= 0)) == n - dropped
+    assert np.array_equal(own.dropped(), np.setdiff1d(dead, give))
+    assert len(own.unaccounted()) == 0, "every row is owned or recorded as dropped"
+    assert 2 not in own.ranks()
+    for r in (1, 3, 4):  # survivors keep what they had and gain only handed rows
+        assert np.all(np.isin(before[r], own.owned(r)))
+        assert np.all(np.isin(np.setdiff1d(own.owned(r), before[r]), give))
+    if remap == "none":
+        assert dropped == len(dead) and all(np.array_equal(own.owned(r), before[r]) for r in (1, 3, 4))
+
+
+def test_two_failures_in_a_row_drop_both_shards_under_none():
+    y = labels(1000)
+    own = Ownership(len(y))
+    for r, ids in zip([1, 2, 3, 4], partition(y, 4, "label-skew", seed=0), strict=True):
+        own.assign(r, ids)
+    sizes = own.counts()
+    _recover(own, 2, np.zeros(0, np.int64), [1, 3, 4], seed=1)
+    _recover(own, 4, np.zeros(0, np.int64), [1, 3], seed=2)
+    assert own.coverage() == (sizes[1] + sizes[3]) / len(y)
+    assert len(own.dropped()) == sizes[2] + sizes[4] and len(own.unaccounted()) == 0
+
+
+# ------------------------------------------------------------------------- accounting, the coordinator
+class _Channel:
+    """What the coordinator's recovery step needs of a channel: the world size and the detector."""
+
+    size = 5
+    detector = None  # set to Detector.TIMEOUT by the fixture (no communicator to rebuild)
+
+
+@pytest.fixture
+def coordinator(tmp_path):
+    mpi4py = pytest.importorskip("mpi4py")
+    mpi4py.rc.initialize = False  # import ftmpi.comm without MPI_Init: nothing here talks MPI
+    from ftmpi.comm import Detector
+    from ftmpi.config import load_config
+    from ftmpi.coordinator import Coordinator
+    from ftmpi.data import Dataset
+    from ftmpi.metrics import Progress
+    from ftmpi.models import Model
+
+    def make(remap: str, n_most_rep: int | float = 10, selection: str = "loss") -> Coordinator:
+        cfg = load_config(None, [f"executor.remap={remap}", f"optimizer.n_most_rep={n_most_rep}",
+                                 f"optimizer.rep_selection={selection}", "data.partition=label-skew"], env={})
+        rng = np.random.default_rng(0)
+        y = labels(400, 4)
+        X = rng.standard_normal((len(y), 6)).astype(np.float32)
+        ch = _Channel()
+        ch.detector = Detector.TIMEOUT
+        c = Coordinator(ch, cfg, tmp_path, Progress(False), 0.0)
+        c.data = Dataset("synthetic", X, y, X[:20], y[:20], 4, ("a", "b", "c", "d"), "test")
+        c.ownership = Ownership(len(y))
+        for r, ids in zip([1, 2, 3, 4], partition(y, 4, "label-skew", seed=0), strict=True):
+            c.ownership.assign(r, ids)
+        c.model = Model.build("logreg", (), 6, 4)
+        c.W = c.model.init(0)
+        return c
+
+    return make
+
+
+@pytest.mark.parametrize("remap", ["none", "representative", "full"])
+def test_coordinator_recovery_accounting(coordinator, remap):
+    c = coordinator(remap)
+    n = c.ownership.n_total
+    dead = c.ownership.owned(2)
+    if remap == "representative":
+        c.members[2].rep = dead[[5, 0, 9, 3]]  # the dead worker's last report (any order)
+    c.members[2].alive = False
+    f = c._declare_dead(2, "ulfm")
+    c._handle_failures([2], [f])
+    want = {"none": 0, "representative": 4, "full": len(dead)}[remap]
+    assert (f.rows_handed, f.rows_dropped) == (want, len(dead) - want)
+    assert c.ownership.coverage() == (n - f.rows_dropped) / n
+    assert len(c.ownership.dropped()) == f.rows_dropped and len(c.ownership.unaccounted()) == 0
+    assert c.rows_handed == want and c.epoch == 1
+    written = sorted(p.name for p in (c.run_dir / "shards").glob("handoff-*.h5"))
+    assert (written == []) == (want == 0), "no handoff file when nothing is handed"
+    assert sum(len(v) for v in c.pending_handoff.values()) == len(written)
+
+
+def test_coordinator_scores_the_shard_itself_when_the_worker_never_reported(coordinator):
+    c = coordinator("representative", n_most_rep=0.1, selection="random")
+    dead = c.ownership.owned(2)
+    c.members[2].alive = False
+    f = c._declare_dead(2, "never-joined")
+    c._handle_failures([2], [f])
+    assert f.rows_handed == rep_count(0.1, len(dead)) and f.rows_dropped == len(dead) - f.rows_handed
+    assert c.ownership.coverage() == (c.ownership.n_total - f.rows_dropped) / c.ownership.n_total
+
+
+# ------------------------------------------------------------------------------------- partition skew
+def test_label_skew_at_the_default_alpha_concentrates_classes_on_workers():
+    """The study's premise: at alpha 0.3 over 4 workers, most classes have a majority owner, which iid never
+    gives; and :func:`held_classes` names exactly those classes from a summary."""
+    y = labels(20000)
+    majority = []
+    for seed in range(10):
+        parts = partition(y, 4, "label-skew", seed=seed, alpha=0.3)
+        hist = class_histogram(y, parts, 10)
+        share = hist / hist.sum(axis=0)
+        majority.append(int((share.max(axis=0) > 0.5).sum()))
+        summary = {"class_histogram": hist.tolist(), "initial_shards": {str(r): len(p) for r, p in
+                                                                         zip([1, 2, 3, 4], parts, strict=True)}}
+        assert held_classes(summary, [2]) == np.flatnonzero(share[1] > 0.5).tolist()
+        assert held_classes(summary, [1, 2, 3, 4]) == list(range(10))
+        iid = class_histogram(y, partition(y, 4, "iid", seed=seed), 10)
+        assert (iid / iid.sum(axis=0)).max() < 0.3
+    assert np.mean(majority) >= 5
+    assert held_classes({}, [2]) == [] and held_classes({"class_histogram": [[1]], "initial_shards": {}}, [2]) == []
+
+
+# ------------------------------------------------------------------------------------------ selection
+RULES = ("loss", "random", "stratified")
+
+
+def _ref_order(scores):
+    """Highest score first, ties: lower index first, NaN last."""
+    s = np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf)
+    return np.lexsort((np.arange(len(s)), -s))
+
+
+def _ref_stratified(scores, y, k, n_classes):
+    counts = np.bincount(y, minlength=n_classes)
+    m = min(k, len(y))
+    quota = m * counts // len(y)
+    for c in sorted(range(n_classes), key=lambda c: (-(m * counts[c] % len(y)), c))[:m - quota.sum()]:
+        quota[c] += 1
+    picked = []
+    for c in range(n_classes):
+        members = np.flatnonzero(y == c)
+        picked += list(members[_ref_order(scores[members])[:quota[c]]])
+    picked = np.sort(np.array(picked, np.int64))
+    return picked[_ref_order(scores[picked])]
+
+
+def test_random_matches_numpy():
+    for n, k, seed in [(100, 30, 5), (15000, 750, 11), (7, 50, 0), (1, 1, 3)]:
+        ref = np.sort(np.random.Generator(np.random.PCG64(seed)).choice(n, size=min(k, n), replace=False))
+        np.testing.assert_array_equal(K.select_random(n, k, seed), ref)
+
+
+def _tied_shard():
+    rng = np.random.default_rng(4)
+    y = rng.choice(10, 60, p=[0.4, 0.3, 0.0, 0.2, 0.1, 0, 0, 0, 0, 0])  # classes 2 and 5..9 absent
+    scores = rng.integers(0, 3, 60).astype(np.float64)  # heavy ties
+    scores[[4, 11]] = np.nan
+    return scores, y
+
+
+@pytest.mark.parametrize("k", [1, 7, 30, 60, 200])
+def test_stratified_with_ties_picks_like_numpy(k):
+    """The rows picked: per-class quotas, within a class the highest scores, ties to the lower row index."""
+    scores, y = _tied_shard()
+    got = K.select_stratified(scores, y, k, 10)
+    np.testing.assert_array_equal(np.sort(got), np.sort(_ref_stratified(scores, y, k, 10)))
+    assert np.all(np.diff(np.nan_to_num(scores[got], nan=-1.0)) <= 0), "highest score first (scores are 0..2, NaN last)"
+
+
+@pytest.mark.xfail(strict=True, reason="select_stratified orders tied scores by class, then row index (it ranks its "
+                   "class-grouped picks), where kernels/select.py promises lower row index first; the fix is "
+                   "`picked = np.sort(picked)` before the last _topk of _stratified")
+def test_stratified_orders_ties_by_row_index():
+    scores, y = _tied_shard()
+    np.testing.assert_array_equal(K.select_stratified(scores, y, 30, 10), _ref_stratified(scores, y, 30, 10))
+
+
+@pytest.mark.parametrize("kind", RULES)
+def test_select_representative_edges(kind):
+    """n_most_rep beyond the shard gives the whole shard once; a class absent from the shard is no trouble;
+    one class only; the empty selection."""
+    rng = np.random.default_rng(1)
+    y = np.array([3, 3, 7, 3, 7, 7, 3, 0], np.int32)  # classes 1, 2, 4, 5, 6, 8, 9 absent
+    scores = rng.random(8).astype(np.float32)
+    k = rep_count(100, len(y))
+    assert k == len(y)
+    got = select_representative(kind, scores, y, k, 10, seed=2)
+    assert sorted(got.tolist()) == list(range(8)) and got.dtype == np.int64
+    one = select_representative(kind, scores, np.zeros(8, np.int32), 3, 1, seed=2)
+    assert len(one) == 3 and len(set(one.tolist())) == 3
+    assert select_representative(kind, scores, y, 0, 10, seed=2).shape == (0,)
+    assert select_representative(kind, scores[:0], y[:0], 5, 10, seed=2).shape == (0,)
+
+
+def test_rep_count():
+    assert [rep_count(100, 50), rep_count(100, 500), rep_count(0.05, 15000), rep_count(0.05, 9)] == [50, 100, 750, 0]
+    assert rep_count(0, 100) == 0 and rep_count(0.5, 0) == 0
