@@ -30,7 +30,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def make_run(root: Path, name: str, *, rounds: int = 20, kill_at: int | None = None, quantize: int = 0,
              status: str | None = "completed", partition: str = "iid") -> Path:
-    """A run dir like the one `jobs/local.sh 4 configs/smoke.yaml` leaves (4 workers, 4 classes)."""
+    """A run dir like the one a real 4-worker smoke run leaves (4 workers, 4 classes); nothing is launched."""
     run = root / name
     run.mkdir(parents=True)
     sets = [f"executor.quantize={quantize}", f"data.partition={partition}"]
