@@ -457,17 +457,17 @@ class Coordinator:
         t0 = time.monotonic()
         iters = min(self.period, cfg.model.n_iterations - self.iters_done)
         self._broadcast(rnd, iters, first)
-        if self.pending_rebuild is not None:  # the survivors do the same on this round's message
-            members, self.pending_rebuild = self.pending_rebuild, None
+        self._write_row()  # the previous round's row, evaluated while the workers train
+        rebuild, self.pending_rebuild = self.pending_rebuild, None
+        replies, out, errors = self._collect(rnd)
+        if rebuild is not None:  # off the critical path: each survivor joins right after its reply
             t_rb = time.monotonic()
-            ok = self.ch.rebuild_alive(members, self.epoch, min(2.0, ex.timeout / 2))
-            self.alive_comm = {"epoch": self.epoch, "members": members, "agreed": ok,
+            ok = self.ch.rebuild_alive(rebuild, self.epoch, min(2.0, ex.timeout / 2))
+            self.alive_comm = {"epoch": self.epoch, "members": rebuild, "agreed": ok,
                                "seconds": time.monotonic() - t_rb}
             if not ok:
                 self.progress.event(f"epoch {self.epoch}: the alive communicator was not rebuilt in time; "
                                     "carrying on with point-to-point traffic")
-        self._write_row()  # the previous round's row, evaluated while the workers train
-        replies, out, errors = self._collect(rnd)
         newly: list[tuple[int, Failure]] = []
         for r in sorted(set(out.failed) | set(out.timed_out) | set(errors)):
             if r in replies:

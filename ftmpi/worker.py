@@ -109,7 +109,12 @@ class Worker:
     def _setup(self, setup: dict) -> None:
         cfg = self.cfg
         shard = read_shard(setup["shard"])
-        self.X, self.y, self.ids = shard.X, shard.y, shard.ids
+        n, d = shard.X.shape
+        # room for handed rows (a third of a shard per survivor under remap: full, 4 workers) without
+        # copying the whole shard when they arrive
+        self._xbuf = np.empty((n + max(n // 2, 1024), d), np.float32)
+        self._xbuf[:n] = shard.X
+        self.X, self.y, self.ids = self._xbuf[:n], shard.y, shard.ids
         self.n_classes = int(setup["n_classes"])
         self.model = Model(np.asarray(setup["sizes"], dtype=np.int64))
         n = self.model.n_params
@@ -125,10 +130,16 @@ class Worker:
         added = 0
         for p in paths:
             s = read_shard(p)
-            self.X = np.concatenate([self.X, s.X])
+            n, m = len(self.y), len(s.ids)
+            if n + m > len(self._xbuf):  # out of room: grow geometrically (one copy)
+                grown = np.empty((max(n + m, 2 * len(self._xbuf)), self._xbuf.shape[1]), np.float32)
+                grown[:n] = self.X
+                self._xbuf = grown
+            self._xbuf[n:n + m] = s.X
+            self.X = self._xbuf[:n + m]
             self.y = np.concatenate([self.y, s.y])
             self.ids = np.concatenate([self.ids, s.ids])
-            added += len(s.ids)
+            added += m
         if added and self.scores is not None:
             n_old = len(self.scores)
             fresh = self.model.sample_loss(self.replica, self.X[n_old:], self.y[n_old:])
@@ -157,9 +168,6 @@ class Worker:
             if (self.rank, rnd) not in self.fired:
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
-        rebuilt = None
-        if msg.get("rebuild"):  # ULFM: rank 0 and every survivor rebuild the alive communicator together
-            rebuilt = self.ch.rebuild_alive(msg["rebuild"], self.epoch, min(2.0, ex.timeout / 2))
         handed = self._load_handoffs(msg.get("handoff") or [])
         t_handoff = time.monotonic() - t0
         if msg.get("full"):
@@ -195,9 +203,11 @@ class Worker:
             "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
             "loss": float(np.mean(losses)) if losses else float("nan"), "n": int(len(self.y)), "rep": rep,
             "handed_in": handed, "t_handoff": t_handoff, "t_compute": time.monotonic() - t0,
-            "alive_comm": rebuilt,
         }
         self.ch.send(0, TAG_REPLY, reply)
+        if msg.get("rebuild"):  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
+            # after the reply so that it costs the round nothing
+            self.ch.rebuild_alive(msg["rebuild"], self.epoch, min(2.0, ex.timeout / 2))
 
     def _rescore(self, params: np.ndarray, rnd: int) -> None:
         """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
