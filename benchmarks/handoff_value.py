@@ -8,8 +8,9 @@ at 40% of the rounds, partitions ``label-skew`` (Dirichlet alpha 0.3) and ``iid`
 ``remap: none``, ``representative`` with every selection rule at two ``n_most_rep`` sizes, ``full``; each
 run once per seed (``model.seed`` seeds the partition, the initial model and the minibatches, so a seed's
 runs share the partition and differences between rows are paired). Jobs run one at a time through
-jobs/local.sh (about 18 minutes on 2 cores; ``--quick``: logreg, 2 seeds, rules loss and random at one size,
-about 2 minutes). Writes benchmarks/results/handoff_value.{json,md} and handoff_classes.png.
+jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (about 23 minutes on 2 cores;
+``--quick``: logreg, 2 seeds, rules loss and random at one size, about 2 minutes, written to the same files
+unless ``--out`` says otherwise). Writes benchmarks/results/handoff_value.{json,md} and handoff_classes.png.
 
 The dead worker's classes of a seed are the classes of which rank 2 held more than half of the training
 rows in the initial partition (from ``class_histogram`` of the run's summary); their accuracy is the mean
