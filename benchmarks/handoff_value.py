@@ -1,15 +1,25 @@
 """What handing over a dead worker's points is worth, measured (issue 7).
 
-    python benchmarks/handoff_value.py [--quick] [--seeds 5] [--models logreg,mlp] [--keep DIR]
+    python benchmarks/handoff_value.py [--quick] [--seeds 5] [--models logreg,mlp] [--regimes local,sync]
 
 Fashion-MNIST, 4 workers, logistic regression (configs/fashion_mnist.yaml) and the MLP
 (configs/fashion_mnist_mlp.yaml, ``model.n_iterations`` cut to ``--mlp-iterations``), world rank 2 SIGKILLed
-at 40% of the rounds, partitions ``label-skew`` (Dirichlet alpha 0.3) and ``iid``. Rows: fault-free,
-``remap: none``, ``representative`` with every selection rule at two ``n_most_rep`` sizes, ``full``; each
-run once per seed (``model.seed`` seeds the partition, the initial model and the minibatches, so a seed's
-runs share the partition and differences between rows are paired). Jobs run one at a time through
-jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (about 23 minutes on 2 cores;
-``--quick``: logreg, 2 seeds, rules loss and random at one size, about 2 minutes, written to the same files
+at 40% of the rounds. Two training regimes:
+
+- ``local``: the configs as they are: local Adam steps on each worker, models averaged every 10 iterations;
+  partitions ``label-skew`` (Dirichlet alpha 0.3) and ``iid``.
+- ``sync``: ``executor.send_gradients=true, executor.comm_period=1``: the workers' gradients averaged
+  (weighted by shard size) at every step, so the optimisation does not depend on who holds which rows and
+  fault-free ``label-skew`` trains like ``iid``; ``label-skew`` only. Under ``local`` the workers drift
+  apart on skewed shards, so a fault-free skewed run is itself worse than an iid one, and any handoff that
+  makes the survivors' shards less skewed can end *above* it: ``sync`` separates the value of the rows from
+  that effect.
+
+Rows: fault-free, ``remap: none``, ``representative`` with every selection rule at two ``n_most_rep`` sizes,
+``full``; each run once per seed (``model.seed`` seeds the partition, the initial model and the minibatches,
+so a seed's runs share the partition and differences between rows are paired). Jobs run one at a time
+through jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (about 45 minutes on 2 cores;
+``--quick``: logreg, 2 seeds, rules loss and random at one size, about 4 minutes, written to the same files
 unless ``--out`` says otherwise). Writes benchmarks/results/handoff_value.{json,md} and handoff_classes.png.
 
 The dead worker's classes of a seed are the classes of which rank 2 held more than half of the training
@@ -36,6 +46,9 @@ DEAD_RANK = 2
 WORKERS = 4
 SHARE = 0.5  # a class is the dead worker's when it held more than this share of the class's rows
 KEEP_FILES = ("summary.json", "metrics.csv", "config.yaml")
+REGIMES = {"local": [], "sync": ["executor.send_gradients=true", "executor.comm_period=1"]}
+REGIME_WORDS = {"local": "local steps, models averaged every 10 iterations (the configs)",
+                "sync": "gradients averaged at every step (`send_gradients`, `comm_period 1`)"}
 
 
 def rows_of_grid(rules: list[str], sizes: list[str]) -> list[dict]:
@@ -225,12 +238,12 @@ def fmt(m: float | None, s: float | None, scale: float = 1.0, nd: int = 2, sign:
 def summarize(records: list[dict], grid: list[dict]) -> dict:
     """Mean ± std over seeds for every (model, partition, row), with paired deltas to fault-free."""
     out: dict = {}
-    for model in dict.fromkeys(r["model"] for r in records):
-        for part in dict.fromkeys(r["partition"] for r in records if r["model"] == model):
-            base = [r for r in records if (r["model"], r["partition"], r["row"]) == (model, part, "fault-free")]
+    for model in dict.fromkeys(r["setting"] for r in records):
+        for part in dict.fromkeys(r["partition"] for r in records if r["setting"] == model):
+            base = [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, "fault-free")]
             cell = out.setdefault(model, {}).setdefault(part, {})
             for g in grid:
-                recs = [r for r in records if (r["model"], r["partition"], r["row"]) == (model, part, g["row"])]
+                recs = [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, g["row"])]
                 if not recs:
                     continue
                 ok = [r for r in recs if r["status"] == "completed" and r.get("clean", True)]
@@ -269,7 +282,7 @@ def table(cells: dict, grid: list[dict]) -> list[str]:
 def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: str, part: str) -> list[str]:
     """Paired per-seed differences between selection rules at the same size (points of accuracy)."""
     def recs(row: str) -> list[dict]:
-        return [r for r in records if (r["model"], r["partition"], r["row"]) == (model, part, row)
+        return [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, row)
                 and r["status"] == "completed" and r.get("clean", True)]
     out = []
     for size in sizes:
@@ -293,6 +306,34 @@ def size_words(row: str) -> str:
     return f"{rule}, " + (f"{100 * v:g}% of the shard" if 0 < v < 1 else f"{int(v)} rows")
 
 
+def verdict(cells: dict, settings: dict) -> list[str]:
+    """Issue 7's three questions, one line per setting under label-skew: what ``none`` costs the dead
+    worker's classes, how close ``full`` ends to fault-free, and the handoff time of ``representative`` against
+    a round."""
+    out = ["## The questions, answered (label-skew)", "",
+           "| setting | none: Δ dead classes | full: Δ overall | full: Δ dead classes | best representative "
+           "(Δ overall / dead) | representative handoff s (worst row mean) | round s | handoff / round |",
+           "|---|---|---|---|---|---|---|---|"]
+    for model, st in settings.items():
+        c = cells.get(model, {}).get("label-skew")
+        if not c or "fault-free" not in c:
+            continue
+        none, full = c.get("none", {}), c.get("full", {})
+        reps = {row: v for row, v in c.items() if row.startswith("rep ")}
+        b = best_rule(c, [], [])
+        ho = [v["handoff_time"][0] for v in reps.values() if v["handoff_time"][0] is not None]
+        rounds = [v["round_time_median"][0] for v in reps.values() if v["round_time_median"][0] is not None]
+        worst, rt = (max(ho), statistics.median(rounds)) if ho and rounds else (None, None)
+        best_txt = (f"`{b}`: {fmt(*reps[b]['d_final_acc'], sign=True)} / {fmt(*reps[b]['d_dead_acc'], sign=True)}"
+                    if b else "—")
+        out.append(f"| {st['model']} {st['regime']} | {fmt(*none.get('d_dead_acc', (None, None)), sign=True)} "
+                   f"| {fmt(*full.get('d_final_acc', (None, None)), sign=True)} "
+                   f"| {fmt(*full.get('d_dead_acc', (None, None)), sign=True)} | {best_txt} "
+                   f"| {'—' if worst is None else f'{worst:.3f}'} | {'—' if rt is None else f'{rt:.3f}'} "
+                   f"| {'—' if worst is None else f'{worst / rt:.2f}'} |")
+    return out
+
+
 def best_rule(cells: dict, rules: list[str], sizes: list[str]) -> str | None:
     """The representative row with the highest mean dead-class accuracy (ties: overall accuracy)."""
     cands = [(c["dead_acc"][0], c["final_acc"][0], row) for row, c in cells.items()
@@ -306,7 +347,11 @@ def main() -> int:
                     help="a small grid: logreg only, 2 seeds, rules loss and random, size 0.05 (~2 min)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     ap.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp")
-    ap.add_argument("--partitions", default="label-skew,iid")
+    ap.add_argument("--partitions", default="label-skew,iid", help="partitions of the local regime")
+    ap.add_argument("--regimes", default="local,sync", help="comma-separated: local, sync (module docstring)")
+    ap.add_argument("--sync-partitions", default="label-skew", help="partitions of the sync regime")
+    ap.add_argument("--sync-eval-every", type=int, default=20,
+                    help="executor.eval_every of the sync runs (800 rounds; default 20: 40 points per curve)")
     ap.add_argument("--rules", default=None, help="selection rules (default: every rule of kernels.SELECTORS)")
     ap.add_argument("--sizes", default="100,0.05", help="n_most_rep values: counts or fractions of the shard")
     ap.add_argument("--mlp-iterations", type=int, default=800,
@@ -327,6 +372,10 @@ def main() -> int:
     rules = args.rules.split(",") if args.rules else list(SELECTORS)
     sizes = args.sizes.split(",")
     models, parts, seeds = args.models.split(","), args.partitions.split(","), list(range(args.seeds))
+    regimes = args.regimes.split(",")
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        ap.error(f"--regimes: unknown {unknown}; expected some of {list(REGIMES)}")
     if args.quick:
         models, seeds = ["logreg"], list(range(min(args.seeds, 2)))
         rules = [r for r in rules if r in ("loss", "random")] if not args.rules else rules
@@ -335,24 +384,32 @@ def main() -> int:
     keep_dir = Path(args.keep or tempfile.mkdtemp(prefix="ftmpi-handoff-"))
     scratch = Path(tempfile.mkdtemp(prefix="ftmpi-handoff-run-"))
     plan = []
-    model_rounds: dict[str, int] = {}
+    settings: dict[str, dict] = {}  # "logreg", "logreg-sync", ...: model, regime, rounds, partitions
     for model in models:
-        overrides = [f"model.n_iterations={args.mlp_iterations}"] if model == "mlp" else []
-        cfg = load_config(ROOT / CONFIGS[model], overrides, env={})
-        rounds = math.ceil(cfg.model.n_iterations / cfg.executor.comm_period)
+        for regime in regimes:
+            setting = model if regime == "local" else f"{model}-{regime}"
+            overrides = ([f"model.n_iterations={args.mlp_iterations}"] if model == "mlp" else []) + REGIMES[regime]
+            cfg = load_config(ROOT / CONFIGS[model], overrides, env={})
+            rounds = math.ceil(cfg.model.n_iterations / cfg.executor.comm_period)
+            every = args.eval_every if regime == "local" else args.sync_eval_every
+            settings[setting] = {"model": model, "regime": regime, "rounds": rounds, "eval_every": every,
+                                 "partitions": parts if regime == "local" else args.sync_partitions.split(",")}
+    for setting, st in settings.items():
+        model, rounds = st["model"], st["rounds"]
         at = rounds * 2 // 5
-        model_rounds[model] = rounds
-        for part in parts:
+        overrides = ([f"model.n_iterations={args.mlp_iterations}"] if model == "mlp" else []) + REGIMES[st["regime"]]
+        for part in st["partitions"]:
             for seed in seeds:
                 for g in grid:
                     sets = overrides + [f"data.partition={part}", f"model.seed={seed}",
-                                        f"executor.eval_every={args.eval_every}"]
+                                        f"executor.eval_every={st['eval_every']}"]
                     if g["remap"]:
                         sets.append(f"executor.remap={g['remap']}")
                     if g["remap"] == "representative":
                         sets += [f"optimizer.rep_selection={g['rule']}", f"optimizer.n_most_rep={g['size']}"]
-                    name = f"{model}-{part}-s{seed}-{g['row'].replace(' ', '-')}"
-                    plan.append({"model": model, "partition": part, "seed": seed, "row": g["row"], "name": name,
+                    name = f"{setting}-{part}-s{seed}-{g['row'].replace(' ', '-')}"
+                    plan.append({"setting": setting, "model": model, "regime": st["regime"], "partition": part,
+                                 "seed": seed, "row": g["row"], "name": name,
                                  "sets": sets, "inject": [] if g["remap"] is None else [f"kill:{DEAD_RANK}@{at}"],
                                  "rounds": rounds, "fault_round": at})
     print(f"handoff_value: {len(plan)} jobs, kept in {keep_dir}", file=sys.stderr)
@@ -378,7 +435,8 @@ def main() -> int:
                 break
             rejected.append({"why": why, "failures": s.get("failures"), "final_acc": s.get("final_test_acc")})
             print(f"handoff_value: {p['name']}: {why}; again", file=sys.stderr)
-        rec = {k: p[k] for k in ("model", "partition", "seed", "row", "name", "rounds", "fault_round")}
+        rec = {k: p[k] for k in ("setting", "model", "regime", "partition", "seed", "row", "name", "rounds",
+                                 "fault_round")}
         rec |= record(s, rd, 784)
         rec["rejected_attempts"] = rejected
         rec["clean"] = not why
@@ -395,21 +453,22 @@ def main() -> int:
     code_at_end = code_version()
     cells = summarize(records, grid)
     res = {"machine": machine(), "workers": WORKERS, "dead_rank": DEAD_RANK, "share": SHARE, "seeds": seeds,
-           "rules": rules, "sizes": sizes, "models": models, "partitions": parts,
+           "rules": rules, "sizes": sizes, "models": models, "partitions": parts, "regimes": regimes,
+           "settings": settings,
            "mlp_iterations": args.mlp_iterations, "eval_every": args.eval_every, "quick": args.quick,
            "study_wall_seconds": wall, "kept_runs": str(keep_dir),
            "code": {"start": code_at_start, "end": code_at_end}, "summary": cells, "runs": records}
 
     png = None
     best: dict[str, str | None] = {}
-    for model in models:
+    for model in settings:
         if "label-skew" in cells.get(model, {}):
             best[model] = best_rule(cells[model]["label-skew"], rules, sizes)
     if best and any(best.values()):
         from ftmpi.plot import plot_held_class_accuracy
 
         panels = []
-        for model in models:
+        for model in settings:
             if not best.get(model):
                 continue
             lines = []
@@ -417,7 +476,7 @@ def main() -> int:
                                (best[model], f"remap representative, best: {size_words(best[model])}"),
                                ("full", "remap full (whole shard handed over)")):
                 lines.append((label, [keep_dir / f"{model}-label-skew-s{s}-{row.replace(' ', '-')}" for s in seeds]))
-            panels.append((f"{model}, label-skew", lines))
+            panels.append((f"{settings[model]['model']}, label-skew, {settings[model]['regime']}", lines))
         png = plot_held_class_accuracy(panels, RESULTS / ("handoff_classes.png" if args.out == "handoff_value"
                                                           else f"{args.out}_classes.png"),
                                        rank=DEAD_RANK, share=SHARE).path
@@ -434,11 +493,14 @@ def main() -> int:
              f"; **the code changed during the study** (digest {code_at_end['digest']} at the end): the runs "
              "mix versions."), "",
           "**Setup.** " + "; ".join(
-              f"{m}: `{CONFIGS[m]}`" + (f" with `model.n_iterations={args.mlp_iterations}` (config: 1500)"
-                                        if m == "mlp" else "")
-              + f", {model_rounds[m]} rounds, killed at round {model_rounds[m] * 2 // 5}" for m in models) +
+              f"{st['model']} {st['regime']}: `{CONFIGS[st['model']]}`"
+              + (f" with `model.n_iterations={args.mlp_iterations}` (config: 1500)" if st["model"] == "mlp" else "")
+              + "".join(f", `{o}`" for o in REGIMES[st["regime"]])
+              + f", {st['rounds']} rounds, killed at round {st['rounds'] * 2 // 5}, `executor.eval_every="
+              f"{st['eval_every']}`, partitions {', '.join(st['partitions'])}" for st in settings.values()) +
+          ". Regimes: " + "; ".join(f"*{k}* = {v}" for k, v in REGIME_WORDS.items() if k in regimes) +
           f". World rank {DEAD_RANK} (one of {WORKERS} workers) is SIGKILLed at 40% of the rounds (ULFM detects "
-          f"it). Every run sets `executor.eval_every={args.eval_every}`; everything else is the config's. Seeds "
+          f"it); everything not named here is the config's. Seeds "
           f"{seeds} (`model.seed` seeds the partition, the initial model and the minibatches: a seed's rows share "
           "one partition, so the Δ columns are per-seed paired differences). `label-skew` is Dirichlet(0.3) "
           "over 4 workers; `iid` an even shuffle.", "",
@@ -450,17 +512,21 @@ def main() -> int:
           "**Columns.** Mean ± std over seeds (sample std). *rows handed*: rows of the dead shard given to the "
           "survivors (`failures[].rows_handed`); *MB moved*: bytes of the HDF5 handoff files rank 0 wrote (rows × "
           "(784·4 + 4 + 8) B of X, y, ids plus headers) — the survivors read them from the run folder; "
-          "*handoff s*: rank 0's release/select/write time plus the slowest survivor's load "
-          "(`failures[].handoff_time`); *round s*: median round time of the run (rank 0's wall time per round, "
-          "the failure round excluded). Rows `rep RULE SIZE`: `remap: representative`, "
+          "*handoff s*: from rank 0's detection of the loss until the last survivor handed rows was training on "
+          "them (`failures[].handoff_time`: rank 0 selects and writes the files and sends each survivor a message at "
+          "once; a survivor still in the middle of its round takes the rows between two steps and draws the rest "
+          "of the round's minibatches from its grown shard); *round s*: median round time of the run (rank 0's "
+          "wall time per round, the failure round excluded). Rows `rep RULE SIZE`: `remap: representative`, "
           "`optimizer.rep_selection: RULE`, `optimizer.n_most_rep: SIZE` (a count, or a fraction of the dead "
           "shard).", ""]
-    for model in models:
-        for part in parts:
+    mk += verdict(cells, settings) + [""]
+    for model, st in settings.items():
+        for part in st["partitions"]:
             if part not in cells.get(model, {}):
                 continue
             c0 = cells[model][part]
-            mk += [f"## {model}, {part}", ""] + table(c0, grid) + [""]
+            mk += [f"## {st['model']}, {part}, {st['regime']}", "", f"{REGIME_WORDS[st['regime']]}.", ""]
+            mk += table(c0, grid) + [""]
             comp = comparisons(records, rules, sizes, model, part)
             if comp:
                 mk += [f"Selection rules against `random` at the same size ({model}, {part}; per-seed paired "

@@ -103,7 +103,7 @@ class Outcome:
 class Backoff:
     """Sleep between polls: starts at ``first`` seconds, doubles up to ``cap``."""
 
-    def __init__(self, first: float = 5e-5, cap: float = 5e-3) -> None:
+    def __init__(self, first: float = 5e-5, cap: float = 1e-3) -> None:
         self.first, self.cap, self.cur = first, cap, first
 
     def reset(self) -> None:
@@ -270,6 +270,17 @@ class Channel:
                 back.reset()
             else:
                 back.sleep(deadline - now)
+
+    def try_recv(self, source: int, tag: int) -> Any:
+        """A message from ``source`` if one is waiting, else None (also when ULFM reports the source failed:
+        the next bounded wait will say so). Never blocks."""
+        try:
+            ok, obj = self._try_recv(source, tag)
+        except MPI.Exception as exc:
+            if not is_ulfm_error(exc):
+                raise
+            return None
+        return obj if ok else None
 
     def recv_one(self, source: int, tag: int, timeout: float, phase: str, hint: str = "") -> Any:
         """Receive one message from ``source`` within ``timeout`` seconds, or raise PeerFailed/Timeout."""

@@ -135,7 +135,7 @@ class OptimizerConfig:
     learning_rate: float = _f(0.05, _num(0, lo_open=True))
     lr_schedule: str = _f("constant", _choice("constant", "cosine", "linear"))  # over n_iterations
     mu_g: float = _f(0.0, _num(0))
-    n_most_rep: int | float = _f(100, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
+    n_most_rep: int | float = _f(0.05, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
     # random: measured best (benchmarks/results/handoff_value.md); loss is the original system's rule
     rep_selection: str = _f("random", _choice("loss", "random", "stratified"))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off

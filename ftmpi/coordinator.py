@@ -34,7 +34,7 @@ from .metrics import MetricsCSV, Progress, truncate_metrics, write_json_atomic, 
 from .models import Model
 from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, partition
-from .shards import handoff_path, shard_path, write_shard
+from .shards import handoff_path, shard_path, write_handoff, write_shard
 from .worker import rep_count, select_representative
 
 
@@ -73,6 +73,7 @@ class Failure:
     rows_handed: int = 0
     rows_dropped: int = 0
     reason: str = ""
+    epoch: int | None = None  # the membership epoch this loss opened (its handoff files carry it)
 
 
 class Coordinator:
@@ -95,8 +96,11 @@ class Coordinator:
         self.stale = 0
         self.rows_handed = 0
         self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
-        self.pending_handoff: dict[int, list[str]] = {}
         self._awaiting_recovery: list[Failure] = []
+        # handoff bookkeeping: epoch -> survivors handed rows in it, and epoch -> {rank: wall time at which
+        # that survivor was training on them} (reported in its replies)
+        self._receivers: dict[int, set[int]] = {}
+        self._ready: dict[int, dict[int, float]] = {}
         self.tb: Any = None
         self.bytes_before = 0
         self.wall_before = 0.0
@@ -105,7 +109,6 @@ class Coordinator:
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
         self.pending_rebuild: list[int] | None = None
-        self._bcast_wall = 0.0
         self.alive_comm: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
 
@@ -256,15 +259,13 @@ class Coordinator:
                              self.cfg.model.seed * 31 + rnd)
             self.W_bcast += decode(payload, self.tensors, self.model.n_params)
             full = False
-        self._bcast_wall = time.time()
         o = self.cfg.optimizer
         # the rate at the middle of this round's iterations
         lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
         self.opt.lr = lr
         for r in self.alive:
             msg: dict[str, Any] = {"t": "round", "epoch": self.epoch, "round": rnd, "iters": iters,
-                                   "lr": lr, "full": full, "params": payload,
-                                   "handoff": self.pending_handoff.pop(r, [])}
+                                   "lr": lr, "full": full, "params": payload}
             if self.pending_rebuild is not None:
                 msg["rebuild"] = self.pending_rebuild
             if first:
@@ -291,6 +292,14 @@ class Coordinator:
                         replied[src] = m
                     else:
                         self.stale += 1
+            # a loss that ULFM reports, or a worker's own error report, is acted on at once: the survivors
+            # are still training this round and take the handed rows between two of their steps
+            lost = [r for r in alive if (r in out.failed or r in errors) and r not in replied
+                    and self.members[r].alive]
+            if lost:
+                how = {r: "error" if r in errors else "ulfm" for r in lost}
+                fs = [self._declare_dead(r, how[r], errors.get(r, "")) for r in lost]
+                self._handle_failures(lost, fs)
             return all(r in replied or r in errors or r in out.failed for r in alive)
 
         def ping() -> None:
@@ -333,40 +342,49 @@ class Coordinator:
         self.state = CState.RECOVERING
         self.epoch += 1
         survivors = self.alive
-        give_all: list[np.ndarray] = []
+        # The survivors wait for the file and the messages; the ownership bookkeeping comes after them.
+        owned_by = {r: self.ownership.owned(r) for r in dead}
+        give_by: dict[int, np.ndarray] = {}
         for r, f in zip(dead, failures, strict=True):
-            owned = self.ownership.release(r)
+            owned = owned_by[r]
             if cfg.executor.remap == "full":
                 give = owned
             elif cfg.executor.remap == "representative":
                 give = self._representative_of(r, owned)
             else:
                 give = np.zeros(0, np.int64)
-            rest = np.setdiff1d(owned, give, assume_unique=True)
+            give_by[r] = give if survivors else give[:0]  # nobody left to take them: all dropped
+            f.rows_handed, f.rows_dropped = int(len(give_by[r])), int(len(owned) - len(give_by[r]))
+        ids = np.sort(np.concatenate(list(give_by.values()))) if give_by else np.zeros(0, np.int64)
+        parts: dict[int, np.ndarray] = {}
+        if len(ids):
+            parts = {s: np.sort(part) for s, part in assign_handoff(ids, survivors, cfg.model.seed + self.epoch).items()
+                     if len(part)}
+            rows = np.concatenate(list(parts.values()))
+            p = handoff_path(self.run_dir, self.epoch)
+            write_handoff(p, d.X_train[rows], d.y_train[rows], rows, {s: len(part) for s, part in parts.items()},
+                          {"n_classes": d.n_classes, "dataset": d.name, "epoch": self.epoch})
+            start = 0
+            for s, part in parts.items():
+                # at once, not with the next round: a survivor still training takes it between two steps
+                self.ch.send(s, TAG_CTRL, {"t": "handoff", "epoch": self.epoch, "path": str(p),
+                                           "rows": (start, start + len(part))})
+                start += len(part)
+        for r in dead:
+            self.ownership.release(r)
+            rest = np.setdiff1d(owned_by[r], give_by[r], assume_unique=True)
             if len(rest):
                 self.ownership.drop(rest)
-            f.rows_handed, f.rows_dropped = int(len(give)), int(len(rest))
-            give_all.append(give)
-        ids = np.sort(np.concatenate(give_all)) if give_all else np.zeros(0, np.int64)
-        if not survivors and len(ids):  # nobody left to take them
-            self.ownership.drop(ids)
-            for f in failures:
-                f.rows_dropped, f.rows_handed = f.rows_dropped + f.rows_handed, 0
-            ids = ids[:0]
-        if survivors and len(ids):
-            for s, part in assign_handoff(ids, survivors, cfg.model.seed + self.epoch).items():
-                if len(part) == 0:
-                    continue
-                part = np.sort(part)
-                p = handoff_path(self.run_dir, self.epoch, s)
-                write_shard(p, d.X_train[part], d.y_train[part], part,
-                            {"n_classes": d.n_classes, "dataset": d.name, "rank": s, "epoch": self.epoch})
-                self.ownership.assign(s, part)
-                self.pending_handoff.setdefault(s, []).append(str(p))
-            self.rows_handed += int(len(ids))
+        for s, part in parts.items():
+            self.ownership.assign(s, part)
+        self.rows_handed += int(len(ids))
+        receivers = set(parts)
+        self._receivers[self.epoch] = receivers
         dt = time.monotonic() - t0
         for f in failures:
-            f.handoff_time = dt  # rank 0's part; completed when the survivors report loading (see _round)
+            f.epoch = self.epoch
+            # rank 0's part; when rows were handed, replaced by detection -> the last receiver training on them
+            f.handoff_time = dt
         if self.tb is not None:
             self.tb.event(self.round, f"epoch {self.epoch}: {len(ids)} rows of {dead} handed to {survivors}",
                           kind="remap")
@@ -381,6 +399,31 @@ class Coordinator:
             dead = {r for r, m in self.members.items() if not m.alive}
             if dead <= self.ch.failed_ranks():
                 self.pending_rebuild = [0] + survivors
+
+    def _recovered(self) -> None:
+        """At the end of a round every survivor answered: a loss is recovered from once every survivor that
+        was handed its rows (and is still alive) has reported training on them.
+
+        ``handoff_time`` is then the time from detection until the last of them was training on the rows;
+        ``recovery_time`` the time from the fault (or, without an injection record, its detection) until
+        this round's end, when the global model holds the survivors' work on the new rows.
+        """
+        now = self._now_wall()
+        alive = set(self.alive)
+        waiting = []
+        for f in self._awaiting_recovery:
+            want = self._receivers.get(f.epoch, set()) & alive if f.epoch is not None else set()
+            got = self._ready.get(f.epoch, {}) if f.epoch is not None else {}
+            if not want <= set(got):
+                waiting.append(f)
+                continue
+            base = f.injected_at if f.injected_at is not None else f.detected_at
+            f.recovery_time = now - base
+            if want:
+                f.handoff_time = max(0.0, max(got[r] for r in want) - f.detected_at)
+        self._awaiting_recovery = waiting
+        if not waiting:
+            self.state = CState.TRAINING
 
     def _representative_of(self, rank: int, owned: np.ndarray) -> np.ndarray:
         """The dead worker's latest reported representative ids, or (if it never reported) the top rows of
@@ -468,29 +511,22 @@ class Coordinator:
             if not ok:
                 self.progress.event(f"epoch {self.epoch}: the alive communicator was not rebuilt in time; "
                                     "carrying on with point-to-point traffic")
-        newly: list[tuple[int, Failure]] = []
+        newly: list[tuple[int, Failure]] = []  # lost at the deadline (ULFM losses were handled in _collect)
         for r in sorted(set(out.failed) | set(out.timed_out) | set(errors)):
-            if r in replies:
+            if r in replies or not self.members[r].alive:
                 continue
             how = "error" if r in errors else ("ulfm" if r in out.failed else "timeout")
             newly.append((r, self._declare_dead(r, how, errors.get(r, ""))))
         for r, m in replies.items():
             self.members[r].rep = np.asarray(m["rep"], np.int64)
+            for e, wall in (m.get("ready") or {}).items():
+                self._ready.setdefault(int(e), {})[r] = float(wall)
         loss, dmax = self._aggregate(replies) if replies else (float("nan"), 0.0)
         self.iters_done += iters
         if newly:
             self._handle_failures([r for r, _ in newly], [f for _, f in newly])
         elif self._awaiting_recovery and replies and len(replies) == len(self.alive):
-            now = self._now_wall()
-            for f in self._awaiting_recovery:
-                base = f.injected_at if f.injected_at is not None else f.detected_at
-                f.recovery_time = now - base
-                # from detection to the survivors training on the rows: until this round's message went out
-                # (rank 0 wrote the handoff files meanwhile), plus the slowest survivor's load
-                loads = [m.get("t_handoff", 0.0) for m in replies.values()]
-                f.handoff_time = max(0.0, self._bcast_wall - f.detected_at) + max(loads)
-            self._awaiting_recovery = []
-            self.state = CState.TRAINING
+            self._recovered()
         if ex.delta_switch > 0 and self.period > 1 and replies and dmax < ex.delta_switch:
             self.period = 1
             self.switched_at = rnd

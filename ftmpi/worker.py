@@ -7,6 +7,11 @@ Per round the worker applies the broadcast to its replica of the global model, t
 (minibatch SGD/Adam with the ``mu_g`` pull towards the global model), scores every sample of its shard, and
 sends back its update (delta or mean gradient, quantized with error feedback when asked), its mean loss,
 its shard size and the global ids of its ``n_most_rep`` most representative points.
+
+Rows of a lost worker arrive as a ``handoff`` message naming an HDF5 file. Between two steps of a round the
+worker looks for one (a single nonblocking probe), appends the rows and draws the round's remaining
+minibatches from the grown shard, so that it trains on them a few milliseconds after rank 0 noticed the
+loss rather than a round later; the wall time at which it did is reported in its next reply (``ready``).
 """
 from __future__ import annotations
 
@@ -66,10 +71,16 @@ class Worker:
         # a fresh run ignores old records (rank 0 is deleting them at this moment)
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resuming \
             else set()
+        self._stash: list[dict] = []  # control messages that arrived mid-round, for after the round
+        self._unstamped: list[int] = []  # handoff epochs loaded while idle: stamped when training resumes
+        self._ready: dict[int, float] = {}  # handoff epoch -> wall time training on its rows began
+        self._handed = 0  # rows taken since the last reply
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str) -> dict:
         """Next control message from rank 0 (pings extend the deadline), or CoordinatorLost."""
+        if self._stash:
+            return self._stash.pop(0)
         while True:
             try:
                 msg = self.ch.recv_one(0, TAG_CTRL, timeout, phase, "is rank 0 alive?")
@@ -103,6 +114,9 @@ class Worker:
                 raise exc
             if t == "round":
                 self._round(msg)
+            elif t == "handoff":  # while idle: load now, stamp when the next round's training starts
+                self._take_handoff(msg)
+                self._unstamped.append(int(msg["epoch"]))
             self.state = WState.WAITING
             msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {msg.get('round', '?')}")
 
@@ -126,31 +140,48 @@ class Worker:
         self.uplink = ErrorFeedback(n, self.tensors, cfg.executor.quantize, cfg.executor.stochastic_rounding)
         self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
 
-    def _load_handoffs(self, paths: list[str]) -> int:
-        added = 0
-        for p in paths:
-            s = read_shard(p)
-            n, m = len(self.y), len(s.ids)
-            if n + m > len(self._xbuf):  # out of room: grow geometrically (one copy)
-                grown = np.empty((max(n + m, 2 * len(self._xbuf)), self._xbuf.shape[1]), np.float32)
-                grown[:n] = self.X
-                self._xbuf = grown
-            self._xbuf[n:n + m] = s.X
-            self.X = self._xbuf[:n + m]
-            self.y = np.concatenate([self.y, s.y])
-            self.ids = np.concatenate([self.ids, s.ids])
-            added += m
-        if added and self.scores is not None:
-            n_old = len(self.scores)
-            fresh = self.model.sample_loss(self.replica, self.X[n_old:], self.y[n_old:])
-            self.scores = np.concatenate([self.scores, fresh])
+    def _take_handoff(self, msg: dict) -> int:
+        """Append the rows of a ``handoff`` message to the shard; returns how many."""
+        self.epoch = max(self.epoch, int(msg["epoch"]))
+        added = self._load_handoff(msg["path"], tuple(msg["rows"]))
+        self._handed += added
         return added
 
-    def _batches(self, rnd: int, iters: int, bs: int) -> list[np.ndarray]:
+    def _poll_ctrl(self) -> bool:
+        """Between two steps: take rows handed over meanwhile (True if the shard grew); any other control
+        message is kept for after the round."""
+        grew = False
+        while True:
+            msg = self.ch.try_recv(0, TAG_CTRL)
+            if msg is None:
+                return grew
+            if msg.get("t") == "handoff":
+                if self._take_handoff(msg):
+                    grew = True
+                self._ready[int(msg["epoch"])] = time.time()
+            elif msg.get("t") != "ping":
+                self._stash.append(msg)
+
+    def _load_handoff(self, path: str, rows: tuple[int, int]) -> int:
+        """Append rows ``start:stop`` of a handoff file to the shard; returns how many."""
+        s = read_shard(path, rows)
+        n, m = len(self.y), len(s.ids)
+        if n + m > len(self._xbuf):  # out of room: grow geometrically (one copy)
+            grown = np.empty((max(n + m, 2 * len(self._xbuf)), self._xbuf.shape[1]), np.float32)
+            grown[:n] = self.X
+            self._xbuf = grown
+        self._xbuf[n:n + m] = s.X
+        self.X = self._xbuf[:n + m]
+        self.y = np.concatenate([self.y, s.y])
+        self.ids = np.concatenate([self.ids, s.ids])
+        return m  # the new rows are scored when representative points are next chosen
+
+    def _batches(self, rnd: int, iters: int, bs: int, salt: tuple[int, ...] = ()) -> list[np.ndarray]:
         """This round's minibatches: consecutive slices of a permutation seeded by (seed, rank, round), so
-        that a resumed run or a re-grown shard draws exactly what it would have drawn."""
+        that a resumed run draws exactly what it would have drawn; ``salt`` (the epoch) when the shard grew
+        mid-round."""
         n = len(self.y)
-        rng = np.random.default_rng([self.cfg.model.seed, self.rank, rnd])
+        rng = np.random.default_rng([self.cfg.model.seed, self.rank, rnd, *salt])
         need = iters * bs
         if self.cfg.model.shuffle:
             order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
@@ -168,42 +199,50 @@ class Worker:
             if (self.rank, rnd) not in self.fired:
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
-        handed = self._load_handoffs(msg.get("handoff") or [])
-        t_handoff = time.monotonic() - t0
         if msg.get("full"):
             self.replica[...] = msg["params"]
         else:
             self.replica += decode(msg["params"], self.tensors, self.model.n_params)
-        iters, bs = int(msg["iters"]), min(cfg.model.batch_size, len(self.y))
+        now = time.time()
+        for e in self._unstamped:  # rows loaded while idle: trained on from now
+            self._ready[e] = now
+        self._unstamped = []
+        iters = int(msg["iters"])
         self.opt.lr = float(msg.get("lr", cfg.optimizer.learning_rate))
         mu = cfg.optimizer.mu_g
         losses = []
-        if ex.send_gradients:
-            # Parameter-server semantics: gradients at the global model, averaged over `iters` batches.
-            acc = np.zeros_like(self.grad)
-            for b in self._batches(rnd, iters, bs):
-                losses.append(self.model.loss_grad(self.replica, self.X[b], self.y[b], self.grad))
+        # send_gradients: parameter-server semantics, gradients at the global model averaged over the batches;
+        # else local steps from the global model (with the mu_g pull towards it)
+        local = self.replica if ex.send_gradients else self.replica.copy()
+        acc = np.zeros_like(self.grad) if ex.send_gradients else None
+        batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.y)))
+        for i in range(iters):
+            b = batches[i]
+            losses.append(self.model.loss_grad(local, self.X[b], self.y[b], self.grad))
+            if acc is not None:
                 acc += self.grad
-            acc /= max(iters, 1)
-            clip(acc, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
-            update = acc
-            local = self.replica
-        else:
-            local = self.replica.copy()
-            for b in self._batches(rnd, iters, bs):
-                losses.append(self.model.loss_grad(local, self.X[b], self.y[b], self.grad))
+            else:
                 if mu > 0:
                     self.grad += mu * (local - self.replica)
                 clip(self.grad, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
                 self.opt.step(local, self.grad)
+            if i + 1 < iters and self._poll_ctrl():  # rows handed over: the rest of the round draws from them
+                batches[i + 1:] = self._batches(rnd, iters - i - 1, min(cfg.model.batch_size, len(self.y)),
+                                                salt=(self.epoch,))
+        if acc is not None:
+            acc /= max(iters, 1)
+            clip(acc, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
+            update = acc
+        else:
             update = local - self.replica
         payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
         rep = self._representative(local, rnd)
         reply: dict[str, Any] = {
             "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
             "loss": float(np.mean(losses)) if losses else float("nan"), "n": int(len(self.y)), "rep": rep,
-            "handed_in": handed, "t_handoff": t_handoff, "t_compute": time.monotonic() - t0,
+            "handed_in": self._handed, "ready": self._ready, "t_compute": time.monotonic() - t0,
         }
+        self._handed, self._ready = 0, {}
         self.ch.send(0, TAG_REPLY, reply)
         if msg.get("rebuild"):  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
             # after the reply so that it costs the round nothing
@@ -216,6 +255,9 @@ class Worker:
         if self.scores is None:
             self.scores = self.model.sample_loss(params, self.X, self.y)
             return
+        if len(self.scores) < n:  # rows handed over since: score them now
+            fresh = self.model.sample_loss(params, self.X[len(self.scores):], self.y[len(self.scores):])
+            self.scores = np.concatenate([self.scores, fresh])
         every = self.cfg.executor.score_every
         lo, hi = (rnd % every) * n // every, (rnd % every + 1) * n // every
         if hi > lo:

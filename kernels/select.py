@@ -114,6 +114,7 @@ def _stratified(scores, y, k, n_classes):
             best = _topk(scores[members], quota[c])
             picked[m:m + quota[c]] = members[best]
             m += quota[c]
+    picked = np.sort(picked)  # row order, so that the final ranking breaks ties by row index
     return picked[_topk(scores[picked], m)]
 
 

@@ -7,12 +7,15 @@ accounting written with the pure pieces (:class:`Ownership` and :func:`assign_ha
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ftmpi import kernels as K
 from ftmpi.partition import Ownership, assign_handoff, class_histogram, partition
 from ftmpi.plot import held_classes
+from ftmpi.shards import handoff_slices, read_shard, write_handoff
 from ftmpi.worker import rep_count, select_representative
 
 
@@ -73,10 +76,18 @@ def test_two_failures_in_a_row_drop_both_shards_under_none():
 
 # ------------------------------------------------------------------------- accounting, the coordinator
 class _Channel:
-    """What the coordinator's recovery step needs of a channel: the world size and the detector."""
+    """What the coordinator's recovery step needs of a channel: the world size, the detector, and a send
+    that records what would have gone out."""
 
     size = 5
     detector = None  # set to Detector.TIMEOUT by the fixture (no communicator to rebuild)
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int, dict]] = []
+
+    def send(self, dest: int, tag: int, obj: dict) -> int:
+        self.sent.append((dest, tag, obj))
+        return 0
 
 
 @pytest.fixture
@@ -127,7 +138,17 @@ def test_coordinator_recovery_accounting(coordinator, remap):
     assert c.rows_handed == want and c.epoch == 1
     written = sorted(p.name for p in (c.run_dir / "shards").glob("handoff-*.h5"))
     assert (written == []) == (want == 0), "no handoff file when nothing is handed"
-    assert sum(len(v) for v in c.pending_handoff.values()) == len(written)
+    # one file for the epoch; each receiver is sent its slice at once, and the slices are the rows it now owns
+    assert written == ([] if want == 0 else ["handoff-e0001.h5"])
+    msgs = {dest: obj for dest, _, obj in c.ch.sent if obj["t"] == "handoff"}
+    assert all(obj["epoch"] == 1 and Path(obj["path"]).name == "handoff-e0001.h5" for obj in msgs.values())
+    assert f.epoch == 1 and c._receivers[1] == set(msgs)
+    if want:
+        assert handoff_slices(c.run_dir / "shards" / written[0]) == {r: tuple(m["rows"]) for r, m in msgs.items()}
+        for r, m in msgs.items():
+            taken = read_shard(c.run_dir / "shards" / written[0], tuple(m["rows"])).ids
+            assert np.array_equal(np.sort(taken), np.intersect1d(taken, c.ownership.owned(r)))
+        assert sum(m["rows"][1] - m["rows"][0] for m in msgs.values()) == want
 
 
 def test_coordinator_scores_the_shard_itself_when_the_worker_never_reported(coordinator):
@@ -138,6 +159,76 @@ def test_coordinator_scores_the_shard_itself_when_the_worker_never_reported(coor
     c._handle_failures([2], [f])
     assert f.rows_handed == rep_count(0.1, len(dead)) and f.rows_dropped == len(dead) - f.rows_handed
     assert c.ownership.coverage() == (c.ownership.n_total - f.rows_dropped) / c.ownership.n_total
+
+
+class _WorkerChannel:
+    """A worker's view of rank 0: queued control messages (one handed out per nonblocking probe, after
+    ``quiet`` empty probes) and a record of what the worker sent."""
+
+    rank = 3
+
+    def __init__(self, queued: list[dict], quiet: int) -> None:
+        self.queued, self.quiet, self.sent = list(queued), quiet, []
+
+    def try_recv(self, source: int, tag: int) -> dict | None:
+        if self.quiet > 0:
+            self.quiet -= 1
+            return None
+        return self.queued.pop(0) if self.queued else None
+
+    def send(self, dest: int, tag: int, obj: dict) -> int:
+        self.sent.append(obj)
+        return 0
+
+
+def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
+    """A handoff that arrives mid-round is loaded at once: the rest of the round trains on the grown shard,
+    and the reply reports the rows, the new size and when training on them began; a control message that is
+    not a handoff waits for the end of the round."""
+    pytest.importorskip("mpi4py").rc.initialize = False
+    from ftmpi.config import load_config
+    from ftmpi.shards import write_shard  # noqa: F811
+    from ftmpi.worker import Worker
+
+    rng = np.random.default_rng(0)
+    X = rng.random((200, 6)).astype(np.float32)  # features in [0, 1)
+    y = labels(200, 4)
+    write_shard(tmp_path / "mine.h5", X, y, np.arange(200))
+    handed = tmp_path / "handoff-e0001.h5"  # 20 rows for rank 1, then 50 for this worker (rank 3)
+    write_handoff(handed, np.concatenate([np.zeros((20, 6)), np.full((50, 6), 100.0)]), labels(70, 4, 1),
+                  np.arange(980, 1050), {1: 20, 3: 50})
+    cfg = load_config(None, ["model.batch_size=16", "optimizer.rep_selection=loss", "optimizer.n_most_rep=20"],
+                      env={})
+    stop = {"t": "stop", "epoch": 1, "round": 0}
+    ch = _WorkerChannel([{"t": "handoff", "epoch": 1, "path": str(handed), "rows": (20, 70)}, stop], quiet=2)
+    w = Worker(ch, cfg, tmp_path)
+    w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
+    seen = []  # the largest feature of each step's batch: the handed rows are the only ones at 100
+
+    class Spy:
+        def __init__(self, model) -> None:
+            self.model = model
+
+        def __getattr__(self, name: str):
+            return getattr(self.model, name)
+
+        def loss_grad(self, params, xb, yb, grad):
+            seen.append(float(xb.max()))
+            return self.model.loss_grad(params, xb, yb, grad)
+
+    params = w.model.init(0)
+    w.model = Spy(w.model)
+    w._round({"t": "round", "epoch": 0, "round": 0, "iters": 8, "lr": 0.01, "full": True, "params": params})
+    assert len(seen) == 8
+    assert max(seen[:3]) < 1.0, "the rows arrived after the third step"
+    assert max(seen[3:]) == 100.0, "the rest of the round draws from the grown shard"
+    reply = ch.sent[-1]
+    assert (reply["n"], reply["handed_in"], list(reply["ready"])) == (250, 50, [1]) and w.epoch == 1
+    assert set(w.ids[200:]) == set(range(1000, 1050)) and len(w.scores) == 250  # scored for representatives
+    assert w._wait_ctrl(1.0, "test") == stop, "the stop waited for the end of the round"
+    # the next reply starts afresh
+    w._round({"t": "round", "epoch": 1, "round": 1, "iters": 2, "lr": 0.01, "full": True, "params": params})
+    assert (ch.sent[-1]["handed_in"], ch.sent[-1]["ready"]) == (0, {})
 
 
 # ------------------------------------------------------------------------------------- partition skew
@@ -208,9 +299,6 @@ def test_stratified_with_ties_picks_like_numpy(k):
     assert np.all(np.diff(np.nan_to_num(scores[got], nan=-1.0)) <= 0), "highest score first (scores are 0..2, NaN last)"
 
 
-@pytest.mark.xfail(strict=True, reason="select_stratified orders tied scores by class, then row index (it ranks its "
-                   "class-grouped picks), where kernels/select.py promises lower row index first; the fix is "
-                   "`picked = np.sort(picked)` before the last _topk of _stratified")
 def test_stratified_orders_ties_by_row_index():
     scores, y = _tied_shard()
     np.testing.assert_array_equal(K.select_stratified(scores, y, 30, 10), _ref_stratified(scores, y, 30, 10))
