@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import faults as F
-from .checkpoint import Snapshot, ckpt_path, prune, save
+from .checkpoint import Snapshot, ckpt_path
 from .codec import decode, encode
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
 from .config import Config, config_to_dict
@@ -34,6 +34,7 @@ from .metrics import MetricsCSV, Progress, truncate_metrics, write_json_atomic, 
 from .models import Model
 from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, partition
+from .saver import CheckpointWriter
 from .shards import handoff_path, shard_path, write_handoff, write_shard
 from .worker import rep_count, select_representative
 
@@ -105,6 +106,7 @@ class Coordinator:
         self.bytes_before = 0
         self.wall_before = 0.0
         self.ckpt_seconds = 0.0
+        self.saver = CheckpointWriter(run_dir, cfg.executor.keep)
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
@@ -222,14 +224,16 @@ class Coordinator:
         self.bytes_before = snap.bytes_total
         self.wall_before = snap.wall_seconds
 
-    def _checkpoint(self) -> None:
-        """Save a consistent snapshot (after the round's row is written) and prune old ones."""
+    def _checkpoint(self, wait: bool = False) -> None:
+        """Take a consistent snapshot (after the round's row is written) and have it saved in the background
+        (old ones pruned); ``wait``: until it is on disk. ``ckpt_seconds`` counts the time the round loop
+        stood still for it."""
         self._write_row()
-        ex, tr = self.cfg.executor, self.ch.traffic
+        tr = self.ch.traffic
         t0 = time.monotonic()
-        snap = Snapshot(
+        snap = Snapshot(  # copies of everything the next rounds change in place (W); the rest is rebuilt
             round=self.round, epoch=self.epoch, iters_done=self.iters_done, period=self.period,
-            switched_at=self.switched_at, params=self.W, sizes=self.model.sizes,
+            switched_at=self.switched_at, params=self.W.copy(), sizes=self.model.sizes,
             optim={"name": self.opt.name, **self.opt.state()}, members=self.alive,
             dead=[r for r, m in self.members.items() if not m.alive], owner=self.ownership.owner_array(),
             dropped=self._dropped_mask(), representative={r: self.members[r].rep for r in self.alive},
@@ -239,8 +243,9 @@ class Coordinator:
             wall_seconds=self.wall_before + time.monotonic() - self.t_start,
             bytes_total=self.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=self.data.name,
             n_classes=self.data.n_classes, created=time.time())
-        save(ckpt_path(self.run_dir, self.round), snap)
-        prune(self.run_dir, ex.keep)
+        self.saver.submit(ckpt_path(self.run_dir, self.round), snap)
+        if wait:
+            self.saver.wait()
         self.ckpt_seconds += time.monotonic() - t0
 
     def _dropped_mask(self) -> np.ndarray:
@@ -577,7 +582,7 @@ class Coordinator:
             self.last_acc, self.last_per_class = self.model.evaluate(self.W, self.data.X_test,
                                                                      self.data.y_test, self.data.n_classes)
         if hasattr(self, "W"):
-            self._checkpoint()
+            self._checkpoint(wait=True)
         if hasattr(self, "metrics"):
             self.metrics.close()
         if self.tb is not None:
@@ -622,7 +627,8 @@ class Coordinator:
             "workers": self.ch.size - 1,
             "resumed_from": None if self.resume is None else {"round": self.resume.round,
                                                               "epoch": self.resume.epoch},
-            "checkpoint_seconds": self.ckpt_seconds, "alive_comm": self.alive_comm,
+            "checkpoint_seconds": self.ckpt_seconds, "checkpoint_write_seconds": self.saver.write_seconds,
+            "alive_comm": self.alive_comm,
             "alive_workers": len(self.alive), "detector": self.ch.detector.value,
             "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
             "quantize": cfg.executor.quantize, "remap": cfg.executor.remap, "partition": cfg.data.partition,
