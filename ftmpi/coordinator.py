@@ -6,8 +6,12 @@ STOPPING → DONE, or NO_WORKERS when every worker is lost.
 Rank 0 alone decides membership. A worker is declared dead when ULFM reports it (detector ``ulfm``), when it
 misses a round's deadline (always), or when it reports its own crash. Every message carries
 (epoch, round); anything else is dropped and counted, and a rank already declared dead that speaks again is
-told to leave. The dead worker's rows are handed to the survivors (``executor.remap``) through HDF5 files
-named in their next round message; the ownership of every sample id is tracked so coverage is exact.
+told to leave. The dead worker's rows are handed to the survivors (``executor.remap``) through HDF5 files:
+each survivor is sent its slices as soon as the loss is known (a survivor still training takes them between
+two steps). With ``rep_selection: random`` rank 0 chooses every worker's representative rows itself and
+stages them in a standby file before anything fails, so that handing them over writes nothing; other rows
+are written into one file per epoch at the failure. The ownership of every sample id is tracked so coverage
+is exact.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import faults as F
-from .checkpoint import Snapshot, ckpt_path
+from .checkpoint import Snapshot, ckpt_path, prune, save
 from .codec import decode, encode
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
 from .config import Config, config_to_dict
@@ -33,9 +37,9 @@ from .errors import EXIT_NO_WORKERS, EXIT_OK, CheckpointError
 from .metrics import MetricsCSV, Progress, truncate_metrics, write_json_atomic, write_status
 from .models import Model
 from .optim import Optimizer, lr_at
-from .partition import Ownership, assign_handoff, class_histogram, partition
-from .saver import CheckpointWriter
-from .shards import handoff_path, shard_path, write_handoff, write_shard
+from .partition import Ownership, assign_handoff, class_histogram, deal_slices, partition
+from .saver import BackgroundWriter
+from .shards import handoff_path, shard_path, stale_standbys, standby_path, write_handoff, write_shard
 from .worker import rep_count, select_representative
 
 
@@ -106,7 +110,13 @@ class Coordinator:
         self.bytes_before = 0
         self.wall_before = 0.0
         self.ckpt_seconds = 0.0
-        self.saver = CheckpointWriter(run_dir, cfg.executor.keep)
+        self.writer = BackgroundWriter()  # checkpoints and staged representative rows, behind the rounds
+        # remap representative + rep_selection random: rank 0 chooses each worker's representative rows and
+        # stages them in a file of their own before anything fails (rank -> (ids in file order, file))
+        self._staged: dict[int, tuple[np.ndarray, Path]] = {}
+        self._stage_gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
+        self._restage: set[int] = set()
+        self._prio: np.ndarray | None = None
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
@@ -243,9 +253,11 @@ class Coordinator:
             wall_seconds=self.wall_before + time.monotonic() - self.t_start,
             bytes_total=self.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=self.data.name,
             n_classes=self.data.n_classes, created=time.time())
-        self.saver.submit(ckpt_path(self.run_dir, self.round), snap)
+        self.writer.wait()  # one checkpoint in flight at a time; a write that failed is raised here
+        self.writer.submit("checkpoint", _save_and_prune, ckpt_path(self.run_dir, self.round), snap, self.run_dir,
+                           self.cfg.executor.keep)
         if wait:
-            self.saver.wait()
+            self.writer.wait()
         self.ckpt_seconds += time.monotonic() - t0
 
     def _dropped_mask(self) -> np.ndarray:
@@ -283,6 +295,7 @@ class Coordinator:
         alive = self.alive
         replied: dict[int, dict] = {}
         errors: dict[int, str] = {}
+        epoch0 = self.epoch
 
         def sort(out: Outcome) -> bool:
             for src, msgs in out.messages.items():
@@ -293,7 +306,8 @@ class Coordinator:
                         self._expel(src, "declared dead earlier; its messages are ignored")
                     elif kind == "error":
                         errors[src] = str(m.get("error", "crashed"))
-                    elif kind == "reply" and m.get("epoch") == self.epoch and m.get("round") == rnd:
+                    elif kind == "reply" and m.get("round") == rnd and m.get("epoch", -1) >= epoch0:
+                        # epoch0: the round began in it; a loss handled during the round moved rank 0 on
                         replied[src] = m
                     else:
                         self.stale += 1
@@ -360,8 +374,21 @@ class Coordinator:
                 give = np.zeros(0, np.int64)
             give_by[r] = give if survivors else give[:0]  # nobody left to take them: all dropped
             f.rows_handed, f.rows_dropped = int(len(give_by[r])), int(len(owned) - len(give_by[r]))
-        ids = np.sort(np.concatenate(list(give_by.values()))) if give_by else np.zeros(0, np.int64)
-        parts: dict[int, np.ndarray] = {}
+        # Rows staged before the failure go out as slices of their standby file; the others are written now,
+        # into one file for the epoch. Each survivor gets one message with all its slices.
+        segments: dict[int, list[tuple[str, int, int]]] = {}
+        taken: dict[int, list[np.ndarray]] = {}
+        unstaged = []
+        for r in dead:
+            give, staged = give_by[r], self._staged.get(r)
+            if len(give) and staged is not None and staged[0] is give:
+                for s, a, b in deal_slices(len(give), survivors, cfg.model.seed + self.epoch + r):
+                    if b > a:
+                        segments.setdefault(s, []).append((str(staged[1]), a, b))
+                        taken.setdefault(s, []).append(give[a:b])
+            elif len(give):
+                unstaged.append(give)
+        ids = np.sort(np.concatenate(unstaged)) if unstaged else np.zeros(0, np.int64)
         if len(ids):
             parts = {s: np.sort(part) for s, part in assign_handoff(ids, survivors, cfg.model.seed + self.epoch).items()
                      if len(part)}
@@ -371,19 +398,24 @@ class Coordinator:
                           {"n_classes": d.n_classes, "dataset": d.name, "epoch": self.epoch})
             start = 0
             for s, part in parts.items():
-                # at once, not with the next round: a survivor still training takes it between two steps
-                self.ch.send(s, TAG_CTRL, {"t": "handoff", "epoch": self.epoch, "path": str(p),
-                                           "rows": (start, start + len(part))})
+                segments.setdefault(s, []).append((str(p), start, start + len(part)))
+                taken.setdefault(s, []).append(part)
                 start += len(part)
+        for s in sorted(segments):  # at once, not with the next round: a survivor still training takes the
+            # rows between two of its steps
+            self.ch.send(s, TAG_CTRL, {"t": "handoff", "epoch": self.epoch, "segments": segments[s]})
         for r in dead:
             self.ownership.release(r)
             rest = np.setdiff1d(owned_by[r], give_by[r], assume_unique=True)
             if len(rest):
                 self.ownership.drop(rest)
-        for s, part in parts.items():
-            self.ownership.assign(s, part)
-        self.rows_handed += int(len(ids))
-        receivers = set(parts)
+        for s, parts_of_s in taken.items():
+            self.ownership.assign(s, np.concatenate(parts_of_s))
+            self._unstage(s)
+        n_handed = sum(len(g) for g in give_by.values())
+        self.rows_handed += n_handed
+        receivers = set(segments)
+        self._restage |= receivers  # their choice changed with their shard: staged again once they train on it
         self._receivers[self.epoch] = receivers
         dt = time.monotonic() - t0
         for f in failures:
@@ -391,11 +423,12 @@ class Coordinator:
             # rank 0's part; when rows were handed, replaced by detection -> the last receiver training on them
             f.handoff_time = dt
         if self.tb is not None:
-            self.tb.event(self.round, f"epoch {self.epoch}: {len(ids)} rows of {dead} handed to {survivors}",
+            self.tb.event(self.round, f"epoch {self.epoch}: {n_handed} rows of {dead} handed to {survivors}",
                           kind="remap")
-        if ids.size:
-            self.progress.event(f"epoch {self.epoch}: handed {len(ids)} rows of worker(s) {dead} to "
-                                f"{survivors} (remap={cfg.executor.remap}, coverage "
+        if n_handed:
+            self.progress.event(f"epoch {self.epoch}: handed {n_handed} rows of worker(s) {dead} to "
+                                f"{survivors} (remap={cfg.executor.remap}, {n_handed - len(ids)} of them staged before "
+                                f"the failure; coverage "
                                 f"{self.ownership.coverage():.4f})")
         self._awaiting_recovery += failures
         # ULFM: rebuild the survivors' communicator when every rank declared dead so far is one that ULFM
@@ -429,10 +462,61 @@ class Coordinator:
         self._awaiting_recovery = waiting
         if not waiting:
             self.state = CState.TRAINING
+            # not earlier: the writes would compete with the survivors' loading for the cores
+            self._stage(sorted(self._restage & alive))
+            self._restage.clear()
+
+    def _random_choice(self) -> bool:
+        o = self.cfg.optimizer
+        return self.cfg.executor.remap == "representative" and o.rep_selection == "random"
+
+    def _random_rep(self, rank: int) -> np.ndarray:
+        """``rep_selection: random``, chosen by rank 0: the ``n_most_rep`` rows of the worker that come first
+        in one fixed random order of the training set (seeded), in that order. A shard that grows keeps its
+        choice except for the rows that enter it, and the worker has nothing to report."""
+        if self._prio is None:
+            self._prio = np.random.default_rng([self.cfg.model.seed, 0x5EED]).permutation(self.ownership.n_total)
+        owned = self.ownership.owned(rank)
+        k = rep_count(self.cfg.optimizer.n_most_rep, len(owned))
+        return owned[np.argsort(self._prio[owned], kind="stable")[:k]]
+
+    def _stage(self, ranks: list[int]) -> None:
+        """Write each worker's representative rows to a standby file in the background, so that handing them
+        over when it dies needs no write: the survivors are sent slices of that file at once."""
+        if not self._random_choice():
+            return
+        for r in ranks:
+            ids = self._random_rep(r)
+            self.members[r].rep = ids
+            self._unstage(r)  # until the new file is complete, a failure takes the slow path
+            if len(ids):
+                self.writer.submit("stage", self._write_standby, r, ids, standby_path(self.run_dir, self.epoch, r),
+                                   self._stage_gen[r])
+
+    def _unstage(self, rank: int) -> None:
+        """The worker's rows changed: its staged file (and any still being written) no longer holds its choice."""
+        self._stage_gen[rank] = self._stage_gen.get(rank, 0) + 1
+        self._staged.pop(rank, None)
+
+    def _write_standby(self, rank: int, ids: np.ndarray, path: Path, gen: int) -> None:
+        """(Background thread.) Write a standby file, drop the worker's older ones (only a dead worker's
+        standby file is ever read, and a live worker's is superseded), then publish it unless the worker's
+        rows changed meanwhile."""
+        d = self.data
+        write_shard(path, d.X_train[ids], d.y_train[ids], ids,
+                    {"n_classes": d.n_classes, "dataset": d.name, "rank": rank, "staged": "representative"})
+        for old in stale_standbys(path):
+            old.unlink(missing_ok=True)
+        if self._stage_gen.get(rank) == gen:
+            self._staged[rank] = (ids, path)
 
     def _representative_of(self, rank: int, owned: np.ndarray) -> np.ndarray:
-        """The dead worker's latest reported representative ids, or (if it never reported) the top rows of
-        its shard scored by rank 0 with the current global model."""
+        """The dead worker's representative ids: rank 0's own random choice (``rep_selection: random``), the
+        worker's latest report, or (if it never reported) the top rows of its shard scored by rank 0 with the
+        current global model."""
+        if self._random_choice():
+            staged = self._staged.get(rank)
+            return staged[0] if staged is not None else self._random_rep(rank)
         rep = self.members[rank].rep
         rep = rep[np.isin(rep, owned)] if len(rep) else rep
         if len(rep) == 0 and len(owned):
@@ -481,6 +565,7 @@ class Coordinator:
         self.progress.event(f"{len(self.alive)} workers, {len(self.data.y_train)} training rows "
                             f"({self.data.name}), {self.model.n_params} params, detector={self.ch.detector.value}")
         self.state = CState.TRAINING
+        self._stage(self.alive)
         first = True
         code = EXIT_OK
         while self.iters_done < cfg.model.n_iterations:
@@ -523,7 +608,8 @@ class Coordinator:
             how = "error" if r in errors else ("ulfm" if r in out.failed else "timeout")
             newly.append((r, self._declare_dead(r, how, errors.get(r, ""))))
         for r, m in replies.items():
-            self.members[r].rep = np.asarray(m["rep"], np.int64)
+            if not self._random_choice():
+                self.members[r].rep = np.asarray(m["rep"], np.int64)
             for e, wall in (m.get("ready") or {}).items():
                 self._ready.setdefault(int(e), {})[r] = float(wall)
         loss, dmax = self._aggregate(replies) if replies else (float("nan"), 0.0)
@@ -627,7 +713,8 @@ class Coordinator:
             "workers": self.ch.size - 1,
             "resumed_from": None if self.resume is None else {"round": self.resume.round,
                                                               "epoch": self.resume.epoch},
-            "checkpoint_seconds": self.ckpt_seconds, "checkpoint_write_seconds": self.saver.write_seconds,
+            "checkpoint_seconds": self.ckpt_seconds, "checkpoint_write_seconds": self.writer.seconds["checkpoint"],
+            "staging": {"files": self.writer.done["stage"], "seconds": self.writer.seconds["stage"]},
             "alive_comm": self.alive_comm,
             "alive_workers": len(self.alive), "detector": self.ch.detector.value,
             "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
@@ -640,6 +727,12 @@ class Coordinator:
             "class_histogram": self.histogram.tolist() if hasattr(self, "histogram") else None,
             "initial_shards": getattr(self, "initial_shards", None),
         }
+
+
+def _save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int) -> None:
+    """(Background thread.) Save a checkpoint, then delete all but the newest ``keep``."""
+    save(path, snap)
+    prune(run_dir, keep)
 
 
 def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,

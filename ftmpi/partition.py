@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["KINDS", "Ownership", "assign_handoff", "class_histogram", "coverage", "partition"]
+__all__ = ["KINDS", "Ownership", "assign_handoff", "class_histogram", "coverage", "deal_slices", "partition"]
 
 #: Partition kinds understood by :func:`partition` (the ``data.partition`` config values).
 KINDS = ("iid", "label-skew", "unbalanced", "contiguous")
@@ -183,6 +183,30 @@ def assign_handoff(ids: np.ndarray, survivors: Sequence[int], seed: int) -> dict
     return {r: np.sort(shuffled[i::len(order)]) for i, r in sorted(enumerate(order), key=lambda t: t[1])}
 
 
+def deal_slices(n: int, survivors: Sequence[int], seed: int) -> list[tuple[int, int, int]]:
+    """Deal rows ``0..n-1`` of a file as contiguous slices, one per survivor: ``[(rank, start, stop)]``.
+
+    For a file whose rows are already in random order (a staged standby file), a contiguous slice is a
+    random subset, and each survivor reads one range. Sizes differ by at most one; the survivors take their
+    slices in ascending rank order from a seeded offset, so the larger slices do not always go to the
+    lowest ranks.
+    """
+    ranks = sorted(int(r) for r in survivors)
+    if not ranks:
+        raise ValueError("no surviving workers to hand rows to")
+    if len(set(ranks)) != len(ranks):
+        raise ValueError(f"survivors repeat: {list(survivors)}")
+    start = int(np.random.default_rng(seed).integers(len(ranks)))
+    order = ranks[start:] + ranks[:start]
+    base, extra = divmod(int(n), len(order))
+    out, a = [], 0
+    for i, r in enumerate(order):
+        b = a + base + (1 if i < extra else 0)
+        out.append((r, a, b))
+        a = b
+    return out
+
+
 def coverage(owned: int, total: int) -> float:
     """Fraction of the training set owned by some worker (1.0 for an empty set)."""
     return 1.0 if total == 0 else owned / total
@@ -209,8 +233,11 @@ class Ownership:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_total):
             raise ValueError(f"ids out of range [0, {self.n_total})")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("ids contain duplicates")
+        if ids.size > 1:  # duplicates: a mark per id, O(n_total) rather than a sort
+            seen = np.zeros(self.n_total, bool)
+            seen[ids] = True
+            if np.count_nonzero(seen) != ids.size:
+                raise ValueError("ids contain duplicates")
         return ids
 
     def assign(self, rank: int, ids: np.ndarray) -> None:

@@ -1,71 +1,71 @@
-"""Checkpoints written behind the training: one background thread, one checkpoint in flight at a time.
+"""File writes behind the training: one background thread runs rank 0's writes in the order submitted.
 
-Rank 0 spends most of a round waiting for the workers' replies; a checkpoint (HDF5 write, CRCs, two fsyncs:
-8-9 ms here) written in that time costs the round loop only the copy of the state into a
-:class:`~ftmpi.checkpoint.Snapshot`. The durability rules of :func:`~ftmpi.checkpoint.save` are unchanged:
-a checkpoint becomes visible only once complete, so a rank 0 that dies mid-write leaves the previous one.
+Rank 0 spends most of a round waiting for the workers' replies. A checkpoint (HDF5, CRCs, two fsyncs:
+8-12 ms here) or a worker's staged representative rows (see :mod:`ftmpi.coordinator`) written in that time
+costs the round loop only the copy of the state it hands over. The durability rules of the writes
+themselves are unchanged: each file becomes visible only once complete (written to a temporary name, then
+renamed), so a rank 0 that dies mid-write leaves the previous version.
 
-A write that fails is reported by the next :meth:`CheckpointWriter.submit` or :meth:`CheckpointWriter.wait`,
-which raise its exception in the caller's thread.
+A job that fails is reported by the next :meth:`BackgroundWriter.wait`, which raises its exception in the
+caller's thread.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from pathlib import Path
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
-from .checkpoint import Snapshot, prune, save
-
-__all__ = ["CheckpointWriter"]
+__all__ = ["BackgroundWriter"]
 
 
-class CheckpointWriter:
-    """Saves snapshots in a background thread, in order, one at a time.
-
-    Args:
-        run_dir: The run folder (checkpoints go to ``run_dir/ckpt``; pruning keeps the newest ``keep``).
-        keep: How many checkpoints to keep.
+class BackgroundWriter:
+    """Runs jobs (``fn(*args)``) in one daemon thread, in submission order.
 
     Attributes:
-        write_seconds: Total time the background thread spent writing and pruning.
-        written: Paths written so far, oldest first.
+        seconds: Time spent per kind of job (``submit``'s ``kind``), e.g. ``{"checkpoint": 0.11}``.
+        done: Number of finished jobs per kind.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int) -> None:
-        self.run_dir, self.keep = Path(run_dir), keep
-        self.write_seconds = 0.0
-        self.written: list[Path] = []
+    def __init__(self, name: str = "ftmpi-writer") -> None:
+        self.name = name
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.done: dict[str, int] = defaultdict(int)
+        self._jobs: queue.Queue[tuple[str, Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
+        self._errors: list[BaseException] = []
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
-    def submit(self, path: str | Path, snap: Snapshot) -> None:
-        """Start writing ``snap`` (whose arrays the caller must not change afterwards) to ``path``, after the
-        previous write has finished; raises that write's error, if it failed."""
-        self.wait()
-        self._thread = threading.Thread(target=self._work, args=(Path(path), snap), name="ftmpi-checkpoint",
-                                        daemon=True)
-        self._thread.start()
+    def submit(self, kind: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; returns at once. The caller must not change the arguments afterwards."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+        self._jobs.put((kind, fn, args))
 
     def wait(self) -> None:
-        """Block until no write is in flight; raise the error of a write that failed."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            err, self._error = self._error, None
+        """Block until every queued job has finished; raise the first error of a job that failed."""
+        self._jobs.join()
+        if self._errors:
+            err = self._errors.pop(0)
+            self._errors.clear()
             raise err
 
     @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return self._jobs.unfinished_tasks
 
-    def _work(self, path: Path, snap: Snapshot) -> None:
-        t0 = time.monotonic()
-        try:
-            save(path, snap)
-            prune(self.run_dir, self.keep)
-            self.written.append(path)
-        except BaseException as exc:  # handed to the main thread by wait()
-            self._error = exc
-        finally:
-            self.write_seconds += time.monotonic() - t0
+    def _loop(self) -> None:
+        while True:
+            kind, fn, args = self._jobs.get()
+            t0 = time.monotonic()
+            try:
+                fn(*args)
+            except BaseException as exc:  # handed to the caller by wait()
+                self._errors.append(exc)
+            finally:
+                self.seconds[kind] += time.monotonic() - t0
+                self.done[kind] += 1
+                self._jobs.task_done()

@@ -28,11 +28,12 @@ import numpy as np
 from ftmpi.errors import DataError
 
 __all__ = ["Shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name", "read_shard",
-           "shard_path", "write_handoff", "write_shard"]
+           "shard_path", "standby_path", "stale_standbys", "write_handoff", "write_shard"]
 
 FORMAT = "ftmpi-shard"
 FORMAT_VERSION = 1
 _HANDOFF_RE = re.compile(r"^handoff-e(\d+)\.h5$")
+_STANDBY_GLOB = "standby-e*-w{rank:04d}.h5"
 _DTYPES = {"X": np.float32, "y": np.int32, "ids": np.int64}
 
 
@@ -64,6 +65,20 @@ def shard_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
 def handoff_path(run_dir: str | os.PathLike[str], epoch: int) -> Path:
     """Path of the rows handed over in membership ``epoch``: ``run_dir/shards/handoff-e0001.h5``."""
     return Path(run_dir) / "shards" / f"handoff-e{epoch:04d}.h5"
+
+
+def standby_path(run_dir: str | os.PathLike[str], epoch: int, rank: int) -> Path:
+    """Path of worker ``rank``'s representative rows as staged in ``epoch`` (read only if it dies):
+    ``run_dir/shards/standby-e0001-w0002.h5``. A new epoch's file never overwrites one a survivor may be
+    reading."""
+    return Path(run_dir) / "shards" / f"standby-e{epoch:04d}-w{rank:04d}.h5"
+
+
+def stale_standbys(path: str | os.PathLike[str]) -> list[Path]:
+    """The other standby files of the worker that ``path`` (a :func:`standby_path`) belongs to."""
+    path = Path(path)
+    rank = int(path.stem.rsplit("-w", 1)[1])
+    return sorted(p for p in path.parent.glob(_STANDBY_GLOB.format(rank=rank)) if p != path)
 
 
 def parse_handoff_name(path: str | os.PathLike[str]) -> int | None:

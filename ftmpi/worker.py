@@ -143,7 +143,7 @@ class Worker:
     def _take_handoff(self, msg: dict) -> int:
         """Append the rows of a ``handoff`` message to the shard; returns how many."""
         self.epoch = max(self.epoch, int(msg["epoch"]))
-        added = self._load_handoff(msg["path"], tuple(msg["rows"]))
+        added = sum(self._load_handoff(path, (a, b)) for path, a, b in msg["segments"])
         self._handed += added
         return added
 
@@ -264,19 +264,17 @@ class Worker:
             self.scores[lo:hi] = self.model.sample_loss(params, self.X[lo:hi], self.y[lo:hi])
 
     def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
+        """Global ids of this worker's representative rows under ``loss`` or ``stratified`` (scored on its
+        shard); nothing when they would not be used (``remap`` is not ``representative``) or when rank 0
+        chooses them itself (``random``, staged before any failure)."""
         o = self.cfg.optimizer
         k = rep_count(o.n_most_rep, len(self.y))
-        if k <= 0:
+        if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
             return np.zeros(0, np.int64)
-        if o.rep_selection == "random":
-            scores = np.zeros(len(self.y), np.float32)
-        else:
-            self._rescore(params, rnd)
-            scores = self.scores
-        local = select_representative(o.rep_selection, scores, self.y, k, self.n_classes,
+        self._rescore(params, rnd)
+        local = select_representative(o.rep_selection, self.scores, self.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
         return self.ids[local].astype(np.int64)
-
 
 def run_worker(ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> int:
     return Worker(ch, cfg, run_dir, resuming).run()

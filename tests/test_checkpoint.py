@@ -562,24 +562,32 @@ def test_summarize_reports_broken_files_like_load(tmp_path):
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
 
 
-def test_background_writer_saves_in_order_prunes_and_reports_a_failed_write(tmp_path):
-    """Checkpoints written behind the training: each submit waits for the previous write, the newest
-    ``keep`` survive, and a write that failed raises in the caller at the next submit or wait."""
-    from ftmpi.saver import CheckpointWriter
+def test_background_writer_runs_jobs_in_order_and_reports_a_failed_write(tmp_path):
+    """Checkpoints written behind the training: jobs run one at a time in submission order, ``wait`` blocks
+    until they are done, and a write that failed raises in the caller (once); later jobs still run."""
+    from ftmpi.saver import BackgroundWriter
 
-    w = CheckpointWriter(tmp_path, keep=2)
+    w = BackgroundWriter()
+    order = []
+
+    def save_and_note(r: int, snap: Snapshot) -> None:
+        save(ckpt_path(tmp_path, r), snap)
+        prune(tmp_path, 2)
+        order.append(r)
+
     snaps = {r: make_snapshot(round=r) for r in (10, 20, 30)}
     for r, snap in snaps.items():
-        w.submit(ckpt_path(tmp_path, r), snap)
+        w.submit("checkpoint", save_and_note, r, snap)
     w.wait()
-    assert not w.busy and w.written == [ckpt_path(tmp_path, r) for r in (10, 20, 30)]
+    assert order == [10, 20, 30] and w.pending == 0 and w.done["checkpoint"] == 3
     assert list_checkpoints(tmp_path) == [ckpt_path(tmp_path, 20), ckpt_path(tmp_path, 30)]
     assert_same(load(ckpt_path(tmp_path, 30)), snaps[30])
-    assert w.write_seconds > 0
+    assert w.seconds["checkpoint"] > 0
     bad = make_snapshot(round=40)
     bad.params = bad.params[:-1]  # does not match the model's sizes: save refuses it
-    w.submit(ckpt_path(tmp_path, 40), bad)
+    w.submit("checkpoint", save_and_note, 40, bad)
+    w.submit("checkpoint", save_and_note, 50, make_snapshot(round=50))
     with pytest.raises(ValueError, match="inconsistent snapshot"):
         w.wait()
     w.wait()  # reported once
-    assert list_checkpoints(tmp_path)[-1] == ckpt_path(tmp_path, 30), "the last good checkpoint stays"
+    assert order == [10, 20, 30, 50] and list_checkpoints(tmp_path)[-1] == ckpt_path(tmp_path, 50)

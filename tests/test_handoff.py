@@ -141,14 +141,56 @@ def test_coordinator_recovery_accounting(coordinator, remap):
     # one file for the epoch; each receiver is sent its slice at once, and the slices are the rows it now owns
     assert written == ([] if want == 0 else ["handoff-e0001.h5"])
     msgs = {dest: obj for dest, _, obj in c.ch.sent if obj["t"] == "handoff"}
-    assert all(obj["epoch"] == 1 and Path(obj["path"]).name == "handoff-e0001.h5" for obj in msgs.values())
+    assert all(obj["epoch"] == 1 and len(obj["segments"]) == 1 for obj in msgs.values())
+    assert all(Path(obj["segments"][0][0]).name == "handoff-e0001.h5" for obj in msgs.values())
     assert f.epoch == 1 and c._receivers[1] == set(msgs)
     if want:
-        assert handoff_slices(c.run_dir / "shards" / written[0]) == {r: tuple(m["rows"]) for r, m in msgs.items()}
-        for r, m in msgs.items():
-            taken = read_shard(c.run_dir / "shards" / written[0], tuple(m["rows"])).ids
+        rows = {r: tuple(m["segments"][0][1:]) for r, m in msgs.items()}
+        assert handoff_slices(c.run_dir / "shards" / written[0]) == rows
+        for r, sl in rows.items():
+            taken = read_shard(c.run_dir / "shards" / written[0], sl).ids
             assert np.array_equal(np.sort(taken), np.intersect1d(taken, c.ownership.owned(r)))
-        assert sum(m["rows"][1] - m["rows"][0] for m in msgs.values()) == want
+        assert sum(b - a for a, b in rows.values()) == want
+
+
+def test_random_representatives_are_staged_before_the_failure_and_handed_as_slices(coordinator):
+    """rep_selection random: rank 0 writes each worker's representative rows to a standby file in the
+    background; a loss then writes nothing: each survivor is sent a slice of the dead worker's file, the
+    slices are exactly its representative rows, and the survivors' own choices are staged again."""
+    c = coordinator("representative", n_most_rep=0.1, selection="random")
+    c._stage(c.alive)
+    c.writer.wait()
+    shards = c.run_dir / "shards"
+    assert sorted(p.name for p in shards.iterdir()) == [f"standby-e0000-w{r:04d}.h5" for r in (1, 2, 3, 4)]
+    dead = c.ownership.owned(2)
+    staged = read_shard(shards / "standby-e0000-w0002.h5")
+    assert len(staged) == rep_count(0.1, len(dead)) and set(staged.ids) <= set(dead)
+    assert np.array_equal(staged.X, c.data.X_train[staged.ids]) and np.array_equal(staged.y, c.data.y_train[staged.ids])
+    assert np.array_equal(c._random_rep(2), staged.ids), "the file holds rank 0's choice, in its order"
+    c.members[2].alive = False
+    f = c._declare_dead(2, "ulfm")
+    c._handle_failures([2], [f])
+    assert not list(shards.glob("handoff-*.h5")), "nothing was written at the failure"
+    msgs = {dest: obj for dest, _, obj in c.ch.sent if obj["t"] == "handoff"}
+    assert sorted(msgs) == [1, 3, 4]
+    got = []
+    for r, m in msgs.items():
+        [(path, a, b)] = m["segments"]
+        assert Path(path).name == "standby-e0000-w0002.h5"
+        ids = read_shard(path, (a, b)).ids
+        assert set(ids) <= set(c.ownership.owned(r))
+        got.append(ids)
+    assert np.array_equal(np.concatenate(got)[np.argsort(np.concatenate(got))], np.sort(staged.ids))
+    assert max(map(len, got)) - min(map(len, got)) <= 1
+    assert f.rows_handed == len(staged) and f.rows_dropped == len(dead) - len(staged)
+    assert c._restage == {1, 3, 4} and not c.writer.pending, "nothing is written while the survivors load"
+    c._ready[1] = {r: 0.0 for r in (1, 3, 4)}  # the survivors report training on the rows
+    c._recovered()
+    c.writer.wait()  # the survivors' grown shards were staged again, in the new epoch; worker 2's file stays
+    assert sorted(p.name for p in shards.iterdir()) == ["standby-e0000-w0002.h5"] + [
+        f"standby-e0001-w{r:04d}.h5" for r in (1, 3, 4)]
+    for r in (1, 3, 4):
+        assert len(c._staged[r][0]) == rep_count(0.1, len(c.ownership.owned(r)))
 
 
 def test_coordinator_scores_the_shard_itself_when_the_worker_never_reported(coordinator):
@@ -200,7 +242,7 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
     cfg = load_config(None, ["model.batch_size=16", "optimizer.rep_selection=loss", "optimizer.n_most_rep=20"],
                       env={})
     stop = {"t": "stop", "epoch": 1, "round": 0}
-    ch = _WorkerChannel([{"t": "handoff", "epoch": 1, "path": str(handed), "rows": (20, 70)}, stop], quiet=2)
+    ch = _WorkerChannel([{"t": "handoff", "epoch": 1, "segments": [(str(handed), 20, 70)]}, stop], quiet=2)
     w = Worker(ch, cfg, tmp_path)
     w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
     seen = []  # the largest feature of each step's batch: the handed rows are the only ones at 100

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ftmpi.partition import KINDS, Ownership, assign_handoff, class_histogram, coverage, partition
+from ftmpi.partition import KINDS, Ownership, assign_handoff, class_histogram, coverage, deal_slices, partition
 
 
 def labels(n: int = 2000, k: int = 10, seed: int = 0) -> np.ndarray:
@@ -226,3 +226,24 @@ def test_ownership_invariants():
 def test_coverage_helper():
     assert coverage(5, 10) == 0.5 and coverage(0, 0) == 1.0
     assert Ownership(0).coverage() == 1.0
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 100, 101])
+def test_deal_slices_cover_the_file_once_evenly(n):
+    survivors = [4, 1, 3]
+    out = deal_slices(n, survivors, seed=5)
+    assert sorted(r for r, _, _ in out) == [1, 3, 4]
+    spans = sorted((a, b) for _, a, b in out)
+    assert spans[0][0] == 0 and spans[-1][1] == n and all(spans[i][1] == spans[i + 1][0] for i in range(2))
+    sizes = [b - a for _, a, b in out]
+    assert max(sizes) - min(sizes) <= 1
+    assert deal_slices(n, [1, 3, 4], seed=5) == out, "the order of the survivors does not matter"
+
+
+def test_deal_slices_rotates_the_larger_slices_and_refuses_bad_survivors():
+    first = {deal_slices(7, [1, 2, 3], seed)[0][0] for seed in range(30)}
+    assert first == {1, 2, 3}, "the first (larger) slice does not always go to the lowest rank"
+    with pytest.raises(ValueError, match="no surviving"):
+        deal_slices(5, [], 0)
+    with pytest.raises(ValueError, match="repeat"):
+        deal_slices(5, [2, 2], 0)
