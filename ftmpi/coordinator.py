@@ -79,6 +79,7 @@ class Failure:
     rows_dropped: int = 0
     reason: str = ""
     epoch: int | None = None  # the membership epoch this loss opened (its handoff files carry it)
+    recovered_round: int | None = None  # the round whose replies first held every receiver's work on the rows
 
 
 class Coordinator:
@@ -457,6 +458,7 @@ class Coordinator:
                 continue
             base = f.injected_at if f.injected_at is not None else f.detected_at
             f.recovery_time = now - base
+            f.recovered_round = self.round
             if want:
                 f.handoff_time = max(0.0, max(got[r] for r in want) - f.detected_at)
         self._awaiting_recovery = waiting

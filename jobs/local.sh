@@ -57,18 +57,25 @@ while [ $# -gt 0 ]; do
 done
 case "$max_restarts" in ''|*[!0-9]*) echo "jobs/local.sh: --max-restarts needs a number" >&2; exit 2;; esac
 
+limit=${FTMPI_JOB_TIMEOUT:-3600}
 launch() {
   : > "$FTMPI_STATUS_FILE"
   rc=0
-  timeout --kill-after=10 "${FTMPI_JOB_TIMEOUT:-3600}" \
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" \
     "$MPIRUN" "${flags[@]}" "${extra[@]}" -n $((W + 1)) "$PY" -m ftmpi train "$CONFIG" "$@" || rc=$?
   verdict=$(cat "$FTMPI_STATUS_FILE" 2>/dev/null || true)
+  # 124 (SIGTERM) or 137 (SIGKILL after --kill-after) from timeout means the limit was hit, but mpirun also
+  # exits 137 by itself when a rank died of SIGKILL (rank 0 SIGKILLs a hung worker it declared dead):
+  # only a launch that lasted the whole limit overran it.
+  overran=0
+  if { [ "$rc" = "124" ] || [ "$rc" = "137" ]; } && [ $((SECONDS - t0)) -ge "$limit" ]; then overran=1; fi
 }
 
 restarts=0
 launch "${args[@]}"
 while [ "$restarts" -lt "$max_restarts" ] && { [ -z "$verdict" ] || [ "$verdict" = "1" ]; } \
-      && [ "$rc" != "124" ] && [ "$rc" != "137" ]; do
+      && [ "$overran" = "0" ]; do
   if [ -z "$run_dir" ]; then
     run_dir=$("$PY" -c "import sys; from ftmpi.config import load_config; print(load_config(sys.argv[1]).run_dir)" "$CONFIG")
   fi
@@ -87,8 +94,8 @@ while [ "$restarts" -lt "$max_restarts" ] && { [ -z "$verdict" ] || [ "$verdict"
   done
   launch "${resume_args[@]}" --resume "$run_dir"
 done
-if [ "$rc" = "124" ] || [ "$rc" = "137" ]; then
-  echo "jobs/local.sh: the job overran FTMPI_JOB_TIMEOUT=${FTMPI_JOB_TIMEOUT:-3600}s and was killed" >&2
+if [ "$overran" = "1" ]; then
+  echo "jobs/local.sh: the job overran FTMPI_JOB_TIMEOUT=${limit}s and was killed" >&2
   exit 124
 fi
 if [ -n "$verdict" ]; then

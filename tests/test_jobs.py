@@ -41,3 +41,28 @@ def test_local_sh_rejects_bad_arguments():
         p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), *args], capture_output=True, text=True,
                            timeout=30)
         assert p.returncode == 2 and "local.sh" in p.stderr
+
+
+def _fake_mpirun(tmp_path, body: str) -> dict:
+    """An ``mpirun`` stand-in for local.sh: a shell script that plays rank 0's verdict and mpirun's exit."""
+    fake = tmp_path / "mpirun"
+    fake.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    fake.chmod(0o755)
+    return dict(os.environ, MPIRUN=str(fake))
+
+
+def test_local_sh_a_rank_killed_by_signal_is_not_a_timeout(tmp_path):
+    # measured: rank 0 SIGKILLs a hung worker it declared dead, and mpirun then sometimes exits 137 by itself
+    # (128 + SIGKILL) right after rank 0 wrote its verdict; local.sh once took that for its own limit
+    env = _fake_mpirun(tmp_path, 'echo 0 > "$FTMPI_STATUS_FILE"; exit 137')
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), "2", "configs/smoke.yaml"], capture_output=True,
+                       text=True, timeout=30, env=dict(env, FTMPI_JOB_TIMEOUT="20"), cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "overran" not in p.stderr and "mpirun exited 137; ftmpi's outcome: exit 0" in p.stderr
+
+
+def test_local_sh_reports_a_real_overrun(tmp_path):
+    env = _fake_mpirun(tmp_path, "sleep 30")
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), "2", "configs/smoke.yaml"], capture_output=True,
+                       text=True, timeout=30, env=dict(env, FTMPI_JOB_TIMEOUT="1"), cwd=ROOT)
+    assert p.returncode == 124 and "overran FTMPI_JOB_TIMEOUT=1s" in p.stderr
