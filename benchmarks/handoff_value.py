@@ -248,7 +248,8 @@ def summarize(records: list[dict], grid: list[dict]) -> dict:
                     continue
                 ok = [r for r in recs if r["status"] == "completed" and r.get("clean", True)]
                 c: dict = {"n": len(ok), "failed": len(recs) - len(ok), "seeds": [r["seed"] for r in ok]}
-                for key in ("final_acc", "dead_acc", "other_acc", "rows_handed", "handoff_bytes", "handoff_time",
+                for key in ("final_acc", "dead_acc", "other_acc", "rows_handed", "handoff_bytes", "handoff_bytes_rows",
+                            "handoff_time",
                             "round_time_median", "recovery_time"):
                     c[key] = mean_std(_vals(ok, key))
                 for key in ("final_acc", "dead_acc", "other_acc"):
@@ -260,8 +261,8 @@ def summarize(records: list[dict], grid: list[dict]) -> dict:
 # -------------------------------------------------------------------------------------------- markdown
 def table(cells: dict, grid: list[dict]) -> list[str]:
     out = ["| row | final acc % | Δ vs fault-free | dead classes acc % | Δ vs fault-free | other classes acc % "
-           "| rows handed | MB moved | handoff s | round s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| rows handed | MB moved | MB written at the loss | handoff s | round s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in grid:
         c = cells.get(g["row"])
         if c is None:
@@ -269,12 +270,13 @@ def table(cells: dict, grid: list[dict]) -> list[str]:
         base = g["row"] == "fault-free"
         fail = f" ({c['failed']} failed)" if c["failed"] else ""
         handed = "—" if base else fmt(*c["rows_handed"], nd=0)
-        mb = "—" if base else fmt(*c["handoff_bytes"], scale=1e-6, nd=2)
+        mb = "—" if base else fmt(*c.get("handoff_bytes_rows", (None, None)), scale=1e-6, nd=2)
+        mbw = "—" if base else fmt(*c["handoff_bytes"], scale=1e-6, nd=2)
         ht = "—" if base else fmt(*c["handoff_time"], nd=3)
         d_final = "—" if base else fmt(*c["d_final_acc"], sign=True)
         d_dead = "—" if base else fmt(*c["d_dead_acc"], sign=True)
         out.append(f"| {g['row']}{fail} | {fmt(*c['final_acc'], 100)} | {d_final} | {fmt(*c['dead_acc'], 100)} "
-                   f"| {d_dead} | {fmt(*c['other_acc'], 100)} | {handed} | {mb} | {ht} "
+                   f"| {d_dead} | {fmt(*c['other_acc'], 100)} | {handed} | {mb} | {mbw} | {ht} "
                    f"| {fmt(*c['round_time_median'], nd=3)} |")
     return out
 
@@ -364,7 +366,15 @@ def main() -> int:
                     "(a job that shared the cores anyway is run again, up to 10 times)")
     ap.add_argument("--keep", default=None, help="folder for the runs' summary/metrics/config (default: a temp dir)")
     ap.add_argument("--out", default="handoff_value", help="result name in benchmarks/results")
+    ap.add_argument("--render", metavar="JSON", default=None,
+                    help="run nothing: rebuild the tables (and the plot, if its kept runs still exist) from a study's "
+                    "results JSON, written under --out")
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        render(json.loads(Path(args.render).read_text()), args.out)
+        return 0
     from ftmpi.kernels import SELECTORS
 
     from ftmpi.config import load_config
@@ -450,21 +460,33 @@ def main() -> int:
               f"handoff {rec['handoff_time']}", file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
     wall = time.monotonic() - t0
-    code_at_end = code_version()
-    cells = summarize(records, grid)
     res = {"machine": machine(), "workers": WORKERS, "dead_rank": DEAD_RANK, "share": SHARE, "seeds": seeds,
            "rules": rules, "sizes": sizes, "models": models, "partitions": parts, "regimes": regimes,
            "settings": settings,
            "mlp_iterations": args.mlp_iterations, "eval_every": args.eval_every, "quick": args.quick,
+           "retries": args.retries, "n_jobs": len(plan),
            "study_wall_seconds": wall, "kept_runs": str(keep_dir),
-           "code": {"start": code_at_start, "end": code_at_end}, "summary": cells, "runs": records}
+           "code": {"start": code_at_start, "end": code_version()}, "runs": records}
+    render(res, args.out)
+    return 0
+
+
+def render(res: dict, out: str) -> None:
+    """Tables, the plot and the markdown of a study, from its records (also ``--render`` of a saved JSON)."""
+    records, settings, seeds = res["runs"], res["settings"], res["seeds"]
+    rules, sizes, regimes = res["rules"], res["sizes"], res["regimes"]
+    grid = rows_of_grid(rules, sizes)
+    keep_dir = Path(res["kept_runs"])
+    wall, code_at_start, code_at_end = res["study_wall_seconds"], res["code"]["start"], res["code"]["end"]
+    cells = summarize(records, grid)
+    res["summary"] = cells
 
     png = None
     best: dict[str, str | None] = {}
     for model in settings:
         if "label-skew" in cells.get(model, {}):
             best[model] = best_rule(cells[model]["label-skew"], rules, sizes)
-    if best and any(best.values()):
+    if best and any(best.values()) and keep_dir.is_dir():
         from ftmpi.plot import plot_held_class_accuracy
 
         panels = []
@@ -477,15 +499,15 @@ def main() -> int:
                                ("full", "remap full (whole shard handed over)")):
                 lines.append((label, [keep_dir / f"{model}-label-skew-s{s}-{row.replace(' ', '-')}" for s in seeds]))
             panels.append((f"{settings[model]['model']}, label-skew, {settings[model]['regime']}", lines))
-        png = plot_held_class_accuracy(panels, RESULTS / ("handoff_classes.png" if args.out == "handoff_value"
-                                                          else f"{args.out}_classes.png"),
+        png = plot_held_class_accuracy(panels, RESULTS / ("handoff_classes.png" if out == "handoff_value"
+                                                          else f"{out}_classes.png"),
                                        rank=DEAD_RANK, share=SHARE).path
     res["plot"] = str(png) if png else None
     res["best"] = best
 
     mk = [f"# What handing over a dead worker's points is worth (Fashion-MNIST, {WORKERS} workers)", "",
           f"{res['machine']}", "",
-          f"Command: `python benchmarks/handoff_value.py{' --quick' if args.quick else ''}` — {len(plan)} jobs "
+          f"Command: `python benchmarks/handoff_value.py{' --quick' if res['quick'] else ''}` — {res.get('n_jobs', len(records))} jobs "
           f"one at a time, {wall / 60:.1f} min on this machine. Code: commit {code_at_start['commit']}"
           + (" with uncommitted changes" if code_at_start["uncommitted"] else "")
           + f", source digest {code_at_start['digest']}"
@@ -494,7 +516,7 @@ def main() -> int:
              "mix versions."), "",
           "**Setup.** " + "; ".join(
               f"{st['model']} {st['regime']}: `{CONFIGS[st['model']]}`"
-              + (f" with `model.n_iterations={args.mlp_iterations}` (config: 1500)" if st["model"] == "mlp" else "")
+              + (f" with `model.n_iterations={res['mlp_iterations']}` (config: 1500)" if st["model"] == "mlp" else "")
               + "".join(f", `{o}`" for o in REGIMES[st["regime"]])
               + f", {st['rounds']} rounds, killed at round {st['rounds'] * 2 // 5}, `executor.eval_every="
               f"{st['eval_every']}`, partitions {', '.join(st['partitions'])}" for st in settings.values()) +
@@ -510,8 +532,9 @@ def main() -> int:
           "classes (Fashion-MNIST's test set has 1000 rows per class), *other classes acc* the mean over the rest. "
           "Under `iid` no class qualifies (rank 2 holds about 25% of each), so those columns are empty.", "",
           "**Columns.** Mean ± std over seeds (sample std). *rows handed*: rows of the dead shard given to the "
-          "survivors (`failures[].rows_handed`); *MB moved*: bytes of the HDF5 handoff files rank 0 wrote (rows × "
-          "(784·4 + 4 + 8) B of X, y, ids plus headers) — the survivors read them from the run folder; "
+          "survivors (`failures[].rows_handed`); *MB moved*: what the survivors read, rows × (784·4 + 4 + 8) B "
+          "(X float32, y, ids); *MB written at the loss*: the HDF5 handoff files rank 0 wrote after detecting it "
+          "(0 for `random`, whose rows rank 0 staged in standby files before any failure); "
           "*handoff s*: from rank 0's detection of the loss until the last survivor handed rows was training on "
           "them (`failures[].handoff_time`: rank 0 selects and writes the files and sends each survivor a message at "
           "once; a survivor still in the middle of its round takes the rows between two steps and draws the rest "
@@ -542,8 +565,8 @@ def main() -> int:
               "; every timing in the tables comes from a job that ran alone."), ""]
     redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
     bad = [r["name"] for r in records if not r["clean"]]
-    mk += [f"**Repeated runs.** {len(redo)} attempt(s) of {len(plan)} jobs lost a worker they were not told to "
-           f"lose (or did not complete) and were run again (up to {args.retries} more times)"
+    mk += [f"**Repeated runs.** {len(redo)} attempt(s) of {res.get('n_jobs', len(records))} jobs lost a worker they were not told to "
+           f"lose (or did not complete) and were run again (up to {res.get('retries', 2)} more times)"
            + (": " + "; ".join(f"`{n}`: {w}" for n, w in redo) if redo else "")
            + (f". Still unclean after the retries, left out of the tables: {bad}." if bad else "."), ""]
     if png:
@@ -551,8 +574,7 @@ def main() -> int:
                "representative row (highest mean dead-class accuracy: "
                + ", ".join(f"{m} `{b}`" for m, b in best.items() if b)
                + ") vs `full`; each line the mean over the seeds of a trailing mean over 5 rounds.", ""]
-    write(args.out, res, "\n".join(mk))
-    return 0
+    write(out, res, "\n".join(mk))
 
 
 if __name__ == "__main__":

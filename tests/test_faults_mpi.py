@@ -119,8 +119,11 @@ def test_worker_dead_before_first_round_and_worker_exception(tmp_path):
 
 
 def test_zombie_that_wakes_up_is_expelled_and_changes_nothing(tmp_path):
-    job = run_job(3, SMOKE, tmp_path / "z", "--inject", "pause:2@3:2.5", "--set", "executor.timeout=1",
-                  "--set", "model.n_iterations=2000", "--set", "executor.comm_period=5", limit=90)
+    # declared dead 1 s after it stopped, awake 0.6 s later; the run must still be going then: 600 rounds of
+    # ~5 ms (measured) leave it ~3 s (with 400 rounds and a 2.5 s pause the margin was 0.6 s, and a fast
+    # machine finished first now and then: rank 0 then reaps the sleeper and there is no zombie to expel)
+    job = run_job(3, SMOKE, tmp_path / "z", "--inject", "pause:2@3:1.6", "--set", "executor.timeout=1",
+                  "--set", "model.n_iterations=3000", "--set", "executor.comm_period=5", limit=90)
     assert job.rc == 0, job.err
     s = job.summary
     assert _failures(job)[2]["how"] == "timeout"
