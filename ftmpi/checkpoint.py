@@ -13,6 +13,8 @@ Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func
     /membership/alive, /dead       int32 world ranks
     /ownership/owner               int32 per training id: owning rank, or -1
     /ownership/dropped             uint8 per training id: 1 = dropped on purpose
+    /ownership/weight              float64 per training id: how many rows it stands for (only when some
+                                   weight is not 1: representative rows handed over under rep_weight: shard)
     /representative/worker-0003    int64 global ids, one dataset per worker
     /metrics/per_class_acc         float64
 
@@ -82,6 +84,7 @@ class Snapshot:
         optim: ``{"name": str, "m": float32, "v": float32 (empty for SGD), "step": int}``.
         members, dead: World ranks of the alive workers and of those declared dead.
         owner, dropped: Per training id, the int32 owning rank (-1 none) and whether it was dropped.
+        weight: Per training id, float64: how many rows it stands for; None when every weight is 1.
         representative: Worker rank -> int64 global ids of its most representative rows.
         rng, config: Seeds/state to reproduce the run (small, JSON-able); the resolved config
             (:func:`ftmpi.config.config_to_dict`).
@@ -117,6 +120,7 @@ class Snapshot:
     dataset: str
     n_classes: int
     created: float
+    weight: np.ndarray | None = None
 
     @property
     def coverage(self) -> float:
@@ -206,6 +210,10 @@ def _inconsistency(s: Snapshot) -> str | None:
     both = int(np.count_nonzero((owner >= 0) & dropped.astype(bool)))
     if both:
         return f"ownership: {both} id(s) are both owned and dropped"
+    if s.weight is not None:
+        w = np.asarray(s.weight)
+        if w.shape != owner.shape or not np.all(np.isfinite(w)) or (w.size and w.min() <= 0):
+            return f"ownership: weight must be {owner.shape} positive numbers, got shape {w.shape}"
     for rank, ids in s.representative.items():
         ids = np.asarray(ids)
         if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= owner.size)):
@@ -264,6 +272,8 @@ def _arrays(s: Snapshot) -> dict[str, np.ndarray]:
                "ownership/owner": np.asarray(s.owner, np.int32),
                "ownership/dropped": np.asarray(s.dropped, bool).astype(np.uint8),
                "metrics/per_class_acc": np.asarray(s.per_class_acc, np.float64).reshape(-1)}
+    if s.weight is not None and np.any(np.asarray(s.weight) != 1.0):
+        arrays["ownership/weight"] = np.asarray(s.weight, np.float64)
     return arrays | {f"representative/worker-{int(r):04d}": np.asarray(ids, np.int64)
                      for r, ids in sorted(s.representative.items())}
 
@@ -446,6 +456,11 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
     dropped = _get(f, "ownership/dropped", np.uint8, 1)
     if dropped.size and dropped.max() > 1:
         raise _Invalid("/ownership/dropped holds values other than 0 and 1")
+    weight = None
+    if "weight" in _group(f, "ownership"):
+        weight = _get(f, "ownership/weight", np.float64, 1)
+        if weight.size and not (np.all(np.isfinite(weight)) and weight.min() > 0):
+            raise _Invalid("/ownership/weight holds weights that are not positive numbers")
     representative = {}
     for key, obj in _group(f, "representative").items():
         m = _WORKER_RE.match(key)
@@ -462,7 +477,7 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
         representative=representative, rng=_text(f, "rng", json.loads, dict),
         config=_text(f, "config", yaml.safe_load, dict),
         per_class_acc=_get(f, "metrics/per_class_acc", np.float64, 1),
-        failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str))
+        failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str), weight=weight)
     return snap, _attr(f, "coverage", float)
 
 
@@ -580,6 +595,8 @@ def summarize(path: _PathLike) -> dict[str, Any]:
         "period": s.period, "switched_at": s.switched_at, "members": s.members, "dead": s.dead,
         "coverage": s.coverage, "n_samples": int(s.owner.size), "n_owned": int(counts.sum()),
         "n_dropped": int(s.dropped.sum()),
+        "weighted_rows": 0 if s.weight is None else int(np.count_nonzero(s.weight[s.owner >= 0] != 1.0)),
+        "owned_weight": float(counts.sum()) if s.weight is None else float(s.weight[s.owner >= 0].sum()),
         "owned_per_worker": {int(r): int(c) for r, c in zip(ranks, counts, strict=True)},
         "test_acc": _finite(s.test_acc), "train_loss": _finite(s.train_loss),
         "per_class_acc": [_finite(x) for x in s.per_class_acc], "sizes": s.sizes.tolist(),
@@ -623,6 +640,8 @@ def format_summary(d: dict[str, Any]) -> str:
         ("coverage", f"{100 * d['coverage']:.2f} % ({d['n_owned']} of {d['n_samples']} owned, "
                      + f"{d['n_dropped']} dropped)"),
         ("rows per worker", _per_rank(d["owned_per_worker"])),
+        *([("row weights", f"{d['weighted_rows']} handed representative rows weigh more than 1; owned rows "
+                            f"stand for {d['owned_weight']:.0f} training rows")] if d.get("weighted_rows") else []),
         ("test accuracy", _num(d["test_acc"])), ("train loss", _num(d["train_loss"])),
         ("per-class acc", " ".join(_num(x, ".3f") for x in d["per_class_acc"]) or "n/a"),
         ("optimizer", f"{d['optimizer']['name']}, step {d['optimizer']['step']}"),

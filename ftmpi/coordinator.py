@@ -80,6 +80,7 @@ class Failure:
     reason: str = ""
     epoch: int | None = None  # the membership epoch this loss opened (its handoff files carry it)
     recovered_round: int | None = None  # the round whose replies first held every receiver's work on the rows
+    row_weight: float | None = None  # rep_weight shard: how many of the dead shard's rows each handed row stands for
 
 
 class Coordinator:
@@ -185,11 +186,17 @@ class Coordinator:
                 self.ownership.assign(r, ids)
         else:
             self._rebalance(alive)
+        # how many training rows each row stands for: 1, except representative rows handed over under
+        # rep_weight: shard (they carry the weight of the dead shard they stand for)
+        w = self.resume.weight if self.resume is not None else None
+        self.weight = np.ones(len(d.y_train)) if w is None else np.asarray(w, np.float64).copy()
         parts = [self.ownership.owned(r) for r in alive]
         self.histogram = class_histogram(d.y_train, parts, d.n_classes)
         for r, ids in zip(alive, parts, strict=True):
+            wr = self.weight[ids]
             write_shard(shard_path(self.run_dir, r), d.X_train[ids], d.y_train[ids], ids,
-                        {"n_classes": d.n_classes, "dataset": d.name, "rank": r})
+                        {"n_classes": d.n_classes, "dataset": d.name, "rank": r},
+                        {"w": wr} if np.any(wr != 1.0) else None)
         self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts, strict=True)}
         self.model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
         self.tensors = self.model.tensors()
@@ -253,7 +260,8 @@ class Coordinator:
             failures=[asdict(f) for f in self.failures], stale_dropped=self.stale, rows_handed=self.rows_handed,
             wall_seconds=self.wall_before + time.monotonic() - self.t_start,
             bytes_total=self.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=self.data.name,
-            n_classes=self.data.n_classes, created=time.time())
+            n_classes=self.data.n_classes, created=time.time(),
+            weight=self.weight.copy() if np.any(self.weight != 1.0) else None)
         self.writer.wait()  # one checkpoint in flight at a time; a write that failed is raised here
         self.writer.submit("checkpoint", _save_and_prune, ckpt_path(self.run_dir, self.round), snap, self.run_dir,
                            self.cfg.executor.keep)
@@ -375,9 +383,15 @@ class Coordinator:
                 give = np.zeros(0, np.int64)
             give_by[r] = give if survivors else give[:0]  # nobody left to take them: all dropped
             f.rows_handed, f.rows_dropped = int(len(give_by[r])), int(len(owned) - len(give_by[r]))
+            if len(give_by[r]) and cfg.executor.remap == "representative" and cfg.optimizer.rep_weight == "shard":
+                # the handed rows stand for the whole dead shard: each weighs |shard| / |handed| (the weights
+                # of a uniform random choice make the survivors' objective an unbiased estimate of the lost one)
+                mass = float(self.weight[owned].sum())
+                self.weight[give_by[r]] = mass / len(give_by[r])
+                f.row_weight = mass / len(give_by[r])
         # Rows staged before the failure go out as slices of their standby file; the others are written now,
         # into one file for the epoch. Each survivor gets one message with all its slices.
-        segments: dict[int, list[tuple[str, int, int]]] = {}
+        segments: dict[int, list[tuple[str, int, int, float | None]]] = {}
         taken: dict[int, list[np.ndarray]] = {}
         unstaged = []
         for r in dead:
@@ -385,7 +399,8 @@ class Coordinator:
             if len(give) and staged is not None and staged[0] is give:
                 for s, a, b in deal_slices(len(give), survivors, cfg.model.seed + self.epoch + r):
                     if b > a:
-                        segments.setdefault(s, []).append((str(staged[1]), a, b))
+                        # one weight for the whole slice (the standby file was written before it was known)
+                        segments.setdefault(s, []).append((str(staged[1]), a, b, float(self.weight[give[0]])))
                         taken.setdefault(s, []).append(give[a:b])
             elif len(give):
                 unstaged.append(give)
@@ -396,10 +411,10 @@ class Coordinator:
             rows = np.concatenate(list(parts.values()))
             p = handoff_path(self.run_dir, self.epoch)
             write_handoff(p, d.X_train[rows], d.y_train[rows], rows, {s: len(part) for s, part in parts.items()},
-                          {"n_classes": d.n_classes, "dataset": d.name, "epoch": self.epoch})
+                          {"n_classes": d.n_classes, "dataset": d.name, "epoch": self.epoch}, self.weight[rows])
             start = 0
-            for s, part in parts.items():
-                segments.setdefault(s, []).append((str(p), start, start + len(part)))
+            for s, part in parts.items():  # weights, if any, are in the file (/w)
+                segments.setdefault(s, []).append((str(p), start, start + len(part), None))
                 taken.setdefault(s, []).append(part)
                 start += len(part)
         for s in sorted(segments):  # at once, not with the next round: a survivor still training takes the

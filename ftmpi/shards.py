@@ -45,6 +45,8 @@ class Shard:
         X: ``(n, d)`` float32 features.
         y: ``(n,)`` int32 labels.
         ids: ``(n,)`` int64 global row ids.
+        w: ``(n,)`` float64 row weights (how many training rows each row stands for), or None: all 1. Rows
+            handed over as a dead worker's representatives under ``rep_weight: shard`` weigh more than 1.
         attrs: The file's attributes (plain Python values), including ``format`` and ``format_version``.
     """
 
@@ -52,6 +54,7 @@ class Shard:
     y: np.ndarray
     ids: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
+    w: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -154,15 +157,23 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids:
 
 
 def write_handoff(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids: np.ndarray,
-                  parts: Mapping[int, int], attrs: Mapping[str, Any] | None = None) -> Path:
+                  parts: Mapping[int, int], attrs: Mapping[str, Any] | None = None,
+                  w: np.ndarray | None = None) -> Path:
     """Write one epoch's handoff file: the rows of ``X``/``y``/``ids`` grouped by receiver, in the order of
-    ``parts`` (receiver world rank -> its number of rows, summing to ``len(ids)``)."""
+    ``parts`` (receiver world rank -> its number of rows, summing to ``len(ids)``); ``w``: the rows' weights
+    (stored as ``/w`` only when some weight is not 1)."""
     counts = np.array(list(parts.values()), np.int64)
     if counts.sum() != len(ids):
         raise ValueError(f"{path}: the receivers' rows add up to {counts.sum()}, not {len(ids)}")
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return write_shard(path, X, y, ids, attrs,
-                       {"receivers": np.array(list(parts), np.int64), "offsets": offsets})
+    extra = {"receivers": np.array(list(parts), np.int64), "offsets": offsets}
+    if w is not None:
+        w = np.asarray(w, np.float64)
+        if w.shape != (len(ids),) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError(f"{path}: weights must be {len(ids)} positive numbers")
+        if np.any(w != 1.0):
+            extra["w"] = w
+    return write_shard(path, X, y, ids, attrs, extra)
 
 
 def handoff_slices(path: str | os.PathLike[str]) -> dict[int, tuple[int, int]]:
@@ -207,6 +218,12 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
                 if rows is not None and (ds.ndim == 0 or not 0 <= rows[0] <= rows[1] <= ds.shape[0]):
                     raise DataError(f"{path}: rows {rows[0]}:{rows[1]} are outside /{name} {ds.shape}")
                 arrays[name] = ds[()] if rows is None else ds[rows[0]:rows[1]]
+            wd = f.get("w")
+            if isinstance(wd, h5py.Dataset):  # optional row weights
+                if wd.dtype != np.float64 or wd.shape != f["ids"].shape:
+                    raise DataError(f"{path}: /w must be float64 of shape {f['ids'].shape}, got {wd.dtype} "
+                                    f"{wd.shape}")
+                arrays["w"] = wd[()] if rows is None else wd[rows[0]:rows[1]]
     except DataError:
         raise
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
@@ -215,4 +232,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     X, y, ids = arrays["X"], arrays["y"], arrays["ids"]
     if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
         raise DataError(f"{path}: inconsistent shapes X {X.shape}, y {y.shape}, ids {ids.shape}")
-    return Shard(X, y, ids, attrs)
+    w = arrays.get("w")
+    if w is not None and not (np.all(np.isfinite(w)) and np.all(w > 0)):
+        raise DataError(f"{path}: /w holds weights that are not positive numbers")
+    return Shard(X, y, ids, attrs, w)

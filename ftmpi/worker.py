@@ -51,6 +51,14 @@ def rep_count(n_most_rep: float, n: int) -> int:
     return int(min(n_most_rep, n))
 
 
+def expand_weights(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices, row ``i`` repeated ``floor(w[i])`` times plus once more with probability ``w[i] % 1``: a
+    list whose uniform draws pick each row in proportion to its weight (exactly, in expectation)."""
+    whole = np.floor(w)
+    counts = whole.astype(np.int64) + (rng.random(len(w)) < (w - whole))
+    return np.repeat(np.arange(len(w), dtype=np.int64), counts)
+
+
 def select_representative(kind: str, scores: np.ndarray, y: np.ndarray, k: int, n_classes: int,
                           seed: int) -> np.ndarray:
     """Local row indices of the ``k`` most representative points under the selection rule ``kind``."""
@@ -129,6 +137,7 @@ class Worker:
         self._xbuf = np.empty((n + max(n // 2, 1024), d), np.float32)
         self._xbuf[:n] = shard.X
         self.X, self.y, self.ids = self._xbuf[:n], shard.y, shard.ids
+        self.w = shard.w  # row weights (None: all 1); handed representative rows may weigh more
         self.n_classes = int(setup["n_classes"])
         self.model = Model(np.asarray(setup["sizes"], dtype=np.int64))
         n = self.model.n_params
@@ -143,7 +152,8 @@ class Worker:
     def _take_handoff(self, msg: dict) -> int:
         """Append the rows of a ``handoff`` message to the shard; returns how many."""
         self.epoch = max(self.epoch, int(msg["epoch"]))
-        added = sum(self._load_handoff(path, (a, b)) for path, a, b in msg["segments"])
+        added = sum(self._load_handoff(seg[0], (seg[1], seg[2]), seg[3] if len(seg) > 3 else None)
+                    for seg in msg["segments"])
         self._handed += added
         return added
 
@@ -162,8 +172,9 @@ class Worker:
             elif msg.get("t") != "ping":
                 self._stash.append(msg)
 
-    def _load_handoff(self, path: str, rows: tuple[int, int]) -> int:
-        """Append rows ``start:stop`` of a handoff file to the shard; returns how many."""
+    def _load_handoff(self, path: str, rows: tuple[int, int], weight: float | None = None) -> int:
+        """Append rows ``start:stop`` of a handoff file to the shard, each weighing ``weight`` (else the file's
+        ``/w``, else 1); returns how many."""
         s = read_shard(path, rows)
         n, m = len(self.y), len(s.ids)
         if n + m > len(self._xbuf):  # out of room: grow geometrically (one copy)
@@ -174,22 +185,34 @@ class Worker:
         self.X = self._xbuf[:n + m]
         self.y = np.concatenate([self.y, s.y])
         self.ids = np.concatenate([self.ids, s.ids])
+        w = np.full(m, weight) if weight is not None else s.w
+        if w is not None and np.any(w != 1.0):
+            self.w = np.concatenate([np.ones(n) if self.w is None else self.w, w])
+        elif self.w is not None:
+            self.w = np.concatenate([self.w, np.ones(m)])
         return m  # the new rows are scored when representative points are next chosen
 
     def _batches(self, rnd: int, iters: int, bs: int, salt: tuple[int, ...] = ()) -> list[np.ndarray]:
         """This round's minibatches: consecutive slices of a permutation seeded by (seed, rank, round), so
         that a resumed run draws exactly what it would have drawn; ``salt`` (the epoch) when the shard grew
-        mid-round."""
-        n = len(self.y)
+        mid-round. Rows that weigh ``w`` enter the permutation ``w`` times (the fraction by a seeded coin), so
+        a pass over it draws each row as often as the rows it stands for would have been drawn."""
         rng = np.random.default_rng([self.cfg.model.seed, self.rank, rnd, *salt])
+        base = expand_weights(self.w, rng) if self.w is not None else np.arange(len(self.y))
+        n = len(base)
         need = iters * bs
         if self.cfg.model.shuffle:
-            order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
+            order = np.concatenate([base[rng.permutation(n)] for _ in range(-(-need // n))])
         else:
             start = (rnd * need) % n
-            order = np.roll(np.arange(n), -start)
+            order = np.roll(base, -start)
             order = np.tile(order, -(-need // n))
         return [np.sort(order[i * bs:(i + 1) * bs]) for i in range(iters)]
+
+    @property
+    def mass(self) -> float:
+        """How many training rows this shard stands for (its row count when every weight is 1)."""
+        return float(len(self.y)) if self.w is None else float(self.w.sum())
 
     def _round(self, msg: dict) -> None:
         cfg, ex = self.cfg, self.cfg.executor
@@ -239,7 +262,8 @@ class Worker:
         rep = self._representative(local, rnd)
         reply: dict[str, Any] = {
             "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
-            "loss": float(np.mean(losses)) if losses else float("nan"), "n": int(len(self.y)), "rep": rep,
+            "loss": float(np.mean(losses)) if losses else float("nan"), "n": self.mass, "rows": int(len(self.y)),
+            "rep": rep,
             "handed_in": self._handed, "ready": self._ready, "t_compute": time.monotonic() - t0,
         }
         self._handed, self._ready = 0, {}

@@ -159,6 +159,23 @@ def test_round_trip(tmp_path, sizes, optimizer):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
 
 
+def test_row_weights_round_trip_and_are_absent_when_all_one(tmp_path):
+    snap = make_snapshot()
+    w = np.ones(len(snap.owner))
+    w[np.flatnonzero(snap.owner == 1)[:3]] = 13.5  # representative rows handed over under rep_weight: shard
+    heavy = Snapshot(**{**snap.__dict__, "weight": w})
+    assert_same(heavy, load(save(tmp_path / "a.h5", heavy)))
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        assert f["ownership/weight"].dtype == np.float64
+    d = summarize(tmp_path / "a.h5")
+    assert d["weighted_rows"] == 3 and d["owned_weight"] == pytest.approx((snap.owner >= 0).sum() + 3 * 12.5)
+    assert "3 handed representative rows weigh more than 1" in format_summary(d)
+    light = Snapshot(**{**snap.__dict__, "weight": np.ones(len(snap.owner))})
+    assert load(save(tmp_path / "b.h5", light)).weight is None
+    with pytest.raises(ValueError, match="weight must be"):
+        save(tmp_path / "c.h5", Snapshot(**{**snap.__dict__, "weight": np.zeros(len(snap.owner))}))
+
+
 def test_round_trip_before_first_evaluation(tmp_path):
     snap = make_snapshot((5, 3), optimizer="sgd")
     snap.test_acc, snap.per_class_acc, snap.representative, snap.failures = math.nan, np.zeros(0), {}, []

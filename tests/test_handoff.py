@@ -101,9 +101,10 @@ def coordinator(tmp_path):
     from ftmpi.metrics import Progress
     from ftmpi.models import Model
 
-    def make(remap: str, n_most_rep: int | float = 10, selection: str = "loss") -> Coordinator:
+    def make(remap: str, n_most_rep: int | float = 10, selection: str = "loss", weight: str = "one") -> Coordinator:
         cfg = load_config(None, [f"executor.remap={remap}", f"optimizer.n_most_rep={n_most_rep}",
-                                 f"optimizer.rep_selection={selection}", "data.partition=label-skew"], env={})
+                                 f"optimizer.rep_selection={selection}", "data.partition=label-skew",
+                                 f"optimizer.rep_weight={weight}"], env={})
         rng = np.random.default_rng(0)
         y = labels(400, 4)
         X = rng.standard_normal((len(y), 6)).astype(np.float32)
@@ -112,6 +113,7 @@ def coordinator(tmp_path):
         c = Coordinator(ch, cfg, tmp_path, Progress(False), 0.0)
         c.data = Dataset("synthetic", X, y, X[:20], y[:20], 4, ("a", "b", "c", "d"), "test")
         c.ownership = Ownership(len(y))
+        c.weight = np.ones(len(y))
         for r, ids in zip([1, 2, 3, 4], partition(y, 4, "label-skew", seed=0), strict=True):
             c.ownership.assign(r, ids)
         c.model = Model.build("logreg", (), 6, 4)
@@ -145,7 +147,8 @@ def test_coordinator_recovery_accounting(coordinator, remap):
     assert all(Path(obj["segments"][0][0]).name == "handoff-e0001.h5" for obj in msgs.values())
     assert f.epoch == 1 and c._receivers[1] == set(msgs)
     if want:
-        rows = {r: tuple(m["segments"][0][1:]) for r, m in msgs.items()}
+        rows = {r: tuple(m["segments"][0][1:3]) for r, m in msgs.items()}
+        assert all(m["segments"][0][3] is None for m in msgs.values()), "weights, if any, are in the file"
         assert handoff_slices(c.run_dir / "shards" / written[0]) == rows
         for r, sl in rows.items():
             taken = read_shard(c.run_dir / "shards" / written[0], sl).ids
@@ -175,7 +178,8 @@ def test_random_representatives_are_staged_before_the_failure_and_handed_as_slic
     assert sorted(msgs) == [1, 3, 4]
     got = []
     for r, m in msgs.items():
-        [(path, a, b)] = m["segments"]
+        [(path, a, b, weight)] = m["segments"]
+        assert weight == 1.0  # rep_weight: one
         assert Path(path).name == "standby-e0000-w0002.h5"
         ids = read_shard(path, (a, b)).ids
         assert set(ids) <= set(c.ownership.owned(r))
@@ -191,6 +195,73 @@ def test_random_representatives_are_staged_before_the_failure_and_handed_as_slic
         f"standby-e0001-w{r:04d}.h5" for r in (1, 3, 4)]
     for r in (1, 3, 4):
         assert len(c._staged[r][0]) == rep_count(0.1, len(c.ownership.owned(r)))
+
+
+@pytest.mark.parametrize("selection", ["random", "loss"])  # staged (slices of a standby file) or written at the loss
+def test_rep_weight_shard_hands_over_the_dead_shards_whole_weight(coordinator, selection):
+    """``rep_weight: shard``: each handed row weighs |dead shard| / |handed|, so the survivors' rows weigh
+    exactly what every alive worker's did before the loss; the weights reach the survivors with the rows, and
+    a second loss hands over the weight the dead survivor had gained."""
+    c = coordinator("representative", n_most_rep=0.1, selection=selection, weight="shard")
+    n = c.ownership.n_total
+    if selection == "random":
+        c._stage(c.alive)
+        c.writer.wait()
+    else:
+        for r in c.alive:
+            c.members[r].rep = c.ownership.owned(r)[:7]
+    dead = c.ownership.owned(2)
+    c.members[2].alive = False
+    f = c._declare_dead(2, "ulfm")
+    c._handle_failures([2], [f])
+    handed = np.intersect1d(np.concatenate([c.ownership.owned(r) for r in (1, 3, 4)]), dead)
+    assert len(handed) == f.rows_handed and f.row_weight == pytest.approx(len(dead) / f.rows_handed)
+    assert np.allclose(c.weight[handed], len(dead) / f.rows_handed)
+    alive_mass = sum(c.weight[c.ownership.owned(r)].sum() for r in (1, 3, 4))
+    assert alive_mass == pytest.approx(n), "the dead shard's weight is carried over, not lost"
+    # what the survivors are told: a weight per staged slice, or /w in the epoch's handoff file
+    got_w, got_ids = [], []
+    for dest, _, m in c.ch.sent:
+        if m["t"] != "handoff":
+            continue
+        for path, a, b, w in m["segments"]:
+            s = read_shard(path, (a, b))
+            got_ids.append(s.ids)
+            got_w.append(np.full(len(s), w) if w is not None else s.w)
+    order = np.argsort(np.concatenate(got_ids))
+    assert np.array_equal(np.concatenate(got_ids)[order], np.sort(handed))
+    assert np.allclose(np.concatenate(got_w), len(dead) / f.rows_handed)
+    # a second loss: the survivor's heavier rows count in the weight it hands over
+    c.members[3].alive = False
+    before = c.weight[c.ownership.owned(3)].sum()
+    if selection != "random":
+        c.members[3].rep = c.ownership.owned(3)[:5]
+    f3 = c._declare_dead(3, "ulfm")
+    c._handle_failures([3], [f3])
+    assert f3.row_weight == pytest.approx(before / f3.rows_handed)
+    assert sum(c.weight[c.ownership.owned(r)].sum() for r in (1, 4)) == pytest.approx(n)
+
+
+def test_rep_weight_one_leaves_every_row_at_one(coordinator):
+    c = coordinator("representative", n_most_rep=0.1, selection="loss")
+    c.members[2].rep = c.ownership.owned(2)[:7]
+    c.members[2].alive = False
+    f = c._declare_dead(2, "ulfm")
+    c._handle_failures([2], [f])
+    assert f.row_weight is None and np.all(c.weight == 1.0)
+    assert read_shard(c.run_dir / "shards" / "handoff-e0001.h5").w is None
+
+
+def test_expand_weights_draws_rows_in_proportion_to_their_weight():
+    from ftmpi.worker import expand_weights
+
+    w = np.array([1.0, 3.0, 2.5, 1.0, 0.25])
+    rng = np.random.default_rng(0)
+    counts = np.zeros(len(w))
+    for _ in range(4000):
+        counts += np.bincount(expand_weights(w, rng), minlength=len(w))
+    assert np.allclose(counts / 4000, w, atol=0.03)
+    assert np.array_equal(expand_weights(np.array([2.0, 1.0]), rng), [0, 0, 1]), "whole weights: exact"
 
 
 def test_coordinator_scores_the_shard_itself_when_the_worker_never_reported(coordinator):
@@ -271,6 +342,32 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
     # the next reply starts afresh
     w._round({"t": "round", "epoch": 1, "round": 1, "iters": 2, "lr": 0.01, "full": True, "params": params})
     assert (ch.sent[-1]["handed_in"], ch.sent[-1]["ready"]) == (0, {})
+
+
+def test_worker_draws_weighted_rows_as_often_as_the_rows_they_stand_for(tmp_path):
+    """Rows handed over with a weight (``rep_weight: shard``): the shard's weight grows by rows x weight, the
+    reply reports it as ``n`` (what rank 0 weighs replies by under ``aggregate: samples``), and minibatches
+    draw the handed rows in proportion: 50 rows of weight 4 beside 200 rows of weight 1 are 1/2 of the draws."""
+    pytest.importorskip("mpi4py").rc.initialize = False
+    from ftmpi.config import load_config
+    from ftmpi.shards import write_shard  # noqa: F811
+    from ftmpi.worker import Worker
+
+    X = np.random.default_rng(0).random((200, 6)).astype(np.float32)
+    write_shard(tmp_path / "mine.h5", X, labels(200, 4), np.arange(200))
+    write_shard(tmp_path / "standby.h5", np.full((60, 6), 100.0), labels(60, 4, 1), np.arange(1000, 1060))
+    cfg = load_config(None, ["model.batch_size=25"], env={})
+    ch = _WorkerChannel([], quiet=0)
+    w = Worker(ch, cfg, tmp_path)
+    w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
+    assert w.w is None and w.mass == 200
+    w._take_handoff({"t": "handoff", "epoch": 1, "segments": [(str(tmp_path / "standby.h5"), 10, 60, 4.0)]})
+    assert w.mass == 400 and len(w.y) == 250 and w.w[:200].tolist() == [1.0] * 200 and set(w.w[200:]) == {4.0}
+    drawn = np.concatenate([b for rnd in range(40) for b in w._batches(rnd, 8, 25)])
+    assert abs(np.mean(drawn >= 200) - 0.5) < 0.03
+    params = w.model.init(0)
+    w._round({"t": "round", "epoch": 1, "round": 0, "iters": 2, "lr": 0.01, "full": True, "params": params})
+    assert (ch.sent[-1]["n"], ch.sent[-1]["rows"]) == (400.0, 250)
 
 
 # ------------------------------------------------------------------------------------- partition skew

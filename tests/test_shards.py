@@ -168,6 +168,23 @@ def test_handoff_file_gives_each_receiver_its_rows(tmp_path):
         handoff_slices(write_shard(tmp_path / "plain.h5", X, y, ids))
 
 
+def test_handoff_row_weights_are_stored_only_when_they_matter(tmp_path):
+    X, y, ids = rows(10)
+    w = np.r_[np.ones(4), np.full(6, 2.5)]
+    p = write_handoff(tmp_path / "w.h5", X, y, ids, {1: 4, 2: 6}, w=w)
+    assert read_shard(p).w.tolist() == w.tolist() and read_shard(p, (4, 10)).w.tolist() == [2.5] * 6
+    assert read_shard(p, (0, 4)).w.tolist() == [1.0] * 4
+    ones = write_handoff(tmp_path / "ones.h5", X, y, ids, {1: 10}, w=np.ones(10))
+    assert read_shard(ones).w is None, "all weights 1: no /w dataset"
+    for bad in (np.zeros(10), np.ones(9), np.full(10, np.nan)):
+        with pytest.raises(ValueError, match="positive"):
+            write_handoff(tmp_path / "bad.h5", X, y, ids, {1: 10}, w=bad)
+    with h5py.File(p, "r+") as f:  # damaged on disk: named, one line
+        f["w"][0] = -1.0
+    with pytest.raises(DataError, match="/w holds weights that are not positive"):
+        read_shard(p)
+
+
 def test_large_shard_is_stored_contiguous_and_uncompressed(tmp_path):
     """Shards are scratch files read once: no chunking or compression to pay for (the write time is in
     benchmarks/results/checkpoint.md)."""
