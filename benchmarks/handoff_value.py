@@ -51,12 +51,17 @@ REGIME_WORDS = {"local": "local steps, models averaged every 10 iterations (the 
                 "sync": "gradients averaged at every step (`send_gradients`, `comm_period 1`)"}
 
 
-def rows_of_grid(rules: list[str], sizes: list[str]) -> list[dict]:
-    """The table rows: fault-free, none, representative x rule x size, full."""
+def rows_of_grid(rules: list[str], sizes: list[str], weighted: list[str] = ()) -> list[dict]:
+    """The table rows: fault-free, none, representative x rule x size (and, for the rules in ``weighted``, the
+    same with ``optimizer.rep_weight: shard``, row ``rep RULE-w SIZE``), full."""
     out = [{"row": "fault-free", "remap": None}, {"row": "none", "remap": "none"}]
     for size in sizes:
         for rule in rules:
-            out.append({"row": f"rep {rule} {size}", "remap": "representative", "rule": rule, "size": size})
+            out.append({"row": f"rep {rule} {size}", "remap": "representative", "rule": rule, "size": size,
+                        "weight": "one"})
+        for rule in weighted:
+            out.append({"row": f"rep {rule}-w {size}", "remap": "representative", "rule": rule, "size": size,
+                        "weight": "shard"})
     out.append({"row": "full", "remap": "full"})
     return out
 
@@ -281,14 +286,15 @@ def table(cells: dict, grid: list[dict]) -> list[str]:
     return out
 
 
-def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: str, part: str) -> list[str]:
+def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: str, part: str,
+                weighted: list[str] = ()) -> list[str]:
     """Paired per-seed differences between selection rules at the same size (points of accuracy)."""
     def recs(row: str) -> list[dict]:
         return [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, row)
                 and r["status"] == "completed" and r.get("clean", True)]
     out = []
     for size in sizes:
-        for a in rules:
+        for a in [*rules, *(f"{r}-w" for r in weighted)]:
             if a == "random":
                 continue
             for key, what in (("final_acc", "overall"), ("dead_acc", "dead classes")):
@@ -302,10 +308,13 @@ def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: 
 
 
 def size_words(row: str) -> str:
-    """``rep random 0.05`` -> ``random, 5% of the shard``; ``rep loss 100`` -> ``loss, 100 rows``."""
+    """``rep random 0.05`` -> ``random, 5% of the shard``; ``rep loss 100`` -> ``loss, 100 rows``;
+    ``rep random-w 0.05`` -> ``random, 5% of the shard, weighted``."""
     _, rule, size = row.split()
     v = float(size)
-    return f"{rule}, " + (f"{100 * v:g}% of the shard" if 0 < v < 1 else f"{int(v)} rows")
+    weighted = rule.endswith("-w")
+    return (f"{rule.removesuffix('-w')}, " + (f"{100 * v:g}% of the shard" if 0 < v < 1 else f"{int(v)} rows")
+            + (", weighted" if weighted else ""))
 
 
 def verdict(cells: dict, settings: dict) -> list[str]:
@@ -355,6 +364,8 @@ def main() -> int:
     ap.add_argument("--sync-eval-every", type=int, default=20,
                     help="executor.eval_every of the sync runs (800 rounds; default 20: 40 points per curve)")
     ap.add_argument("--rules", default=None, help="selection rules (default: every rule of kernels.SELECTORS)")
+    ap.add_argument("--weighted", default="random",
+                    help="rules also run with optimizer.rep_weight=shard (rows 'rep RULE-w SIZE'); '' for none")
     ap.add_argument("--sizes", default="100,0.05", help="n_most_rep values: counts or fractions of the shard")
     ap.add_argument("--mlp-iterations", type=int, default=800,
                     help="model.n_iterations of the MLP runs (config: 1500; 800 = 80 rounds, as logreg)")
@@ -390,7 +401,8 @@ def main() -> int:
         models, seeds = ["logreg"], list(range(min(args.seeds, 2)))
         rules = [r for r in rules if r in ("loss", "random")] if not args.rules else rules
         sizes = ["0.05"] if args.sizes == "100,0.05" else sizes
-    grid = rows_of_grid(rules, sizes)
+    weighted = [r for r in args.weighted.split(",") if r]
+    grid = rows_of_grid(rules, sizes, weighted)
     keep_dir = Path(args.keep or tempfile.mkdtemp(prefix="ftmpi-handoff-"))
     scratch = Path(tempfile.mkdtemp(prefix="ftmpi-handoff-run-"))
     plan = []
@@ -416,7 +428,8 @@ def main() -> int:
                     if g["remap"]:
                         sets.append(f"executor.remap={g['remap']}")
                     if g["remap"] == "representative":
-                        sets += [f"optimizer.rep_selection={g['rule']}", f"optimizer.n_most_rep={g['size']}"]
+                        sets += [f"optimizer.rep_selection={g['rule']}", f"optimizer.n_most_rep={g['size']}",
+                                 f"optimizer.rep_weight={g['weight']}"]
                     name = f"{setting}-{part}-s{seed}-{g['row'].replace(' ', '-')}"
                     plan.append({"setting": setting, "model": model, "regime": st["regime"], "partition": part,
                                  "seed": seed, "row": g["row"], "name": name,
@@ -461,7 +474,8 @@ def main() -> int:
     shutil.rmtree(scratch, ignore_errors=True)
     wall = time.monotonic() - t0
     res = {"machine": machine(), "workers": WORKERS, "dead_rank": DEAD_RANK, "share": SHARE, "seeds": seeds,
-           "rules": rules, "sizes": sizes, "models": models, "partitions": parts, "regimes": regimes,
+           "rules": rules, "weighted": weighted, "sizes": sizes, "models": models, "partitions": parts,
+           "regimes": regimes,
            "settings": settings,
            "mlp_iterations": args.mlp_iterations, "eval_every": args.eval_every, "quick": args.quick,
            "retries": args.retries, "n_jobs": len(plan),
@@ -474,8 +488,9 @@ def main() -> int:
 def render(res: dict, out: str) -> None:
     """Tables, the plot and the markdown of a study, from its records (also ``--render`` of a saved JSON)."""
     records, settings, seeds = res["runs"], res["settings"], res["seeds"]
-    rules, sizes, regimes = res["rules"], res["sizes"], res["regimes"]
-    grid = rows_of_grid(rules, sizes)
+    n_jobs = res.get("n_jobs", len(records))
+    rules, sizes, regimes, weighted = res["rules"], res["sizes"], res["regimes"], res.get("weighted", [])
+    grid = rows_of_grid(rules, sizes, weighted)
     keep_dir = Path(res["kept_runs"])
     wall, code_at_start, code_at_end = res["study_wall_seconds"], res["code"]["start"], res["code"]["end"]
     cells = summarize(records, grid)
@@ -507,7 +522,7 @@ def render(res: dict, out: str) -> None:
 
     mk = [f"# What handing over a dead worker's points is worth (Fashion-MNIST, {WORKERS} workers)", "",
           f"{res['machine']}", "",
-          f"Command: `python benchmarks/handoff_value.py{' --quick' if res['quick'] else ''}` — {res.get('n_jobs', len(records))} jobs "
+          f"Command: `python benchmarks/handoff_value.py{' --quick' if res['quick'] else ''}` — {n_jobs} jobs "
           f"one at a time, {wall / 60:.1f} min on this machine. Code: commit {code_at_start['commit']}"
           + (" with uncommitted changes" if code_at_start["uncommitted"] else "")
           + f", source digest {code_at_start['digest']}"
@@ -541,7 +556,8 @@ def render(res: dict, out: str) -> None:
           "of the round's minibatches from its grown shard); *round s*: median round time of the run (rank 0's "
           "wall time per round, the failure round excluded). Rows `rep RULE SIZE`: `remap: representative`, "
           "`optimizer.rep_selection: RULE`, `optimizer.n_most_rep: SIZE` (a count, or a fraction of the dead "
-          "shard).", ""]
+          "shard); `rep RULE-w SIZE` the same with `optimizer.rep_weight: shard` (each handed row weighs "
+          "|dead shard| / |rows handed| in the survivors' minibatches and replies).", ""]
     mk += verdict(cells, settings) + [""]
     for model, st in settings.items():
         for part in st["partitions"]:
@@ -550,7 +566,7 @@ def render(res: dict, out: str) -> None:
             c0 = cells[model][part]
             mk += [f"## {st['model']}, {part}, {st['regime']}", "", f"{REGIME_WORDS[st['regime']]}.", ""]
             mk += table(c0, grid) + [""]
-            comp = comparisons(records, rules, sizes, model, part)
+            comp = comparisons(records, rules, sizes, model, part, weighted)
             if comp:
                 mk += [f"Selection rules against `random` at the same size ({model}, {part}; per-seed paired "
                        "differences in points; wins = seeds where the rule is better):", "",
@@ -565,7 +581,7 @@ def render(res: dict, out: str) -> None:
               "; every timing in the tables comes from a job that ran alone."), ""]
     redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
     bad = [r["name"] for r in records if not r["clean"]]
-    mk += [f"**Repeated runs.** {len(redo)} attempt(s) of {res.get('n_jobs', len(records))} jobs lost a worker they were not told to "
+    mk += [f"**Repeated runs.** {len(redo)} attempt(s) of {n_jobs} jobs lost a worker they were not told to "
            f"lose (or did not complete) and were run again (up to {res.get('retries', 2)} more times)"
            + (": " + "; ".join(f"`{n}`: {w}" for n, w in redo) if redo else "")
            + (f". Still unclean after the retries, left out of the tables: {bad}." if bad else "."), ""]

@@ -80,6 +80,7 @@ class Failure:
     reason: str = ""
     epoch: int | None = None  # the membership epoch this loss opened (its handoff files carry it)
     recovered_round: int | None = None  # the round whose replies first held every receiver's work on the rows
+    rows_prefetched: int = 0  # of the rows handed, those the survivors had read ahead (in memory at the loss)
     row_weight: float | None = None  # rep_weight shard: how many of the dead shard's rows each handed row stands for
 
 
@@ -108,6 +109,7 @@ class Coordinator:
         # that survivor was training on them} (reported in its replies)
         self._receivers: dict[int, set[int]] = {}
         self._ready: dict[int, dict[int, float]] = {}
+        self._prefetched: dict[int, int] = {}  # epoch -> handed rows the survivors had read ahead
         self.tb: Any = None
         self.bytes_before = 0
         self.wall_before = 0.0
@@ -119,6 +121,9 @@ class Coordinator:
         self._stage_gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
         self._restage: set[int] = set()
         self._prio: np.ndarray | None = None
+        # what each worker was last told to read ahead (slices of the others' standby files; see _prefetch_plans)
+        self._plan_key: Any = None
+        self._hinted: dict[int, list[tuple[str, int, int]]] = {}
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
@@ -289,9 +294,12 @@ class Coordinator:
         # the rate at the middle of this round's iterations
         lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
         self.opt.lr = lr
+        plans = self._prefetch_plans() if self._random_choice() else None
         for r in self.alive:
             msg: dict[str, Any] = {"t": "round", "epoch": self.epoch, "round": rnd, "iters": iters,
                                    "lr": lr, "full": full, "params": payload}
+            if plans is not None and plans.get(r, []) != self._hinted.get(r, []):  # read after the reply
+                msg["prefetch"] = self._hinted[r] = plans.get(r, [])
             if self.pending_rebuild is not None:
                 msg["rebuild"] = self.pending_rebuild
             if first:
@@ -397,7 +405,7 @@ class Coordinator:
         for r in dead:
             give, staged = give_by[r], self._staged.get(r)
             if len(give) and staged is not None and staged[0] is give:
-                for s, a, b in deal_slices(len(give), survivors, cfg.model.seed + self.epoch + r):
+                for s, a, b in deal_slices(len(give), survivors, self._deal_seed(self.epoch, r)):
                     if b > a:
                         # one weight for the whole slice (the standby file was written before it was known)
                         segments.setdefault(s, []).append((str(staged[1]), a, b, float(self.weight[give[0]])))
@@ -476,12 +484,37 @@ class Coordinator:
             f.recovered_round = self.round
             if want:
                 f.handoff_time = max(0.0, max(got[r] for r in want) - f.detected_at)
+                f.rows_prefetched = self._prefetched.get(f.epoch, 0) if f.epoch is not None else 0
         self._awaiting_recovery = waiting
         if not waiting:
             self.state = CState.TRAINING
             # not earlier: the writes would compete with the survivors' loading for the cores
             self._stage(sorted(self._restage & alive))
             self._restage.clear()
+
+    def _deal_seed(self, epoch: int, rank: int) -> int:
+        """Seed of :func:`deal_slices` for the standby file of worker ``rank`` handed over in ``epoch``."""
+        return self.cfg.model.seed + epoch + rank
+
+    def _prefetch_plans(self) -> dict[int, list[tuple[str, int, int]]] | None:
+        """For each alive worker, the slices of the other workers' standby files it would be handed if that
+        worker alone were lost next (same survivors, same seed as :meth:`_handle_failures`), so that it can read
+        them before anything fails; None when nothing changed since the last call. Each worker holds about one
+        representative set in all, whatever the number of workers."""
+        alive = self.alive
+        key = (self.epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, p) in self._staged.items())))
+        if key == self._plan_key:
+            return None
+        self._plan_key = key
+        plans: dict[int, list[tuple[str, int, int]]] = {r: [] for r in alive}
+        for d, (ids, path) in sorted(self._staged.items()):
+            others = [r for r in alive if r != d]
+            if d not in alive or not others:
+                continue
+            for r, a, b in deal_slices(len(ids), others, self._deal_seed(self.epoch + 1, d)):
+                if b > a:
+                    plans[r].append((str(path), a, b))
+        return plans
 
     def _random_choice(self) -> bool:
         o = self.cfg.optimizer
@@ -629,6 +662,8 @@ class Coordinator:
                 self.members[r].rep = np.asarray(m["rep"], np.int64)
             for e, wall in (m.get("ready") or {}).items():
                 self._ready.setdefault(int(e), {})[r] = float(wall)
+            for e, n in (m.get("prefetched") or {}).items():
+                self._prefetched[int(e)] = self._prefetched.get(int(e), 0) + int(n)
         loss, dmax = self._aggregate(replies) if replies else (float("nan"), 0.0)
         self.iters_done += iters
         if newly:

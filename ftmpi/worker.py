@@ -29,7 +29,7 @@ from . import kernels as K
 from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLY, Channel
 from .config import Config
-from .errors import CoordinatorLost, Expelled, PeerError
+from .errors import CoordinatorLost, DataError, Expelled, PeerError
 from .models import Model, warmup
 from .optim import Optimizer, clip
 from .shards import read_shard
@@ -83,6 +83,11 @@ class Worker:
         self._unstamped: list[int] = []  # handoff epochs loaded while idle: stamped when training resumes
         self._ready: dict[int, float] = {}  # handoff epoch -> wall time training on its rows began
         self._handed = 0  # rows taken since the last reply
+        # read ahead: the slices of the other workers' standby files this worker would be handed if one of them
+        # were lost next, (path, start, stop) -> rows; rank 0 says which (round message "prefetch")
+        self._cache: dict[tuple[str, int, int], Any] = {}
+        self._plan: list | None = None  # a new plan, read after this round's reply
+        self._prefetched: dict[int, int] = {}  # handoff epoch -> rows taken from the read-ahead copies
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str) -> dict:
@@ -152,7 +157,8 @@ class Worker:
     def _take_handoff(self, msg: dict) -> int:
         """Append the rows of a ``handoff`` message to the shard; returns how many."""
         self.epoch = max(self.epoch, int(msg["epoch"]))
-        added = sum(self._load_handoff(seg[0], (seg[1], seg[2]), seg[3] if len(seg) > 3 else None)
+        e = int(msg["epoch"])
+        added = sum(self._load_handoff(seg[0], (seg[1], seg[2]), seg[3] if len(seg) > 3 else None, e)
                     for seg in msg["segments"])
         self._handed += added
         return added
@@ -172,10 +178,14 @@ class Worker:
             elif msg.get("t") != "ping":
                 self._stash.append(msg)
 
-    def _load_handoff(self, path: str, rows: tuple[int, int], weight: float | None = None) -> int:
-        """Append rows ``start:stop`` of a handoff file to the shard, each weighing ``weight`` (else the file's
-        ``/w``, else 1); returns how many."""
-        s = read_shard(path, rows)
+    def _load_handoff(self, path: str, rows: tuple[int, int], weight: float | None = None, epoch: int = -1) -> int:
+        """Append rows ``start:stop`` of a handoff file to the shard (from the read-ahead copy when there is
+        one), each weighing ``weight`` (else the file's ``/w``, else 1); returns how many."""
+        s = self._cache.pop((str(path), int(rows[0]), int(rows[1])), None)
+        if s is None:
+            s = read_shard(path, rows)
+        else:
+            self._prefetched[epoch] = self._prefetched.get(epoch, 0) + len(s)
         n, m = len(self.y), len(s.ids)
         if n + m > len(self._xbuf):  # out of room: grow geometrically (one copy)
             grown = np.empty((max(n + m, 2 * len(self._xbuf)), self._xbuf.shape[1]), np.float32)
@@ -191,6 +201,21 @@ class Worker:
         elif self.w is not None:
             self.w = np.concatenate([self.w, np.ones(m)])
         return m  # the new rows are scored when representative points are next chosen
+
+    def _read_ahead(self, plan: list) -> None:
+        """Hold the slices of ``plan`` in memory (reading the ones not held yet) and forget the others. A file
+        that cannot be read now (replaced meanwhile) is skipped: a handoff of it is then read from disk."""
+        keep = {}
+        for path, a, b in plan:
+            key = (str(path), int(a), int(b))
+            if key in self._cache:
+                keep[key] = self._cache[key]
+                continue
+            try:
+                keep[key] = read_shard(path, (a, b))
+            except DataError:
+                continue
+        self._cache = keep
 
     def _batches(self, rnd: int, iters: int, bs: int, salt: tuple[int, ...] = ()) -> list[np.ndarray]:
         """This round's minibatches: consecutive slices of a permutation seeded by (seed, rank, round), so
@@ -230,6 +255,8 @@ class Worker:
         for e in self._unstamped:  # rows loaded while idle: trained on from now
             self._ready[e] = now
         self._unstamped = []
+        if "prefetch" in msg:
+            self._plan = msg["prefetch"]
         iters = int(msg["iters"])
         self.opt.lr = float(msg.get("lr", cfg.optimizer.learning_rate))
         mu = cfg.optimizer.mu_g
@@ -264,10 +291,14 @@ class Worker:
             "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
             "loss": float(np.mean(losses)) if losses else float("nan"), "n": self.mass, "rows": int(len(self.y)),
             "rep": rep,
-            "handed_in": self._handed, "ready": self._ready, "t_compute": time.monotonic() - t0,
+            "handed_in": self._handed, "ready": self._ready, "prefetched": self._prefetched,
+            "t_compute": time.monotonic() - t0,
         }
-        self._handed, self._ready = 0, {}
+        self._handed, self._ready, self._prefetched = 0, {}, {}
         self.ch.send(0, TAG_REPLY, reply)
+        if self._plan is not None:  # off the critical path: rank 0 is collecting the others' replies
+            self._read_ahead(self._plan)
+            self._plan = None
         if msg.get("rebuild"):  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
             # after the reply so that it costs the round nothing
             self.ch.rebuild_alive(msg["rebuild"], self.epoch, min(2.0, ex.timeout / 2))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from ftmpi.checkpoint import list_checkpoints, load
 from ftmpi.shards import handoff_slices
 
 from .mpirun import ROOT, needs_mpi, run_job
@@ -50,7 +51,7 @@ def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp
 
 @pytest.mark.parametrize("kind", ["kill", "exit"])
 def test_timeout_detector_catches_kill_and_exit(tmp_path, kind):
-    job = run_job(4, SMOKE, tmp_path / kind, "--inject", f"{kind}:3@4", "--detector", "timeout", *FAST)
+    job = run_job(4, SMOKE, tmp_path / kind, "--inject", f"{kind}:3@8", "--detector", "timeout", *FAST)
     assert job.rc == 0, job.err  # ftmpi's verdict; mpirun itself may report the dead rank
     f = _failures(job)[3]
     assert f["how"] == "timeout" and f["kind"] == kind
@@ -61,6 +62,8 @@ def test_timeout_detector_catches_kill_and_exit(tmp_path, kind):
     # representative remap: the dead worker's 50 top rows are handed over, the rest dropped, exactly
     assert f["rows_handed"] == 50 and f["rows_handed"] + f["rows_dropped"] == s["initial_shards"]["3"]
     assert s["coverage"] == pytest.approx(1 - f["rows_dropped"] / 3200)
+    # the survivors had read their slices of its standby file ahead (staged, then hinted, by round 8)
+    assert f["rows_prefetched"] == 50
 
 
 def test_exit_under_auto_falls_back_to_the_deadline(tmp_path):
@@ -110,12 +113,20 @@ def test_all_workers_dead_saves_and_exits_3(tmp_path):
 
 
 def test_worker_dead_before_first_round_and_worker_exception(tmp_path):
-    job = run_job(3, SMOKE, tmp_path / "e", "--inject", "kill:1@0", "--inject", "raise:2@2", *FAST)
+    job = run_job(3, SMOKE, tmp_path / "e", "--inject", "kill:1@0", "--inject", "raise:2@2", *FAST,
+                  "--set", "optimizer.rep_weight=shard")
     assert job.rc == 0, job.err
-    f = _failures(job)
+    f, s = _failures(job), job.summary
     assert f[1]["round"] == 0 and f[1]["rows_handed"] == 50  # scored by rank 0: it never reported
     assert f[2]["how"] == "error" and "injected fault raise:2@2" in f[2]["reason"]
     assert f[2]["detection_latency"] < 1.0  # reported by the worker itself, no deadline needed
+    # rep_weight shard: 50 rows stand for worker 1's whole shard, then worker 2's 50 for all it held by then
+    assert f[1]["row_weight"] == pytest.approx(s["initial_shards"]["1"] / 50)
+    assert f[2]["row_weight"] > s["initial_shards"]["2"] / 50
+    final = load(list_checkpoints(tmp_path / "e")[-1])
+    owned = final.owner >= 0
+    assert final.weight[owned].sum() == pytest.approx(3200), "the lost shards' weight is carried, not lost"
+    assert final.weight[owned].max() == pytest.approx(f[2]["row_weight"])
 
 
 def test_zombie_that_wakes_up_is_expelled_and_changes_nothing(tmp_path):

@@ -197,6 +197,29 @@ def test_random_representatives_are_staged_before_the_failure_and_handed_as_slic
         assert len(c._staged[r][0]) == rep_count(0.1, len(c.ownership.owned(r)))
 
 
+def test_survivors_read_ahead_exactly_the_slices_a_loss_hands_them(coordinator):
+    """Each worker is told (once, in a round message) which slice of every other worker's standby file it
+    would be handed if that worker were lost next; a loss then hands each survivor exactly those slices."""
+    c = coordinator("representative", n_most_rep=0.1, selection="random")
+    c._stage(c.alive)
+    c.writer.wait()
+    plans = c._prefetch_plans()
+    assert c._prefetch_plans() is None, "nothing changed: nothing to tell"
+    for r, plan in plans.items():
+        assert sorted(Path(p).name for p, _, _ in plan) == [f"standby-e0000-w{d:04d}.h5" for d in (1, 2, 3, 4)
+                                                             if d != r]
+    c.members[2].alive = False
+    f = c._declare_dead(2, "ulfm")
+    c._handle_failures([2], [f])
+    handed = {dest: m["segments"] for dest, _, m in c.ch.sent if m["t"] == "handoff"}
+    assert sorted(handed) == [1, 3, 4]
+    for dest, [(path, a, b, _)] in handed.items():
+        assert (path, a, b) in plans[dest]
+    # a new membership: new plans, for the survivors only, none naming the dead worker's file
+    new = c._prefetch_plans()
+    assert sorted(new) == [1, 3, 4] and not any("w0002" in p for plan in new.values() for p, _, _ in plan)
+
+
 @pytest.mark.parametrize("selection", ["random", "loss"])  # staged (slices of a standby file) or written at the loss
 def test_rep_weight_shard_hands_over_the_dead_shards_whole_weight(coordinator, selection):
     """``rep_weight: shard``: each handed row weighs |dead shard| / |handed|, so the survivors' rows weigh
@@ -221,7 +244,7 @@ def test_rep_weight_shard_hands_over_the_dead_shards_whole_weight(coordinator, s
     assert alive_mass == pytest.approx(n), "the dead shard's weight is carried over, not lost"
     # what the survivors are told: a weight per staged slice, or /w in the epoch's handoff file
     got_w, got_ids = [], []
-    for dest, _, m in c.ch.sent:
+    for _, _, m in c.ch.sent:
         if m["t"] != "handoff":
             continue
         for path, a, b, w in m["segments"]:
@@ -342,6 +365,25 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
     # the next reply starts afresh
     w._round({"t": "round", "epoch": 1, "round": 1, "iters": 2, "lr": 0.01, "full": True, "params": params})
     assert (ch.sent[-1]["handed_in"], ch.sent[-1]["ready"]) == (0, {})
+
+
+def test_worker_takes_a_read_ahead_slice_from_memory(tmp_path):
+    pytest.importorskip("mpi4py").rc.initialize = False
+    from ftmpi.config import load_config
+    from ftmpi.shards import write_shard  # noqa: F811
+    from ftmpi.worker import Worker
+
+    write_shard(tmp_path / "mine.h5", np.zeros((40, 6)), labels(40, 4), np.arange(40))
+    standby = write_shard(tmp_path / "standby.h5", np.ones((30, 6)), labels(30, 4, 1), np.arange(500, 530))
+    w = Worker(_WorkerChannel([], quiet=0), load_config(None, env={}), tmp_path)
+    w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
+    w._read_ahead([(str(standby), 10, 25), (str(tmp_path / "gone.h5"), 0, 5)])  # an unreadable one is skipped
+    assert list(w._cache) == [(str(standby), 10, 25)]
+    standby.unlink()  # from now on only the copy in memory has these rows
+    w._take_handoff({"t": "handoff", "epoch": 1, "segments": [(str(standby), 10, 25, None)]})
+    assert w.ids[40:].tolist() == list(range(510, 525)) and w._prefetched == {1: 15} and not w._cache
+    w._read_ahead([])  # a new plan without the slices: forgotten
+    assert w._cache == {}
 
 
 def test_worker_draws_weighted_rows_as_often_as_the_rows_they_stand_for(tmp_path):
