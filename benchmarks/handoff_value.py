@@ -320,11 +320,12 @@ def size_words(row: str) -> str:
 def verdict(cells: dict, settings: dict) -> list[str]:
     """Issue 7's three questions, one line per setting under label-skew: what ``none`` costs the dead
     worker's classes, how close ``full`` ends to fault-free, and the handoff time of ``representative`` against
-    a round."""
+    a round: for the best row (random selection, staged and read ahead: the defaults) and for the slowest rule
+    (``loss``/``stratified``, whose rows are chosen by the workers and written at the loss)."""
     out = ["## The questions, answered (label-skew)", "",
            "| setting | none: Δ dead classes | full: Δ overall | full: Δ dead classes | best representative "
-           "(Δ overall / dead) | representative handoff s (worst row mean) | round s | handoff / round |",
-           "|---|---|---|---|---|---|---|---|"]
+           "(Δ overall / dead) | its handoff s | slowest rule's handoff s | round s | best / round |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for model, st in settings.items():
         c = cells.get(model, {}).get("label-skew")
         if not c or "fault-free" not in c:
@@ -335,13 +336,15 @@ def verdict(cells: dict, settings: dict) -> list[str]:
         ho = [v["handoff_time"][0] for v in reps.values() if v["handoff_time"][0] is not None]
         rounds = [v["round_time_median"][0] for v in reps.values() if v["round_time_median"][0] is not None]
         worst, rt = (max(ho), statistics.median(rounds)) if ho and rounds else (None, None)
+        bh = reps[b]["handoff_time"][0] if b else None
         best_txt = (f"`{b}`: {fmt(*reps[b]['d_final_acc'], sign=True)} / {fmt(*reps[b]['d_dead_acc'], sign=True)}"
                     if b else "—")
         out.append(f"| {st['model']} {st['regime']} | {fmt(*none.get('d_dead_acc', (None, None)), sign=True)} "
                    f"| {fmt(*full.get('d_final_acc', (None, None)), sign=True)} "
                    f"| {fmt(*full.get('d_dead_acc', (None, None)), sign=True)} | {best_txt} "
-                   f"| {'—' if worst is None else f'{worst:.3f}'} | {'—' if rt is None else f'{rt:.3f}'} "
-                   f"| {'—' if worst is None else f'{worst / rt:.2f}'} |")
+                   f"| {'—' if bh is None else f'{bh:.3f}'} | {'—' if worst is None else f'{worst:.3f}'} "
+                   f"| {'—' if rt is None else f'{rt:.3f}'} "
+                   f"| {'—' if bh is None or not rt else f'{bh / rt:.2f}'} |")
     return out
 
 
