@@ -138,9 +138,10 @@ class OptimizerConfig:
     n_most_rep: int | float = _f(0.05, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
     # random: measured best (benchmarks/results/handoff_value.md); loss is the original system's rule
     rep_selection: str = _f("random", _choice("loss", "random", "stratified"))
-    # one: a handed representative row counts as one row; shard: the handed rows together weigh what the dead
-    # shard weighed (each stands for |shard| / |handed| rows), so the survivors' objective keeps its share
-    rep_weight: str = _f("one", _choice("one", "shard"))
+    # shard: the handed rows together weigh what the dead shard weighed (each stands for |shard| / |handed|
+    # rows), so the survivors' objective keeps its share (measured best on skewed shards); one: a handed row
+    # counts as one row (the original system)
+    rep_weight: str = _f("shard", _choice("one", "shard"))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off
     clip_val: float = _f(0.0, _num(0))  # 0 = off
     momentum: float = _f(0.0, _num(0, 1, hi_open=True))

@@ -771,6 +771,7 @@ class Coordinator:
             "alive_workers": len(self.alive), "detector": self.ch.detector.value,
             "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
             "quantize": cfg.executor.quantize, "remap": cfg.executor.remap, "partition": cfg.data.partition,
+            "rep_selection": cfg.optimizer.rep_selection, "rep_weight": cfg.optimizer.rep_weight,
             "dataset": self.data.name if hasattr(self, "data") else cfg.data.dataset,
             "failures": [asdict(f) for f in self.failures],
             "max_recovery_time": max((f.recovery_time for f in rec), default=None),

@@ -275,7 +275,9 @@ def _row(run: Run) -> dict[str, Any]:
         "remap": _pick(s.get("remap"), ex.get("remap")),
         "detector": _pick(s.get("detector"), ex.get("failure_detector")),
         "partition": _pick(s.get("partition"), data.get("partition")),
-        "rep_selection": opt.get("rep_selection"),
+        # "random+w": handed rows weighted by the dead shard (rep_weight: shard)
+        "rep_selection": (None if opt.get("rep_selection") is None else
+                          str(opt["rep_selection"]) + ("+w" if opt.get("rep_weight") == "shard" else "")),
         "faults": faults,
         "detected": len(fails) if isinstance(fails, list) else _pick(last.get("failures")),
         "final_acc": _pick(_num(s.get("final_test_acc")), last.get("test_acc")),
