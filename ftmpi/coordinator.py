@@ -450,10 +450,12 @@ class Coordinator:
             self.tb.event(self.round, f"epoch {self.epoch}: {n_handed} rows of {dead} handed to {survivors}",
                           kind="remap")
         if n_handed:
+            weights = [f"{f.row_weight:.1f}" for f in failures if f.row_weight is not None]
             self.progress.event(f"epoch {self.epoch}: handed {n_handed} rows of worker(s) {dead} to "
                                 f"{survivors} (remap={cfg.executor.remap}, {n_handed - len(ids)} of them staged before "
-                                f"the failure; coverage "
-                                f"{self.ownership.coverage():.4f})")
+                                f"the failure"
+                                + (f", each weighing {'/'.join(weights)} rows" if weights else "")
+                                + f"; coverage {self.ownership.coverage():.4f})")
         self._awaiting_recovery += failures
         # ULFM: rebuild the survivors' communicator when every rank declared dead so far is one that ULFM
         # knows failed (a hung or exited rank it does not know would keep Ishrink from completing).

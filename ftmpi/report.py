@@ -369,7 +369,14 @@ def failure_lines(run_dirs: Sequence[Path]) -> list[str]:
             for key, label in (("detection_latency", "detected after"), ("recovery_time", "recovered after")):
                 text += f", {label} {f[key]:.3f}s" if _num(f.get(key)) is not None else ""
             if f.get("rows_handed") is not None:
-                text += f", {f['rows_handed']} rows handed, {f.get('rows_dropped')} dropped"
+                text += f", {f['rows_handed']} rows handed"
+                if _num(f.get("row_weight")) is not None:
+                    text += f" (each weighing {f['row_weight']:.1f})"
+                if f.get("rows_prefetched"):
+                    text += f", {f['rows_prefetched']} of them read ahead"
+                if _num(f.get("handoff_time")) is not None and f["rows_handed"]:
+                    text += f", training on them {1000 * f['handoff_time']:.0f} ms after detection"
+                text += f", {f.get('rows_dropped')} dropped"
             out.append(text + (f", reason: {f['reason']}" if f.get("reason") else ""))
     return out
 

@@ -57,7 +57,7 @@ def make_run(root: Path, name: str, *, rounds: int = 20, kill_at: int | None = N
         fails = [] if kill_at is None else [{
             "rank": 2, "round": kill_at, "how": "ulfm", "detected_at": 1795593028.53, "injected_at": 1795593028.50,
             "kind": "kill", "detection_latency": 0.0305, "recovery_time": 0.0604, "handoff_time": 0.0134,
-            "rows_handed": 50, "rows_dropped": 750, "reason": ""}]
+            "rows_handed": 50, "rows_dropped": 750, "reason": "", "row_weight": 16.0, "rows_prefetched": 50}]
         hist = [[192, 198, 192, 218], [212, 204, 193, 191], [192, 196, 210, 202], [196, 203, 200, 201]]
         if partition == "label-skew":
             hist = [[700, 10, 50, 40], [20, 30, 700, 10], [40, 720, 20, 30], [40, 40, 30, 720]]
@@ -199,6 +199,8 @@ def test_cli_entry_points(runs, tmp_path, capsys):
     assert main_report([str(root), "--csv", str(tmp_path / "r.csv")]) == 0
     out = capsys.readouterr().out
     assert "w4-kill" in out and "failures:" in out and "rank 2 lost at round 5 (kill, seen by ulfm)" in out
+    assert ("50 rows handed (each weighing 16.0), 50 of them read ahead, training on them 13 ms after detection, "
+            "750 dropped") in out
     assert (tmp_path / "r.csv").exists()
     parser = add_report_args(argparse.ArgumentParser())
     assert run_report(parser.parse_args([str(runs["kill"]), "--markdown"])) == 0
