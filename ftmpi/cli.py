@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
 from .plot import add_plot_args, run_plot
@@ -91,7 +92,7 @@ class _Prefetch:
     def __init__(self, args: argparse.Namespace, overrides: list[str]) -> None:
         import threading
 
-        self.data = None
+        self.data: Any = None
         self.error: BaseException | None = None
         self._t = threading.Thread(target=self._run, args=(args.config, overrides), daemon=True)
         self._t.start()

@@ -460,8 +460,8 @@ class Coordinator:
         # ULFM: rebuild the survivors' communicator when every rank declared dead so far is one that ULFM
         # knows failed (a hung or exited rank it does not know would keep Ishrink from completing).
         if self.ch.detector is Detector.ULFM and survivors:
-            dead = {r for r, m in self.members.items() if not m.alive}
-            if dead <= self.ch.failed_ranks():
+            all_dead = {r for r, m in self.members.items() if not m.alive}
+            if all_dead <= self.ch.failed_ranks():
                 self.pending_rebuild = [0] + survivors
 
     def _recovered(self) -> None:
@@ -776,7 +776,7 @@ class Coordinator:
             "rep_selection": cfg.optimizer.rep_selection, "rep_weight": cfg.optimizer.rep_weight,
             "dataset": self.data.name if hasattr(self, "data") else cfg.data.dataset,
             "failures": [asdict(f) for f in self.failures],
-            "max_recovery_time": max((f.recovery_time for f in rec), default=None),
+            "max_recovery_time": max((f.recovery_time for f in rec if f.recovery_time is not None), default=None),
             "coverage": self.ownership.coverage() if hasattr(self, "ownership") else None,
             "points_handed": self.rows_handed, "stale_dropped": self.stale,
             "class_histogram": self.histogram.tolist() if hasattr(self, "histogram") else None,

@@ -22,6 +22,7 @@ class FtmpiError(Exception):
     """Base of every error ftmpi raises on purpose."""
 
     exit_code = EXIT_CRASH
+    quiet = False  # True: the message was already said elsewhere (e.g. rank 0's own failure)
 
 
 class ConfigError(FtmpiError):

@@ -327,6 +327,7 @@ class Worker:
         if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
             return np.zeros(0, np.int64)
         self._rescore(params, rnd)
+        assert self.scores is not None
         local = select_representative(o.rep_selection, self.scores, self.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
         return self.ids[local].astype(np.int64)
