@@ -504,12 +504,13 @@ class Coordinator:
         them before anything fails; None when nothing changed since the last call. Each worker holds about one
         representative set in all, whatever the number of workers."""
         alive = self.alive
-        key = (self.epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, p) in self._staged.items())))
+        staged = dict(self._staged)  # one copy (a C-level, atomic one): the writer thread publishes into it
+        key = (self.epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, p) in staged.items())))
         if key == self._plan_key:
             return None
         self._plan_key = key
         plans: dict[int, list[tuple[str, int, int]]] = {r: [] for r in alive}
-        for d, (ids, path) in sorted(self._staged.items()):
+        for d, (ids, path) in sorted(staged.items()):
             others = [r for r in alive if r != d]
             if d not in alive or not others:
                 continue
