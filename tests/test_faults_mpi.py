@@ -171,6 +171,25 @@ def test_tensorboard_events_of_a_run_with_a_failure(tmp_path):
     assert any("worker 1 lost" in t for _, _, t in texts) and any("handed" in t for _, _, t in texts)
 
 
+def test_two_lost_at_once_fall_back_to_reading_the_standby_files(tmp_path):
+    """The survivors read ahead their share of a *single* loss; two workers lost in the same round are dealt
+    over fewer survivors, so the slices differ from the plan and are read from the standby files instead.
+    Either way every handed row arrives, with the weight of the shard it stands for."""
+    # the timeout detector: both are declared dead at the same deadline (ULFM may report them a moment apart)
+    job = run_job(4, SMOKE, tmp_path / "two", "--inject", "kill:1@8", "--inject", "kill:2@8", "--detector",
+                  "timeout", *FAST)
+    assert job.rc == 0, job.err
+    s, f = job.summary, _failures(job)
+    assert sorted(f) == [1, 2] and s["alive_workers"] == 2 and s["rep_weight"] == "shard"
+    for r in (1, 2):
+        assert f[r]["rows_handed"] == 50 and f[r]["row_weight"] == pytest.approx(s["initial_shards"][str(r)] / 50)
+        assert f[r]["epoch"] == 1 and f[r]["rows_prefetched"] == 0, "dealt over 2 survivors, not as planned"
+    assert s["points_handed"] == 100
+    final = load(list_checkpoints(tmp_path / "two")[-1])
+    assert final.weight[final.owner >= 0].sum() == pytest.approx(3200)
+    assert not list((tmp_path / "two" / "shards").glob("handoff-*.h5")), "staged rows: nothing written at the loss"
+
+
 def test_worker_dies_while_its_handoff_is_in_progress(tmp_path):
     """Worker 2 is killed on the very round message that hands it worker 1's rows, before loading them."""
     job = run_job(4, SMOKE, tmp_path / "ho", "--inject", "kill:1@4", "--inject", "kill:2@5",
