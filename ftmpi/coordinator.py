@@ -9,8 +9,9 @@ misses a round's deadline (always), or when it reports its own crash. Every mess
 told to leave. The dead worker's rows are handed to the survivors (``executor.remap``) through HDF5 files:
 each survivor is sent its slices as soon as the loss is known (a survivor still training takes them between
 two steps). With ``rep_selection: random`` rank 0 chooses every worker's representative rows itself and
-stages them in a standby file before anything fails, so that handing them over writes nothing; other rows
-are written into one file per epoch at the failure. The ownership of every sample id is tracked so coverage
+stages them in a standby file before anything fails, so that handing them over writes nothing, and the
+survivors have read their slices ahead (:mod:`ftmpi.staging`); other rows are written into one file per
+epoch at the failure. The ownership of every sample id is tracked so coverage
 is exact.
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .models import Model
 from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, deal_slices, partition
 from .saver import BackgroundWriter
-from .shards import handoff_path, shard_path, stale_standbys, standby_path, write_handoff, write_shard
+from .shards import handoff_path, shard_path, write_handoff, write_shard
+from .staging import Standby
 from .worker import rep_count, select_representative
 
 
@@ -116,14 +118,9 @@ class Coordinator:
         self.ckpt_seconds = 0.0
         self.writer = BackgroundWriter()  # checkpoints and staged representative rows, behind the rounds
         # remap representative + rep_selection random: rank 0 chooses each worker's representative rows and
-        # stages them in a file of their own before anything fails (rank -> (ids in file order, file))
-        self._staged: dict[int, tuple[np.ndarray, Path]] = {}
-        self._stage_gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
+        # stages them in a file of their own before anything fails, and tells the others what to read ahead
+        self.standby = Standby(cfg, self.run_dir, self.writer)
         self._restage: set[int] = set()
-        self._prio: np.ndarray | None = None
-        # what each worker was last told to read ahead (slices of the others' standby files; see _prefetch_plans)
-        self._plan_key: Any = None
-        self._hinted: dict[int, list[tuple[str, int, int]]] = {}
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self._pending_row: dict[str, Any] | None = None
@@ -294,12 +291,13 @@ class Coordinator:
         # the rate at the middle of this round's iterations
         lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
         self.opt.lr = lr
-        plans = self._prefetch_plans() if self._random_choice() else None
+        plans = self.standby.plans(self.epoch, self.alive) if self.standby.active else None
         for r in self.alive:
             msg: dict[str, Any] = {"t": "round", "epoch": self.epoch, "round": rnd, "iters": iters,
                                    "lr": lr, "full": full, "params": payload}
-            if plans is not None and plans.get(r, []) != self._hinted.get(r, []):  # read after the reply
-                msg["prefetch"] = self._hinted[r] = plans.get(r, [])
+            plan = self.standby.news_for(r, plans)
+            if plan is not None:  # read after the reply
+                msg["prefetch"] = plan
             if self.pending_rebuild is not None:
                 msg["rebuild"] = self.pending_rebuild
             if first:
@@ -403,9 +401,9 @@ class Coordinator:
         taken: dict[int, list[np.ndarray]] = {}
         unstaged = []
         for r in dead:
-            give, staged = give_by[r], self._staged.get(r)
+            give, staged = give_by[r], self.standby.get(r)
             if len(give) and staged is not None and staged[0] is give:
-                for s, a, b in deal_slices(len(give), survivors, self._deal_seed(self.epoch, r)):
+                for s, a, b in deal_slices(len(give), survivors, self.standby.deal_seed(self.epoch, r)):
                     if b > a:
                         # one weight for the whole slice (the standby file was written before it was known)
                         segments.setdefault(s, []).append((str(staged[1]), a, b, float(self.weight[give[0]])))
@@ -435,7 +433,7 @@ class Coordinator:
                 self.ownership.drop(rest)
         for s, parts_of_s in taken.items():
             self.ownership.assign(s, np.concatenate(parts_of_s))
-            self._unstage(s)
+            self.standby.unstage(s)
         n_handed = sum(len(g) for g in give_by.values())
         self.rows_handed += n_handed
         receivers = set(segments)
@@ -494,82 +492,19 @@ class Coordinator:
             self._stage(sorted(self._restage & alive))
             self._restage.clear()
 
-    def _deal_seed(self, epoch: int, rank: int) -> int:
-        """Seed of :func:`deal_slices` for the standby file of worker ``rank`` handed over in ``epoch``."""
-        return self.cfg.model.seed + epoch + rank
-
-    def _prefetch_plans(self) -> dict[int, list[tuple[str, int, int]]] | None:
-        """For each alive worker, the slices of the other workers' standby files it would be handed if that
-        worker alone were lost next (same survivors, same seed as :meth:`_handle_failures`), so that it can read
-        them before anything fails; None when nothing changed since the last call. Each worker holds about one
-        representative set in all, whatever the number of workers."""
-        alive = self.alive
-        staged = dict(self._staged)  # one copy (a C-level, atomic one): the writer thread publishes into it
-        key = (self.epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, p) in staged.items())))
-        if key == self._plan_key:
-            return None
-        self._plan_key = key
-        plans: dict[int, list[tuple[str, int, int]]] = {r: [] for r in alive}
-        for d, (ids, path) in sorted(staged.items()):
-            others = [r for r in alive if r != d]
-            if d not in alive or not others:
-                continue
-            for r, a, b in deal_slices(len(ids), others, self._deal_seed(self.epoch + 1, d)):
-                if b > a:
-                    plans[r].append((str(path), a, b))
-        return plans
-
-    def _random_choice(self) -> bool:
-        o = self.cfg.optimizer
-        return self.cfg.executor.remap == "representative" and o.rep_selection == "random"
-
-    def _random_rep(self, rank: int) -> np.ndarray:
-        """``rep_selection: random``, chosen by rank 0: the ``n_most_rep`` rows of the worker that come first
-        in one fixed random order of the training set (seeded), in that order. A shard that grows keeps its
-        choice except for the rows that enter it, and the worker has nothing to report."""
-        if self._prio is None:
-            self._prio = np.random.default_rng([self.cfg.model.seed, 0x5EED]).permutation(self.ownership.n_total)
-        owned = self.ownership.owned(rank)
-        k = rep_count(self.cfg.optimizer.n_most_rep, len(owned))
-        return owned[np.argsort(self._prio[owned], kind="stable")[:k]]
-
     def _stage(self, ranks: list[int]) -> None:
-        """Write each worker's representative rows to a standby file in the background, so that handing them
-        over when it dies needs no write: the survivors are sent slices of that file at once."""
-        if not self._random_choice():
-            return
-        for r in ranks:
-            ids = self._random_rep(r)
-            self.members[r].rep = ids
-            self._unstage(r)  # until the new file is complete, a failure takes the slow path
-            if len(ids):
-                self.writer.submit("stage", self._write_standby, r, ids, standby_path(self.run_dir, self.epoch, r),
-                                   self._stage_gen[r])
-
-    def _unstage(self, rank: int) -> None:
-        """The worker's rows changed: its staged file (and any still being written) no longer holds its choice."""
-        self._stage_gen[rank] = self._stage_gen.get(rank, 0) + 1
-        self._staged.pop(rank, None)
-
-    def _write_standby(self, rank: int, ids: np.ndarray, path: Path, gen: int) -> None:
-        """(Background thread.) Write a standby file, drop the worker's older ones (only a dead worker's
-        standby file is ever read, and a live worker's is superseded), then publish it unless the worker's
-        rows changed meanwhile."""
-        d = self.data
-        write_shard(path, d.X_train[ids], d.y_train[ids], ids,
-                    {"n_classes": d.n_classes, "dataset": d.name, "rank": rank, "staged": "representative"})
-        for old in stale_standbys(path):
-            old.unlink(missing_ok=True)
-        if self._stage_gen.get(rank) == gen:
-            self._staged[rank] = (ids, path)
+        """Stage the workers' representative rows (``rep_selection: random``; see :mod:`ftmpi.staging`)."""
+        if self.standby.active:
+            for r, ids in self.standby.stage(ranks, self.epoch, self.ownership, self.data).items():
+                self.members[r].rep = ids
 
     def _representative_of(self, rank: int, owned: np.ndarray) -> np.ndarray:
         """The dead worker's representative ids: rank 0's own random choice (``rep_selection: random``), the
         worker's latest report, or (if it never reported) the top rows of its shard scored by rank 0 with the
         current global model."""
-        if self._random_choice():
-            staged = self._staged.get(rank)
-            return staged[0] if staged is not None else self._random_rep(rank)
+        if self.standby.active:
+            staged = self.standby.get(rank)
+            return staged[0] if staged is not None else self.standby.choice(rank, self.ownership)
         rep = self.members[rank].rep
         rep = rep[np.isin(rep, owned)] if len(rep) else rep
         if len(rep) == 0 and len(owned):
@@ -661,7 +596,7 @@ class Coordinator:
             how = "error" if r in errors else ("ulfm" if r in out.failed else "timeout")
             newly.append((r, self._declare_dead(r, how, errors.get(r, ""))))
         for r, m in replies.items():
-            if not self._random_choice():
+            if not self.standby.active:
                 self.members[r].rep = np.asarray(m["rep"], np.int64)
             for e, wall in (m.get("ready") or {}).items():
                 self._ready.setdefault(int(e), {})[r] = float(wall)

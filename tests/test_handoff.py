@@ -169,7 +169,7 @@ def test_random_representatives_are_staged_before_the_failure_and_handed_as_slic
     staged = read_shard(shards / "standby-e0000-w0002.h5")
     assert len(staged) == rep_count(0.1, len(dead)) and set(staged.ids) <= set(dead)
     assert np.array_equal(staged.X, c.data.X_train[staged.ids]) and np.array_equal(staged.y, c.data.y_train[staged.ids])
-    assert np.array_equal(c._random_rep(2), staged.ids), "the file holds rank 0's choice, in its order"
+    assert np.array_equal(c.standby.choice(2, c.ownership), staged.ids), "the file holds rank 0's choice, in its order"
     c.members[2].alive = False
     f = c._declare_dead(2, "ulfm")
     c._handle_failures([2], [f])
@@ -194,7 +194,7 @@ def test_random_representatives_are_staged_before_the_failure_and_handed_as_slic
     assert sorted(p.name for p in shards.iterdir()) == ["standby-e0000-w0002.h5"] + [
         f"standby-e0001-w{r:04d}.h5" for r in (1, 3, 4)]
     for r in (1, 3, 4):
-        assert len(c._staged[r][0]) == rep_count(0.1, len(c.ownership.owned(r)))
+        assert len(c.standby.staged[r][0]) == rep_count(0.1, len(c.ownership.owned(r)))
 
 
 def test_survivors_read_ahead_exactly_the_slices_a_loss_hands_them(coordinator):
@@ -203,8 +203,8 @@ def test_survivors_read_ahead_exactly_the_slices_a_loss_hands_them(coordinator):
     c = coordinator("representative", n_most_rep=0.1, selection="random")
     c._stage(c.alive)
     c.writer.wait()
-    plans = c._prefetch_plans()
-    assert c._prefetch_plans() is None, "nothing changed: nothing to tell"
+    plans = c.standby.plans(c.epoch, c.alive)
+    assert c.standby.plans(c.epoch, c.alive) is None, "nothing changed: nothing to tell"
     for r, plan in plans.items():
         assert sorted(Path(p).name for p, _, _ in plan) == [f"standby-e0000-w{d:04d}.h5" for d in (1, 2, 3, 4)
                                                              if d != r]
@@ -216,7 +216,7 @@ def test_survivors_read_ahead_exactly_the_slices_a_loss_hands_them(coordinator):
     for dest, [(path, a, b, _)] in handed.items():
         assert (path, a, b) in plans[dest]
     # a new membership: new plans, for the survivors only, none naming the dead worker's file
-    new = c._prefetch_plans()
+    new = c.standby.plans(c.epoch, c.alive)
     assert sorted(new) == [1, 3, 4] and not any("w0002" in p for plan in new.values() for p, _, _ in plan)
 
 
