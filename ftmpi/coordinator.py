@@ -195,10 +195,8 @@ class Coordinator:
         parts = [self.ownership.owned(r) for r in alive]
         self.histogram = class_histogram(d.y_train, parts, d.n_classes)
         for r, ids in zip(alive, parts, strict=True):
-            wr = self.weight[ids]
             write_shard(shard_path(self.run_dir, r), d.X_train[ids], d.y_train[ids], ids,
-                        {"n_classes": d.n_classes, "dataset": d.name, "rank": r},
-                        {"w": wr} if np.any(wr != 1.0) else None)
+                        {"n_classes": d.n_classes, "dataset": d.name, "rank": r}, w=self.weight[ids])
         self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts, strict=True)}
         self.model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
         self.tensors = self.model.tensors()
@@ -392,9 +390,8 @@ class Coordinator:
             if len(give_by[r]) and cfg.executor.remap == "representative" and cfg.optimizer.rep_weight == "shard":
                 # the handed rows stand for the whole dead shard: each weighs |shard| / |handed| (the weights
                 # of a uniform random choice make the survivors' objective an unbiased estimate of the lost one)
-                mass = float(self.weight[owned].sum())
-                self.weight[give_by[r]] = mass / len(give_by[r])
-                f.row_weight = mass / len(give_by[r])
+                f.row_weight = float(self.weight[owned].sum()) / len(give_by[r])
+                self.weight[give_by[r]] = f.row_weight
         # Rows staged before the failure go out as slices of their standby file; the others are written now,
         # into one file for the epoch. Each survivor gets one message with all its slices.
         segments: dict[int, list[tuple[str, int, int, float | None]]] = {}

@@ -109,8 +109,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _weights_ok(w: np.ndarray, n: int) -> bool:
+    """Row weights are ``n`` finite positive numbers."""
+    return w.shape == (n,) and bool(np.all(np.isfinite(w))) and not np.any(w <= 0)
+
+
 def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids: np.ndarray,
-                attrs: Mapping[str, Any] | None = None, extra: Mapping[str, np.ndarray] | None = None) -> Path:
+                attrs: Mapping[str, Any] | None = None, extra: Mapping[str, np.ndarray] | None = None,
+                w: np.ndarray | None = None) -> Path:
     """Write a shard (or handoff) file atomically.
 
     Args:
@@ -120,6 +126,7 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids:
         ids: ``(n,)`` global row ids, stored as int64.
         attrs: Extra HDF5 attributes (strings, numbers, small arrays), e.g. ``n_classes``, ``dataset``.
         extra: Extra datasets (name -> array), e.g. a handoff file's ``receivers`` and ``offsets``.
+        w: The rows' weights (see :class:`Shard`), stored as ``/w`` only when some weight is not 1.
 
     Returns:
         The destination path.
@@ -135,6 +142,12 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids:
     if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
         raise ValueError(f"{dest}: expected X (n, d), y (n,), ids (n,); "
                          f"got {X.shape}, {y.shape}, {ids.shape}")
+    if w is not None:
+        w = np.asarray(w, np.float64)
+        if not _weights_ok(w, len(ids)):
+            raise ValueError(f"{dest}: weights must be {len(ids)} positive numbers")
+        if np.any(w != 1.0):
+            extra = {**(extra or {}), "w": w}
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
@@ -166,14 +179,8 @@ def write_handoff(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, id
     if counts.sum() != len(ids):
         raise ValueError(f"{path}: the receivers' rows add up to {counts.sum()}, not {len(ids)}")
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    extra = {"receivers": np.array(list(parts), np.int64), "offsets": offsets}
-    if w is not None:
-        w = np.asarray(w, np.float64)
-        if w.shape != (len(ids),) or not np.all(np.isfinite(w)) or np.any(w <= 0):
-            raise ValueError(f"{path}: weights must be {len(ids)} positive numbers")
-        if np.any(w != 1.0):
-            extra["w"] = w
-    return write_shard(path, X, y, ids, attrs, extra)
+    return write_shard(path, X, y, ids, attrs, {"receivers": np.array(list(parts), np.int64), "offsets": offsets},
+                       w)
 
 
 def handoff_slices(path: str | os.PathLike[str]) -> dict[int, tuple[int, int]]:
@@ -233,6 +240,6 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
         raise DataError(f"{path}: inconsistent shapes X {X.shape}, y {y.shape}, ids {ids.shape}")
     w = arrays.get("w")
-    if w is not None and not (np.all(np.isfinite(w)) and np.all(w > 0)):
+    if w is not None and not _weights_ok(w, len(ids)):
         raise DataError(f"{path}: /w holds weights that are not positive numbers")
     return Shard(X, y, ids, attrs, w)
