@@ -136,6 +136,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
+    from .signals import install
+
+    install()  # SIGTERM/SIGUSR1: checkpoint and stop at the next round boundary (see ftmpi/signals.py)
     prefetch = _Prefetch(args, _overrides(args)) if _launcher_rank() == "0" else None
     import mpi4py
 

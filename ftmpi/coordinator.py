@@ -34,12 +34,13 @@ from .codec import decode, encode
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector, Outcome
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
-from .errors import EXIT_NO_WORKERS, EXIT_OK, CheckpointError
+from .errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError
 from .metrics import MetricsCSV, Progress, truncate_metrics, write_json_atomic, write_status
 from .models import Model
 from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, deal_slices, partition
 from .saver import BackgroundWriter
+from .signals import stop_requested
 from .shards import handoff_path, shard_path, write_handoff, write_shard
 from .staging import Standby
 from .worker import rep_count, select_representative
@@ -127,6 +128,7 @@ class Coordinator:
         self.pending_rebuild: list[int] | None = None
         self.alive_comm: dict[str, Any] | None = None
         self.last_per_class = np.zeros(0)
+        self.preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
 
     # --------------------------------------------------------------- helpers
     @property
@@ -560,6 +562,12 @@ class Coordinator:
                 sys.stderr.write(f"ftmpi: rank 0: error: every worker is lost (round {self.round}); metrics "
                                  f"and summary saved in {self.run_dir}\n")
                 break
+            sig = stop_requested()
+            if sig is not None:  # preempted: this round is checkpointed by _finish; resume continues from it
+                self.preempted = {"signal": sig, "round": self.round}
+                self.progress.event(f"{sig}: stopping after round {self.round - 1}; checkpointing for a resume")
+                code = EXIT_PREEMPTED
+                break
             code = self._round(first)
             first = False
         self.state = CState.STOPPING if code == EXIT_OK else self.state
@@ -688,7 +696,7 @@ class Coordinator:
 
     def _summary(self, code: int) -> dict[str, Any]:
         cfg, tr = self.cfg, self.ch.traffic
-        status = {EXIT_OK: "completed", EXIT_NO_WORKERS: "no-workers"}.get(code, "failed")
+        status = {EXIT_OK: "completed", EXIT_NO_WORKERS: "no-workers", EXIT_PREEMPTED: "preempted"}.get(code, "failed")
         rec = [f for f in self.failures if f.recovery_time is not None]
         return {
             "status": status, "exit_code": code, "name": cfg.name, "scenario": cfg.executor.scenario,
@@ -702,7 +710,7 @@ class Coordinator:
                                                               "epoch": self.resume.epoch},
             "checkpoint_seconds": self.ckpt_seconds, "checkpoint_write_seconds": self.writer.seconds["checkpoint"],
             "staging": {"files": self.writer.done["stage"], "seconds": self.writer.seconds["stage"]},
-            "alive_comm": self.alive_comm,
+            "alive_comm": self.alive_comm, "preempted": self.preempted,
             "alive_workers": len(self.alive), "detector": self.ch.detector.value,
             "comm_period": cfg.executor.comm_period, "switched_to_every_iteration_at": self.switched_at,
             "quantize": cfg.executor.quantize, "remap": cfg.executor.remap, "partition": cfg.data.partition,

@@ -9,13 +9,15 @@ from collections.abc import Sequence
 
 #: Exit codes: 0 success, 1 an unexpected crash, 2 bad input (config/data/checkpoint),
 #: 3 training could not finish (every worker lost), 4 the coordinator was lost (seen from a worker),
-#: 5 this rank was declared dead by the coordinator and told to leave.
+#: 5 this rank was declared dead by the coordinator and told to leave, 6 preempted (SIGTERM/SIGUSR1: the
+#: current round was checkpointed and the run can be resumed).
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 2
 EXIT_NO_WORKERS = 3
 EXIT_COORDINATOR_LOST = 4
 EXIT_EXPELLED = 5
+EXIT_PREEMPTED = 6
 
 
 class FtmpiError(Exception):
