@@ -265,6 +265,14 @@ class Ownership:
         self._owner[ids] = -1
         return ids
 
+    def release_ids(self, rank: int, ids: np.ndarray) -> np.ndarray:
+        """Remove those of ``ids`` that ``rank`` owns and return them, sorted (e.g. rows a survivor could not
+        read)."""
+        ids = self._ids(ids)
+        mine = np.sort(ids[self._owner[ids] == rank])
+        self._owner[mine] = -1
+        return mine
+
     def owned(self, rank: int) -> np.ndarray:
         """Sorted ids owned by ``rank``."""
         return np.flatnonzero(self._owner == rank).astype(np.int64)

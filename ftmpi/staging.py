@@ -8,8 +8,8 @@ loss writes nothing. Each worker is also told, ahead of time, which slice of eve
 would be handed if that worker alone were lost next (a *plan*); it reads those slices after its reply, and a
 loss is then served from memory.
 
-The coordinator owns membership and ownership and passes them in; this module owns the files, the choice
-and the plans.
+Rank 0's :class:`ftmpi.cluster.ClusterState` owns membership, ownership and weights and passes them in; the
+draw itself is :func:`ftmpi.handoff.random_choice`; this module owns the files and the plans.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import numpy as np
 
 from .config import Config
 from .data import Dataset
+from .handoff import random_choice
 from .partition import Ownership, deal_slices
 from .saver import BackgroundWriter
 from .shards import stale_standbys, standby_path, write_shard
-from .worker import rep_count
 
 Plan = list[tuple[str, int, int]]  # (standby file, start, stop) slices
 
@@ -39,10 +39,9 @@ class Standby:
 
     def __init__(self, cfg: Config, run_dir: Path, writer: BackgroundWriter) -> None:
         self.cfg, self.run_dir, self.writer = cfg, Path(run_dir), writer
-        # rank -> (ids in file order, file); published by the writer thread once the file is complete
-        self.staged: dict[int, tuple[np.ndarray, Path]] = {}
+        # rank -> (ids in file order, hit counts, file); published by the writer thread once the file is complete
+        self.staged: dict[int, tuple[np.ndarray, np.ndarray, Path]] = {}
         self._gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
-        self._prio: np.ndarray | None = None
         self._plan_key: Any = None
         self._hinted: dict[int, Plan] = {}  # what each worker was last told to read ahead
 
@@ -55,30 +54,29 @@ class Standby:
         """Seed of :func:`deal_slices` for the standby file of worker ``rank`` handed over in ``epoch``."""
         return self.cfg.model.seed + epoch + rank
 
-    def choice(self, rank: int, ownership: Ownership) -> np.ndarray:
-        """``rep_selection: random``, chosen by rank 0: the ``n_most_rep`` rows of the worker that come first
-        in one fixed random order of the training set (seeded), in that order. A shard that grows keeps its
-        choice except for the rows that enter it."""
-        if self._prio is None:
-            self._prio = np.random.default_rng([self.cfg.model.seed, 0x5EED]).permutation(ownership.n_total)
-        owned = ownership.owned(rank)
-        k = rep_count(self.cfg.optimizer.n_most_rep, len(owned))
-        return owned[np.argsort(self._prio[owned], kind="stable")[:k]]
+    def choice(self, rank: int, ownership: Ownership, weight: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``rep_selection: random``, chosen by rank 0: rows of the worker drawn in proportion to their weight
+        (:func:`ftmpi.handoff.random_choice`), in random order, with their hit counts."""
+        return random_choice(self.cfg.model.seed, rank, epoch, ownership.owned(rank), weight,
+                             self.cfg.optimizer.n_most_rep)
 
-    def get(self, rank: int) -> tuple[np.ndarray, Path] | None:
-        """The worker's published standby rows and file, or None (none yet, or being rewritten)."""
+    def get(self, rank: int) -> tuple[np.ndarray, np.ndarray, Path] | None:
+        """The worker's published standby rows, their hit counts and file, or None (none yet, or being
+        rewritten)."""
         return self.staged.get(rank)
 
-    def stage(self, ranks: list[int], epoch: int, ownership: Ownership, data: Dataset) -> dict[int, np.ndarray]:
+    def stage(self, ranks: list[int], epoch: int, ownership: Ownership, weight: np.ndarray,
+              data: Dataset) -> dict[int, np.ndarray]:
         """Choose each worker's representative rows and have them written to a standby file in the
         background; returns the choices (rank -> ids)."""
         chosen = {}
         for r in ranks:
-            ids = chosen[r] = self.choice(r, ownership)
+            ids, hits = self.choice(r, ownership, weight, epoch)
+            chosen[r] = ids
             self.unstage(r)  # until the new file is complete, a failure takes the slow path
             if len(ids):
-                self.writer.submit("stage", self._write, r, ids, standby_path(self.run_dir, epoch, r), self._gen[r],
-                                   data)
+                self.writer.submit("stage", self._write, r, ids, hits, standby_path(self.run_dir, epoch, r),
+                                   self._gen[r], data)
         return chosen
 
     def unstage(self, rank: int) -> None:
@@ -86,7 +84,7 @@ class Standby:
         self._gen[rank] = self._gen.get(rank, 0) + 1
         self.staged.pop(rank, None)
 
-    def _write(self, rank: int, ids: np.ndarray, path: Path, gen: int, data: Dataset) -> None:
+    def _write(self, rank: int, ids: np.ndarray, hits: np.ndarray, path: Path, gen: int, data: Dataset) -> None:
         """(Background thread.) Write a standby file, drop the worker's older ones (only a dead worker's
         standby file is ever read, and a live worker's is superseded), then publish it unless the worker's
         rows changed meanwhile."""
@@ -95,7 +93,7 @@ class Standby:
         for old in stale_standbys(path):
             old.unlink(missing_ok=True)
         if self._gen.get(rank) == gen:
-            self.staged[rank] = (ids, path)
+            self.staged[rank] = (ids, hits, path)
 
     def plans(self, epoch: int, alive: list[int]) -> dict[int, Plan] | None:
         """For each alive worker, the slices of the other workers' standby files it would be handed if that
@@ -103,12 +101,12 @@ class Standby:
         when nothing changed since the last call. Each worker holds about one representative set in all,
         whatever the number of workers."""
         staged = dict(self.staged)  # one copy (a C-level, atomic one): the writer thread publishes into it
-        key = (epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, p) in staged.items())))
+        key = (epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, _, p) in staged.items())))
         if key == self._plan_key:
             return None
         self._plan_key = key
         plans: dict[int, Plan] = {r: [] for r in alive}
-        for d, (ids, path) in sorted(staged.items()):
+        for d, (ids, _, path) in sorted(staged.items()):
             others = [r for r in alive if r != d]
             if d not in alive or not others:
                 continue

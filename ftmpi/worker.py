@@ -1,23 +1,26 @@
 """A worker's life: say hello, train on its shard round after round, report, leave when told.
 
-State machine (:class:`WState`): JOINING → WAITING ⇄ TRAINING → STOPPED (told to stop) or EXPELLED (declared
-dead earlier, told to leave) or LOST (no word from rank 0 within ``executor.timeout``).
+It ends when told to stop (exit 0), when told to leave (declared dead earlier: :class:`Expelled`), or when
+rank 0 says nothing within ``executor.timeout`` (:class:`CoordinatorLost`). Messages are the dataclasses of
+:mod:`ftmpi.protocol`.
 
 Per round the worker applies the broadcast to its replica of the global model, takes ``iters`` local steps
 (minibatch SGD/Adam with the ``mu_g`` pull towards the global model), scores every sample of its shard, and
 sends back its update (delta or mean gradient, quantized with error feedback when asked), its mean loss,
 its shard size and the global ids of its ``n_most_rep`` most representative points.
 
-Rows of a lost worker arrive as a ``handoff`` message naming an HDF5 file. Between two steps of a round the
+Rows of a lost worker arrive as a :class:`~ftmpi.protocol.Handoff` naming HDF5 file slices (and the rows'
+weights). A slice that cannot be read is reported in the next reply (rank 0 drops those rows) instead of
+ending the worker. Between two steps of a round the
 worker looks for one (a single nonblocking probe), appends the rows and draws the round's remaining
 minibatches from the grown shard, so that it trains on them a few milliseconds after rank 0 noticed the
 loss rather than a round later; the wall time at which it did is reported in its next reply (``ready``).
 """
 from __future__ import annotations
 
-import enum
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,61 +28,28 @@ from typing import Any
 import numpy as np
 
 from . import faults as F
-from . import kernels as K
+from . import protocol as P
 from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLY, Channel
 from .config import Config
 from .errors import CoordinatorLost, DataError, Expelled, PeerError
+from .handoff import expand_weights, rep_count, select_representative
 from .models import Model, warmup
 from .optim import Optimizer, clip
-from .shards import read_shard
-
-
-class WState(enum.Enum):
-    JOINING = "joining"
-    WAITING = "waiting"
-    TRAINING = "training"
-    STOPPED = "stopped"
-    EXPELLED = "expelled"
-    LOST = "lost"
-
-
-def rep_count(n_most_rep: float, n: int) -> int:
-    """``n_most_rep`` as a count: a fraction in (0, 1) of the shard, else an absolute count."""
-    if 0 < n_most_rep < 1:
-        return int(round(n_most_rep * n))
-    return int(min(n_most_rep, n))
-
-
-def expand_weights(w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Row indices, row ``i`` repeated ``floor(w[i])`` times plus once more with probability ``w[i] % 1``: a
-    list whose uniform draws pick each row in proportion to its weight (exactly, in expectation)."""
-    whole = np.floor(w)
-    counts = whole.astype(np.int64) + (rng.random(len(w)) < (w - whole))
-    return np.repeat(np.arange(len(w), dtype=np.int64), counts)
-
-
-def select_representative(kind: str, scores: np.ndarray, y: np.ndarray, k: int, n_classes: int,
-                          seed: int) -> np.ndarray:
-    """Local row indices of the ``k`` most representative points under the selection rule ``kind``."""
-    if kind == "random":
-        return K.select_random(len(scores), k, seed)
-    if kind == "stratified":
-        return K.select_stratified(scores, y, k, n_classes)
-    return K.select_loss(scores, k)
+from .procs import start_time
+from .shards import Shard, read_shard
 
 
 class Worker:
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> None:
         self.ch, self.cfg, self.run_dir = ch, cfg, Path(run_dir)
         self.rank = ch.rank
-        self.state = WState.JOINING
         self.epoch = -1
         # faults that already fired in an earlier launch of this run (a resumed job does not replay them);
         # a fresh run ignores old records (rank 0 is deleting them at this moment)
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resuming \
             else set()
-        self._stash: list[dict] = []  # control messages that arrived mid-round, for after the round
+        self._stash: list[Any] = []  # control messages that arrived mid-round, for after the round
         self._unstamped: list[int] = []  # handoff epochs loaded while idle: stamped when training resumes
         self._ready: dict[int, float] = {}  # handoff epoch -> wall time training on its rows began
         self._handed = 0  # rows taken since the last reply
@@ -88,9 +58,24 @@ class Worker:
         self._cache: dict[tuple[str, int, int], Any] = {}
         self._plan: list | None = None  # a new plan, read after this round's reply
         self._prefetched: dict[int, int] = {}  # handoff epoch -> rows taken from the read-ahead copies
+        self._unreadable: list[tuple[int, str, int, int]] = []  # handed slices that could not be read
+        # the shard (set by _setup with the first round): rows, labels, global ids, weights (None: all 1)
+        self._xbuf = np.zeros((0, 0), np.float32)
+        self.X = self._xbuf
+        self.y = np.zeros(0, np.int32)
+        self.ids = np.zeros(0, np.int64)
+        self.w: np.ndarray | None = None
+        self.n_classes = 0
+        self.model = Model(np.array([1, 1], np.int64))
+        self.tensors = self.model.tensors()
+        self.opt = Optimizer("sgd", 0, 0.0)
+        self.replica = np.zeros(0, np.float32)
+        self.grad = np.zeros(0, np.float32)
+        self.uplink = ErrorFeedback(0, self.tensors, 0, False)
+        self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
 
     # ------------------------------------------------------------------ waits
-    def _wait_ctrl(self, timeout: float, phase: str) -> dict:
+    def _wait_ctrl(self, timeout: float, phase: str) -> Any:
         """Next control message from rank 0 (pings extend the deadline), or CoordinatorLost."""
         if self._stash:
             return self._stash.pop(0)
@@ -99,7 +84,8 @@ class Worker:
                 msg = self.ch.recv_one(0, TAG_CTRL, timeout, phase, "is rank 0 alive?")
             except PeerError as exc:
                 raise CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}") from None
-            if msg.get("t") != "ping":
+            msg = P.coerce(msg)
+            if not isinstance(msg, P.Ping):
                 return msg
 
     # --------------------------------------------------------------- the loop
@@ -107,35 +93,35 @@ class Worker:
         cfg = self.cfg
         # a cold numba cache compiles here, while rank 0 loads the data
         warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
-        self.ch.send(0, TAG_REPLY, {"t": "hello", "rank": self.rank, "host": socket.gethostname(),
-                                    "pid": os.getpid()})
+        pid = os.getpid()
+        self.ch.send(0, TAG_REPLY, P.Hello(self.rank, socket.gethostname(), pid, start_time(pid)))
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
-        if msg["t"] == "round":
-            self._setup(msg["setup"])
+        if isinstance(msg, P.Round) and msg.setup is not None:
+            self._setup(msg.setup)
         while True:
-            t = msg["t"]
-            if t == "stop":
-                self.state = WState.STOPPED
-                self.ch.send(0, TAG_REPLY, {"t": "bye", "rank": self.rank})
+            if isinstance(msg, P.Stop):
+                self.ch.send(0, TAG_REPLY, P.Bye(self.rank))
                 self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
                 return 0
-            if t == "exit":
-                self.state = WState.EXPELLED
-                exc = Expelled(f"worker {self.rank}: {msg.get('reason', 'told to leave by rank 0')}")
-                if "code" in msg:  # rank 0 itself failed and said why: leave with its code, silently
-                    exc.exit_code, exc.quiet = int(msg["code"]), bool(msg.get("quiet"))
+            if isinstance(msg, P.Exit):
+                exc = Expelled(f"worker {self.rank}: {msg.reason}")
+                if msg.code is not None:  # rank 0 itself failed and said why: leave with its code, silently
+                    exc.exit_code, exc.quiet = msg.code, msg.quiet
                 raise exc
-            if t == "round":
+            if isinstance(msg, P.Round):
                 self._round(msg)
-            elif t == "handoff":  # while idle: load now, stamp when the next round's training starts
+            elif isinstance(msg, P.Handoff):  # while idle: load now, stamp when the next round's training starts
                 self._take_handoff(msg)
-                self._unstamped.append(int(msg["epoch"]))
-            self.state = WState.WAITING
-            msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {msg.get('round', '?')}")
+                self._unstamped.append(msg.epoch)
+            msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {getattr(msg, 'round', '?')}")
 
-    def _setup(self, setup: dict) -> None:
+    def _load_shard(self, path: str) -> Shard:
+        """Read this worker's shard file (rows, labels, global ids, weights)."""
+        return read_shard(path)
+
+    def _setup(self, setup: P.Setup) -> None:
         cfg = self.cfg
-        shard = read_shard(setup["shard"])
+        shard = self._load_shard(setup.shard)
         n, d = shard.X.shape
         # room for handed rows (a third of a shard per survivor under remap: full, 4 workers) without
         # copying the whole shard when they arrive
@@ -143,8 +129,8 @@ class Worker:
         self._xbuf[:n] = shard.X
         self.X, self.y, self.ids = self._xbuf[:n], shard.y, shard.ids
         self.w = shard.w  # row weights (None: all 1); handed representative rows may weigh more
-        self.n_classes = int(setup["n_classes"])
-        self.model = Model(np.asarray(setup["sizes"], dtype=np.int64))
+        self.n_classes = int(setup.n_classes)
+        self.model = Model(np.asarray(setup.sizes, dtype=np.int64))
         n = self.model.n_params
         self.tensors = self.model.tensors()
         o = cfg.optimizer
@@ -152,14 +138,19 @@ class Worker:
         self.replica = np.zeros(n, np.float32)
         self.grad = np.zeros(n, np.float32)
         self.uplink = ErrorFeedback(n, self.tensors, cfg.executor.quantize, cfg.executor.stochastic_rounding)
-        self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
+        self.scores = None
 
-    def _take_handoff(self, msg: dict) -> int:
-        """Append the rows of a ``handoff`` message to the shard; returns how many."""
-        self.epoch = max(self.epoch, int(msg["epoch"]))
-        e = int(msg["epoch"])
-        added = sum(self._load_handoff(seg[0], (seg[1], seg[2]), seg[3] if len(seg) > 3 else None, e)
-                    for seg in msg["segments"])
+    def _take_handoff(self, msg: P.Handoff) -> int:
+        """Append the rows of a handoff to the shard; returns how many. A slice that cannot be read is noted
+        for the next reply (rank 0 drops its rows) and the others are still taken."""
+        self.epoch = max(self.epoch, msg.epoch)
+        added = 0
+        for seg in msg.segments:
+            try:
+                added += self._load_handoff(seg.path, (seg.start, seg.stop), seg.weights, msg.epoch)
+            except DataError as exc:
+                self._unreadable.append((msg.epoch, seg.path, seg.start, seg.stop))
+                sys.stderr.write(f"ftmpi: rank {self.rank}: warning: handed rows not taken: {exc}\n")
         self._handed += added
         return added
 
@@ -168,19 +159,21 @@ class Worker:
         message is kept for after the round."""
         grew = False
         while True:
-            msg = self.ch.try_recv(0, TAG_CTRL)
+            msg = P.coerce(self.ch.try_recv(0, TAG_CTRL))
             if msg is None:
                 return grew
-            if msg.get("t") == "handoff":
+            if isinstance(msg, P.Handoff):
                 if self._take_handoff(msg):
                     grew = True
-                self._ready[int(msg["epoch"])] = time.time()
-            elif msg.get("t") != "ping":
+                self._ready[msg.epoch] = time.time()
+            elif not isinstance(msg, P.Ping):
                 self._stash.append(msg)
 
-    def _load_handoff(self, path: str, rows: tuple[int, int], weight: float | None = None, epoch: int = -1) -> int:
+    def _load_handoff(self, path: str, rows: tuple[int, int], weight: np.ndarray | float | None = None,
+                      epoch: int = -1) -> int:
         """Append rows ``start:stop`` of a handoff file to the shard (from the read-ahead copy when there is
-        one), each weighing ``weight`` (else the file's ``/w``, else 1); returns how many."""
+        one), weighing ``weight`` (one per row, or one for all; else the file's ``/w``, else 1); returns how
+        many."""
         s = self._cache.pop((str(path), int(rows[0]), int(rows[1])), None)
         if s is None:
             s = read_shard(path, rows)
@@ -195,7 +188,7 @@ class Worker:
         self.X = self._xbuf[:n + m]
         self.y = np.concatenate([self.y, s.y])
         self.ids = np.concatenate([self.ids, s.ids])
-        w = np.full(m, weight) if weight is not None else s.w
+        w = np.broadcast_to(np.asarray(weight, np.float64), (m,)) if weight is not None else s.w
         if w is not None and np.any(w != 1.0):
             self.w = np.concatenate([np.ones(n) if self.w is None else self.w, w])
         elif self.w is not None:
@@ -239,34 +232,35 @@ class Worker:
         """How many training rows this shard stands for (its row count when every weight is 1)."""
         return float(len(self.y)) if self.w is None else float(self.w.sum())
 
-    def _round(self, msg: dict) -> None:
+    def _round(self, msg: P.Round) -> None:
         cfg, ex = self.cfg, self.cfg.executor
-        self.state = WState.TRAINING
-        self.epoch, rnd = msg["epoch"], msg["round"]
+        self.epoch, rnd = msg.epoch, msg.round
         for f in F.due(cfg.faults, self.rank, rnd):
             if (self.rank, rnd) not in self.fired:
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
-        if msg.get("full"):
-            self.replica[...] = msg["params"]
+        if msg.full:
+            self.replica[...] = msg.params
         else:
-            self.replica += decode(msg["params"], self.tensors, self.model.n_params)
+            self.replica += decode(msg.params, self.tensors, self.model.n_params)
         now = time.time()
         for e in self._unstamped:  # rows loaded while idle: trained on from now
             self._ready[e] = now
         self._unstamped = []
-        if "prefetch" in msg:
-            self._plan = msg["prefetch"]
-        iters = int(msg["iters"])
-        self.opt.lr = float(msg.get("lr", cfg.optimizer.learning_rate))
+        if msg.prefetch is not None:
+            self._plan = msg.prefetch
+        iters = int(msg.iters)
+        self.opt.lr = float(msg.lr)
         mu = cfg.optimizer.mu_g
         losses = []
         # send_gradients: parameter-server semantics, gradients at the global model averaged over the batches;
         # else local steps from the global model (with the mu_g pull towards it)
         local = self.replica if ex.send_gradients else self.replica.copy()
         acc = np.zeros_like(self.grad) if ex.send_gradients else None
-        batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.y)))
-        for i in range(iters):
+        if len(self.y) == 0:  # nothing to train on (yet): a handoff may have arrived meanwhile
+            self._poll_ctrl()
+        batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.y))) if len(self.y) else []
+        for i in range(len(batches)):
             b = batches[i]
             losses.append(self.model.loss_grad(local, self.X[b], self.y[b], self.grad))
             if acc is not None:
@@ -287,21 +281,17 @@ class Worker:
             update = local - self.replica
         payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
         rep = self._representative(local, rnd)
-        reply: dict[str, Any] = {
-            "t": "reply", "epoch": self.epoch, "round": rnd, "rank": self.rank, "update": payload,
-            "loss": float(np.mean(losses)) if losses else float("nan"), "n": self.mass, "rows": int(len(self.y)),
-            "rep": rep,
-            "handed_in": self._handed, "ready": self._ready, "prefetched": self._prefetched,
-            "t_compute": time.monotonic() - t0,
-        }
-        self._handed, self._ready, self._prefetched = 0, {}, {}
+        reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
+                        self.mass, int(len(self.y)), rep, self._handed, self._ready, self._prefetched,
+                        self._unreadable, time.monotonic() - t0)
+        self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
         self.ch.send(0, TAG_REPLY, reply)
         if self._plan is not None:  # off the critical path: rank 0 is collecting the others' replies
             self._read_ahead(self._plan)
             self._plan = None
-        if msg.get("rebuild"):  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
+        if msg.rebuild:  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
             # after the reply so that it costs the round nothing
-            self.ch.rebuild_alive(msg["rebuild"], self.epoch, min(2.0, ex.timeout / 2))
+            self.ch.rebuild_alive(msg.rebuild, self.epoch, min(2.0, ex.timeout / 2))
 
     def _rescore(self, params: np.ndarray, rnd: int) -> None:
         """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
@@ -324,7 +314,7 @@ class Worker:
         chooses them itself (``random``, staged before any failure)."""
         o = self.cfg.optimizer
         k = rep_count(o.n_most_rep, len(self.y))
-        if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
+        if k <= 0 or len(self.y) == 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
             return np.zeros(0, np.int64)
         self._rescore(params, rnd)
         assert self.scores is not None

@@ -1,0 +1,37 @@
+"""Process identity on Linux: a pid plus its start time names one process, even after the pid is reused.
+No MPI.
+
+A worker sends its start time in its hello (:class:`ftmpi.protocol.Hello`); rank 0 signals a hung worker
+at the end of a run only if the pid still belongs to the process that said hello.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def start_time(pid: int) -> int:
+    """Field 22 of ``/proc/PID/stat`` (start time, clock ticks after boot), or 0 if unknown or gone."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except OSError:
+        return 0
+    # field 2 (comm) may hold spaces and parentheses: the fields after it follow the last ')'
+    rest = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(rest[19])  # fields 3.. are rest[0..]; field 22 is rest[19]
+    except (IndexError, ValueError):
+        return 0
+
+
+def kill_if_same(pid: int, started: int) -> bool:
+    """SIGKILL ``pid`` only if it is still the process that started at ``started`` (never when unknown);
+    True if signalled."""
+    if pid <= 0 or started <= 0 or start_time(pid) != started:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

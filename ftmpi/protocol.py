@@ -1,0 +1,158 @@
+"""Every message between rank 0 and a worker, as a dataclass. No MPI, no I/O.
+
+Rank 0 sends on ``TAG_CTRL``: :class:`Round`, :class:`Handoff`, :class:`Ping`, :class:`Stop`, :class:`Exit`.
+A worker sends on ``TAG_REPLY``: :class:`Hello`, :class:`Reply`, :class:`Error`, :class:`Bye`.
+The wire format is pickle (:class:`ftmpi.comm.Channel`); a dataclass pickles to its class reference and
+its ``__dict__``, which costs a few dozen bytes more than the dict it replaces and no measurable time
+(see docs/ARCHITECTURE.md).
+
+Every message that belongs to a round carries its membership ``epoch`` and ``round``; rank 0 drops any
+other (counted as stale). :func:`coerce` also accepts the two plain-dict messages that ``cli.py`` sends
+when a rank fails outside the loops (``{"t": "exit", ...}`` and ``{"t": "error", ...}``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Reply", "Round", "Segment", "Setup", "Stop",
+           "coerce"]
+
+
+# ------------------------------------------------------------------------------------- rank 0 -> worker
+@dataclass
+class Setup:
+    """What a worker needs once, with its first round: its shard file, the classes and the layer widths."""
+
+    shard: str
+    n_classes: int
+    sizes: list[int]
+
+
+@dataclass
+class Round:
+    """Train ``iters`` local steps from the global model (``params``: the model itself when ``full``, else
+    its quantized change since the last round)."""
+
+    epoch: int
+    round: int
+    iters: int
+    lr: float
+    full: bool
+    params: Any  # np.ndarray when full, else an encoded payload (ftmpi.codec)
+    setup: Setup | None = None
+    prefetch: list[tuple[str, int, int]] | None = None  # standby slices to read ahead after the reply
+    rebuild: list[int] | None = None  # ULFM: rebuild the alive communicator with these ranks after the reply
+
+
+@dataclass
+class Segment:
+    """Rows ``start:stop`` of an HDF5 file handed to one survivor. ``weights``: one per row (how many
+    training rows each stands for), or None: the file's ``/w``, else 1."""
+
+    path: str
+    start: int
+    stop: int
+    weights: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Handoff:
+    """Rows of lost workers for this survivor, opened by membership ``epoch``."""
+
+    epoch: int
+    segments: list[Segment]
+
+
+@dataclass
+class Ping:
+    """Rank 0 is alive (a worker waiting for the next round extends its deadline)."""
+
+    epoch: int
+    round: int
+
+
+@dataclass
+class Stop:
+    """The run is over: say bye and leave with exit code 0."""
+
+    epoch: int
+    round: int
+
+
+@dataclass
+class Exit:
+    """Leave now. ``code`` set: rank 0 itself failed and said why (leave with its code, ``quiet``ly)."""
+
+    reason: str
+    code: int | None = None
+    quiet: bool = False
+
+
+# ------------------------------------------------------------------------------------- worker -> rank 0
+@dataclass
+class Hello:
+    """A worker is ready. ``start_time``: its process start time (``/proc/PID/stat`` field 22, clock ticks
+    since boot; 0 where unknown), so that rank 0 never signals a later process that reused the pid."""
+
+    rank: int
+    host: str
+    pid: int
+    start_time: int = 0
+
+
+@dataclass
+class Reply:
+    """A worker's round result."""
+
+    epoch: int
+    round: int
+    rank: int
+    update: Any  # np.ndarray or an encoded payload (ftmpi.codec)
+    loss: float
+    n: float  # the shard's mass: how many training rows its rows stand for
+    rows: int
+    rep: np.ndarray  # global ids of its representative rows (scored rules), else empty
+    handed_in: int = 0
+    ready: dict[int, float] = field(default_factory=dict)  # handoff epoch -> wall time training on it began
+    prefetched: dict[int, int] = field(default_factory=dict)  # handoff epoch -> rows served from read-ahead
+    unreadable: list[tuple[int, str, int, int]] = field(default_factory=list)  # (epoch, path, start, stop)
+    t_compute: float = 0.0
+
+
+@dataclass
+class Error:
+    """A worker crashed (an exception): who, where and why. It leaves after sending this."""
+
+    rank: int
+    host: str
+    error: str
+
+
+@dataclass
+class Bye:
+    """A worker acknowledges :class:`Stop`."""
+
+    rank: int
+
+
+Message = Round | Handoff | Ping | Stop | Exit | Hello | Reply | Error | Bye
+
+
+def coerce(obj: Any) -> Any:
+    """The message as a dataclass: typed messages pass through; the plain dicts of ``cli.py`` (``exit`` and
+    ``error``) are converted; anything else is returned as is (the receiver counts it as stale)."""
+    if isinstance(obj, dict):
+        t = obj.get("t")
+        if t == "exit":
+            code = obj.get("code")
+            return Exit(str(obj.get("reason", "told to leave by rank 0")), None if code is None else int(code),
+                        bool(obj.get("quiet", False)))
+        if t == "error":
+            return Error(int(obj.get("rank", -1)), str(obj.get("host", "?")), str(obj.get("error", "crashed")))
+    return obj
