@@ -66,10 +66,12 @@ class Failure:
 # ---------------------------------------------------------------------------------------------- events
 @dataclass
 class Heard:
-    """A message from world rank ``src`` (a :mod:`ftmpi.protocol` dataclass)."""
+    """A message from world rank ``src`` (a :mod:`ftmpi.protocol` dataclass); ``mark``: with an error report,
+    the worker's fault-injection record if one exists (see :class:`Lost`)."""
 
     src: int
     msg: Any
+    mark: dict[str, Any] | None = None
 
 
 @dataclass
@@ -277,12 +279,13 @@ class ClusterState:
             elif isinstance(ev, Chosen):
                 self.members[ev.rank].rep = np.asarray(ev.ids, np.int64)
             else:
-                out += self._heard(ev.src, P.coerce(ev.msg), lost)
+                out += self._heard(ev, P.coerce(ev.msg), lost)
         if lost:
             out += self._lose(lost, now)
         return out
 
-    def _heard(self, src: int, msg: Any, lost: list[Lost]) -> list[Effect]:
+    def _heard(self, ev: Heard, msg: Any, lost: list[Lost]) -> list[Effect]:
+        src = ev.src
         m = self.members.get(src)
         if m is None or not m.alive:  # a rank declared dead speaks: a zombie; it is told to leave
             self.stale += 1
@@ -294,7 +297,7 @@ class ClusterState:
             m.host, m.pid, m.start_time = msg.host, int(msg.pid), int(msg.start_time)
             return []
         if isinstance(msg, P.Error):
-            lost.append(Lost(src, "error", msg.error))
+            lost.append(Lost(src, "error", msg.error, ev.mark))
             return []
         if isinstance(msg, P.Reply) and msg.round == self.round and msg.epoch >= self._round_epoch \
                 and src not in self._replied:

@@ -11,7 +11,6 @@ worker gives up on rank 0 while it is busy. At the deadline the silent workers a
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import threading
@@ -23,7 +22,7 @@ import numpy as np
 
 from . import faults as F
 from . import protocol as P
-from .checkpoint import Snapshot, ckpt_path, prune, save
+from .checkpoint import Snapshot, ckpt_path
 from .cluster import (
     Accept,
     Chosen,
@@ -43,6 +42,7 @@ from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
 from .errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError
+from .files import save_and_prune, write_handoff_file, write_shards
 from .handoff import make_policy, rep_count, select_representative
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
 from .models import Model
@@ -51,40 +51,9 @@ from .outputs import Outputs, summary
 from .partition import class_histogram, partition
 from .procs import kill_if_same
 from .saver import BackgroundWriter
-from .shards import handoff_path, shard_path, write_handoff, write_shard
+from .shards import handoff_path, shard_path
 from .signals import stop_requested
 from .staging import Standby
-
-
-def test_delay(kind: str) -> None:
-    """Tests only: ``FTMPI_TEST_SLOW=checkpoint:3,handoff:2`` makes that kind of write sleep that long."""
-    for item in os.environ.get("FTMPI_TEST_SLOW", "").split(","):
-        name, _, secs = item.partition(":")
-        if name == kind and secs:
-            time.sleep(float(secs))
-
-
-def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray) -> None:
-    """Write each worker's shard file (its rows of the training set and their weights)."""
-    for r, ids in parts.items():
-        write_shard(shard_path(run_dir, r), data.X_train[ids], data.y_train[ids], ids,
-                    {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids])
-
-
-def _write_handoff(e: WriteHandoff, data: Dataset) -> None:
-    """(A thread of its own.) Write one epoch's handoff file."""
-    test_delay("handoff")
-    rows = np.concatenate(list(e.ids.values()))
-    write_handoff(e.path, data.X_train[rows], data.y_train[rows], rows, {s: len(v) for s, v in e.ids.items()},
-                  {"n_classes": data.n_classes, "dataset": data.name, "epoch": e.epoch},
-                  np.concatenate(list(e.weights.values())))
-
-
-def _save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int) -> None:
-    """(Background thread.) Save a checkpoint, then delete all but the newest ``keep``."""
-    test_delay("checkpoint")
-    save(path, snap)
-    prune(run_dir, keep)
 
 
 class _Write:
@@ -99,7 +68,7 @@ class _Write:
 
     def _run(self, e: WriteHandoff, data: Dataset) -> None:
         try:
-            _write_handoff(e, data)
+            write_handoff_file(e, data)
         except BaseException as exc:  # raised in the driver's thread
             self.error = exc
 
@@ -157,6 +126,11 @@ class Coordinator:
 
     def _mark(self, rank: int) -> dict[str, Any] | None:
         return F.read_marks(self.run_dir).get(rank)
+
+    def _heard(self, src: int, msg: Any) -> Heard:
+        """An event for a message; an error report carries the sender's fault mark, if any."""
+        msg = P.coerce(msg)
+        return Heard(src, msg, self._mark(src) if isinstance(msg, P.Error) else None)
 
     def _ping(self, ranks: list[int], force: bool = False) -> None:
         """Tell waiting workers rank 0 is alive, at most every ``timeout/4`` unless forced."""
@@ -221,7 +195,7 @@ class Coordinator:
         # cold numba cache: seconds) so that round 0 is as quick as any other
         out = self.ch.poll(ranks, TAG_REPLY, time.monotonic() + self.cfg.executor.startup_timeout,
                            until=lambda o: all(r in o.messages or r in o.failed for r in ranks))
-        events: list[Any] = [Heard(r, m) for r, ms in out.messages.items() for m in ms]
+        events: list[Any] = [self._heard(r, m) for r, ms in out.messages.items() for m in ms]
         for r in ranks:
             if not any(isinstance(P.coerce(m), P.Hello) for m in out.messages.get(r, [])):
                 events.append(Lost(r, "ulfm" if r in out.failed else "never-joined",
@@ -335,7 +309,7 @@ class Coordinator:
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
             out = self.ch.poll(sources, TAG_REPLY, min(deadline, now + tick),
                                until=lambda o: bool(o.messages or o.failed))
-            events: list[Any] = [Heard(r, m) for r, ms in out.messages.items() for m in ms]
+            events: list[Any] = [self._heard(r, m) for r, ms in out.messages.items() for m in ms]
             for r in out.failed:
                 self._silent.add(r)
                 if r in s.alive:  # acted on at once: the survivors take the rows between two steps
@@ -419,7 +393,7 @@ class Coordinator:
         snap = self._snapshot()
         self._wait_busy(lambda: self.writer.pending > 0)  # one checkpoint in flight at a time
         self.writer.wait()  # returns at once; raises a write that failed
-        self.writer.submit("checkpoint", _save_and_prune, ckpt_path(self.run_dir, self.state.round), snap,
+        self.writer.submit("checkpoint", save_and_prune, ckpt_path(self.run_dir, self.state.round), snap,
                            self.run_dir, self.cfg.executor.keep)
         if wait:
             self._wait_busy(lambda: self.writer.pending > 0)

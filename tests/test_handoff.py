@@ -1,9 +1,9 @@
 """The handoff's bookkeeping and selection, in-process (no MPI): what ``remap`` keeps and drops, the skew the
 partitions promise, and the representative-point rules on awkward shards.
 
-The coordinator's recovery step is exercised for real (:meth:`Coordinator._handle_failures` on a small
-synthetic dataset, with a stand-in channel and mpi4py imported without ``MPI_Init``), next to the same
-accounting written with the pure pieces (:class:`Ownership` and :func:`assign_handoff`).
+Rank 0's recovery is exercised for real (:class:`ftmpi.cluster.ClusterState` and its policy on a small
+synthetic dataset, the handoff files written by the driver's write function), next to the same accounting
+written with the pure pieces (:class:`Ownership` and :func:`assign_handoff`).
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from ftmpi import kernels as K
+from ftmpi import protocol as P
 from ftmpi.partition import Ownership, assign_handoff, class_histogram, partition
 from ftmpi.plot import held_classes
 from ftmpi.shards import handoff_slices, read_shard, write_handoff
-from ftmpi.worker import rep_count, select_representative
+from ftmpi.cluster import Stage
+from ftmpi.handoff import rep_count, select_representative
 
-
-def labels(n: int = 4000, k: int = 10, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(np.arange(n) % k).astype(np.int32)
+from .clusterkit import labels, make_cluster
 
 
 def _recover(own: Ownership, dead: int, give: np.ndarray, survivors: list[int], seed: int) -> tuple[int, int]:
@@ -74,209 +74,156 @@ def test_two_failures_in_a_row_drop_both_shards_under_none():
     assert len(own.dropped()) == sizes[2] + sizes[4] and len(own.unaccounted()) == 0
 
 
-# ------------------------------------------------------------------------- accounting, the coordinator
-class _Channel:
-    """What the coordinator's recovery step needs of a channel: the world size, the detector, and a send
-    that records what would have gone out."""
-
-    size = 5
-    detector = None  # set to Detector.TIMEOUT by the fixture (no communicator to rebuild)
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, int, dict]] = []
-
-    def send(self, dest: int, tag: int, obj: dict) -> int:
-        self.sent.append((dest, tag, obj))
-        return 0
-
-
+# ------------------------------------------------------------------------- accounting, rank 0's state
 @pytest.fixture
-def coordinator(tmp_path):
-    mpi4py = pytest.importorskip("mpi4py")
-    mpi4py.rc.initialize = False  # import ftmpi.comm without MPI_Init: nothing here talks MPI
-    from ftmpi.comm import Detector
-    from ftmpi.config import load_config
-    from ftmpi.coordinator import Coordinator
-    from ftmpi.data import Dataset
-    from ftmpi.metrics import Progress
-    from ftmpi.models import Model
-
-    def make(remap: str, n_most_rep: int | float = 10, selection: str = "loss", weight: str = "one") -> Coordinator:
-        cfg = load_config(None, [f"executor.remap={remap}", f"optimizer.n_most_rep={n_most_rep}",
-                                 f"optimizer.rep_selection={selection}", "data.partition=label-skew",
-                                 f"optimizer.rep_weight={weight}"], env={})
-        rng = np.random.default_rng(0)
-        y = labels(400, 4)
-        X = rng.standard_normal((len(y), 6)).astype(np.float32)
-        ch = _Channel()
-        ch.detector = Detector.TIMEOUT
-        c = Coordinator(ch, cfg, tmp_path, Progress(False), 0.0)
-        c.data = Dataset("synthetic", X, y, X[:20], y[:20], 4, ("a", "b", "c", "d"), "test")
-        c.ownership = Ownership(len(y))
-        c.weight = np.ones(len(y))
-        for r, ids in zip([1, 2, 3, 4], partition(y, 4, "label-skew", seed=0), strict=True):
-            c.ownership.assign(r, ids)
-        c.model = Model.build("logreg", (), 6, 4)
-        c.W = c.model.init(0)
-        return c
-
-    return make
+def cluster(tmp_path):
+    """Rank 0's recovery for real: a :class:`ClusterState` with the configured policy (and, for ``random``,
+    the real standby staging), on a small synthetic dataset; handoff files are written by the driver's own
+    write function."""
+    return lambda *a, **k: make_cluster(tmp_path, *a, **k)
 
 
-@pytest.mark.parametrize("remap", ["none", "representative", "full"])
-def test_coordinator_recovery_accounting(coordinator, remap):
-    c = coordinator(remap)
-    n = c.ownership.n_total
-    dead = c.ownership.owned(2)
-    if remap == "representative":
-        c.members[2].rep = dead[[5, 0, 9, 3]]  # the dead worker's last report (any order)
-    c.members[2].alive = False
-    f = c._declare_dead(2, "ulfm")
-    c._handle_failures([2], [f])
-    want = {"none": 0, "representative": 4, "full": len(dead)}[remap]
-    assert (f.rows_handed, f.rows_dropped) == (want, len(dead) - want)
-    assert c.ownership.coverage() == (n - f.rows_dropped) / n
-    assert len(c.ownership.dropped()) == f.rows_dropped and len(c.ownership.unaccounted()) == 0
-    assert c.rows_handed == want and c.epoch == 1
-    written = sorted(p.name for p in (c.run_dir / "shards").glob("handoff-*.h5"))
-    assert (written == []) == (want == 0), "no handoff file when nothing is handed"
-    # one file for the epoch; each receiver is sent its slice at once, and the slices are the rows it now owns
-    assert written == ([] if want == 0 else ["handoff-e0001.h5"])
-    msgs = {dest: obj for dest, _, obj in c.ch.sent if obj["t"] == "handoff"}
-    assert all(obj["epoch"] == 1 and len(obj["segments"]) == 1 for obj in msgs.values())
-    assert all(Path(obj["segments"][0][0]).name == "handoff-e0001.h5" for obj in msgs.values())
-    assert f.epoch == 1 and c._receivers[1] == set(msgs)
-    if want:
-        rows = {r: tuple(m["segments"][0][1:3]) for r, m in msgs.items()}
-        assert all(m["segments"][0][3] is None for m in msgs.values()), "weights, if any, are in the file"
-        assert handoff_slices(c.run_dir / "shards" / written[0]) == rows
-        for r, sl in rows.items():
-            taken = read_shard(c.run_dir / "shards" / written[0], sl).ids
-            assert np.array_equal(np.sort(taken), np.intersect1d(taken, c.ownership.owned(r)))
-        assert sum(b - a for a, b in rows.values()) == want
+def test_recovery_accounting_none_representative_full(cluster):
+    for remap in ("none", "representative", "full"):
+        c = cluster(remap, sub=remap)
+        s = c.state
+        n = s.ownership.n_total
+        dead = s.ownership.owned(2)
+        if remap == "representative":
+            s.members[2].rep = dead[[5, 0, 9, 3]]  # the dead worker's last report (any order)
+        msgs, _ = c.lose(2)
+        [f] = s.failures
+        want = {"none": 0, "representative": 4, "full": len(dead)}[remap]
+        assert (f.rows_handed, f.rows_dropped) == (want, len(dead) - want)
+        assert s.ownership.coverage() == (n - f.rows_dropped) / n
+        assert len(s.ownership.dropped()) == f.rows_dropped and len(s.ownership.unaccounted()) == 0
+        assert s.rows_handed == want and s.epoch == 1
+        written = sorted(p.name for p in (c.run_dir / "shards").glob("handoff-*.h5"))
+        # one file for the epoch; each receiver is sent its slice at once, and the slices are the rows it owns
+        assert written == ([] if want == 0 else ["handoff-e0001.h5"])
+        assert all(m.epoch == 1 and len(m.segments) == 1 for m in msgs.values())
+        assert all(Path(m.segments[0].path).name == "handoff-e0001.h5" for m in msgs.values())
+        assert f.epoch == 1 and s._receivers[1] == set(msgs)
+        if want:
+            rows = {r: (m.segments[0].start, m.segments[0].stop) for r, m in msgs.items()}
+            assert all(np.all(m.segments[0].weights == 1.0) for m in msgs.values())
+            assert handoff_slices(c.run_dir / "shards" / written[0]) == rows
+            for r, sl in rows.items():
+                taken = read_shard(c.run_dir / "shards" / written[0], sl).ids
+                assert np.array_equal(np.sort(taken), np.intersect1d(taken, s.ownership.owned(r)))
+            assert sum(b - a for a, b in rows.values()) == want
 
 
-def test_random_representatives_are_staged_before_the_failure_and_handed_as_slices(coordinator):
+def test_random_representatives_are_staged_before_the_failure_and_handed_as_slices(cluster):
     """rep_selection random: rank 0 writes each worker's representative rows to a standby file in the
     background; a loss then writes nothing: each survivor is sent a slice of the dead worker's file, the
     slices are exactly its representative rows, and the survivors' own choices are staged again."""
-    c = coordinator("representative", n_most_rep=0.1, selection="random")
-    c._stage(c.alive)
-    c.writer.wait()
+    c = cluster("representative", n_most_rep=0.1, selection="random")
+    s = c.state
+    c.stage(s.alive)
     shards = c.run_dir / "shards"
     assert sorted(p.name for p in shards.iterdir()) == [f"standby-e0000-w{r:04d}.h5" for r in (1, 2, 3, 4)]
-    dead = c.ownership.owned(2)
+    dead = s.ownership.owned(2)
     staged = read_shard(shards / "standby-e0000-w0002.h5")
     assert len(staged) == rep_count(0.1, len(dead)) and set(staged.ids) <= set(dead)
     assert np.array_equal(staged.X, c.data.X_train[staged.ids]) and np.array_equal(staged.y, c.data.y_train[staged.ids])
-    assert np.array_equal(c.standby.choice(2, c.ownership), staged.ids), "the file holds rank 0's choice, in its order"
-    c.members[2].alive = False
-    f = c._declare_dead(2, "ulfm")
-    c._handle_failures([2], [f])
+    assert np.array_equal(c.standby.choice(2, s.ownership, s.weight, 0)[0], staged.ids), "rank 0's choice, in order"
+    msgs, _ = c.lose(2)
+    [f] = s.failures
     assert not list(shards.glob("handoff-*.h5")), "nothing was written at the failure"
-    msgs = {dest: obj for dest, _, obj in c.ch.sent if obj["t"] == "handoff"}
     assert sorted(msgs) == [1, 3, 4]
     got = []
     for r, m in msgs.items():
-        [(path, a, b, weight)] = m["segments"]
-        assert weight == 1.0  # rep_weight: one
-        assert Path(path).name == "standby-e0000-w0002.h5"
-        ids = read_shard(path, (a, b)).ids
-        assert set(ids) <= set(c.ownership.owned(r))
+        [seg] = m.segments
+        assert np.all(seg.weights == 1.0)  # rep_weight: one
+        assert Path(seg.path).name == "standby-e0000-w0002.h5"
+        ids = read_shard(seg.path, (seg.start, seg.stop)).ids
+        assert set(ids) <= set(s.ownership.owned(r))
         got.append(ids)
-    assert np.array_equal(np.concatenate(got)[np.argsort(np.concatenate(got))], np.sort(staged.ids))
+    assert np.array_equal(np.sort(np.concatenate(got)), np.sort(staged.ids))
     assert max(map(len, got)) - min(map(len, got)) <= 1
     assert f.rows_handed == len(staged) and f.rows_dropped == len(dead) - len(staged)
-    assert c._restage == {1, 3, 4} and not c.writer.pending, "nothing is written while the survivors load"
-    c._ready[1] = {r: 0.0 for r in (1, 3, 4)}  # the survivors report training on the rows
-    c._recovered()
+    assert s._restage == {1, 3, 4} and not c.writer.pending, "nothing is written while the survivors load"
+    effects = c.round_with_replies(ready={1: 0.0})  # the survivors report training on the rows
+    assert [e for e in effects if isinstance(e, Stage)] == [Stage([1, 3, 4])]
     c.writer.wait()  # the survivors' grown shards were staged again, in the new epoch; worker 2's file stays
     assert sorted(p.name for p in shards.iterdir()) == ["standby-e0000-w0002.h5"] + [
         f"standby-e0001-w{r:04d}.h5" for r in (1, 3, 4)]
     for r in (1, 3, 4):
-        assert len(c.standby.staged[r][0]) == rep_count(0.1, len(c.ownership.owned(r)))
+        assert len(c.standby.staged[r][0]) == rep_count(0.1, len(s.ownership.owned(r)))
+    assert s.failures[0].recovered_round == 0
 
 
-def test_survivors_read_ahead_exactly_the_slices_a_loss_hands_them(coordinator):
+def test_survivors_read_ahead_exactly_the_slices_a_loss_hands_them(cluster):
     """Each worker is told (once, in a round message) which slice of every other worker's standby file it
     would be handed if that worker were lost next; a loss then hands each survivor exactly those slices."""
-    c = coordinator("representative", n_most_rep=0.1, selection="random")
-    c._stage(c.alive)
-    c.writer.wait()
-    plans = c.standby.plans(c.epoch, c.alive)
-    assert c.standby.plans(c.epoch, c.alive) is None, "nothing changed: nothing to tell"
+    c = cluster("representative", n_most_rep=0.1, selection="random")
+    s = c.state
+    c.stage(s.alive)
+    plans = c.standby.plans(s.epoch, s.alive)
+    assert c.standby.plans(s.epoch, s.alive) is None, "nothing changed: nothing to tell"
     for r, plan in plans.items():
         assert sorted(Path(p).name for p, _, _ in plan) == [f"standby-e0000-w{d:04d}.h5" for d in (1, 2, 3, 4)
                                                              if d != r]
-    c.members[2].alive = False
-    f = c._declare_dead(2, "ulfm")
-    c._handle_failures([2], [f])
-    handed = {dest: m["segments"] for dest, _, m in c.ch.sent if m["t"] == "handoff"}
+    handed, _ = c.lose(2)
     assert sorted(handed) == [1, 3, 4]
-    for dest, [(path, a, b, _)] in handed.items():
-        assert (path, a, b) in plans[dest]
+    for dest, m in handed.items():
+        [seg] = m.segments
+        assert (seg.path, seg.start, seg.stop) in plans[dest]
     # a new membership: new plans, for the survivors only, none naming the dead worker's file
-    new = c.standby.plans(c.epoch, c.alive)
+    new = c.standby.plans(s.epoch, s.alive)
     assert sorted(new) == [1, 3, 4] and not any("w0002" in p for plan in new.values() for p, _, _ in plan)
 
 
 @pytest.mark.parametrize("selection", ["random", "loss"])  # staged (slices of a standby file) or written at the loss
-def test_rep_weight_shard_hands_over_the_dead_shards_whole_weight(coordinator, selection):
-    """``rep_weight: shard``: each handed row weighs |dead shard| / |handed|, so the survivors' rows weigh
+def test_rep_weight_shard_hands_over_the_dead_shards_whole_weight(cluster, selection):
+    """``rep_weight: shard``: the handed rows weigh the dead shard's mass in all, so the survivors' rows weigh
     exactly what every alive worker's did before the loss; the weights reach the survivors with the rows, and
     a second loss hands over the weight the dead survivor had gained."""
-    c = coordinator("representative", n_most_rep=0.1, selection=selection, weight="shard")
-    n = c.ownership.n_total
+    c = cluster("representative", n_most_rep=0.1, selection=selection, weight="shard")
+    s = c.state
+    n = s.ownership.n_total
     if selection == "random":
-        c._stage(c.alive)
-        c.writer.wait()
+        c.stage(s.alive)
     else:
-        for r in c.alive:
-            c.members[r].rep = c.ownership.owned(r)[:7]
-    dead = c.ownership.owned(2)
-    c.members[2].alive = False
-    f = c._declare_dead(2, "ulfm")
-    c._handle_failures([2], [f])
-    handed = np.intersect1d(np.concatenate([c.ownership.owned(r) for r in (1, 3, 4)]), dead)
+        for r in s.alive:
+            s.members[r].rep = s.ownership.owned(r)[:7]
+    dead = s.ownership.owned(2)
+    msgs, _ = c.lose(2)
+    f = s.failures[0]
+    handed = np.intersect1d(np.concatenate([s.ownership.owned(r) for r in (1, 3, 4)]), dead)
     assert len(handed) == f.rows_handed and f.row_weight == pytest.approx(len(dead) / f.rows_handed)
-    assert np.allclose(c.weight[handed], len(dead) / f.rows_handed)
-    alive_mass = sum(c.weight[c.ownership.owned(r)].sum() for r in (1, 3, 4))
+    assert np.allclose(s.weight[handed], len(dead) / f.rows_handed)
+    alive_mass = sum(s.weight[s.ownership.owned(r)].sum() for r in (1, 3, 4))
     assert alive_mass == pytest.approx(n), "the dead shard's weight is carried over, not lost"
-    # what the survivors are told: a weight per staged slice, or /w in the epoch's handoff file
-    got_w, got_ids = [], []
-    for _, _, m in c.ch.sent:
-        if m["t"] != "handoff":
-            continue
-        for path, a, b, w in m["segments"]:
-            s = read_shard(path, (a, b))
-            got_ids.append(s.ids)
-            got_w.append(np.full(len(s), w) if w is not None else s.w)
-    order = np.argsort(np.concatenate(got_ids))
-    assert np.array_equal(np.concatenate(got_ids)[order], np.sort(handed))
+    got_w, got_ids = [], []  # what the survivors are told: a weight per row of each segment
+    for m in msgs.values():
+        for seg in m.segments:
+            got_ids.append(read_shard(seg.path, (seg.start, seg.stop)).ids)
+            got_w.append(seg.weights)
+    assert np.array_equal(np.sort(np.concatenate(got_ids)), np.sort(handed))
     assert np.allclose(np.concatenate(got_w), len(dead) / f.rows_handed)
     # a second loss: the survivor's heavier rows count in the weight it hands over
-    c.members[3].alive = False
-    before = c.weight[c.ownership.owned(3)].sum()
+    before = s.weight[s.ownership.owned(3)].sum()
     if selection != "random":
-        c.members[3].rep = c.ownership.owned(3)[:5]
-    f3 = c._declare_dead(3, "ulfm")
-    c._handle_failures([3], [f3])
+        s.members[3].rep = s.ownership.owned(3)[:5]
+    c.lose(3)
+    f3 = s.failures[1]
     assert f3.row_weight == pytest.approx(before / f3.rows_handed)
-    assert sum(c.weight[c.ownership.owned(r)].sum() for r in (1, 4)) == pytest.approx(n)
+    assert sum(s.weight[s.ownership.owned(r)].sum() for r in (1, 4)) == pytest.approx(n)
 
 
-def test_rep_weight_one_leaves_every_row_at_one(coordinator):
-    c = coordinator("representative", n_most_rep=0.1, selection="loss")
-    c.members[2].rep = c.ownership.owned(2)[:7]
-    c.members[2].alive = False
-    f = c._declare_dead(2, "ulfm")
-    c._handle_failures([2], [f])
-    assert f.row_weight is None and np.all(c.weight == 1.0)
+def test_rep_weight_one_leaves_every_row_at_one(cluster):
+    c = cluster("representative", n_most_rep=0.1, selection="loss")
+    s = c.state
+    s.members[2].rep = s.ownership.owned(2)[:7]
+    c.lose(2)
+    assert s.failures[0].row_weight is None and np.all(s.weight == 1.0)
     assert read_shard(c.run_dir / "shards" / "handoff-e0001.h5").w is None
 
 
 def test_expand_weights_draws_rows_in_proportion_to_their_weight():
-    from ftmpi.worker import expand_weights
+    from ftmpi.handoff import expand_weights
 
     w = np.array([1.0, 3.0, 2.5, 1.0, 0.25])
     rng = np.random.default_rng(0)
@@ -287,14 +234,14 @@ def test_expand_weights_draws_rows_in_proportion_to_their_weight():
     assert np.array_equal(expand_weights(np.array([2.0, 1.0]), rng), [0, 0, 1]), "whole weights: exact"
 
 
-def test_coordinator_scores_the_shard_itself_when_the_worker_never_reported(coordinator):
-    c = coordinator("representative", n_most_rep=0.1, selection="random")
-    dead = c.ownership.owned(2)
-    c.members[2].alive = False
-    f = c._declare_dead(2, "never-joined")
-    c._handle_failures([2], [f])
+def test_rank0_scores_the_shard_itself_when_the_worker_never_reported(cluster):
+    c = cluster("representative", n_most_rep=0.1, selection="loss")
+    s = c.state
+    dead = s.ownership.owned(2)
+    c.lose(2, how="never-joined")
+    f = s.failures[0]
     assert f.rows_handed == rep_count(0.1, len(dead)) and f.rows_dropped == len(dead) - f.rows_handed
-    assert c.ownership.coverage() == (c.ownership.n_total - f.rows_dropped) / c.ownership.n_total
+    assert s.ownership.coverage() == (s.ownership.n_total - f.rows_dropped) / s.ownership.n_total
 
 
 class _WorkerChannel:
@@ -303,16 +250,16 @@ class _WorkerChannel:
 
     rank = 3
 
-    def __init__(self, queued: list[dict], quiet: int) -> None:
+    def __init__(self, queued: list, quiet: int) -> None:
         self.queued, self.quiet, self.sent = list(queued), quiet, []
 
-    def try_recv(self, source: int, tag: int) -> dict | None:
+    def try_recv(self, source: int, tag: int) -> object:
         if self.quiet > 0:
             self.quiet -= 1
             return None
         return self.queued.pop(0) if self.queued else None
 
-    def send(self, dest: int, tag: int, obj: dict) -> int:
+    def send(self, dest: int, tag: int, obj: object) -> int:
         self.sent.append(obj)
         return 0
 
@@ -335,10 +282,10 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
                   np.arange(980, 1050), {1: 20, 3: 50})
     cfg = load_config(None, ["model.batch_size=16", "optimizer.rep_selection=loss", "optimizer.n_most_rep=20"],
                       env={})
-    stop = {"t": "stop", "epoch": 1, "round": 0}
-    ch = _WorkerChannel([{"t": "handoff", "epoch": 1, "segments": [(str(handed), 20, 70)]}, stop], quiet=2)
+    stop = P.Stop(1, 0)
+    ch = _WorkerChannel([P.Handoff(1, [P.Segment(str(handed), 20, 70)]), stop], quiet=2)
     w = Worker(ch, cfg, tmp_path)
-    w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
+    w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
     seen = []  # the largest feature of each step's batch: the handed rows are the only ones at 100
 
     class Spy:
@@ -354,17 +301,17 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
 
     params = w.model.init(0)
     w.model = Spy(w.model)
-    w._round({"t": "round", "epoch": 0, "round": 0, "iters": 8, "lr": 0.01, "full": True, "params": params})
+    w._round(P.Round(0, 0, 8, 0.01, True, params))
     assert len(seen) == 8
     assert max(seen[:3]) < 1.0, "the rows arrived after the third step"
     assert max(seen[3:]) == 100.0, "the rest of the round draws from the grown shard"
     reply = ch.sent[-1]
-    assert (reply["n"], reply["handed_in"], list(reply["ready"])) == (250, 50, [1]) and w.epoch == 1
+    assert (reply.n, reply.handed_in, list(reply.ready)) == (250, 50, [1]) and w.epoch == 1
     assert set(w.ids[200:]) == set(range(1000, 1050)) and len(w.scores) == 250  # scored for representatives
     assert w._wait_ctrl(1.0, "test") == stop, "the stop waited for the end of the round"
     # the next reply starts afresh
-    w._round({"t": "round", "epoch": 1, "round": 1, "iters": 2, "lr": 0.01, "full": True, "params": params})
-    assert (ch.sent[-1]["handed_in"], ch.sent[-1]["ready"]) == (0, {})
+    w._round(P.Round(1, 1, 2, 0.01, True, params))
+    assert (ch.sent[-1].handed_in, ch.sent[-1].ready) == (0, {})
 
 
 def test_worker_takes_a_read_ahead_slice_from_memory(tmp_path):
@@ -376,11 +323,11 @@ def test_worker_takes_a_read_ahead_slice_from_memory(tmp_path):
     write_shard(tmp_path / "mine.h5", np.zeros((40, 6)), labels(40, 4), np.arange(40))
     standby = write_shard(tmp_path / "standby.h5", np.ones((30, 6)), labels(30, 4, 1), np.arange(500, 530))
     w = Worker(_WorkerChannel([], quiet=0), load_config(None, env={}), tmp_path)
-    w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
+    w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
     w._read_ahead([(str(standby), 10, 25), (str(tmp_path / "gone.h5"), 0, 5)])  # an unreadable one is skipped
     assert list(w._cache) == [(str(standby), 10, 25)]
     standby.unlink()  # from now on only the copy in memory has these rows
-    w._take_handoff({"t": "handoff", "epoch": 1, "segments": [(str(standby), 10, 25, None)]})
+    w._take_handoff(P.Handoff(1, [P.Segment(str(standby), 10, 25)]))
     assert w.ids[40:].tolist() == list(range(510, 525)) and w._prefetched == {1: 15} and not w._cache
     w._read_ahead([])  # a new plan without the slices: forgotten
     assert w._cache == {}
@@ -401,15 +348,15 @@ def test_worker_draws_weighted_rows_as_often_as_the_rows_they_stand_for(tmp_path
     cfg = load_config(None, ["model.batch_size=25"], env={})
     ch = _WorkerChannel([], quiet=0)
     w = Worker(ch, cfg, tmp_path)
-    w._setup({"shard": str(tmp_path / "mine.h5"), "n_classes": 4, "sizes": [6, 4]})
+    w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
     assert w.w is None and w.mass == 200
-    w._take_handoff({"t": "handoff", "epoch": 1, "segments": [(str(tmp_path / "standby.h5"), 10, 60, 4.0)]})
+    w._take_handoff(P.Handoff(1, [P.Segment(str(tmp_path / "standby.h5"), 10, 60, np.full(50, 4.0))]))
     assert w.mass == 400 and len(w.y) == 250 and w.w[:200].tolist() == [1.0] * 200 and set(w.w[200:]) == {4.0}
     drawn = np.concatenate([b for rnd in range(40) for b in w._batches(rnd, 8, 25)])
     assert abs(np.mean(drawn >= 200) - 0.5) < 0.03
     params = w.model.init(0)
-    w._round({"t": "round", "epoch": 1, "round": 0, "iters": 2, "lr": 0.01, "full": True, "params": params})
-    assert (ch.sent[-1]["n"], ch.sent[-1]["rows"]) == (400.0, 250)
+    w._round(P.Round(1, 0, 2, 0.01, True, params))
+    assert (ch.sent[-1].n, ch.sent[-1].rows) == (400.0, 250)
 
 
 # ------------------------------------------------------------------------------------- partition skew

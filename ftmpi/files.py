@@ -1,0 +1,48 @@
+"""Rank 0's file writes: the workers' shards, one epoch's handoff file, a checkpoint (then pruning). No MPI.
+
+The driver (:mod:`ftmpi.coordinator`) runs the handoff write in a thread and the checkpoint in the background
+writer; the shards are written once, before round 0.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Snapshot, prune, save
+from .cluster import WriteHandoff
+from .data import Dataset
+from .shards import shard_path, write_handoff, write_shard
+
+
+def slow_for_tests(kind: str) -> None:
+    """Tests only: ``FTMPI_TEST_SLOW=checkpoint:3,handoff:2`` makes that kind of write sleep that long."""
+    for item in os.environ.get("FTMPI_TEST_SLOW", "").split(","):
+        name, _, secs = item.partition(":")
+        if name == kind and secs:
+            time.sleep(float(secs))
+
+
+def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray) -> None:
+    """Write each worker's shard file (its rows of the training set and their weights)."""
+    for r, ids in parts.items():
+        write_shard(shard_path(run_dir, r), data.X_train[ids], data.y_train[ids], ids,
+                    {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids])
+
+
+def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:
+    """(A thread of its own.) Write one epoch's handoff file."""
+    slow_for_tests("handoff")
+    rows = np.concatenate(list(e.ids.values()))
+    write_handoff(e.path, data.X_train[rows], data.y_train[rows], rows, {s: len(v) for s, v in e.ids.items()},
+                  {"n_classes": data.n_classes, "dataset": data.name, "epoch": e.epoch},
+                  np.concatenate(list(e.weights.values())))
+
+
+def save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int) -> None:
+    """(Background thread.) Save a checkpoint, then delete all but the newest ``keep``."""
+    slow_for_tests("checkpoint")
+    save(path, snap)
+    prune(run_dir, keep)
