@@ -452,3 +452,61 @@ def test_select_representative_edges(kind):
 def test_rep_count():
     assert [rep_count(100, 50), rep_count(100, 500), rep_count(0.05, 15000), rep_count(0.05, 9)] == [50, 100, 750, 0]
     assert rep_count(0, 100) == 0 and rep_count(0.5, 0) == 0
+
+
+def test_worker_reports_an_unreadable_handoff_slice_instead_of_crashing(tmp_path):
+    """Issue 14, item 9: a slice that cannot be read (a folder not shared by this host) is reported in the
+    reply; the other slices of the handoff are still taken and the worker trains on."""
+    pytest.importorskip("mpi4py").rc.initialize = False
+    from ftmpi.config import load_config
+    from ftmpi.shards import write_shard  # noqa: F811
+    from ftmpi.worker import Worker
+
+    write_shard(tmp_path / "mine.h5", np.random.default_rng(0).random((40, 6)), labels(40, 4), np.arange(40))
+    good = write_shard(tmp_path / "good.h5", np.ones((10, 6)), labels(10, 4, 1), np.arange(500, 510))
+    bad = tmp_path / "elsewhere" / "handoff-e0001.h5"
+    ch = _WorkerChannel([], quiet=0)
+    w = Worker(ch, load_config(None, env={}), tmp_path)
+    w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
+    assert w._take_handoff(P.Handoff(1, [P.Segment(str(bad), 0, 5), P.Segment(str(good), 0, 10)])) == 10
+    w._round(P.Round(1, 3, 2, 0.01, True, w.model.init(0)))
+    reply = ch.sent[-1]
+    assert reply.unreadable == [(1, str(bad), 0, 5)] and reply.rows == 50
+    w._round(P.Round(1, 4, 2, 0.01, True, w.model.init(0)))
+    assert ch.sent[-1].unreadable == [], "reported once"
+
+
+def test_worker_with_an_empty_shard_replies_without_training(tmp_path):
+    """Issue 14, item 6: a shard with no rows (a resume that had fewer rows than workers) is no crash."""
+    pytest.importorskip("mpi4py").rc.initialize = False
+    from ftmpi.config import load_config
+    from ftmpi.shards import write_shard  # noqa: F811
+    from ftmpi.worker import Worker
+
+    write_shard(tmp_path / "none.h5", np.zeros((0, 6)), np.zeros(0, np.int32), np.zeros(0, np.int64))
+    ch = _WorkerChannel([], quiet=0)
+    w = Worker(ch, load_config(None, ["optimizer.rep_selection=loss"], env={}), tmp_path)
+    w._setup(P.Setup(str(tmp_path / "none.h5"), 4, [6, 4]))
+    w._round(P.Round(0, 0, 5, 0.01, True, w.model.init(0)))
+    reply = ch.sent[-1]
+    assert (reply.rows, reply.n, len(reply.rep)) == (0, 0.0, 0) and np.isnan(reply.loss)
+    assert not np.any(reply.update)
+
+
+def test_kill_if_same_spares_a_process_that_is_not_the_one_recorded(tmp_path):
+    """Issue 14, item 11: a pid is signalled only if its start time is the one recorded at hello."""
+    import subprocess
+
+    from ftmpi.procs import kill_if_same, start_time
+
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        t = start_time(p.pid)
+        assert t > 0 and start_time(10**9) == 0
+        assert not kill_if_same(p.pid, t + 1), "another start time: another process"
+        assert not kill_if_same(p.pid, 0), "unknown start time: never"
+        assert p.poll() is None
+        assert kill_if_same(p.pid, t)
+        assert p.wait(timeout=10) == -9
+    finally:
+        p.kill()
