@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from . import protocol as P
+from .events import Accept, Chosen, Effect, Expel, Heard, Log, Lost, Rebuild, SendHandoff, Stage, WriteHandoff
 from .handoff import Policy, Scored
 from .partition import Ownership, assign_handoff
+
+__all__ = ["Accept", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "Log", "Lost", "Member",
+           "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
 
 JOINING, TRAINING, DONE = "joining", "training", "done"
 _NEXT = {JOINING: {TRAINING, DONE}, TRAINING: {DONE}, DONE: set()}
@@ -61,96 +65,6 @@ class Failure:
     rows_prefetched: int = 0  # of the rows handed, those the survivors had read ahead (in memory at the loss)
     row_weight: float | None = None  # rep_weight shard: M/k, the weight of one draw of the dead shard's rows
     rows_orphaned: int = 0  # rows kept unowned because no worker was left (a resume re-assigns them)
-
-
-# ---------------------------------------------------------------------------------------------- events
-@dataclass
-class Heard:
-    """A message from world rank ``src`` (a :mod:`ftmpi.protocol` dataclass); ``mark``: with an error report,
-    the worker's fault-injection record if one exists (see :class:`Lost`)."""
-
-    src: int
-    msg: Any
-    mark: dict[str, Any] | None = None
-
-
-@dataclass
-class Lost:
-    """Worker ``rank`` is gone: ``how`` ulfm | timeout | error | never-joined. ``mark``: its fault-injection
-    record if one exists (attributed only when written by this very process, see :meth:`ClusterState._lose`)."""
-
-    rank: int
-    how: str
-    reason: str = ""
-    mark: dict[str, Any] | None = None
-
-
-@dataclass
-class Chosen:
-    """Rank 0 chose (and is staging) ``ids`` as worker ``rank``'s representative rows."""
-
-    rank: int
-    ids: np.ndarray
-
-
-# --------------------------------------------------------------------------------------------- effects
-@dataclass
-class Accept:
-    """Aggregate this reply into the global model."""
-
-    rank: int
-    reply: P.Reply
-
-
-@dataclass
-class WriteHandoff:
-    """Write this epoch's handoff file (``path``): receiver -> its ids (sorted) and their weights, in order."""
-
-    epoch: int
-    path: str
-    ids: dict[int, np.ndarray]
-    weights: dict[int, np.ndarray]
-
-
-@dataclass
-class SendHandoff:
-    """Send ``rank`` its segments (after ``WriteHandoff`` of the same epoch, if any, is on disk)."""
-
-    rank: int
-    msg: P.Handoff
-
-
-@dataclass
-class Stage:
-    """Stage these workers' representative rows (their shards changed)."""
-
-    ranks: list[int]
-
-
-@dataclass
-class Rebuild:
-    """Membership changed: rebuild the alive communicator with ``members`` (rank 0 first) if the transport
-    can."""
-
-    members: list[int]
-
-
-@dataclass
-class Expel:
-    rank: int
-    why: str
-
-
-@dataclass
-class Log:
-    """A line for the progress stream; ``tb``: also a tensorboard text event of this ``kind``."""
-
-    text: str
-    tb: str | None = None
-    kind: str = "event"
-
-
-Effect = Accept | WriteHandoff | SendHandoff | Stage | Rebuild | Expel | Log
 
 
 class ClusterState:

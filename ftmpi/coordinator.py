@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,14 @@ from .cluster import (
     Stage,
     WriteHandoff,
 )
-from .codec import decode, encode
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
 from .errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError
-from .files import save_and_prune, write_handoff_file, write_shards
-from .handoff import make_policy, rep_count, select_representative
+from .files import HandoffWrite, save_and_prune, write_shards
+from .globalmodel import GlobalModel
+from .handoff import make_policy
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
-from .models import Model
-from .optim import Optimizer, lr_at
 from .outputs import Outputs, summary
 from .partition import class_histogram, partition
 from .procs import kill_if_same
@@ -54,23 +51,6 @@ from .saver import BackgroundWriter
 from .shards import handoff_path, shard_path
 from .signals import stop_requested
 from .staging import Standby
-
-
-class _Write:
-    """A handoff file being written in a thread, and the messages that wait for it."""
-
-    def __init__(self, e: WriteHandoff, data: Dataset) -> None:
-        self.error: BaseException | None = None
-        self.sends: list[SendHandoff] = []
-        self.thread = threading.Thread(target=self._run, args=(e, data), name=f"ftmpi-handoff-e{e.epoch}",
-                                       daemon=True)
-        self.thread.start()
-
-    def _run(self, e: WriteHandoff, data: Dataset) -> None:
-        try:
-            write_handoff_file(e, data)
-        except BaseException as exc:  # raised in the driver's thread
-            self.error = exc
 
 
 class Coordinator:
@@ -84,19 +64,12 @@ class Coordinator:
             else set()
         self.writer = BackgroundWriter()  # checkpoints and staged representative rows, behind the rounds
         self.standby = Standby(cfg, self.run_dir, self.writer)
-        self.model = Model.build(cfg.model.type, cfg.model.hidden, data.X_train.shape[1], data.n_classes)
-        self.tensors = self.model.tensors()
+        self.gm = GlobalModel(cfg, data)
         policy = make_policy(ex.remap, o.rep_selection, o.n_most_rep, o.rep_weight,
-                             self.standby if self.standby.active else None, self._score)
+                             self.standby if self.standby.active else None, self.gm.score)
         self.state = ClusterState(len(data.y_train), list(range(1, ch.size)), policy, cfg.model.seed,
                                   time.time() - (time.monotonic() - t_start),
                                   lambda e: str(handoff_path(self.run_dir, e)))
-        self.W = self.model.init(cfg.model.seed)
-        self.W_bcast = np.zeros_like(self.W)
-        self.opt = Optimizer(o.name, self.model.n_params, o.learning_rate, o.momentum, o.beta1, o.beta2, o.eps)
-        self.iters_done = 0
-        self.period = ex.comm_period
-        self.switched_at: int | None = None
         self.bytes_before, self.wall_before, self.ckpt_seconds = 0, 0.0, 0.0
         if resume is not None:
             truncate_metrics(self.run_dir / "metrics.csv", resume.round)
@@ -107,23 +80,11 @@ class Coordinator:
         self.pending_rebuild: list[int] | None = None
         self.alive_comm: dict[str, Any] | None = None
         self.preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
-        self._writes: dict[int, _Write] = {}  # epoch -> its handoff file being written
+        self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
 
     # -------------------------------------------------------------------------------- helpers
-    def _score(self, rank: int, owned: np.ndarray) -> np.ndarray:
-        """A lost worker that never reported its representatives: rank 0 scores its shard with the model."""
-        o = self.cfg.optimizer
-        X, y = self.data.X_train[owned], self.data.y_train[owned]
-        scores = self.model.sample_loss(self.W, X, y)
-        loc = select_representative(o.rep_selection, scores, y, rep_count(o.n_most_rep, len(owned)),
-                                    self.data.n_classes, self.cfg.model.seed + rank)
-        return owned[loc]
-
-    def _evaluate(self) -> tuple[float, np.ndarray]:
-        return self.model.evaluate(self.W, self.data.X_test, self.data.y_test, self.data.n_classes)
-
     def _mark(self, rank: int) -> dict[str, Any] | None:
         return F.read_marks(self.run_dir).get(rank)
 
@@ -166,7 +127,7 @@ class Coordinator:
             elif isinstance(e, Expel):
                 self.ch.send(e.rank, TAG_CTRL, P.Exit(e.why))
             elif isinstance(e, WriteHandoff):  # in a thread: rank 0 goes on polling and pinging meanwhile
-                self._writes[e.epoch] = _Write(e, self.data)
+                self._writes[e.epoch] = HandoffWrite(e, self.data)
             elif isinstance(e, SendHandoff):  # at once (a survivor still training takes them between steps)
                 if e.msg.epoch in self._writes:
                     self._writes[e.msg.epoch].sends.append(e)
@@ -211,9 +172,7 @@ class Coordinator:
                               classes_per_worker=cfg.data.classes_per_worker, power=cfg.data.power)
             s.deal(dict(zip(s.alive, parts, strict=True)))
         else:
-            if not np.array_equal(snap.sizes, self.model.sizes):
-                raise CheckpointError(f"checkpoint model {snap.sizes.tolist()} does not match the config's "
-                                      f"{self.model.sizes.tolist()}")
+            self.gm.restore(snap)
             if len(snap.owner) != len(d.y_train):
                 raise CheckpointError(f"checkpoint holds ownership of {len(snap.owner)} samples but the dataset "
                                       f"{d.name} has {len(d.y_train)} training rows")
@@ -221,10 +180,6 @@ class Coordinator:
                               "epoch": snap.epoch, "round": snap.round, "stale": snap.stale_dropped,
                               "rows_handed": snap.rows_handed, "failures": snap.failures,
                               "representative": snap.representative})
-            self.W = snap.params.astype(np.float32, copy=True)
-            if snap.optim.get("name") == self.opt.name:
-                self.opt.load_state(snap.optim)
-            self.iters_done, self.period, self.switched_at = snap.iters_done, snap.period, snap.switched_at
             self.bytes_before, self.wall_before = snap.bytes_total, snap.wall_seconds
             self.out.progress.event(f"resumed at round {snap.round} (epoch {snap.epoch}): {moved} rows spread "
                                     f"over {s.alive}; coverage {s.ownership.coverage():.4f}")
@@ -250,10 +205,10 @@ class Coordinator:
         prog.event(f"start-up: join {t1 - t0:.2f}s, shards {t2 - t1:.2f}s ({t2 - self.t_start:.2f}s since launch "
                    f"of rank 0's main)")
         prog.event(f"{len(self.state.alive)} workers, {len(self.data.y_train)} training rows ({self.data.name}), "
-                   f"{self.model.n_params} params, detector={self.ch.detector.value}")
+                   f"{self.gm.model.n_params} params, detector={self.ch.detector.value}")
         self._stage(self.state.alive)
         first, code = True, EXIT_OK
-        while self.iters_done < self.cfg.model.n_iterations:
+        while not self.gm.done:
             if not self.state.alive:
                 code = EXIT_NO_WORKERS
                 sys.stderr.write(f"ftmpi: rank 0: error: every worker is lost (round {self.state.round}); metrics "
@@ -271,22 +226,12 @@ class Coordinator:
         return code
 
     def _broadcast(self, rnd: int, iters: int, first: bool) -> None:
-        ex, o, s = self.cfg.executor, self.cfg.optimizer, self.state
-        if first or ex.quantize == 0:
-            payload, full = self.W.copy(), True
-            self.W_bcast[...] = self.W
-        else:  # quantized change of the global model; the gap W - W_bcast is the error feedback
-            payload = encode(self.W - self.W_bcast, self.tensors, ex.quantize, ex.stochastic_rounding,
-                             self.cfg.model.seed * 31 + rnd)
-            self.W_bcast += decode(payload, self.tensors, self.model.n_params)
-            full = False
-        # the rate at the middle of this round's iterations
-        lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
-        self.opt.lr = lr
+        s = self.state
+        payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
         for r in s.alive:
             setup = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
-                            self.model.sizes.tolist()) if first else None
+                            self.gm.model.sizes.tolist()) if first else None
             self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, setup,
                                               self.standby.news_for(r, plans), self.pending_rebuild))
 
@@ -324,10 +269,10 @@ class Coordinator:
             if (0, rnd) not in self.fired:  # a resumed job does not replay a fault that already fired
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
-        iters = min(self.period, cfg.model.n_iterations - self.iters_done)
+        iters = self.gm.next_iters()
         s.begin_round()
         self._broadcast(rnd, iters, first)
-        self.out.write_row(self._evaluate)  # the previous round's row, evaluated while the workers train
+        self.out.write_row(self.gm.evaluate)  # the previous round's row, evaluated while the workers train
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         replies = self._collect()
@@ -340,55 +285,27 @@ class Coordinator:
             if not ok:
                 self.out.progress.event(f"epoch {s.epoch}: the alive communicator was not rebuilt in time; "
                                         "carrying on with point-to-point traffic")
-        loss, dmax = self._aggregate(replies)
-        self.iters_done += iters
+        loss, note = self.gm.aggregate(replies, rnd, iters)
+        if note:
+            self.out.progress.event(note)
         self._apply(s.end_round(time.time()), {})
-        if ex.delta_switch > 0 and self.period > 1 and replies and dmax < ex.delta_switch:
-            self.period, self.switched_at = 1, rnd
-            self.out.progress.event(f"delta_switch: max|dW|={dmax:.3g} < {ex.delta_switch}; communicating "
-                                    f"every iteration from round {rnd + 1}")
         tr = self.ch.traffic
         self.out.pending = {
-            "round": rnd, "epoch": s.epoch, "iters": self.iters_done, "train_loss": loss,
+            "round": rnd, "epoch": s.epoch, "iters": self.gm.iters_done, "train_loss": loss,
             "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv, "alive_workers": len(s.alive),
             "stale_dropped": s.stale, "failures": len(s.failures), "coverage": s.ownership.coverage(),
             "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.t_start,
             "_event": len(s.failures) > n_failures}
         self.out.last_loss = loss
         ce = ex.checkpoint_every
-        if ce > 0 and s.round % ce == 0 and self.iters_done < cfg.model.n_iterations:
+        if ce > 0 and s.round % ce == 0 and not self.gm.done:
             self._checkpoint()
-
-    def _aggregate(self, replies: dict[int, P.Reply]) -> tuple[float, float]:
-        """Average the updates of the replies (a worker with no rows sends none) into the global model;
-        returns the weighted loss and the largest change of a parameter."""
-        ex = self.cfg.executor
-        ranks = [r for r in sorted(replies) if replies[r].rows > 0]
-        if not ranks:
-            return float("nan"), 0.0
-        if ex.aggregate == "samples":
-            w = np.array([replies[r].n for r in ranks], np.float64)
-        elif ex.aggregate == "loss":
-            w = np.array([max(replies[r].loss, 1e-12) for r in ranks], np.float64)
-        else:
-            w = np.ones(len(ranks))
-        w /= w.sum()
-        agg = np.zeros(self.model.n_params, np.float32)
-        for wi, r in zip(w, ranks, strict=True):
-            agg += np.float32(wi) * decode(replies[r].update, self.tensors, self.model.n_params)
-        before = self.W.copy()
-        if ex.send_gradients:
-            self.opt.step(self.W, agg)
-        else:
-            self.W += agg
-        loss = float(np.dot(w, [replies[r].loss for r in ranks]))
-        return loss, float(np.max(np.abs(self.W - before))) if self.W.size else 0.0
 
     # --------------------------------------------------------------------- checkpoint, finish
     def _checkpoint(self, wait: bool = False) -> None:
         """Take a consistent snapshot (after the round's row is written) and have it saved in the background
         (old ones pruned); ``wait``: until it is on disk. Rank 0 pings the workers while it waits."""
-        self.out.write_row(self._evaluate)
+        self.out.write_row(self.gm.evaluate)
         t0 = time.monotonic()
         snap = self._snapshot()
         self._wait_busy(lambda: self.writer.pending > 0)  # one checkpoint in flight at a time
@@ -404,9 +321,7 @@ class Coordinator:
         st, tr, out = self.state.snapshot(), self.ch.traffic, self.out
         weight = st["weight"]
         return Snapshot(  # copies of everything the next rounds change in place (W); the rest is rebuilt
-            round=st["round"], epoch=st["epoch"], iters_done=self.iters_done, period=self.period,
-            switched_at=self.switched_at, params=self.W.copy(), sizes=self.model.sizes,
-            optim={"name": self.opt.name, **self.opt.state()}, members=self.state.alive,
+            round=st["round"], epoch=st["epoch"], **self.gm.checkpoint_fields(), members=self.state.alive,
             dead=[r for r, m in st["members"].items() if not m["alive"]], owner=st["owner"], dropped=st["dropped"],
             representative=st["representative"], rng={"seed": self.cfg.model.seed},
             config=config_to_dict(self.cfg), test_acc=out.last_acc,
@@ -421,15 +336,15 @@ class Coordinator:
         as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then."""
         ex, s = self.cfg.executor, self.state
         self._wait_busy(lambda: bool(self._writes))
-        self.out.write_row(self._evaluate, last=True)
+        self.out.write_row(self.gm.evaluate, last=True)
         if self.dealt:
             if not np.isfinite(self.out.last_acc):  # e.g. resumed a run that had finished
-                self.out.last_acc, self.out.last_per_class = self._evaluate()
+                self.out.last_acc, self.out.last_per_class = self.gm.evaluate()
             self._checkpoint(wait=True)
         self.out.close()
         s.finish()
         tr = self.ch.traffic
-        run = {"wall_seconds": self.wall_before + time.monotonic() - self.t_start, "iterations": self.iters_done,
+        run = {"wall_seconds": self.wall_before + time.monotonic() - self.t_start, "iterations": self.gm.iters_done,
                "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv,
                "bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "ranks": self.ch.size,
                "resumed_from": None if self.resume is None else {"round": self.resume.round,
@@ -438,7 +353,7 @@ class Coordinator:
                "checkpoint_write_seconds": self.writer.seconds["checkpoint"],
                "staging": {"files": self.writer.done["stage"], "seconds": self.writer.seconds["stage"]},
                "alive_comm": self.alive_comm, "preempted": self.preempted, "detector": self.ch.detector.value,
-               "switched_at": self.switched_at, "dataset": self.data.name, "dealt": self.dealt,
+               "switched_at": self.gm.switched_at, "dataset": self.data.name, "dealt": self.dealt,
                "class_histogram": None if self.histogram is None else self.histogram.tolist(),
                "initial_shards": self.initial_shards}
         write_json_atomic(self.run_dir / "summary.json", summary(code, self.cfg, s, self.out, run))

@@ -1,13 +1,16 @@
 """Rank 0's file writes: the workers' shards, one epoch's handoff file, a checkpoint (then pruning). No MPI.
 
-The driver (:mod:`ftmpi.coordinator`) runs the handoff write in a thread and the checkpoint in the background
-writer; the shards are written once, before round 0.
+The driver (:mod:`ftmpi.coordinator`) runs the handoff write in a thread of its own (:class:`HandoffWrite`, so
+that it never queues behind a checkpoint and rank 0 keeps polling and pinging) and the checkpoint in the
+background writer; the shards are written once, before round 0.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,3 +49,20 @@ def save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int) -> None
     slow_for_tests("checkpoint")
     save(path, snap)
     prune(run_dir, keep)
+
+
+class HandoffWrite:
+    """A handoff file being written in a thread, and the messages that wait for it."""
+
+    def __init__(self, e: WriteHandoff, data: Dataset) -> None:
+        self.error: BaseException | None = None
+        self.sends: list[Any] = []
+        self.thread = threading.Thread(target=self._run, args=(e, data), name=f"ftmpi-handoff-e{e.epoch}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, e: WriteHandoff, data: Dataset) -> None:
+        try:
+            write_handoff_file(e, data)
+        except BaseException as exc:  # raised in the driver's thread
+            self.error = exc

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ftmpi import protocol as P
-from ftmpi.cluster import ClusterState, Chosen, Heard, Lost, SendHandoff, Stage, WriteHandoff
+from ftmpi.cluster import Chosen, ClusterState, Heard, Lost, SendHandoff, Stage, WriteHandoff
 from ftmpi.config import Config, load_config
 from ftmpi.data import Dataset
 from ftmpi.files import write_handoff_file

@@ -14,11 +14,11 @@ import pytest
 
 from ftmpi import kernels as K
 from ftmpi import protocol as P
+from ftmpi.cluster import Stage
+from ftmpi.handoff import rep_count, select_representative
 from ftmpi.partition import Ownership, assign_handoff, class_histogram, partition
 from ftmpi.plot import held_classes
 from ftmpi.shards import handoff_slices, read_shard, write_handoff
-from ftmpi.cluster import Stage
-from ftmpi.handoff import rep_count, select_representative
 
 from .clusterkit import labels, make_cluster
 
