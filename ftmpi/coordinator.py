@@ -101,6 +101,10 @@ class Coordinator:
                 self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round))
             self._next_ping = now + max(0.05, self.cfg.executor.timeout / 4)
 
+    def _written(self) -> bool:
+        """A handoff file finished writing (its messages can go out)."""
+        return any(not w.thread.is_alive() for w in self._writes.values())
+
     def _service(self, ping: list[int]) -> None:
         """Between two polls: send the handoffs whose file is complete, and ping."""
         for e, w in list(self._writes.items()):
@@ -253,7 +257,7 @@ class Coordinator:
                 return replies
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
             out = self.ch.poll(sources, TAG_REPLY, min(deadline, now + tick),
-                               until=lambda o: bool(o.messages or o.failed))
+                               until=lambda o: bool(o.messages or o.failed) or self._written())
             events: list[Any] = [self._heard(r, m) for r, ms in out.messages.items() for m in ms]
             for r in out.failed:
                 self._silent.add(r)
