@@ -318,7 +318,7 @@ class ClusterState:
         scales = [f"{f.row_weight:.1f}" for f in failures if f.row_weight is not None]
         out.append(Log(f"epoch {self.epoch}: handed {n_handed} rows of worker(s) {dead} to {survivors} "
                        f"(remap={self.policy.name}, {n_handed - n_fresh} of them staged before the failure"
-                       + (f", each draw weighing {'/'.join(scales)} rows" if scales else "")
+                       + (f", each weighing {'/'.join(scales)} rows" if scales else "")
                        + f"; coverage {self.ownership.coverage():.4f})" if n_handed else
                        f"epoch {self.epoch}: nothing handed ({len(self.orphaned())} rows orphaned, coverage "
                        f"{self.ownership.coverage():.4f})",
