@@ -80,6 +80,7 @@ def test_two_lost_in_consecutive_rounds_while_the_first_handoff_is_being_taken(t
     alive (1 and 4) have reported training on its rows."""
     c = kit(tmp_path, remap, selection)
     s, y = c.state, c.data.y_train
+    mass = class_mass(s, y, 4)
     own3 = s.ownership.owned(3)
     if selection != "random":
         for r in s.alive:
@@ -109,6 +110,10 @@ def test_two_lost_in_consecutive_rounds_while_the_first_handoff_is_being_taken(t
     assert not s._awaiting
     if remap == "representative":
         assert class_mass(s, y, 4).sum() == pytest.approx(len(y))
+    elif remap == "full":
+        assert np.allclose(class_mass(s, y, 4), mass)
+    else:
+        assert len(s.ownership.dropped()) == len(y) - sum(len(s.ownership.owned(r)) for r in (1, 4))
 
 
 def test_a_zombies_late_reply_is_expelled_and_changes_nothing(tmp_path):
@@ -116,12 +121,15 @@ def test_a_zombies_late_reply_is_expelled_and_changes_nothing(tmp_path):
     s = c.state
     c.lose(3, how="timeout")
     snap = s.snapshot()
+    mass = class_mass(s, c.data.y_train, 4)
     s.begin_round()
     late = P.Reply(0, 0, 3, np.ones(1), 0.1, 100.0, 100, np.arange(5))  # its reply to the round it missed
     effects = c.apply([Heard(3, late), Heard(3, P.Error(3, "h", "woke up and crashed"))])
     assert effects == [Expel(3, "declared dead earlier; its messages are ignored")] * 2
     assert s.stale == 2 and s.waiting_for() == [1, 2, 4] and len(s.failures) == 1
     assert np.array_equal(s.ownership.owner_array(), snap["owner"]) and s.epoch == snap["epoch"]
+    assert np.array_equal(class_mass(s, c.data.y_train, 4), mass)
+    check_ownership(s)
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -130,14 +138,16 @@ def test_an_error_report_in_the_same_round_as_the_reply_still_declares_the_worke
     not after the next round's full timeout."""
     c = kit(tmp_path, "full")
     s = c.state
+    mass = class_mass(s, c.data.y_train, 4)
     s.begin_round()
     reply, err = Heard(2, c.reply(2)), Heard(2, P.Error(2, "h", "RuntimeError: boom"))
     effects = c.apply([reply]) + c.apply([err]) if split else c.apply([reply, err])
     assert [e.rank for e in of(effects, Accept)] == [2]
     [f] = s.failures
     assert (f.rank, f.how, f.reason) == (2, "error", "RuntimeError: boom") and not s.members[2].alive
-    assert sorted(e.rank for e in of(effects, SendHandoff)) == [1, 3, 4]
+    assert sorted(e.rank for e in of(effects, SendHandoff)) == [1, 3, 4] and of(effects, WriteHandoff)
     check_ownership(s)
+    assert s.ownership.coverage() == 1.0 and np.allclose(class_mass(s, c.data.y_train, 4), mass)
 
 
 @pytest.mark.parametrize("workers", [(1, 3), (1, 2, 3, 4, 5, 6)])
