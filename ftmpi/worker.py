@@ -33,7 +33,8 @@ from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLY, Channel
 from .config import Config
 from .errors import CoordinatorLost, DataError, Expelled, PeerError
-from .handoff import expand_weights, rep_count, select_representative
+from .handoff import rep_count, select_representative
+from .localshard import LocalShard
 from .models import Model, warmup
 from .optim import Optimizer, clip
 from .procs import start_time
@@ -59,12 +60,7 @@ class Worker:
         self._plan: list | None = None  # a new plan, read after this round's reply
         self._prefetched: dict[int, int] = {}  # handoff epoch -> rows taken from the read-ahead copies
         self._unreadable: list[tuple[int, str, int, int]] = []  # handed slices that could not be read
-        # the shard (set by _setup with the first round): rows, labels, global ids, weights (None: all 1)
-        self._xbuf = np.zeros((0, 0), np.float32)
-        self.X = self._xbuf
-        self.y = np.zeros(0, np.int32)
-        self.ids = np.zeros(0, np.int64)
-        self.w: np.ndarray | None = None
+        self.shard = LocalShard()  # read by _setup with the first round
         self.n_classes = 0
         self.model = Model(np.array([1, 1], np.int64))
         self.tensors = self.model.tensors()
@@ -121,14 +117,7 @@ class Worker:
 
     def _setup(self, setup: P.Setup) -> None:
         cfg = self.cfg
-        shard = self._load_shard(setup.shard)
-        n, d = shard.X.shape
-        # room for handed rows (a third of a shard per survivor under remap: full, 4 workers) without
-        # copying the whole shard when they arrive
-        self._xbuf = np.empty((n + max(n // 2, 1024), d), np.float32)
-        self._xbuf[:n] = shard.X
-        self.X, self.y, self.ids = self._xbuf[:n], shard.y, shard.ids
-        self.w = shard.w  # row weights (None: all 1); handed representative rows may weigh more
+        self.shard = LocalShard(self._load_shard(setup.shard))
         self.n_classes = int(setup.n_classes)
         self.model = Model(np.asarray(setup.sizes, dtype=np.int64))
         n = self.model.n_params
@@ -179,20 +168,7 @@ class Worker:
             s = read_shard(path, rows)
         else:
             self._prefetched[epoch] = self._prefetched.get(epoch, 0) + len(s)
-        n, m = len(self.y), len(s.ids)
-        if n + m > len(self._xbuf):  # out of room: grow geometrically (one copy)
-            grown = np.empty((max(n + m, 2 * len(self._xbuf)), self._xbuf.shape[1]), np.float32)
-            grown[:n] = self.X
-            self._xbuf = grown
-        self._xbuf[n:n + m] = s.X
-        self.X = self._xbuf[:n + m]
-        self.y = np.concatenate([self.y, s.y])
-        self.ids = np.concatenate([self.ids, s.ids])
-        w = np.broadcast_to(np.asarray(weight, np.float64), (m,)) if weight is not None else s.w
-        if w is not None and np.any(w != 1.0):
-            self.w = np.concatenate([np.ones(n) if self.w is None else self.w, w])
-        elif self.w is not None:
-            self.w = np.concatenate([self.w, np.ones(m)])
+        m = self.shard.append(s, weight)
         return m  # the new rows are scored when representative points are next chosen
 
     def _read_ahead(self, plan: list) -> None:
@@ -211,26 +187,10 @@ class Worker:
         self._cache = keep
 
     def _batches(self, rnd: int, iters: int, bs: int, salt: tuple[int, ...] = ()) -> list[np.ndarray]:
-        """This round's minibatches: consecutive slices of a permutation seeded by (seed, rank, round), so
-        that a resumed run draws exactly what it would have drawn; ``salt`` (the epoch) when the shard grew
-        mid-round. Rows that weigh ``w`` enter the permutation ``w`` times (the fraction by a seeded coin), so
-        a pass over it draws each row as often as the rows it stands for would have been drawn."""
-        rng = np.random.default_rng([self.cfg.model.seed, self.rank, rnd, *salt])
-        base = expand_weights(self.w, rng) if self.w is not None else np.arange(len(self.y))
-        n = len(base)
-        need = iters * bs
-        if self.cfg.model.shuffle:
-            order = np.concatenate([base[rng.permutation(n)] for _ in range(-(-need // n))])
-        else:
-            start = (rnd * need) % n
-            order = np.roll(base, -start)
-            order = np.tile(order, -(-need // n))
-        return [np.sort(order[i * bs:(i + 1) * bs]) for i in range(iters)]
-
-    @property
-    def mass(self) -> float:
-        """How many training rows this shard stands for (its row count when every weight is 1)."""
-        return float(len(self.y)) if self.w is None else float(self.w.sum())
+        """This round's minibatches, seeded by (seed, rank, round) and ``salt`` (the epoch) when the shard grew
+        mid-round (:meth:`LocalShard.batches`)."""
+        return self.shard.batches([self.cfg.model.seed, self.rank, rnd, *salt], rnd, iters, bs,
+                                  self.cfg.model.shuffle)
 
     def _round(self, msg: P.Round) -> None:
         cfg, ex = self.cfg, self.cfg.executor
@@ -257,12 +217,12 @@ class Worker:
         # else local steps from the global model (with the mu_g pull towards it)
         local = self.replica if ex.send_gradients else self.replica.copy()
         acc = np.zeros_like(self.grad) if ex.send_gradients else None
-        if len(self.y) == 0:  # nothing to train on (yet): a handoff may have arrived meanwhile
+        if len(self.shard) == 0:  # nothing to train on (yet): a handoff may have arrived meanwhile
             self._poll_ctrl()
-        batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.y))) if len(self.y) else []
+        batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.shard)))
         for i in range(len(batches)):
             b = batches[i]
-            losses.append(self.model.loss_grad(local, self.X[b], self.y[b], self.grad))
+            losses.append(self.model.loss_grad(local, self.shard.X[b], self.shard.y[b], self.grad))
             if acc is not None:
                 acc += self.grad
             else:
@@ -271,7 +231,7 @@ class Worker:
                 clip(self.grad, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
                 self.opt.step(local, self.grad)
             if i + 1 < iters and self._poll_ctrl():  # rows handed over: the rest of the round draws from them
-                batches[i + 1:] = self._batches(rnd, iters - i - 1, min(cfg.model.batch_size, len(self.y)),
+                batches[i + 1:] = self._batches(rnd, iters - i - 1, min(cfg.model.batch_size, len(self.shard)),
                                                 salt=(self.epoch,))
         if acc is not None:
             acc /= max(iters, 1)
@@ -282,7 +242,7 @@ class Worker:
         payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
         rep = self._representative(local, rnd)
         reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
-                        self.mass, int(len(self.y)), rep, self._handed, self._ready, self._prefetched,
+                        self.shard.mass, len(self.shard), rep, self._handed, self._ready, self._prefetched,
                         self._unreadable, time.monotonic() - t0)
         self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
         self.ch.send(0, TAG_REPLY, reply)
@@ -296,31 +256,32 @@ class Worker:
     def _rescore(self, params: np.ndarray, rnd: int) -> None:
         """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
         that every row is re-scored every ``executor.score_every`` rounds at 1/score_every of the cost."""
-        n = len(self.y)
+        X, y = self.shard.X, self.shard.y
+        n = len(y)
         if self.scores is None:
-            self.scores = self.model.sample_loss(params, self.X, self.y)
+            self.scores = self.model.sample_loss(params, X, y)
             return
         if len(self.scores) < n:  # rows handed over since: score them now
-            fresh = self.model.sample_loss(params, self.X[len(self.scores):], self.y[len(self.scores):])
+            fresh = self.model.sample_loss(params, X[len(self.scores):], y[len(self.scores):])
             self.scores = np.concatenate([self.scores, fresh])
         every = self.cfg.executor.score_every
         lo, hi = (rnd % every) * n // every, (rnd % every + 1) * n // every
         if hi > lo:
-            self.scores[lo:hi] = self.model.sample_loss(params, self.X[lo:hi], self.y[lo:hi])
+            self.scores[lo:hi] = self.model.sample_loss(params, X[lo:hi], y[lo:hi])
 
     def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
         """Global ids of this worker's representative rows under ``loss`` or ``stratified`` (scored on its
         shard); nothing when they would not be used (``remap`` is not ``representative``) or when rank 0
         chooses them itself (``random``, staged before any failure)."""
         o = self.cfg.optimizer
-        k = rep_count(o.n_most_rep, len(self.y))
-        if k <= 0 or len(self.y) == 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
+        k = rep_count(o.n_most_rep, len(self.shard))
+        if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
             return np.zeros(0, np.int64)
         self._rescore(params, rnd)
         assert self.scores is not None
-        local = select_representative(o.rep_selection, self.scores, self.y, k, self.n_classes,
+        local = select_representative(o.rep_selection, self.scores, self.shard.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
-        return self.ids[local].astype(np.int64)
+        return self.shard.ids[local].astype(np.int64)
 
 def run_worker(ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> int:
     return Worker(ch, cfg, run_dir, resuming).run()

@@ -307,7 +307,7 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
     assert max(seen[3:]) == 100.0, "the rest of the round draws from the grown shard"
     reply = ch.sent[-1]
     assert (reply.n, reply.handed_in, list(reply.ready)) == (250, 50, [1]) and w.epoch == 1
-    assert set(w.ids[200:]) == set(range(1000, 1050)) and len(w.scores) == 250  # scored for representatives
+    assert set(w.shard.ids[200:]) == set(range(1000, 1050)) and len(w.scores) == 250  # scored for representatives
     assert w._wait_ctrl(1.0, "test") == stop, "the stop waited for the end of the round"
     # the next reply starts afresh
     w._round(P.Round(1, 1, 2, 0.01, True, params))
@@ -328,7 +328,7 @@ def test_worker_takes_a_read_ahead_slice_from_memory(tmp_path):
     assert list(w._cache) == [(str(standby), 10, 25)]
     standby.unlink()  # from now on only the copy in memory has these rows
     w._take_handoff(P.Handoff(1, [P.Segment(str(standby), 10, 25)]))
-    assert w.ids[40:].tolist() == list(range(510, 525)) and w._prefetched == {1: 15} and not w._cache
+    assert w.shard.ids[40:].tolist() == list(range(510, 525)) and w._prefetched == {1: 15} and not w._cache
     w._read_ahead([])  # a new plan without the slices: forgotten
     assert w._cache == {}
 
@@ -349,9 +349,10 @@ def test_worker_draws_weighted_rows_as_often_as_the_rows_they_stand_for(tmp_path
     ch = _WorkerChannel([], quiet=0)
     w = Worker(ch, cfg, tmp_path)
     w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
-    assert w.w is None and w.mass == 200
+    assert w.shard.w is None and w.shard.mass == 200
     w._take_handoff(P.Handoff(1, [P.Segment(str(tmp_path / "standby.h5"), 10, 60, np.full(50, 4.0))]))
-    assert w.mass == 400 and len(w.y) == 250 and w.w[:200].tolist() == [1.0] * 200 and set(w.w[200:]) == {4.0}
+    assert w.shard.mass == 400 and len(w.shard) == 250 and w.shard.w[:200].tolist() == [1.0] * 200
+    assert set(w.shard.w[200:]) == {4.0}
     drawn = np.concatenate([b for rnd in range(40) for b in w._batches(rnd, 8, 25)])
     assert abs(np.mean(drawn >= 200) - 0.5) < 0.03
     params = w.model.init(0)

@@ -1,0 +1,71 @@
+"""A worker's rows in memory: its shard, grown in place when rows are handed over, and the weighted
+minibatches drawn from it. No MPI, no I/O (the worker reads the files).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .handoff import expand_weights
+from .shards import Shard
+
+
+class LocalShard:
+    """Rows ``X``, labels ``y``, global ``ids`` and weights ``w`` (None: every row weighs 1).
+
+    ``X`` is a view of a buffer with room for handed rows (half a shard more, a third of a shard per survivor
+    under ``remap: full`` with 4 workers), so that rows handed over do not copy the whole shard.
+    """
+
+    def __init__(self, shard: Shard | None = None) -> None:
+        if shard is None:
+            shard = Shard(np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64))
+        n, d = shard.X.shape
+        self._buf = np.empty((n + max(n // 2, 1024), d), np.float32)
+        self._buf[:n] = shard.X
+        self.X = self._buf[:n]
+        self.y, self.ids = shard.y, shard.ids
+        self.w: np.ndarray | None = shard.w
+
+    def __len__(self) -> int:
+        return int(len(self.y))
+
+    @property
+    def mass(self) -> float:
+        """How many training rows this shard stands for (its row count when every weight is 1)."""
+        return float(len(self.y)) if self.w is None else float(self.w.sum())
+
+    def append(self, s: Shard, weight: np.ndarray | float | None = None) -> int:
+        """Append rows, weighing ``weight`` (one per row, or one for all; else the rows' own ``w``, else 1);
+        returns how many."""
+        n, m = len(self.y), len(s.ids)
+        if n + m > len(self._buf):  # out of room: grow geometrically (one copy)
+            grown = np.empty((max(n + m, 2 * len(self._buf)), s.X.shape[1]), np.float32)
+            grown[:n] = self.X
+            self._buf = grown
+        self._buf[n:n + m] = s.X
+        self.X = self._buf[:n + m]
+        self.y = np.concatenate([self.y, s.y])
+        self.ids = np.concatenate([self.ids, s.ids])
+        w = np.broadcast_to(np.asarray(weight, np.float64), (m,)) if weight is not None else s.w
+        if w is not None and np.any(w != 1.0):
+            self.w = np.concatenate([np.ones(n) if self.w is None else self.w, w])
+        elif self.w is not None:
+            self.w = np.concatenate([self.w, np.ones(m)])
+        return m
+
+    def batches(self, seed: list[int], rnd: int, iters: int, bs: int, shuffle: bool) -> list[np.ndarray]:
+        """``iters`` minibatches of ``bs`` row indices: consecutive slices of a permutation seeded by ``seed``
+        (so that a resumed run draws exactly what it would have drawn), or of the rows in order from a
+        ``rnd``-dependent start. Rows that weigh ``w`` enter the permutation ``w`` times (the fraction by a
+        seeded coin): a pass draws each row as often as the rows it stands for would have been drawn."""
+        if len(self.y) == 0 or bs <= 0:
+            return []
+        rng = np.random.default_rng(seed)
+        base = expand_weights(self.w, rng) if self.w is not None else np.arange(len(self.y))
+        n = len(base)
+        need = iters * bs
+        if shuffle:
+            order = np.concatenate([base[rng.permutation(n)] for _ in range(-(-need // n))])
+        else:
+            order = np.tile(np.roll(base, -((rnd * need) % n)), -(-need // n))
+        return [np.sort(order[i * bs:(i + 1) * bs]) for i in range(iters)]
