@@ -84,7 +84,7 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
         "partition": cfg.data.partition, "rep_selection": cfg.optimizer.rep_selection,
         "rep_weight": cfg.optimizer.rep_weight, "dataset": run["dataset"],
         "failures": [asdict(f) for f in state.failures], "max_recovery_time": max(rec, default=None),
-        "coverage": state.ownership.coverage() if state.phase != "joining" or run["dealt"] else None,
+        "coverage": state.ownership.coverage() if run["dealt"] else None,
         "rows_orphaned": int(len(state.orphaned())), "rows_unreadable": state.rows_unreadable,
         "points_handed": state.rows_handed, "stale_dropped": state.stale,
         "class_histogram": run["class_histogram"], "initial_shards": run["initial_shards"],
