@@ -98,6 +98,17 @@ class Outcome:
     messages: dict[int, list[Any]] = field(default_factory=dict)
     failed: dict[int, float] = field(default_factory=dict)  # rank -> time ULFM reported it
     timed_out: dict[int, float] = field(default_factory=dict)  # rank -> time the deadline passed
+    partial: dict[int, int] = field(default_factory=dict)  # timed-out rank -> bytes of a message still arriving
+
+
+@dataclass
+class _InFlight:
+    """A matched receive still in progress: its request, the buffer it fills, its size and start time."""
+
+    req: Any
+    buf: bytearray
+    nbytes: int
+    started: float
 
 
 class Backoff:
@@ -133,6 +144,9 @@ class Channel:
         # Send buffers stay referenced until their request completes; abandoned ones are never freed
         # early (a request to a dead peer may never complete).
         self._outbox: list[tuple[MPI.Request, bytes, int]] = []
+        # Receives matched but not complete (source, tag) -> request and buffer; completed by a later call.
+        self._inflight: dict[tuple[int, int], _InFlight] = {}
+        self._abandoned: list[_InFlight] = []  # receives from failed senders: kept alive, never freed early
         # Collectives (the ULFM rebuild) run on a communicator of their own: whatever a failed collective
         # does to it (errors, revocation) cannot touch the point-to-point traffic of the rounds.
         self.coll = comm.Dup()
@@ -182,25 +196,42 @@ class Channel:
 
     # -------------------------------------------------------------- receiving
     def _try_recv(self, source: int, tag: int) -> tuple[bool, Any]:
-        """Probe once for a message from ``source``; receive it if there. Raises MPI.Exception."""
-        status = MPI.Status()
-        msg = self.comm.Improbe(source, tag, status)
-        if msg is None:
+        """Receive the next message from ``source`` if it is there; never waits. Raises MPI.Exception.
+
+        A matched message may still be streaming in (a large reply over TCP, or a sender stopped mid-send).
+        Its request and buffer are then kept in ``_inflight`` and tested again at the next call for the same
+        (source, tag), which returns ``(False, None)`` until it has fully arrived: the caller's deadline
+        alone bounds how long anyone waits for it, and messages from one source stay in order (nothing
+        newer is probed while one is in flight). A sender reported failed (ULFM) makes ``Test`` raise; the
+        request and buffer are then kept in ``_abandoned``, never freed early.
+        """
+        key = (source, tag)
+        pending = self._inflight.get(key)
+        if pending is None:
+            status = MPI.Status()
+            msg = self.comm.Improbe(source, tag, status)
+            if msg is None:
+                return False, None
+            n = status.Get_count(MPI.BYTE)
+            buf = bytearray(n)
+            pending = _InFlight(msg.Irecv([buf, MPI.BYTE]), buf, n, time.monotonic())
+            self._inflight[key] = pending
+        try:
+            done = pending.req.Test()
+        except MPI.Exception:
+            self._abandoned.append(self._inflight.pop(key))
+            raise
+        if not done:
             return False, None
-        n = status.Get_count(MPI.BYTE)
-        buf = bytearray(n)
-        req = msg.Irecv([buf, MPI.BYTE])
-        back = Backoff()
-        # The whole message is matched; a large one may still be streaming in. A sender that dies now
-        # makes Test raise under ULFM; without ULFM the caller's deadline still bounds us.
-        t_end = time.monotonic() + 60.0
-        while not req.Test():
-            if time.monotonic() > t_end:
-                raise TimeoutError(f"message of {n} bytes from rank {source} stalled mid-transfer")
-            back.sleep()
-        self.traffic.bytes_recv += n
+        del self._inflight[key]
+        self.traffic.bytes_recv += pending.nbytes
         self.traffic.msgs_recv += 1
-        return True, pickle.loads(buf)
+        return True, pickle.loads(pending.buf)
+
+    def partial(self, source: int, tag: int) -> int | None:
+        """Size in bytes of a message from ``source`` matched but not fully received yet, or None."""
+        pending = self._inflight.get((source, tag))
+        return None if pending is None else pending.nbytes
 
     def failed_ranks(self) -> set[int]:
         """World ranks ULFM knows to have failed (empty without ULFM)."""
@@ -262,6 +293,9 @@ class Channel:
                 for src in live:
                     if src not in out.failed:
                         out.timed_out[src] = now
+                        nbytes = self.partial(src, tag)
+                        if nbytes is not None:  # kept: a later poll may still complete it
+                            out.partial[src] = nbytes
                 return out
             if on_tick is not None and now >= next_tick:
                 on_tick()
