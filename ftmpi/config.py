@@ -22,7 +22,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 
 from ftmpi.errors import ConfigError
+from ftmpi.fsutil import replace_atomic
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
@@ -524,12 +524,4 @@ def dump_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     header = f"# resolved ftmpi configuration (from {cfg.source or 'defaults'})\n"
     text = header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return replace_atomic(dest, lambda fh: fh.write(text))  # mode from the umask, like the other outputs
