@@ -348,8 +348,9 @@ def _read_yaml(path: str) -> dict[Any, Any]:
         where = f"{path}:{mark.line + 1}" if mark is not None else path
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: YAML syntax error: {' '.join(problem.split())}") from None
-    if tree is None:
-        return {}
+    if tree is None:  # nothing but whitespace or comments: surely not what the user meant to run
+        raise ConfigError(f"{path}: the config file is empty (expected sections such as 'model:' or 'executor:'; "
+                          "run without a file to use the defaults)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {_show(tree)}")
     return tree

@@ -301,3 +301,32 @@ def test_full_tmpfs_run_dir(tiny_fs):
     metrics.close()
     with open(run / "metrics.csv", newline="") as fh:
         assert [r["round"] for r in csv.DictReader(fh)][-1] == "12"
+
+
+# ------------------------------------------------------------------------------------ item 14: bad input
+def test_report_of_a_folder_that_does_not_exist_is_one_line_and_exit_2(tmp_path, capsys):
+    from ftmpi.report import main_report
+
+    nope = tmp_path / "runs" / "typo"
+    assert main_report([str(nope)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == f"ftmpi: error: report: {nope}: no such file or directory\n"
+    run = tmp_path / "real"
+    run.mkdir()
+    write_json_atomic(run / "summary.json", {"status": "completed", "name": "real"})
+    assert main_report([str(run), str(nope)]) == 2, "the runs that exist are reported, the exit says one is missing"
+    cap = capsys.readouterr()
+    assert "real" in cap.out and cap.err.count("\n") == 1 and str(nope) in cap.err
+
+
+def test_empty_config_file_is_one_line_and_exit_2_from_the_command(tmp_path):
+    import sys
+
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text("# nothing yet\n")
+    p = subprocess.run([sys.executable, "-m", "ftmpi", "train", str(cfg), "--run-dir", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and str(cfg) in lines[0] and "empty" in lines[0], p.stderr
+    assert not (tmp_path / "run").exists()
