@@ -322,11 +322,11 @@ def test_report_of_a_folder_that_does_not_exist_is_one_line_and_exit_2(tmp_path,
 def test_empty_config_file_is_one_line_and_exit_2_from_the_command(tmp_path):
     import sys
 
-    cfg = tmp_path / "empty.yaml"
+    cfg = tmp_path / "blank.yaml"
     cfg.write_text("# nothing yet\n")
     p = subprocess.run([sys.executable, "-m", "ftmpi", "train", str(cfg), "--run-dir", str(tmp_path / "run")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stderr
     lines = [x for x in p.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and str(cfg) in lines[0] and "empty" in lines[0], p.stderr
+    assert len(lines) == 1 and f"{cfg}: the config file is empty" in lines[0], p.stderr
     assert not (tmp_path / "run").exists()
