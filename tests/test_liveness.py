@@ -161,3 +161,81 @@ def test_recv_one_on_a_stalled_message_raises_peer_timeout():
     comm.post(1, TAG, "stuck", arrives=False)
     with pytest.raises(PeerTimeout):
         ch.recv_one(1, TAG, 0.05, "a reply")
+
+
+# ------------------------------------------------------------------------- the alive communicator rebuild
+class FakeCollComm(FakeComm):
+    """A communicator whose Shrink waits for the other survivors (an Event), as a real collective would."""
+
+    def __init__(self, peers: threading.Event, members: list[int], log: list[str], gen: int = 0) -> None:
+        super().__init__()
+        self.peers, self.members, self.log, self.gen = peers, members, log, gen
+        self.freed = False
+
+    def Ack_failed(self) -> None:
+        self.log.append(f"ack{self.gen}")
+
+    def Shrink(self) -> FakeCollComm:
+        self.log.append(f"shrink{self.gen}")
+        assert self.peers.wait(30), "the other survivors never joined the Shrink"
+        return FakeCollComm(self.peers, self.members, self.log, self.gen + 1)
+
+    def Agree(self, flag: int) -> int:
+        self.log.append(f"agree{self.gen}")
+        return flag
+
+    def Free(self) -> None:
+        self.freed = True
+
+
+def rebuild_channel(monkeypatch, peers: threading.Event, log: list[str]) -> Channel:
+    comm = FakeCollComm(peers, [0, 1, 2], log)
+    ch = Channel(comm, Detector.ULFM)
+    monkeypatch.setattr(ch, "_world_ranks", lambda c: c.members)
+    return ch
+
+
+def test_rebuild_given_up_by_deadline_still_completes_and_the_next_one_runs(monkeypatch):
+    """Issue 14, item 3: a worker gave up waiting (its caller's deadline) while rank 0 joined later. Its part
+    of the rebuild must still complete (rank 0 completes it and records agreed: true), and the next rebuild
+    must run on the communicator that one produced, on this rank as on every other."""
+    peers, log = threading.Event(), []
+    ch = rebuild_channel(monkeypatch, peers, log)
+    assert ch.rebuild_alive([0, 1, 2], 1, timeout=0.05) is False  # rank 0 has not joined yet
+    peers.set()  # rank 0 joins: the collective completes
+    assert ch.rebuild_alive([0, 1, 2], 2, timeout=30) is True, "the second rebuild ran and agreed"
+    assert log == ["ack0", "shrink0", "agree1", "ack1", "shrink1", "agree2"], "in order, chained communicators"
+    st = ch.rebuild_status()
+    assert st is not None and (st["epoch"], st["agreed"], st["pending"], st["members"]) == (2, True, False, [0, 1, 2])
+
+
+def test_rebuild_start_never_blocks_and_a_later_rebuild_waits_for_the_previous(monkeypatch):
+    peers, log = threading.Event(), []
+    ch = rebuild_channel(monkeypatch, peers, log)
+    assert ch.rebuild_result() is False and ch.rebuild_status() is None
+    assert ch.rebuild_start([0, 1, 2], 1) is True
+    assert ch.rebuild_start([0, 2], 2) is True  # another loss before the first rebuild finished
+    assert ch.rebuild_result() is None
+    st = ch.rebuild_status()
+    assert st is not None and st["pending"] and st["epoch"] == 2 and st["agreed"] is None
+    peers.set()
+    end = time.monotonic() + 30
+    while ch.rebuild_result() is None:
+        assert time.monotonic() < end, "the rebuilds never finished"
+        time.sleep(0.001)
+    # the fake's shrunk communicator still holds 0, 1, 2, so epoch 2's members [0, 2] are not agreed on
+    assert ch.rebuild_result() is False and log.count("shrink0") == 1 and log.count("shrink1") == 1
+
+
+def test_no_rebuild_without_thread_multiple_said_once(monkeypatch):
+    import ftmpi.comm as comm_mod
+
+    peers, log = threading.Event(), []
+    peers.set()
+    ch = rebuild_channel(monkeypatch, peers, log)
+    monkeypatch.setattr(comm_mod.MPI, "Query_thread", lambda: MPI.THREAD_SERIALIZED)
+    assert ch.rebuild_alive([0, 1, 2], 1, timeout=5) is False
+    assert log == [], "MPI must not be called from a helper thread without MPI_THREAD_MULTIPLE"
+    assert ch.rebuild_start([0, 1, 2], 2) is False
+    notes = ch.take_notes()
+    assert len(notes) == 1 and "MPI_THREAD_MULTIPLE" in notes[0] and ch.take_notes() == []
