@@ -47,6 +47,7 @@ deletes a valid checkpoint unless ``keep`` valid newer ones remain.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
@@ -61,7 +62,7 @@ import numpy as np
 import yaml
 
 from ftmpi.errors import CheckpointError
-from ftmpi.fsutil import TEMP_RE, fsync_dir, temp_beside
+from ftmpi.fsutil import TEMP_RE, fsync_dir, temp_beside, write_error
 from ftmpi.kernels.model import layer_slices
 from ftmpi.partition import coverage as _coverage
 
@@ -255,9 +256,10 @@ def save(path: _PathLike, snap: Snapshot) -> Path:
     fd, tmp = temp_beside(dest)
     os.close(fd)  # h5py opens it by name; the name is ours alone (O_EXCL, random)
     try:
-        with h5py.File(tmp, "w", userblock_size=max(512, 1 << (need - 1).bit_length())) as f:
-            _write(f, snap, texts, arrays)
-        _seal(tmp)
+        try:
+            _write_file(tmp, snap, texts, arrays, max(512, 1 << (need - 1).bit_length()))
+        except OSError as exc:  # one line that names the checkpoint, not the temp file; errno kept
+            raise write_error(exc, dest, "checkpoint") from None
         _fsync(tmp)
         os.replace(tmp, dest)
     except BaseException:
@@ -265,6 +267,28 @@ def save(path: _PathLike, snap: Snapshot) -> Path:
         raise
     fsync_dir(dest.parent)  # make the rename itself durable, where the filesystem allows it
     return dest
+
+
+def _write_file(tmp: Path, snap: Snapshot, texts: dict[str, str], arrays: dict[str, np.ndarray], block: int) -> None:
+    """Build the HDF5 file in memory, then write its bytes to ``tmp`` ourselves.
+
+    HDF5 writing to a full disk fails in its flushes and close, keeps the file open inside the library
+    (its space is then never given back, even after the temp file is deleted) and prints a traceback from
+    h5py's finalizers later on (measured on a full tmpfs). Built in memory, HDF5 never touches the disk:
+    a full disk is one ``OSError(ENOSPC)`` from ``os.write`` here. A checkpoint is small (the model, its
+    optimizer state, a few integers per training row).
+    """
+    buf = io.BytesIO()  # h5py's file-object driver; the core driver's file image would lack the user block
+    with h5py.File(buf, "w", userblock_size=block) as f:
+        _write(f, snap, texts, arrays)
+    image = buf.getbuffer()
+    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    try:
+        while image:
+            image = image[os.write(fd, image):]
+    finally:
+        os.close(fd)
+    _seal(tmp)
 
 
 def _arrays(s: Snapshot) -> dict[str, np.ndarray]:

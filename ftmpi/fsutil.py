@@ -11,6 +11,7 @@ a partial file:
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["TEMP_RE", "file_mode", "fsync_dir", "replace_atomic", "temp_beside", "umask"]
+__all__ = ["TEMP_RE", "file_mode", "fsync_dir", "replace_atomic", "temp_beside", "umask", "write_error"]
 
 #: Names of the temp files :func:`temp_beside` makes for ``name``: ``.name.XXXXXXXX.tmp``.
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{6,}\.tmp$")
@@ -103,3 +104,18 @@ def replace_atomic(dest: str | os.PathLike[str], write: Callable[[IO[Any]], None
     if durable:
         fsync_dir(d.parent)
     return d
+
+
+_ERRNO_RE = re.compile(r"errno = (\d+)")
+
+
+def write_error(exc: BaseException, dest: str | os.PathLike[str], what: str) -> OSError:
+    """A one-line ``OSError`` for a failed write of ``dest`` (HDF5's own messages run over several lines and
+    name the temp file); keeps ``errno`` so callers can tell a full disk (``ENOSPC``) from other errors.
+    h5py reports some failed flushes as ``RuntimeError`` with ``errno = N`` in the text: that is used too."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        m = _ERRNO_RE.search(str(exc))
+        code = int(m.group(1)) if m else None
+    reason = os.strerror(code) if code else " ".join(str(exc).split())[:200]
+    return OSError(code or errno.EIO, f"cannot write {what} {dest}: {reason}")

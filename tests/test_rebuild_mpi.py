@@ -78,3 +78,69 @@ def test_survivors_rebuild_twice_and_agree(tmp_path):
     assert {json.dumps({k: v for k, v in rec["status"].items() if k != "seconds"}, sort_keys=True)
             for rec in recs.values()} == {json.dumps({"agreed": True, "epoch": 2, "error": None, "members": [0, 1, 2],
                                                       "pending": False, "queued": 0}, sort_keys=True)}
+
+
+# ------------------------------------------------------------------------ a real run on a full disk
+def _mount(path: Path, size: str) -> str | None:
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "mounting a tmpfs needs root and mount(8)"
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    return None if p.returncode == 0 else f"cannot mount a tmpfs here: {p.stderr.strip()}"
+
+
+def _used(path: Path) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_real_run_on_a_full_disk_keeps_its_checkpoint_and_resumes(tmp_path):
+    """A run whose run dir (a real tmpfs) fills up: its checkpoints fail with ENOSPC. The previous checkpoint
+    stays valid, no temp file is left, the run either goes on with a warning or ends with one line and exit
+    code 7, and once there is room again ``--resume`` continues it to the end."""
+    from tests.mpirun import run_job
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    why = _mount(mnt, "64m")
+    if why:
+        pytest.skip(why)
+    try:
+        run = mnt / "run"
+        smoke = ROOT / "configs" / "smoke.yaml"
+        base = ("--set", "executor.keep=1", "--set", "executor.checkpoint_every=5")
+        job = run_job(2, smoke, run, *base, "--set", "model.n_iterations=100", limit=120)
+        assert job.rc == 0, job.err[-2000:]
+        ck = run / "ckpt" / "round-000010.h5"
+        assert ck.exists()
+        # leave room for metrics rows and summary.json's temp file, not for another 37 KB checkpoint
+        room = 8 * 4096
+        r = subprocess.run(["mount", "-o", f"remount,size={_used(mnt) + room}", str(mnt)], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot shrink the tmpfs: {r.stderr.strip()}")
+        job = run_job(2, smoke, run, *base, "--set", "model.n_iterations=400", "--resume", str(run), limit=120)
+        errs = [x for x in job.err.splitlines() if "error" in x.lower()]
+        assert job.rc in (0, 7), f"rc {job.rc}:\n{job.err[-3000:]}"
+        if job.rc == 7:
+            assert len(errs) == 1 and "No space left" in errs[0] and "Traceback" not in job.err, job.err[-3000:]
+        else:
+            assert "No space left" in job.err
+        from ftmpi.checkpoint import list_checkpoints, newest_valid
+
+        assert [p.name for p in (run / "ckpt").iterdir() if p.name.endswith(".tmp")] == [], "no temp file left"
+        path, snap, skipped = newest_valid(run)
+        assert path == ck and snap.round == 10 and skipped == [], "the previous checkpoint stays valid"
+        r = subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        job = run_job(2, smoke, run, *base, "--set", "model.n_iterations=400", "--resume", str(run), limit=120)
+        assert job.rc == 0, job.err[-3000:]
+        s = job.summary
+        assert s["status"] == "completed" and s["rounds"] == 40 and s["resumed_from"]["round"] == 10
+        assert [p.name for p in list_checkpoints(run)] == ["round-000040.h5"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
