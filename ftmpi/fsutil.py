@@ -77,7 +77,7 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def replace_atomic(dest: str | os.PathLike[str], write: Callable[[IO[Any]], None], text: bool = True,
+def replace_atomic(dest: str | os.PathLike[str], write: Callable[[IO[Any]], object], text: bool = True,
                    durable: bool = True) -> Path:
     """Write ``dest`` through ``write(fh)`` on a temp file, then rename it over ``dest``.
 
@@ -92,7 +92,8 @@ def replace_atomic(dest: str | os.PathLike[str], write: Callable[[IO[Any]], None
     d = Path(dest)
     fd, tmp = temp_beside(d)
     try:
-        with os.fdopen(fd, "w" if text else "wb", **({"encoding": "utf-8", "newline": ""} if text else {})) as fh:
+        fh: IO[Any] = (os.fdopen(fd, "w", encoding="utf-8", newline="") if text else os.fdopen(fd, "wb"))
+        with fh:
             write(fh)
             fh.flush()
             if durable:
