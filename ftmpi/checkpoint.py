@@ -31,14 +31,23 @@ one crc32 over every other byte (HDF5's metadata: superblock, object headers, at
 does not survive damaged metadata: flipping single bytes of a checkpoint made it segfault, and with the
 v1.8+ file format it looped forever. Damaged data is named by dataset; damaged metadata is one error.
 
-Atomicity: :func:`save` writes ``.round-000120.h5.tmp-<pid>`` in the same folder, fsyncs it, moves it into
-place with ``os.replace`` and fsyncs the folder, so a reader sees the old set of checkpoints or the new
-one, never a partial file. A writer killed midway leaves only its temp file, which :func:`list_checkpoints`
-never lists and :func:`prune` deletes once a newer checkpoint is complete.
+Atomicity: :func:`save` writes a fresh temp file ``.round-000120.h5.<random>.tmp`` in the same folder
+(``mkstemp``: no symlink or planted file is followed; mode from the umask), fsyncs it, moves it into place
+with ``os.replace`` and fsyncs the folder, so a reader sees the old set of checkpoints or the new one, never
+a partial file. A failed write (``ENOSPC`` included) removes its temp file and leaves the other checkpoints
+as they were. A writer killed midway leaves only its temp file, which :func:`list_checkpoints` never lists
+and :func:`prune` deletes once a newer checkpoint is complete.
+
+Pruning follows the run's lineage, not round numbers alone: after a resume from round 15 past a corrupt
+round 20, the run's newest checkpoint is round 18, and round 20 belongs to an abandoned future. :func:`prune`
+keeps the newest ``keep`` checkpoints that pass the integrity check, up to the one just written, moves
+newer-numbered and damaged files into ``ckpt/set-aside/`` (never resumed from, never deleted), and never
+deletes a valid checkpoint unless ``keep`` valid newer ones remain.
 """
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
@@ -53,17 +62,19 @@ import numpy as np
 import yaml
 
 from ftmpi.errors import CheckpointError
+from ftmpi.fsutil import TEMP_RE, fsync_dir, temp_beside, write_error
 from ftmpi.kernels.model import layer_slices
 from ftmpi.partition import coverage as _coverage
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Snapshot", "ckpt_path", "format_summary", "list_checkpoints", "load",
-           "newest_valid", "prune", "save", "summarize"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SET_ASIDE", "Snapshot", "ckpt_path", "format_summary", "intact",
+           "list_checkpoints", "load", "newest_valid", "prune", "save", "summarize"]
 
 FORMAT = "ftmpi-checkpoint"
 FORMAT_VERSION = 1
 _MAGIC = b"FTMPI-CKPT "
 _NAME_RE = re.compile(r"^round-(\d+)\.h5$")
-_TMP_RE = re.compile(r"^\.round-\d+\.h5\.tmp-\d+$")
+_TMP_RE = re.compile(r"^\.round-\d+\.h5\.tmp-\d+$")  # temp names before mkstemp (older versions)
+SET_ASIDE = "set-aside"
 _WORKER_RE = re.compile(r"^worker-(\d+)$")
 _LAYER_RE = re.compile(r"^layer(\d+)$")
 _INT_ATTRS = ("round", "epoch", "iters_done", "period", "n_classes", "stale_dropped", "rows_handed",
@@ -242,21 +253,42 @@ def save(path: _PathLike, snap: Snapshot) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(snap)
     need = 256 + sum(len(name) + 64 for name in arrays)  # manifest: name, offset, nbytes, crc per dataset
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    fd, tmp = temp_beside(dest)
+    os.close(fd)  # h5py opens it by name; the name is ours alone (O_EXCL, random)
     try:
-        with h5py.File(tmp, "w", userblock_size=max(512, 1 << (need - 1).bit_length())) as f:
-            _write(f, snap, texts, arrays)
-        _seal(tmp)
+        try:
+            _write_file(tmp, snap, texts, arrays, max(512, 1 << (need - 1).bit_length()))
+        except OSError as exc:  # one line that names the checkpoint, not the temp file; errno kept
+            raise write_error(exc, dest, "checkpoint") from None
         _fsync(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable; not every filesystem lets a folder be fsync'd
-        _fsync(dest.parent)
-    except OSError:
-        pass
+    fsync_dir(dest.parent)  # make the rename itself durable, where the filesystem allows it
     return dest
+
+
+def _write_file(tmp: Path, snap: Snapshot, texts: dict[str, str], arrays: dict[str, np.ndarray], block: int) -> None:
+    """Build the HDF5 file in memory, then write its bytes to ``tmp`` ourselves.
+
+    HDF5 writing to a full disk fails in its flushes and close, keeps the file open inside the library
+    (its space is then never given back, even after the temp file is deleted) and prints a traceback from
+    h5py's finalizers later on (measured on a full tmpfs). Built in memory, HDF5 never touches the disk:
+    a full disk is one ``OSError(ENOSPC)`` from ``os.write`` here. A checkpoint is small (the model, its
+    optimizer state, a few integers per training row).
+    """
+    buf = io.BytesIO()  # h5py's file-object driver; the core driver's file image would lack the user block
+    with h5py.File(buf, "w", userblock_size=block) as f:
+        _write(f, snap, texts, arrays)
+    image = buf.getbuffer()
+    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    try:
+        while image:
+            image = image[os.write(fd, image):]
+    finally:
+        os.close(fd)
+    _seal(tmp)
 
 
 def _arrays(s: Snapshot) -> dict[str, np.ndarray]:
@@ -547,26 +579,89 @@ def newest_valid(run_dir: _PathLike) -> tuple[Path, Snapshot, list[str]]:
                           f"{warnings[0].removeprefix('skipping ')}")
 
 
-def prune(run_dir: _PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints, and temp files older than the newest checkpoint.
+def _round_of(p: Path) -> int:
+    m = _NAME_RE.match(p.name)
+    return int(m.group(1)) if m else -1
 
-    A temp file older than a complete checkpoint belongs to a writer that was killed (rank 0 writes one
-    checkpoint at a time). Call this right after :func:`save`, so the newest file is known to be good.
+
+def intact(path: _PathLike) -> bool:
+    """True when a checkpoint file passes the integrity manifest check (no HDF5 parsing: fast and safe)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(_MAGIC)) != _MAGIC:
+                return False
+            _verify(fh, os.fstat(fh.fileno()).st_size)
+    except (OSError, _Invalid):
+        return False
+    return True
+
+
+def _set_aside(p: Path) -> Path | None:
+    """Move a checkpoint out of the resume path into ``ckpt/set-aside/``, keeping it; None if that failed."""
+    folder = p.parent / SET_ASIDE
+    try:
+        folder.mkdir(exist_ok=True)
+        dest = folder / f"{p.stem}-{p.stat().st_mtime_ns}{p.suffix}"
+        os.replace(p, dest)
+    except OSError:
+        return None
+    return dest
+
+
+def prune(run_dir: _PathLike, keep: int, newest: _PathLike | None = None) -> list[Path]:
+    """Keep the newest ``keep`` valid checkpoints of this run's lineage; delete older ones and stale temps.
+
+    ``newest`` is the checkpoint just written (default: the most recently modified one). Checkpoints with
+    a higher round than it were written by an earlier launch that got further and was then resumed from an
+    older point (their round is in this run's future): they are moved into ``ckpt/set-aside/``, as are
+    damaged ones met on the way, never kept in preference to valid ones and never deleted. Older valid
+    checkpoints are deleted only once ``keep`` valid ones remain, so the only valid checkpoint is never
+    deleted. Temp files older than ``newest`` belong to a writer that was killed (rank 0 writes one
+    checkpoint at a time) and are deleted.
 
     Returns:
-        The files deleted.
+        The files deleted (files set aside are not deleted and not listed).
 
     Raises:
-        ValueError: If ``keep < 1`` (the newest checkpoint is never deleted).
+        ValueError: If ``keep < 1``.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     paths = list_checkpoints(run_dir)
-    doomed = paths[:-keep]
-    if paths:
-        newest = paths[-1].stat().st_mtime
-        doomed += [p for p in paths[-1].parent.iterdir()
-                   if _TMP_RE.match(p.name) and p.stat().st_mtime < newest]
+    if not paths:
+        return []
+    try:
+        current = Path(newest) if newest is not None else max(
+            paths, key=lambda p: (p.stat().st_mtime_ns, _round_of(p)))
+    except OSError:
+        return []
+    top = _round_of(current)
+    for p in paths:
+        if _round_of(p) > top:
+            _set_aside(p)
+    lineage = sorted((p for p in paths if _round_of(p) <= top), key=_round_of, reverse=True)
+    kept: list[Path] = []
+    doomed: list[Path] = []
+    damaged: list[Path] = []
+    for p in lineage:
+        if len(kept) >= keep:
+            doomed.append(p)
+        elif intact(p):
+            kept.append(p)
+        else:
+            damaged.append(p)
+    if not kept:  # nothing valid here: touch nothing (newest_valid will say what is wrong with each)
+        doomed = []
+    else:
+        for p in damaged:
+            _set_aside(p)
+    try:
+        t_newest = current.stat().st_mtime
+        doomed += [p for p in current.parent.iterdir()
+                   if (_TMP_RE.match(p.name) or ((m := TEMP_RE.match(p.name)) and _NAME_RE.match(m["name"])))
+                   and p.stat().st_mtime < t_newest]
+    except OSError:
+        pass
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed

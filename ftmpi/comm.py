@@ -9,7 +9,8 @@ through one hung rank stalls every rank below it, while point-to-point traffic i
 needs no communicator rebuild when membership changes. ULFM, where it is in force, is used for what it
 does best: a failed peer's pending receive fails within milliseconds with ``ERR_PROC_FAILED``
 (``Get_failed`` names the ranks), and the alive communicator of the survivors is rebuilt with ``Shrink``
-and confirmed with ``Agree``, under a deadline (see :meth:`Channel.rebuild_alive`).
+and confirmed with ``Agree`` in a helper thread that never blocks the rounds (see
+:meth:`Channel.rebuild_start`).
 
 Messages are pickled (protocol 5) by us, so the byte counts on the wire are exact, and received with a
 matched probe (``Improbe`` then ``Message.Irecv``) into a buffer of the probed size.
@@ -21,6 +22,7 @@ import os
 import pickle
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +100,30 @@ class Outcome:
     messages: dict[int, list[Any]] = field(default_factory=dict)
     failed: dict[int, float] = field(default_factory=dict)  # rank -> time ULFM reported it
     timed_out: dict[int, float] = field(default_factory=dict)  # rank -> time the deadline passed
+    partial: dict[int, int] = field(default_factory=dict)  # timed-out rank -> bytes of a message still arriving
+
+
+@dataclass
+class _InFlight:
+    """A matched receive still in progress: its request, the buffer it fills, its size and start time."""
+
+    req: Any
+    buf: bytearray
+    nbytes: int
+    started: float
+
+
+@dataclass
+class _Rebuild:
+    """One alive-communicator rebuild: what it is for, and how it ended (set by the helper thread)."""
+
+    members: list[int]
+    epoch: int
+    started: float
+    finished: float = 0.0
+    done: bool = False
+    agreed: bool = False
+    error: str | None = None
 
 
 class Backoff:
@@ -133,12 +159,20 @@ class Channel:
         # Send buffers stay referenced until their request completes; abandoned ones are never freed
         # early (a request to a dead peer may never complete).
         self._outbox: list[tuple[MPI.Request, bytes, int]] = []
+        # Receives matched but not complete (source, tag) -> request and buffer; completed by a later call.
+        self._inflight: dict[tuple[int, int], _InFlight] = {}
+        self._abandoned: list[_InFlight] = []  # receives from failed senders: kept alive, never freed early
         # Collectives (the ULFM rebuild) run on a communicator of their own: whatever a failed collective
         # does to it (errors, revocation) cannot touch the point-to-point traffic of the rounds.
         self.coll = comm.Dup()
         self.coll.Set_errhandler(MPI.ERRORS_RETURN)
-        self.alive_comm: MPI.Comm | None = None
-        self._rebuild_broken = False
+        self.alive_comm: MPI.Comm | None = None  # written by the rebuild helper thread only
+        self._rb_lock = threading.Condition()
+        self._rb_jobs: deque[_Rebuild] = deque()
+        self._rb_last: _Rebuild | None = None
+        self._rb_thread: threading.Thread | None = None
+        self._notes: list[str] = []
+        self._said: set[str] = set()
 
     # ---------------------------------------------------------------- sending
     def send(self, dest: int, tag: int, obj: Any) -> int:
@@ -182,25 +216,42 @@ class Channel:
 
     # -------------------------------------------------------------- receiving
     def _try_recv(self, source: int, tag: int) -> tuple[bool, Any]:
-        """Probe once for a message from ``source``; receive it if there. Raises MPI.Exception."""
-        status = MPI.Status()
-        msg = self.comm.Improbe(source, tag, status)
-        if msg is None:
+        """Receive the next message from ``source`` if it is there; never waits. Raises MPI.Exception.
+
+        A matched message may still be streaming in (a large reply over TCP, or a sender stopped mid-send).
+        Its request and buffer are then kept in ``_inflight`` and tested again at the next call for the same
+        (source, tag), which returns ``(False, None)`` until it has fully arrived: the caller's deadline
+        alone bounds how long anyone waits for it, and messages from one source stay in order (nothing
+        newer is probed while one is in flight). A sender reported failed (ULFM) makes ``Test`` raise; the
+        request and buffer are then kept in ``_abandoned``, never freed early.
+        """
+        key = (source, tag)
+        pending = self._inflight.get(key)
+        if pending is None:
+            status = MPI.Status()
+            msg = self.comm.Improbe(source, tag, status)
+            if msg is None:
+                return False, None
+            n = status.Get_count(MPI.BYTE)
+            buf = bytearray(n)
+            pending = _InFlight(msg.Irecv([buf, MPI.BYTE]), buf, n, time.monotonic())
+            self._inflight[key] = pending
+        try:
+            done = pending.req.Test()
+        except MPI.Exception:
+            self._abandoned.append(self._inflight.pop(key))
+            raise
+        if not done:
             return False, None
-        n = status.Get_count(MPI.BYTE)
-        buf = bytearray(n)
-        req = msg.Irecv([buf, MPI.BYTE])
-        back = Backoff()
-        # The whole message is matched; a large one may still be streaming in. A sender that dies now
-        # makes Test raise under ULFM; without ULFM the caller's deadline still bounds us.
-        t_end = time.monotonic() + 60.0
-        while not req.Test():
-            if time.monotonic() > t_end:
-                raise TimeoutError(f"message of {n} bytes from rank {source} stalled mid-transfer")
-            back.sleep()
-        self.traffic.bytes_recv += n
+        del self._inflight[key]
+        self.traffic.bytes_recv += pending.nbytes
         self.traffic.msgs_recv += 1
-        return True, pickle.loads(buf)
+        return True, pickle.loads(pending.buf)
+
+    def partial(self, source: int, tag: int) -> int | None:
+        """Size in bytes of a message from ``source`` matched but not fully received yet, or None."""
+        pending = self._inflight.get((source, tag))
+        return None if pending is None else pending.nbytes
 
     def failed_ranks(self) -> set[int]:
         """World ranks ULFM knows to have failed (empty without ULFM)."""
@@ -262,6 +313,9 @@ class Channel:
                 for src in live:
                     if src not in out.failed:
                         out.timed_out[src] = now
+                        nbytes = self.partial(src, tag)
+                        if nbytes is not None:  # kept: a later poll may still complete it
+                            out.partial[src] = nbytes
                 return out
             if on_tick is not None and now >= next_tick:
                 on_tick()
@@ -294,49 +348,143 @@ class Channel:
         raise PeerTimeout([source], phase, waited, hint)
 
     # ------------------------------------------------------ alive communicator
-    def rebuild_alive(self, members: Sequence[int], epoch: int, timeout: float) -> bool:
-        """Rebuild the communicator of the alive ranks and agree on it (ULFM only).
+    def _rebuild_off(self) -> str | None:
+        """Why the alive communicator cannot be rebuilt here, or None."""
+        if self.detector is not Detector.ULFM:
+            return "no ULFM"
+        provided = MPI.Query_thread()
+        if provided < MPI.THREAD_MULTIPLE:
+            return (f"MPI provides thread level {provided}, not MPI_THREAD_MULTIPLE ({MPI.THREAD_MULTIPLE}): the "
+                    "alive communicator is not rebuilt (its blocking Shrink/Agree need a helper thread); "
+                    "point-to-point traffic carries on")
+        return None
 
-        Every member calls this with the same arguments after a membership change: ``Ack_failed``,
-        ``Shrink`` (drops the failed ranks) and ``Agree`` (a fault-tolerant AND over the survivors: does the
-        shrunk communicator hold exactly ``members``?). The nonblocking ``Ishrink`` fails with
-        MPI_ERR_INTERN in Open MPI 5.0.11 after a SIGKILL (measured), so the blocking calls run in a helper
-        thread (mpi4py initialises MPI_THREAD_MULTIPLE) on a communicator of their own, and this thread waits
-        for it with a deadline. A member that hangs instead of dying makes it miss the deadline; the helper
-        is then abandoned, rebuilding stops for the rest of the run, and the star traffic, which never needed
-        it, carries on. Returns True when every survivor agreed on ``members``.
+    def _note(self, text: str) -> None:
+        with self._rb_lock:
+            if text not in self._said:
+                self._said.add(text)
+                self._notes.append(text)
+
+    def take_notes(self) -> list[str]:
+        """Messages for the user not taken yet, each said once per run (e.g. why no rebuild happens)."""
+        with self._rb_lock:
+            out, self._notes = self._notes, []
+        return out
+
+    def rebuild_start(self, members: Sequence[int], epoch: int) -> bool:
+        """Start rebuilding the alive communicator for ``members`` (ULFM only); never blocks.
+
+        Every member calls this with the same arguments, in the same order of epochs, after a membership
+        change (the coordinator sends the list in a round message). One helper thread per rank runs the
+        rebuilds in that order, each to its end: ``Ack_failed``, ``Shrink`` (drops the failed ranks) and
+        ``Agree`` (a fault-tolerant AND over the survivors: does the shrunk communicator hold exactly
+        ``members``?). Nobody gives up on a rebuild by deadline, so every rank completes the same sequence
+        of collectives on the same communicators and ends with the same answer; a later rebuild waits for
+        the previous one on every rank alike. A member that hangs instead of dying keeps the rebuild (and
+        the ones queued behind it) pending on every rank: :meth:`rebuild_result` then stays None everywhere,
+        and the star traffic, which never needed the alive communicator, carries on.
+
+        The blocking calls run in a helper thread because ``Ishrink`` fails with MPI_ERR_INTERN in Open MPI
+        5.0.11 after a SIGKILL (measured); that needs MPI_THREAD_MULTIPLE, checked with ``Query_thread``.
+
+        Returns:
+            True when queued; False when rebuilding is off here (no ULFM, or no MPI_THREAD_MULTIPLE: the
+            latter is said once through :meth:`take_notes`).
         """
-        if self.detector is not Detector.ULFM or self._rebuild_broken:
+        reason = self._rebuild_off()
+        if reason is not None:
+            if self.detector is Detector.ULFM:
+                self._note(reason)
             return False
+        job = _Rebuild(sorted(members), epoch, time.monotonic())
+        with self._rb_lock:
+            self._rb_jobs.append(job)
+            self._rb_last = job
+            if self._rb_thread is None:
+                self._rb_thread = threading.Thread(target=self._rebuild_loop, name="ftmpi-rebuild", daemon=True)
+                self._rb_thread.start()
+            self._rb_lock.notify_all()
+        return True
+
+    def rebuild_result(self) -> bool | None:
+        """Outcome of the latest :meth:`rebuild_start`: None while it runs (or waits for an earlier one),
+        True when every survivor agreed on its members, False otherwise (or when none was started)."""
+        with self._rb_lock:
+            job = self._rb_last
+            if job is None:
+                return False
+            return job.agreed if job.done else None
+
+    def rebuild_status(self) -> dict[str, Any] | None:
+        """The latest rebuild as a JSON-able dict (for summary.json's ``alive_comm``), or None if none."""
+        with self._rb_lock:
+            job = self._rb_last
+            if job is None:
+                return None
+            return {"epoch": job.epoch, "members": job.members,
+                    "agreed": job.agreed if job.done else None,
+                    "seconds": (job.finished if job.done else time.monotonic()) - job.started,
+                    "pending": not job.done, "queued": len(self._rb_jobs), "error": job.error}
+
+    def rebuild_alive(self, members: Sequence[int], epoch: int, timeout: float) -> bool:
+        """Start a rebuild (:meth:`rebuild_start`) and wait for it at most ``timeout`` seconds.
+
+        Kept for callers that wait. A rebuild not finished in time is *not* abandoned: it goes on in the
+        helper thread, so this rank still takes its part and stays in step with the others; its outcome is
+        then read later with :meth:`rebuild_result`. Returns True only when it finished and every survivor
+        agreed within ``timeout``.
+        """
+        if not self.rebuild_start(members, epoch):
+            return False
+        end = time.monotonic() + timeout
+        back = Backoff(1e-4, 1e-2)
+        while True:
+            result = self.rebuild_result()
+            if result is not None:
+                return result
+            if time.monotonic() >= end:
+                return False
+            back.sleep(end - time.monotonic())
+
+    def _world_ranks(self, comm: Any) -> list[int]:
+        grp, wgrp = comm.Get_group(), self.comm.Get_group()
+        try:
+            return list(MPI.Group.Translate_ranks(grp, list(range(grp.Get_size())), wgrp))
+        finally:
+            grp.Free()
+            wgrp.Free()
+
+    def _rebuild_loop(self) -> None:
+        while True:
+            with self._rb_lock:
+                while not self._rb_jobs:
+                    self._rb_lock.wait()
+                job = self._rb_jobs[0]
+            self._rebuild_once(job)
+            with self._rb_lock:
+                self._rb_jobs.popleft()
+                job.finished = time.monotonic()
+                job.done = True
+                self._rb_lock.notify_all()
+
+    def _rebuild_once(self, job: _Rebuild) -> None:
         base = self.alive_comm if self.alive_comm is not None else self.coll
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                base.Ack_failed()
-                new_comm = base.Shrink()
-                new_comm.Set_errhandler(MPI.ERRORS_RETURN)
-                grp, wgrp = new_comm.Get_group(), self.comm.Get_group()
-                try:
-                    world = MPI.Group.Translate_ranks(grp, list(range(grp.Get_size())), wgrp)
-                finally:
-                    grp.Free()
-                    wgrp.Free()
-                result["agreed"] = new_comm.Agree(1 if sorted(world) == sorted(members) else 0)
-                result["comm"] = new_comm
-            except MPI.Exception as exc:
-                result["error"] = exc.Get_error_string()
-
-        helper = threading.Thread(target=work, name=f"ftmpi-rebuild-e{epoch}", daemon=True)
-        helper.start()
-        helper.join(timeout)
-        if helper.is_alive() or "comm" not in result:
-            self._rebuild_broken = True
-            return False
-        old, self.alive_comm = self.alive_comm, result["comm"]
+        try:
+            base.Ack_failed()
+            new_comm = base.Shrink()
+        except MPI.Exception as exc:
+            job.agreed, job.error = False, exc.Get_error_string()
+            return
+        # Shrink returned on every survivor alike: the next rebuild starts from this communicator everywhere
+        old, self.alive_comm = self.alive_comm, new_comm
         if old is not None:
             try:
                 old.Free()
             except MPI.Exception:
                 pass
-        return bool(result["agreed"])
+        try:
+            new_comm.Set_errhandler(MPI.ERRORS_RETURN)
+            same = sorted(self._world_ranks(new_comm)) == job.members
+            job.agreed = bool(new_comm.Agree(1 if same else 0))
+        except MPI.Exception as exc:  # e.g. another rank failed during Agree: reported to every survivor
+            job.agreed, job.error = False, exc.Get_error_string()

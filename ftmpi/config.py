@@ -22,7 +22,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 
 from ftmpi.errors import ConfigError
+from ftmpi.fsutil import replace_atomic
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
@@ -348,8 +348,9 @@ def _read_yaml(path: str) -> dict[Any, Any]:
         where = f"{path}:{mark.line + 1}" if mark is not None else path
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: YAML syntax error: {' '.join(problem.split())}") from None
-    if tree is None:
-        return {}
+    if tree is None:  # nothing but whitespace or comments: surely not what the user meant to run
+        raise ConfigError(f"{path}: the config file is empty (expected sections such as 'model:' or 'executor:'; "
+                          "run without a file to use the defaults)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {_show(tree)}")
     return tree
@@ -524,12 +525,4 @@ def dump_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     header = f"# resolved ftmpi configuration (from {cfg.source or 'defaults'})\n"
     text = header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return replace_atomic(dest, lambda fh: fh.write(text))  # mode from the umask, like the other outputs

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 #: Exit codes: 0 success, 1 an unexpected crash, 2 bad input (config/data/checkpoint),
 #: 3 training could not finish (every worker lost), 4 the coordinator was lost (seen from a worker),
 #: 5 this rank was declared dead by the coordinator and told to leave, 6 preempted (SIGTERM/SIGUSR1: the
-#: current round was checkpointed and the run can be resumed).
+#: current round was checkpointed and the run can be resumed), 7 a write the run needs failed (disk full,
+#: read-only or failing storage) and nothing resumable was saved.
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 2
@@ -18,6 +19,7 @@ EXIT_NO_WORKERS = 3
 EXIT_COORDINATOR_LOST = 4
 EXIT_EXPELLED = 5
 EXIT_PREEMPTED = 6
+EXIT_DISK = 7
 
 
 class FtmpiError(Exception):
@@ -88,3 +90,10 @@ class NoWorkersLeft(FtmpiError):
     """Every worker is dead; the coordinator saved what it had."""
 
     exit_code = EXIT_NO_WORKERS
+
+
+class WriteFailed(FtmpiError):
+    """A write the run depends on failed (e.g. the first checkpoint, on a full disk) and no earlier valid
+    result of that kind exists. Failures that leave a valid earlier file are warnings, not this error."""
+
+    exit_code = EXIT_DISK

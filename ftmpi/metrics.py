@@ -1,14 +1,25 @@
-"""Outputs of a run on rank 0: metrics CSV (one row per round, flushed), progress line, summary.json."""
+"""Outputs of a run on rank 0: metrics CSV (one row per round, flushed), progress line, summary.json.
+
+Disk trouble never ends a run here: a metrics row that cannot be written (``ENOSPC``, ``EIO``) is counted
+and skipped, the file is cut back to its last complete row, and the caller is told once (see
+:class:`MetricsCSV`); later rows are written again as soon as the disk allows. summary.json and the
+rewritten metrics of a resume are replaced atomically (:mod:`ftmpi.fsutil`): a failed write leaves the
+previous file whole.
+"""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+from .fsutil import file_mode, replace_atomic
 
 FIELDS = [
     "round", "epoch", "wall", "iters", "train_loss", "test_acc", "bytes_sent", "bytes_recv",
@@ -17,15 +28,22 @@ FIELDS = [
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp name, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_jsonable)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write JSON to a fresh temp file beside ``path``, then rename it over ``path``.
+
+    Raises:
+        OSError: If the write failed (e.g. ``ENOSPC``); ``path`` is then unchanged and no temp file is left.
+        TypeError: If ``obj`` holds something JSON cannot represent (checked before touching the disk).
+    """
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    replace_atomic(path, lambda fh: fh.write(text))
+
+
+def _to_stderr(line: str) -> None:
+    try:
+        sys.stderr.write(f"ftmpi: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _jsonable(o: Any) -> Any:
@@ -58,32 +76,96 @@ def truncate_metrics(path: Path, before_round: int) -> None:
         return
     head, body = rows[0], rows[1:]
     keep = [r for r in body if r and r[0].isdigit() and int(r[0]) < before_round]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+
+    def write(fh: Any) -> None:
         w = csv.writer(fh)
         w.writerow(head)
         w.writerows(keep)
-    os.replace(tmp, path)
+
+    replace_atomic(path, write)
 
 
 class MetricsCSV:
-    """Append-only metrics table; every row is flushed so a crash loses at most the row being written."""
+    """Append-only metrics table; every row goes to disk at once, so a crash loses at most that row.
 
-    def __init__(self, path: Path, extra: list[str] | None = None, append: bool = False) -> None:
+    A row that cannot be written (disk full, I/O error) does not end the run: the file is cut back to its
+    last complete row, the row is counted in ``missed``, and ``warn`` (if given) is called with one line the
+    first time and again whenever writing recovers or fails anew. Rows are whole lines written with one
+    ``write`` on an ``O_APPEND`` descriptor, never buffered across rounds.
+
+    Attributes:
+        missed: Rows that could not be written.
+        last_error: The last write error, one line, or None.
+    """
+
+    def __init__(self, path: Path, extra: list[str] | None = None, append: bool = False,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.path = Path(path)
         self.fields = FIELDS + list(extra or [])
-        exists = append and Path(path).exists()
-        self._fh: TextIO = open(path, "a" if exists else "w", newline="")
-        self._w = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
-        if not exists:
-            self._w.writeheader()
+        self.warn = warn if warn is not None else _to_stderr
+        self.missed = 0
+        self.last_error: str | None = None
+        self._failing = False
+        exists = append and self.path.exists()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if exists else os.O_TRUNC)
+        self._fd: int | None = os.open(self.path, flags, file_mode())
+        self._header_due = not exists
+        if self._header_due:
+            self._put(None)
 
-    def row(self, values: dict[str, Any]) -> None:
-        clean = {k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in values.items()}
-        self._w.writerow(clean)
-        self._fh.flush()
+    def _line(self, values: dict[str, Any] | None) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        if values is None:
+            w.writeheader()
+        else:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else v)
+                        for k, v in values.items()})
+        return buf.getvalue()
+
+    def _put(self, values: dict[str, Any] | None) -> bool:
+        if self._fd is None:
+            return False
+        data = ((self._line(None) if self._header_due and values is not None else "")
+                + self._line(values)).encode("utf-8")
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:
+            size = None
+        try:
+            n = os.write(self._fd, data)
+            if n != len(data):
+                raise OSError(28, "No space left on device (short write)")
+        except OSError as exc:
+            if size is not None:
+                try:
+                    os.ftruncate(self._fd, size)  # never leave half a row behind
+                except OSError:
+                    pass
+            self.missed += 1
+            self.last_error = f"{self.path}: {exc.strerror or exc}"
+            if not self._failing and self.warn is not None:
+                self.warn(f"warning: cannot write metrics ({self.last_error}); training goes on, rows are "
+                          "skipped until the disk accepts them again")
+            self._failing = True
+            return False
+        self._header_due = False
+        if self._failing and self.warn is not None:
+            self.warn(f"metrics: writing {self.path} again ({self.missed} row(s) missed so far)")
+        self._failing = False
+        return True
+
+    def row(self, values: dict[str, Any]) -> bool:
+        """Append one row; False when it could not be written (counted in ``missed``, never raised)."""
+        return self._put(values)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
 
 class Progress:

@@ -411,8 +411,19 @@ def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_report(ns: argparse.Namespace) -> int:
-    """Print the report for parsed arguments (see :func:`add_report_args`); returns the exit code."""
-    dirs = expand_run_dirs(ns.run_dirs)
+    """Print the report for parsed arguments (see :func:`add_report_args`); returns the exit code.
+
+    A path given on the command line that does not exist is an error (one line on stderr, exit 2), not a
+    row: it is a typo far more often than a run that never started. The table of the paths that do exist
+    is still printed. Runs found inside a folder of runs that wrote nothing keep their ``missing`` row.
+    """
+    absent = [p for p in ns.run_dirs if not Path(p).exists()]
+    for p in absent:
+        print(f"ftmpi: error: report: {p}: no such file or directory", file=sys.stderr)
+    present = [p for p in ns.run_dirs if Path(p).exists()]
+    if not present:
+        return 2
+    dirs = expand_run_dirs(present)
     rows = collect(dirs)
     fails = [] if ns.markdown else failure_lines(dirs)
     text = to_markdown(rows) if ns.markdown else to_text(rows)
@@ -428,7 +439,7 @@ def run_report(ns: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"ftmpi: error: report: cannot write {ns.csv}: {exc.strerror or exc}", file=sys.stderr)
             return 2
-    return 0
+    return 2 if absent else 0
 
 
 def main_report(args: Sequence[str] | None = None) -> int:

@@ -60,8 +60,12 @@ def test_name_from_file_stem_and_run_dir(tmp_path):
         cfg.name = "x"  # type: ignore[misc]
 
 
-def test_empty_file_and_empty_section_give_defaults(tmp_path):
-    assert load_config(write(tmp_path, ""), env=NO_ENV).model.type == "logreg"
+def test_empty_file_is_refused_and_empty_section_gives_defaults(tmp_path):
+    # issue 14, item 14: an empty file used to run on the defaults without a word
+    for text in ("", "\n  \n", "# only a comment\n"):
+        path = write(tmp_path, text)
+        msg = error_of(path)
+        assert msg.startswith(f"{path}: the config file is empty") and "\n" not in msg
     assert load_config(write(tmp_path, "model:\n"), env=NO_ENV).model.batch_size == 128
 
 
