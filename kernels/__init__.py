@@ -7,8 +7,16 @@ functions, single-threaded (several MPI ranks share the cores); matrix products 
 from .model import CHUNK_ROWS, init_params, layer_slices, loss_grad, n_params, predict, sample_loss
 from .quant import dequantize, pack, packed_size, quantize, quantize_pack, unpack, unpack_dequantize
 from .select import (
-    CORESET_DIM, CORESET_MODES, SELECTORS, coreset_features, select, select_coreset, select_loss, select_random,
-    select_stratified, topk,
+    CORESET_DIM,
+    CORESET_MODES,
+    SELECTORS,
+    coreset_features,
+    select,
+    select_coreset,
+    select_loss,
+    select_random,
+    select_stratified,
+    topk,
 )
 
 __all__ = [
