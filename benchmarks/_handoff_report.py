@@ -177,9 +177,10 @@ def render(res: dict, out: str) -> None:
           + f". Representative rows hand over `n_most_rep: {res['size']}` of each lost shard."
           + ("" if not res.get("rows_left_out") else " Left out (this checkout refuses their config): "
              + "; ".join(f"`{r}` ({w})" for r, w in res["rows_left_out"].items()) + "."), "",
-          f"**Classes.** *lost classes*: of which the lost workers together held more than {int(100 * res['share'])} % "
-          "of the training rows at the start; *first-lost*: of which the first lost worker alone did (their rows "
-          "were handed twice). Mean final test accuracy over them (1000 test rows a class). *bytes / full's*: rows "
+          f"**Classes.** *lost classes*: of which the lost workers together held more than {100 * res['share']:g} % "
+          f"of the training rows at the start; *first-lost*: of which the first lost worker alone held more than "
+          f"{100 * res.get('first_share', 0.5):g} % (their rows were handed twice). Mean final test accuracy over "
+          "them (1000 test rows a class). *bytes / full's*: rows "
           "handed × (784·4 + 4 + 8 + 8) B over full's; *handoff s*: detection to training on the rows, the slower "
           "of the two losses.", ""]
     mk += verdict(cells, settings, rows, records) + [""]
@@ -200,7 +201,7 @@ def render(res: dict, out: str) -> None:
     shared = [r["name"] for r in records if r["shared_cores"]]
     mk += [f"**Alone on the machine.** The study waited {sum(r['waited_for_others'] for r in records):.0f} s in all "
            f"for other ftmpi jobs, tests and benchmarks; {n_cont} job(s) that shared the cores anyway were run again"
-           + (f"; still shared after 10 tries, timings inflated: {shared}." if shared else "."), ""]
+           + (f"; still shared after the last try, timings inflated: {shared}." if shared else "."), ""]
     redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
     bad = [r["name"] for r in records if not r["clean"]]
     mk += [f"**Repeated runs.** {len(redo)} attempt(s) lost other workers than the ones killed (or did not "
