@@ -177,3 +177,52 @@ def kept_fraction(weights: np.ndarray, base: np.ndarray) -> float:
     others, in one number)."""
     total = float(np.sum(base))
     return float(np.sum(weights)) / total if total > 0 else math.nan
+
+
+def choose_and_weigh(selection: str, rule: str, y_owned: np.ndarray, w_owned: np.ndarray, k: int, n_classes: int,
+                     seed: int, *, X_owned: np.ndarray | None = None, local: np.ndarray | None = None,
+                     cap: float | None = None,
+                     survivor_class_mass: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a lost worker's rows to hand over, and what each weighs: the whole policy in one call.
+
+    ``selection``: ``random`` (a uniform choice: ``local`` if given, say rank 0's staged choice as positions
+    in the owned rows, else :func:`ftmpi.kernels.select_random`), ``coreset``
+    (:func:`ftmpi.kernels.select_coreset` on ``X_owned``; ``base`` = the cluster masses) or a score rule
+    whose rows the caller passes as ``local`` (``loss``, ``stratified``: not a uniform choice, so ``w·n/k`` is
+    biased there, towards whatever the rule prefers).
+
+    Args:
+        selection: ``random``, ``coreset``, or any other name with ``local`` given.
+        rule: One of :data:`RULES`.
+        y_owned: Labels of every owned row.
+        w_owned: Weights of every owned row.
+        k: Number of rows to hand over.
+        n_classes: Number of classes.
+        seed: Seed of the choice.
+        X_owned: Features of every owned row (``coreset``).
+        local: Positions of the chosen rows in the owned ones (skips the choice).
+        cap: ``damped``: :func:`remaining_draws`.
+        survivor_class_mass: ``classmix``: the survivors' mass per class.
+
+    Returns:
+        ``(local, weights)``: int64 positions in the owned rows and float64 weights aligned with them.
+    """
+    from . import kernels as K
+
+    y_owned = np.asarray(y_owned, np.int64)
+    w_owned = np.asarray(w_owned, np.float64)
+    if local is None and selection == "coreset":
+        if X_owned is None:
+            raise ValueError("rep_selection 'coreset' needs the owned rows' features")
+        local, base = K.select_coreset(X_owned, y_owned, w_owned, k, n_classes, seed)
+    else:
+        if local is None:
+            if selection != "random":
+                raise ValueError(f"rep_selection {selection!r}: pass the chosen rows as local")
+            local = K.select_random(len(w_owned), k, seed)
+        local = np.asarray(local, np.int64)
+        base = unbiased(w_owned, local)
+    weights = handed_weights(rule, w_owned[local], base, mass=float(w_owned.sum()), cap=cap, y=y_owned[local],
+                             dead_class_mass=class_mass(y_owned, w_owned, n_classes),
+                             survivor_class_mass=survivor_class_mass)
+    return local, weights

@@ -142,3 +142,31 @@ def test_bad_calls_name_what_is_missing():
         kw = {"mass": 0.0, "cap": 2.0, "y": np.zeros(0, np.int64), "dead_class_mass": np.zeros(2),
               "survivor_class_mass": np.zeros(2)}
         assert W.handed_weights(rule, np.zeros(0), np.zeros(0), **kw).shape == (0,)
+
+
+def test_choose_and_weigh_is_the_choice_plus_the_rule():
+    from ftmpi import kernels as K
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, N_CLASSES, 3000)
+    w = rng.choice([1.0, 20.0], 3000, p=[0.95, 0.05])
+    X = rng.standard_normal((3000, 12)).astype(np.float32) + y[:, None]
+    local, wts = W.choose_and_weigh("random", "shard", y, w, 150, N_CLASSES, seed=3)
+    np.testing.assert_array_equal(local, K.select_random(3000, 150, 3))
+    np.testing.assert_allclose(wts, w[local] * 20)
+    given = np.array([4, 8, 15, 16, 23, 42])
+    _, wts = W.choose_and_weigh("loss", "shard-legacy", y, w, 6, N_CLASSES, seed=0, local=given)
+    np.testing.assert_allclose(wts, np.full(6, w.sum() / 6))
+    local, wts = W.choose_and_weigh("coreset", "shard", y, w, 150, N_CLASSES, seed=3, X_owned=X)
+    ref = K.select_coreset(X, y, w, 150, N_CLASSES, 3)
+    np.testing.assert_array_equal(local, ref[0])
+    np.testing.assert_allclose(W.class_mass(y[local], wts, N_CLASSES), W.class_mass(y, w, N_CLASSES))
+    _, damped = W.choose_and_weigh("coreset", "damped", y, w, 150, N_CLASSES, seed=3, X_owned=X, cap=4.0)
+    np.testing.assert_allclose(damped, np.minimum(ref[1], np.maximum(4.0, w[local])))
+    S = W.class_mass(y, np.ones(3000), N_CLASSES) * 3
+    _, mix = W.choose_and_weigh("random", "classmix", y, w, 150, N_CLASSES, seed=3, survivor_class_mass=S)
+    assert np.all(mix >= w[K.select_random(3000, 150, 3)] * (1 - 1e-12))
+    with pytest.raises(ValueError, match="features"):
+        W.choose_and_weigh("coreset", "shard", y, w, 10, N_CLASSES, seed=0)
+    with pytest.raises(ValueError, match="pass the chosen rows"):
+        W.choose_and_weigh("loss", "shard", y, w, 10, N_CLASSES, seed=0)
