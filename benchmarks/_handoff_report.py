@@ -183,6 +183,11 @@ def render(res: dict, out: str) -> None:
           "them (1000 test rows a class). *bytes / full's*: rows "
           "handed × (784·4 + 4 + 8 + 8) B over full's; *handoff s*: detection to training on the rows, the slower "
           "of the two losses.", ""]
+    if res.get("coreset_cost"):
+        mk += ["**Coreset cost** (`select_coreset`, one process, before the jobs, on rank 2's Fashion-MNIST shard "
+               "of seed 0): " + "; ".join(f"{kind} shard, {c['rows']} rows, k = {c['k']}: {c['ms']:.0f} ms"
+                                                   for kind, c in res["coreset_cost"].items())
+               + ". In the jobs it is part of *handoff s* (rank 0 chooses at the loss).", ""]
     mk += verdict(cells, settings, rows, records) + [""]
     for setting, st in settings.items():
         for part in st["partitions"]:
