@@ -284,6 +284,27 @@ def run_plan(plan: list[dict], keep_dir: Path, wait: float, retries: int, again:
     return records
 
 
+def legacy_rows(res: dict, path: Path) -> None:
+    """Add to study ``res`` the ``random-w`` runs of another study (``path``, its results JSON), run with the code
+    before issue 15's fix, as row ``random-legacy``: the way to the "before" row when this checkout no longer
+    accepts ``rep_weight: shard-legacy``. Make that study in a checkout of the old commit (with its own venv)
+    into which this script and its ``_handoff_*.py`` helpers are copied: ``python benchmarks/handoff_value.py
+    --rows fault-free,random-w --out handoff_legacy`` there (same other options as this study's)."""
+    import json
+
+    old = json.loads(Path(path).read_text())
+    runs = [dict(r, row="random-legacy", name=r["name"].replace("-random-w", "-random-legacy"))
+            for r in old["runs"] if r["row"] == "random-w"]
+    if not runs:
+        raise SystemExit(f"--legacy-from {path}: no random-w runs in it")
+    res["runs"] = [r for r in res["runs"] if r["row"] != "random-legacy"] + runs
+    if "random-legacy" not in res["rows"]:
+        res["rows"].insert(res["rows"].index("random-w") if "random-w" in res["rows"] else 2, "random-legacy")
+    res.setdefault("policies", {})["random-legacy"] = (
+        f"random rows weighted by the code before the fix (commit {old['code']['start']['commit']}, {path})")
+    res.get("rows_left_out", {}).pop("random-legacy", None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="logreg only, 2 seeds (48 jobs, ~10 min)")
@@ -309,13 +330,18 @@ def main() -> int:
     ap.add_argument("--keep", default=None, help="folder for the runs' summary/metrics/config (default: a temp dir)")
     ap.add_argument("--out", default="handoff_value", help="result name in benchmarks/results")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the rows left out; run nothing")
+    ap.add_argument("--legacy-from", metavar="JSON", default=None,
+                    help="row random-legacy from another study's random-w runs (made with the code before the fix)")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="run nothing: rebuild the tables and the plot from a study's results JSON, under --out")
     args = ap.parse_args()
     if args.render:
         import json
 
-        render(json.loads(Path(args.render).read_text()), args.out)
+        res = json.loads(Path(args.render).read_text())
+        if args.legacy_from:
+            legacy_rows(res, Path(args.legacy_from))
+        render(res, args.out)
         return 0
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in POLICIES] + [g for g in args.regimes.split(",") if g not in REGIMES]
@@ -357,6 +383,8 @@ def main() -> int:
            "quick": args.quick, "retries": args.retries, "n_jobs": len(plan), "coreset_cost": cost,
            "study_wall_seconds": time.monotonic() - t0, "kept_runs": str(keep_dir),
            "code": {"start": code_at_start, "end": code_version()}, "runs": records}
+    if args.legacy_from:
+        legacy_rows(res, Path(args.legacy_from))
     render(res, args.out)
     return 0
 

@@ -147,3 +147,19 @@ def test_summary_means_spreads_the_verdict_and_the_rendered_tables(hv, monkeypat
     assert "Coreset cost" not in md  # no coreset row: not measured
     if res["plot"]:  # with matplotlib: the per-class panel drawn from the records alone (the runs are gone)
         assert Path(res["plot"]).stat().st_size > 0
+
+
+def test_the_legacy_row_can_come_from_a_study_run_with_the_old_code(hv, tmp_path):
+    import json
+
+    old = {"code": {"start": {"commit": "7db911f"}},
+           "runs": [_rec("random-w", s, 0.79, 0.6) for s in range(2)] + [_rec("none", 0, 0.7, 0.4)]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    res = {"rows": ["fault-free", "none", "random-w", "full"], "rows_left_out": {"random-legacy": "refused"},
+           "policies": {}, "runs": [_rec("random-w", 0, 0.8, 0.7), _rec("random-legacy", 0, 0.1, 0.1)]}
+    hv.legacy_rows(res, tmp_path / "old.json")
+    assert res["rows"] == ["fault-free", "none", "random-legacy", "random-w", "full"]
+    legacy = [r for r in res["runs"] if r["row"] == "random-legacy"]
+    assert [r["final_acc"] for r in legacy] == [0.79, 0.79] and legacy[0]["name"].endswith("-random-legacy")
+    assert "7db911f" in res["policies"]["random-legacy"] and "random-legacy" not in res["rows_left_out"]
+    assert [r["row"] for r in res["runs"]].count("random-w") == 1
