@@ -250,6 +250,9 @@ def _mass_quotas(mass, counts, k):
             frac[c] = share - math.floor(share)
     order = np.argsort(-frac, kind="mergesort")  # largest remainder first, ties: lower class
     left = m - quota.sum()
+    while left < 0:  # guard: float rounding of the shares can only err by one, and only in theory
+        quota[np.argmax(quota)] -= 1
+        left += 1
     while left > 0:  # the remainders first, then any class with room left (after caps)
         for c in order:
             if left > 0 and live[c] and quota[c] < counts[c]:
@@ -394,7 +397,7 @@ def select_coreset(X: np.ndarray, y: np.ndarray, w: np.ndarray | None, k: int, n
 
     Randomness (numpy PCG64 of ``seed``): first the projection (when the features are wider than ``dim``),
     then ``k`` uniforms consumed class by class (first centre, then k-means++ draws). Same inputs and seed,
-    same result.
+    same result (on one machine: the projection's float32 BLAS product may round differently elsewhere).
 
     Args:
         X: Features, shape ``(n, d)``.
