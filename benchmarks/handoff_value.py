@@ -20,9 +20,10 @@ after it, damped, class-mix; a coreset of the features), ``remap: full``. A row 
 checkout does not accept (say ``rep_weight: shard-legacy`` before the fix is merged) is left out and named in
 the results. Each row runs once per seed (``model.seed`` seeds the partition, the initial model and the
 minibatches: a seed's rows share the partition, so differences between rows are paired). Jobs run one at a
-time through jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (about 10 s a job: the
-full grid is 8 rows x 5 seeds x 6 settings = 240 jobs, about 45 min on 2 cores; ``--quick``: logreg only,
-2 seeds, 48 jobs, about 10 min). Writes benchmarks/results/{--out}.{json,md} and {--out}_classes.png.
+time through jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (3 s a logreg job, ~6 s
+sync, ~8-12 s MLP on a quiet 2-core machine: the full grid, 8 rows x 5 seeds x 6 setting-partitions = 240
+jobs, about 35 min; ``--quick``: logreg only, 2 seeds, 48 jobs, 5-10 min). Writes
+benchmarks/results/{--out}.{json,md} and {--out}_classes.png.
 
 *Lost classes* of a seed: the classes of which the lost workers together held more than 75 % of the training
 rows in the initial partition (two of four workers hold half of everything); *first-lost classes*: those rank 2
@@ -307,7 +308,7 @@ def legacy_rows(res: dict, path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="logreg only, 2 seeds (48 jobs, ~10 min)")
+    ap.add_argument("--quick", action="store_true", help="logreg only, 2 seeds (48 jobs, 5-10 min)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     ap.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp")
     ap.add_argument("--partitions", default="label-skew,iid", help="partitions of the local regime")
