@@ -340,6 +340,10 @@ def main() -> int:
         import json
 
         res = json.loads(Path(args.render).read_text())
+        if "rows" not in res or "losses" not in res:
+            raise SystemExit(f"--render {args.render}: a study of the one-loss harness (issue 7, commit "
+                             f"{res.get('code', {}).get('start', {}).get('commit', '?')}); render it with that "
+                             "commit's benchmarks/handoff_value.py")
         if args.legacy_from:
             legacy_rows(res, Path(args.legacy_from))
         render(res, args.out)
