@@ -1,36 +1,39 @@
-"""What handing over a dead worker's points is worth, measured (issue 7).
+"""What handing over a dead worker's points is worth, after two losses in sequence (issues 7 and 15).
 
     python benchmarks/handoff_value.py [--quick] [--seeds 5] [--models logreg,mlp] [--regimes local,sync]
+                                       [--rows ...] [--losses 2@0.3,3@0.6] [--size 0.05]
 
 Fashion-MNIST, 4 workers, logistic regression (configs/fashion_mnist.yaml) and the MLP
-(configs/fashion_mnist_mlp.yaml, ``model.n_iterations`` cut to ``--mlp-iterations``), world rank 2 SIGKILLed
-at 40% of the rounds. Two training regimes:
+(configs/fashion_mnist_mlp.yaml, ``model.n_iterations`` cut to ``--mlp-iterations``). World rank 2 is SIGKILLed
+at 30 % of the rounds and world rank 3 at 60 % (``--losses``): rank 3 then owns rows handed from rank 2, so a
+rule whose weights are biased at a second loss shows on rank 2's classes. Two training regimes:
 
 - ``local``: the configs as they are: local Adam steps on each worker, models averaged every 10 iterations;
-  partitions ``label-skew`` (Dirichlet alpha 0.3) and ``iid``.
+  partitions ``label-skew`` (Dirichlet alpha 0.3) and ``iid`` (where weighting only costs: the iid cost).
 - ``sync``: ``executor.send_gradients=true, executor.comm_period=1``: the workers' gradients averaged
-  (weighted by shard size) at every step, so the optimisation does not depend on who holds which rows and
-  fault-free ``label-skew`` trains like ``iid``; ``label-skew`` only. Under ``local`` the workers drift
-  apart on skewed shards, so a fault-free skewed run is itself worse than an iid one, and any handoff that
-  makes the survivors' shards less skewed can end *above* it: ``sync`` separates the value of the rows from
-  that effect.
+  (weighted by shard mass) at every step, so fault-free ``label-skew`` trains like ``iid`` and the value of
+  the handed rows is not mixed up with the survivors' drift on skewed shards; ``label-skew`` only.
 
-Rows: fault-free, ``remap: none``, ``representative`` with every selection rule at two ``n_most_rep`` sizes,
-``full``; each run once per seed (``model.seed`` seeds the partition, the initial model and the minibatches,
-so a seed's runs share the partition and differences between rows are paired). Jobs run one at a time
-through jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (about 45 minutes on 2 cores;
-``--quick``: logreg, 2 seeds, rules loss and random at one size, about 4 minutes, written to the same files
-unless ``--out`` says otherwise). Writes benchmarks/results/handoff_value.{json,md} and handoff_classes.png.
+Rows (:data:`POLICIES`; ``--rows`` picks some): fault-free, ``remap: none``, ``remap: representative`` with
+``n_most_rep: --size`` and a selection/weight rule each (random chosen rows weighted as before issue 15's fix,
+after it, damped, class-mix; a coreset of the features), ``remap: full``. A row whose config values this
+checkout does not accept (say ``rep_weight: shard-legacy`` before the fix is merged) is left out and named in
+the results. Each row runs once per seed (``model.seed`` seeds the partition, the initial model and the
+minibatches: a seed's rows share the partition, so differences between rows are paired). Jobs run one at a
+time through jobs/local.sh, each when no other ftmpi job, test or benchmark is busy (3 s a logreg job, ~6 s
+sync, ~8-12 s MLP on a quiet 2-core machine: the full grid, 8 rows x 5 seeds x 6 setting-partitions = 240
+jobs, about 35 min; ``--quick``: logreg only, 2 seeds, 48 jobs, 5-10 min). Writes
+benchmarks/results/{--out}.{json,md} and {--out}_classes.png.
 
-The dead worker's classes of a seed are the classes of which rank 2 held more than half of the training
-rows in the initial partition (from ``class_histogram`` of the run's summary); their accuracy is the mean
-per-class test accuracy over them, the other classes' the mean over the rest.
+*Lost classes* of a seed: the classes of which the lost workers together held more than 75 % of the training
+rows in the initial partition (two of four workers hold half of everything); *first-lost classes*: those rank 2
+alone held more than half of (their rows were handed twice). Their accuracy is the mean per-class test accuracy
+over them.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -39,46 +42,84 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import RESULTS, ROOT, machine, run, write  # noqa: E402
+from _handoff_jobs import Watch, code_version, keep, wait_alone  # noqa: E402
+from _handoff_report import render  # noqa: E402
+from _runs import ROOT, machine, run  # noqa: E402
 
 CONFIGS = {"logreg": "configs/fashion_mnist.yaml", "mlp": "configs/fashion_mnist_mlp.yaml"}
-DEAD_RANK = 2
 WORKERS = 4
-SHARE = 0.5  # a class is the dead worker's when it held more than this share of the class's rows
-KEEP_FILES = ("summary.json", "metrics.csv", "config.yaml")
+SHARE = 0.75  # a class is lost when the lost workers together held more than this share of its rows (2 of 4
+FIRST_SHARE = 0.5  # workers hold half of everything); first-lost when the first lost worker alone held this
+ROW_BYTES = 784 * 4 + 4 + 8 + 8  # X float32, y int32, ids int64, w float64
 REGIMES = {"local": [], "sync": ["executor.send_gradients=true", "executor.comm_period=1"]}
-REGIME_WORDS = {"local": "local steps, models averaged every 10 iterations (the configs)",
-                "sync": "gradients averaged at every step (`send_gradients`, `comm_period 1`)"}
+#: row -> (executor.remap, optimizer.rep_selection, optimizer.rep_weight, what it is)
+POLICIES: dict[str, tuple[str | None, str | None, str | None, str]] = {
+    "fault-free": (None, None, None, "no loss"),
+    "none": ("none", None, None, "the lost workers' rows dropped"),
+    "random-legacy": ("representative", "random", "shard-legacy",
+                      "random rows, each weighing |shard| / |handed| (before issue 15's fix)"),
+    "random-w": ("representative", "random", "shard", "random rows, each weighing w·n/k (unbiased)"),
+    "coreset": ("representative", "coreset", "shard", "per-class k-means++ coreset, each row its cluster's mass"),
+    "random-damped": ("representative", "random", "damped", "random rows, w·n/k capped at the remaining draws"),
+    "random-classmix": ("representative", "random", "classmix",
+                        "random rows weighted so that every class keeps its share"),
+    "full": ("full", None, None, "the whole shards handed over"),
+}
+QUICK_ROWS = list(POLICIES)
 
 
-def rows_of_grid(rules: list[str], sizes: list[str], weighted: list[str] = ()) -> list[dict]:
-    """The table rows: fault-free, none, representative x rule x size (and, for the rules in ``weighted``, the
-    same with ``optimizer.rep_weight: shard``, row ``rep RULE-w SIZE``), full."""
-    out = [{"row": "fault-free", "remap": None}, {"row": "none", "remap": "none"}]
-    for size in sizes:
-        for rule in rules:
-            out.append({"row": f"rep {rule} {size}", "remap": "representative", "rule": rule, "size": size,
-                        "weight": "one"})
-        for rule in weighted:
-            out.append({"row": f"rep {rule}-w {size}", "remap": "representative", "rule": rule, "size": size,
-                        "weight": "shard"})
-    out.append({"row": "full", "remap": "full"})
+def parse_losses(text: str) -> list[tuple[int, float]]:
+    """``"2@0.3,3@0.6"`` -> ``[(2, 0.3), (3, 0.6)]``: world rank and fraction of the rounds, in order."""
+    out = []
+    for part in text.split(","):
+        rank, _, frac = part.partition("@")
+        try:
+            r, f = int(rank), float(frac)
+        except ValueError:
+            raise SystemExit(f"--losses: expected RANK@FRACTION[,...] such as 2@0.3,3@0.6, got {part!r}") from None
+        if not 1 <= r <= WORKERS or not 0 < f < 1:
+            raise SystemExit(f"--losses: rank must be 1..{WORKERS} and the fraction in (0, 1), got {part!r}")
+        out.append((r, f))
+    if len({r for r, _ in out}) != len(out) or [f for _, f in out] != sorted(f for _, f in out):
+        raise SystemExit(f"--losses: distinct ranks in increasing fractions, got {text!r}")
     return out
 
 
-def dead_classes(summary: dict) -> list[int]:
-    """The dead worker's classes of a run (see the module docstring)."""
-    from ftmpi.plot import held_classes
-
-    return held_classes(summary, [DEAD_RANK], SHARE)
+def loss_rounds(losses: list[tuple[int, float]], rounds: int) -> list[tuple[int, int]]:
+    """(rank, round) of each loss for a run of ``rounds`` rounds."""
+    return [(r, max(1, min(rounds - 1, round(f * rounds)))) for r, f in losses]
 
 
-def handoff_bytes(run_dir: Path) -> int:
-    """Bytes of the handoff files rank 0 wrote (HDF5: X float32, y int32, ids int64, plus headers)."""
-    return sum(p.stat().st_size for p in (run_dir / "shards").glob("handoff-*.h5"))
+def row_sets(row: str, size: str) -> list[str]:
+    """The ``--set`` overrides of a row."""
+    remap, sel, weight, _ = POLICIES[row]
+    if remap is None:
+        return []
+    sets = [f"executor.remap={remap}"]
+    if remap == "representative":
+        sets += [f"optimizer.rep_selection={sel}", f"optimizer.n_most_rep={size}", f"optimizer.rep_weight={weight}"]
+    return sets
 
 
-def _metrics(run_dir: Path) -> list[dict]:
+def lost_share(summary: dict, ranks: list[int]) -> list[float] | None:
+    """Per class, the share of its training rows the workers ``ranks`` held in the initial partition."""
+    hist, shards = summary.get("class_histogram"), summary.get("initial_shards")
+    if not hist or not isinstance(shards, dict) or len(shards) != len(hist):
+        return None
+    order = [int(r) for r in shards]
+    out = []
+    for c in range(len(hist[0])):
+        total = sum(h[c] for h in hist)
+        held = sum(h[c] for i, h in enumerate(hist) if order[i] in ranks)
+        out.append(held / total if total else 0.0)
+    return out
+
+
+def _mean_over(per: list[float], classes: list[int]) -> float | None:
+    return statistics.fmean(per[c] for c in classes) if classes and per else None
+
+
+def _metrics_rows(run_dir: Path) -> list[dict]:
     import csv
 
     try:
@@ -89,358 +130,126 @@ def _metrics(run_dir: Path) -> list[dict]:
         return []
 
 
-def record(s: dict, run_dir: Path, n_features: int) -> dict:
-    """One run's numbers for the table."""
+def record(s: dict, run_dir: Path, lost: list[int]) -> dict:
+    """One run's numbers for the tables (also for a fault-free run: its seed's partition names the classes)."""
     per = s.get("per_class_acc") or []
-    dead = dead_classes(s)
+    share_all, share_first = lost_share(s, lost) or [], lost_share(s, lost[:1]) or []
+    dead = [c for c, v in enumerate(share_all) if v > SHARE]
+    first = [c for c, v in enumerate(share_first) if v > FIRST_SHARE]
     rest = [c for c in range(len(per)) if c not in dead]
-    f = (s.get("failures") or [{}])[0]
-    rows = _metrics(run_dir)
-    times = [r["round_time"] for r in rows[1:] if math.isfinite(r.get("round_time", math.nan))
-             and not (f and r["round"] == f.get("round"))]
-    handed = int(f.get("rows_handed") or 0)
+    fs = [f for f in s.get("failures") or [] if isinstance(f, dict)]
+    fail_rounds = {f.get("round") for f in fs}
+    times = [r["round_time"] for r in _metrics_rows(run_dir)[1:]
+             if math.isfinite(r.get("round_time", math.nan)) and r["round"] not in fail_rounds]
+    handed = [int(f.get("rows_handed") or 0) for f in fs]
+    ho = [f["handoff_time"] for f in fs if f.get("handoff_time") is not None]
     return {
         "status": s.get("status"), "rc": s.get("rc"), "final_acc": s.get("final_test_acc"), "per_class_acc": per,
-        "dead_classes": dead,
-        "dead_acc": statistics.fmean(per[c] for c in dead) if dead and per else None,
-        "other_acc": statistics.fmean(per[c] for c in rest) if rest and per else None,
-        "failure_round": f.get("round"), "detection_latency": f.get("detection_latency"),
-        "recovery_time": f.get("recovery_time"), "handoff_time": f.get("handoff_time"),
-        "rows_handed": handed, "rows_dropped": int(f.get("rows_dropped") or 0),
-        "handoff_bytes": handoff_bytes(run_dir), "handoff_bytes_rows": handed * (n_features * 4 + 4 + 8),
+        "lost_share": share_all, "first_lost_share": share_first, "dead_classes": dead, "first_classes": first,
+        "dead_acc": _mean_over(per, dead), "first_acc": _mean_over(per, first), "other_acc": _mean_over(per, rest),
+        "failure_rounds": [f.get("round") for f in fs], "lost_ranks": [f.get("rank") for f in fs],
+        "detection_latency": [f.get("detection_latency") for f in fs],
+        "recovery_time": max((f["recovery_time"] for f in fs if f.get("recovery_time") is not None), default=None),
+        "handoff_time": max(ho) if ho else None, "handoff_times": ho,
+        "rows_handed": sum(handed), "rows_handed_each": handed,
+        "rows_dropped": sum(int(f.get("rows_dropped") or 0) for f in fs),
+        "handoff_bytes": sum(p.stat().st_size for p in (run_dir / "shards").glob("handoff-*.h5")),
+        "handoff_bytes_rows": sum(handed) * ROW_BYTES,
         "round_time_median": statistics.median(times) if times else None,
         "coverage": s.get("coverage"), "wall": s.get("wall_seconds"), "outer_wall": s.get("outer_wall"),
         "initial_shards": s.get("initial_shards"), "class_histogram": s.get("class_histogram"),
     }
 
 
-def code_version() -> dict:
-    """The commit, whether the tree has uncommitted changes, and a digest of the code the jobs run."""
-    import hashlib
-    import subprocess
-
-    h = hashlib.sha1()
-    for p in sorted([*ROOT.glob("ftmpi/*.py"), *ROOT.glob("kernels/*.py"), ROOT / "jobs" / "local.sh"]):
-        h.update(p.name.encode() + p.read_bytes())
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "ftmpi", "kernels", "jobs"], capture_output=True,
-                           text=True).stdout.strip()
-    return {"commit": head or "?", "uncommitted": bool(dirty), "digest": h.hexdigest()[:12]}
-
-
-_OTHERS = ("ftmpi", "pytest", "benchmarks/", "sweep.sh")
-_TICK = float(os.sysconf("SC_CLK_TCK"))  # clock ticks per second of /proc/<pid>/stat
-
-
-def _others(mine: Path) -> dict[int, tuple[str, float]]:
-    """Other ftmpi jobs, tests or benchmarks on this machine (not this study's own jobs): pid -> (command line,
-    CPU seconds so far)."""
-    me = {os.getpid(), os.getppid()}
-    found = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) in me:
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            if not cmd or str(mine) in cmd or not any(k in cmd for k in _OTHERS):
-                continue
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        found[int(d.name)] = (cmd[:100], (int(fields[11]) + int(fields[12])) / _TICK)
-    return found
-
-
-def _busy(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], dt: float) -> list[str]:
-    """The processes of ``after`` that used more than 10% of a core since ``before`` (sleeping shells don't)."""
-    return [f"{pid}: {cmd}" for pid, (cmd, cpu) in after.items() if cpu - before.get(pid, ("", 0.0))[1] > 0.1 * dt]
-
-
-class Watch:
-    """Samples the other busy jobs every half second while a job of the study runs: their CPU time would be
-    taken from the study's 2 cores and inflate the times it measures."""
-
-    def __init__(self, mine: Path) -> None:
-        import threading
-
-        self.mine, self.seen, self._stop = mine, [], threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        prev, t = _others(self.mine), time.monotonic()
-        while not self._stop.wait(0.5):
-            cur, now = _others(self.mine), time.monotonic()
-            self.seen += [c for c in _busy(prev, cur, now - t) if c not in self.seen]
-            prev, t = cur, now
-
-    def __enter__(self) -> Watch:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def wait_alone(mine: Path, limit: float) -> float:
-    """Wait (up to ``limit`` s) until no other ftmpi job, test or benchmark is busy; returns the seconds waited."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        before = _others(mine)
-        time.sleep(1.0)
-        if not _busy(before, _others(mine), 1.0):
-            break
-        time.sleep(4.0)
-    return time.monotonic() - t0
-
-
-def unclean(s: dict, injected: bool) -> str:
+def unclean(s: dict, lost: list[int]) -> str:
     """Why a run cannot be used as a measurement of its row ('' when it can): it did not complete, or it lost
-    a worker other than the one killed (the study compares remap rules after exactly one loss)."""
+    other workers than the ones killed (in any order: two losses in one round may be seen either way)."""
     if s.get("status") != "completed":
         return f"status {s.get('status')} (rc {s.get('rc')})"
-    lost = [(f.get("rank"), f.get("round"), f.get("how")) for f in s.get("failures") or []]
-    want = [DEAD_RANK] if injected else []
-    if [r for r, _, _ in lost] != want:
-        return f"lost workers {lost}, expected {want}"
+    got = [(f.get("rank"), f.get("round"), f.get("how")) for f in s.get("failures") or []]
+    if sorted(r for r, _, _ in got) != sorted(lost):
+        return f"lost workers {got}, expected {lost}"
     return ""
 
 
-def keep(run_dir: Path, dest: Path) -> None:
-    """Keep the small files of a run (for the plot); drop its shards and checkpoints (~190 MB a run)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in KEEP_FILES:
-        if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, dest / name)
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------- statistics
-def _vals(recs: list[dict], key: str) -> list[float]:
-    return [r[key] for r in recs if r.get(key) is not None and math.isfinite(r[key])]
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def paired(a: list[dict], b: list[dict], key: str) -> list[float]:
-    """Per-seed differences a - b of ``key`` (points of accuracy), over the seeds both have."""
-    bs = {r["seed"]: r for r in b}
-    return [100 * (r[key] - bs[r["seed"]][key]) for r in a
-            if r["seed"] in bs and r.get(key) is not None and bs[r["seed"]].get(key) is not None]
-
-
-def fmt(m: float | None, s: float | None, scale: float = 1.0, nd: int = 2, sign: bool = False) -> str:
-    if m is None:
-        return "—"
-    return f"{m * scale:{'+' if sign else ''}.{nd}f} ± {s * scale:.{nd}f}"
-
-
-def summarize(records: list[dict], grid: list[dict]) -> dict:
-    """Mean ± std over seeds for every (model, partition, row), with paired deltas to fault-free."""
-    out: dict = {}
-    for model in dict.fromkeys(r["setting"] for r in records):
-        for part in dict.fromkeys(r["partition"] for r in records if r["setting"] == model):
-            base = [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, "fault-free")]
-            cell = out.setdefault(model, {}).setdefault(part, {})
-            for g in grid:
-                recs = [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, g["row"])]
-                if not recs:
-                    continue
-                ok = [r for r in recs if r["status"] == "completed" and r.get("clean", True)]
-                c: dict = {"n": len(ok), "failed": len(recs) - len(ok), "seeds": [r["seed"] for r in ok]}
-                for key in ("final_acc", "dead_acc", "other_acc", "rows_handed", "handoff_bytes", "handoff_bytes_rows",
-                            "handoff_time",
-                            "round_time_median", "recovery_time"):
-                    c[key] = mean_std(_vals(ok, key))
-                for key in ("final_acc", "dead_acc", "other_acc"):
-                    c[f"d_{key}"] = mean_std(paired(ok, base, key))
-                cell[g["row"]] = c
-    return out
-
-
-# -------------------------------------------------------------------------------------------- markdown
-def table(cells: dict, grid: list[dict]) -> list[str]:
-    out = ["| row | final acc % | Δ vs fault-free | dead classes acc % | Δ vs fault-free | other classes acc % "
-           "| rows handed | MB moved | MB written at the loss | handoff s | round s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for g in grid:
-        c = cells.get(g["row"])
-        if c is None:
-            continue
-        base = g["row"] == "fault-free"
-        fail = f" ({c['failed']} failed)" if c["failed"] else ""
-        handed = "—" if base else fmt(*c["rows_handed"], nd=0)
-        mb = "—" if base else fmt(*c.get("handoff_bytes_rows", (None, None)), scale=1e-6, nd=2)
-        mbw = "—" if base else fmt(*c["handoff_bytes"], scale=1e-6, nd=2)
-        ht = "—" if base else fmt(*c["handoff_time"], nd=3)
-        d_final = "—" if base else fmt(*c["d_final_acc"], sign=True)
-        d_dead = "—" if base else fmt(*c["d_dead_acc"], sign=True)
-        out.append(f"| {g['row']}{fail} | {fmt(*c['final_acc'], 100)} | {d_final} | {fmt(*c['dead_acc'], 100)} "
-                   f"| {d_dead} | {fmt(*c['other_acc'], 100)} | {handed} | {mb} | {mbw} | {ht} "
-                   f"| {fmt(*c['round_time_median'], nd=3)} |")
-    return out
-
-
-def comparisons(records: list[dict], rules: list[str], sizes: list[str], model: str, part: str,
-                weighted: list[str] = ()) -> list[str]:
-    """Paired per-seed differences between selection rules at the same size (points of accuracy)."""
-    def recs(row: str) -> list[dict]:
-        return [r for r in records if (r["setting"], r["partition"], r["row"]) == (model, part, row)
-                and r["status"] == "completed" and r.get("clean", True)]
-    out = []
-    for size in sizes:
-        for a in [*rules, *(f"{r}-w" for r in weighted)]:
-            if a == "random":
-                continue
-            for key, what in (("final_acc", "overall"), ("dead_acc", "dead classes")):
-                d = paired(recs(f"rep {a} {size}"), recs(f"rep random {size}"), key)
-                if d:
-                    m, s = mean_std(d)
-                    wins = sum(x > 0 for x in d)
-                    out.append(f"| {size} | {a} − random | {what} | {m:+.2f} ± {s:.2f} | {wins} of {len(d)} | "
-                               f"{', '.join(f'{x:+.2f}' for x in d)} |")
-    return out
-
-
-def size_words(row: str) -> str:
-    """``rep random 0.05`` -> ``random, 5% of the shard``; ``rep loss 100`` -> ``loss, 100 rows``;
-    ``rep random-w 0.05`` -> ``random, 5% of the shard, weighted``."""
-    _, rule, size = row.split()
-    v = float(size)
-    weighted = rule.endswith("-w")
-    return (f"{rule.removesuffix('-w')}, " + (f"{100 * v:g}% of the shard" if 0 < v < 1 else f"{int(v)} rows")
-            + (", weighted" if weighted else ""))
-
-
-def verdict(cells: dict, settings: dict) -> list[str]:
-    """Issue 7's three questions, one line per setting under label-skew: what ``none`` costs the dead
-    worker's classes, how close ``full`` ends to fault-free, and the handoff time of ``representative`` against
-    a round: for the best row (random selection, staged and read ahead: the defaults) and for the slowest rule
-    (``loss``/``stratified``, whose rows are chosen by the workers and written at the loss)."""
-    out = ["## The questions, answered (label-skew)", "",
-           "| setting | none: Δ dead classes | full: Δ overall | full: Δ dead classes | best representative "
-           "(Δ overall / dead) | its handoff s | slowest rule's handoff s | round s | best / round |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for model, st in settings.items():
-        c = cells.get(model, {}).get("label-skew")
-        if not c or "fault-free" not in c:
-            continue
-        none, full = c.get("none", {}), c.get("full", {})
-        reps = {row: v for row, v in c.items() if row.startswith("rep ")}
-        b = best_rule(c, [], [])
-        ho = [v["handoff_time"][0] for v in reps.values() if v["handoff_time"][0] is not None]
-        rounds = [v["round_time_median"][0] for v in reps.values() if v["round_time_median"][0] is not None]
-        worst, rt = (max(ho), statistics.median(rounds)) if ho and rounds else (None, None)
-        bh = reps[b]["handoff_time"][0] if b else None
-        best_txt = (f"`{b}`: {fmt(*reps[b]['d_final_acc'], sign=True)} / {fmt(*reps[b]['d_dead_acc'], sign=True)}"
-                    if b else "—")
-        out.append(f"| {st['model']} {st['regime']} | {fmt(*none.get('d_dead_acc', (None, None)), sign=True)} "
-                   f"| {fmt(*full.get('d_final_acc', (None, None)), sign=True)} "
-                   f"| {fmt(*full.get('d_dead_acc', (None, None)), sign=True)} | {best_txt} "
-                   f"| {'—' if bh is None else f'{bh:.3f}'} | {'—' if worst is None else f'{worst:.3f}'} "
-                   f"| {'—' if rt is None else f'{rt:.3f}'} "
-                   f"| {'—' if bh is None or not rt else f'{bh / rt:.2f}'} |")
-    return out
-
-
-def best_rule(cells: dict, rules: list[str], sizes: list[str]) -> str | None:
-    """The representative row with the highest mean dead-class accuracy (ties: overall accuracy)."""
-    cands = [(c["dead_acc"][0], c["final_acc"][0], row) for row, c in cells.items()
-             if row.startswith("rep ") and c["dead_acc"][0] is not None]
-    return max(cands)[2] if cands else None
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="a small grid: logreg only, 2 seeds, rules loss and random, size 0.05 (~2 min)")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    ap.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp")
-    ap.add_argument("--partitions", default="label-skew,iid", help="partitions of the local regime")
-    ap.add_argument("--regimes", default="local,sync", help="comma-separated: local, sync (module docstring)")
-    ap.add_argument("--sync-partitions", default="label-skew", help="partitions of the sync regime")
-    ap.add_argument("--sync-eval-every", type=int, default=20,
-                    help="executor.eval_every of the sync runs (800 rounds; default 20: 40 points per curve)")
-    ap.add_argument("--rules", default=None, help="selection rules (default: every rule of kernels.SELECTORS)")
-    ap.add_argument("--weighted", default="random",
-                    help="rules also run with optimizer.rep_weight=shard (rows 'rep RULE-w SIZE'); '' for none")
-    ap.add_argument("--sizes", default="100,0.05", help="n_most_rep values: counts or fractions of the shard")
-    ap.add_argument("--mlp-iterations", type=int, default=800,
-                    help="model.n_iterations of the MLP runs (config: 1500; 800 = 80 rounds, as logreg)")
-    ap.add_argument("--eval-every", type=int, default=2, help="executor.eval_every of every run (curves)")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="runs again a job that lost a worker it was not told to lose (default 2 more times)")
-    ap.add_argument("--wait", type=float, default=900,
-                    help="before each job, wait up to this many seconds for other ftmpi jobs/tests/benchmarks to end "
-                    "(a job that shared the cores anyway is run again, up to 10 times)")
-    ap.add_argument("--keep", default=None, help="folder for the runs' summary/metrics/config (default: a temp dir)")
-    ap.add_argument("--out", default="handoff_value", help="result name in benchmarks/results")
-    ap.add_argument("--render", metavar="JSON", default=None,
-                    help="run nothing: rebuild the tables (and the plot, if its kept runs still exist) from a study's "
-                    "results JSON, written under --out")
-    args = ap.parse_args()
-    if args.render:
-        import json
-
-        render(json.loads(Path(args.render).read_text()), args.out)
-        return 0
-    from ftmpi.kernels import SELECTORS
+def coreset_cost(k_frac: float, seeds: int = 3) -> dict:
+    """Milliseconds of :func:`ftmpi.kernels.select_coreset` on world rank 2's Fashion-MNIST shard of seed 0,
+    iid (15 000 rows) and label-skew (22 351 rows), ``k = k_frac`` of its rows, this process alone, the best of
+    ``seeds`` calls each (the kernel compiled and cached beforehand)."""
+    import numpy as np
+    from ftmpi.kernels import select_coreset
 
     from ftmpi.config import load_config
+    from ftmpi.data import load_dataset
+    from ftmpi.partition import partition
 
-    rules = args.rules.split(",") if args.rules else list(SELECTORS)
-    sizes = args.sizes.split(",")
-    models, parts, seeds = args.models.split(","), args.partitions.split(","), list(range(args.seeds))
-    regimes = args.regimes.split(",")
-    unknown = [r for r in regimes if r not in REGIMES]
-    if unknown:
-        ap.error(f"--regimes: unknown {unknown}; expected some of {list(REGIMES)}")
-    if args.quick:
-        models, seeds = ["logreg"], list(range(min(args.seeds, 2)))
-        rules = [r for r in rules if r in ("loss", "random")] if not args.rules else rules
-        sizes = ["0.05"] if args.sizes == "100,0.05" else sizes
-    weighted = [r for r in args.weighted.split(",") if r]
-    grid = rows_of_grid(rules, sizes, weighted)
-    keep_dir = Path(args.keep or tempfile.mkdtemp(prefix="ftmpi-handoff-"))
-    scratch = Path(tempfile.mkdtemp(prefix="ftmpi-handoff-run-"))
+    cfg = load_config(ROOT / CONFIGS["logreg"], [], env={})
+    d = load_dataset(cfg.data, 0)
+    out = {}
+    for kind in ("iid", "label-skew"):
+        rows = np.sort(partition(d.y_train, WORKERS, kind, 0)[1])
+        X, y, k = d.X_train[rows], d.y_train[rows], int(round(k_frac * len(rows)))
+        best = math.inf
+        for s in range(seeds):
+            t = time.perf_counter()
+            select_coreset(X, y, None, k, d.n_classes, s)
+            best = min(best, time.perf_counter() - t)
+        out[kind] = {"rows": len(rows), "k": k, "ms": round(1e3 * best, 1)}
+    return out
+
+
+def supported(rows: list[str], size: str) -> tuple[list[str], dict[str, str]]:
+    """The rows whose config values this checkout accepts, and why the others are left out."""
+    from ftmpi.config import load_config
+    from ftmpi.errors import ConfigError
+
+    ok, why = [], {}
+    for row in rows:
+        try:
+            load_config(ROOT / CONFIGS["logreg"], row_sets(row, size), env={})
+            ok.append(row)
+        except ConfigError as e:
+            why[row] = str(e).splitlines()[0]
+    return ok, why
+
+
+def build_plan(models: list[str], regimes: list[str], parts: list[str], sync_parts: list[str], seeds: list[int],
+               rows: list[str], size: str, losses: list[tuple[int, float]], mlp_iterations: int,
+               eval_every: int, sync_eval_every: int) -> tuple[dict[str, dict], list[dict]]:
+    """The settings (``logreg``, ``logreg-sync``, ...) and one job per setting x partition x seed x row."""
+    from ftmpi.config import load_config
+
+    settings: dict[str, dict] = {}
     plan = []
-    settings: dict[str, dict] = {}  # "logreg", "logreg-sync", ...: model, regime, rounds, partitions
     for model in models:
         for regime in regimes:
             setting = model if regime == "local" else f"{model}-{regime}"
-            overrides = ([f"model.n_iterations={args.mlp_iterations}"] if model == "mlp" else []) + REGIMES[regime]
+            overrides = ([f"model.n_iterations={mlp_iterations}"] if model == "mlp" else []) + REGIMES[regime]
             cfg = load_config(ROOT / CONFIGS[model], overrides, env={})
             rounds = math.ceil(cfg.model.n_iterations / cfg.executor.comm_period)
-            every = args.eval_every if regime == "local" else args.sync_eval_every
-            settings[setting] = {"model": model, "regime": regime, "rounds": rounds, "eval_every": every,
-                                 "partitions": parts if regime == "local" else args.sync_partitions.split(",")}
-    for setting, st in settings.items():
-        model, rounds = st["model"], st["rounds"]
-        at = rounds * 2 // 5
-        overrides = ([f"model.n_iterations={args.mlp_iterations}"] if model == "mlp" else []) + REGIMES[st["regime"]]
-        for part in st["partitions"]:
-            for seed in seeds:
-                for g in grid:
-                    sets = overrides + [f"data.partition={part}", f"model.seed={seed}",
-                                        f"executor.eval_every={st['eval_every']}"]
-                    if g["remap"]:
-                        sets.append(f"executor.remap={g['remap']}")
-                    if g["remap"] == "representative":
-                        sets += [f"optimizer.rep_selection={g['rule']}", f"optimizer.n_most_rep={g['size']}",
-                                 f"optimizer.rep_weight={g['weight']}"]
-                    name = f"{setting}-{part}-s{seed}-{g['row'].replace(' ', '-')}"
-                    plan.append({"setting": setting, "model": model, "regime": st["regime"], "partition": part,
-                                 "seed": seed, "row": g["row"], "name": name,
-                                 "sets": sets, "inject": [] if g["remap"] is None else [f"kill:{DEAD_RANK}@{at}"],
-                                 "rounds": rounds, "fault_round": at})
-    print(f"handoff_value: {len(plan)} jobs, kept in {keep_dir}", file=sys.stderr)
+            at = loss_rounds(losses, rounds)
+            settings[setting] = {"model": model, "regime": regime, "rounds": rounds, "losses": at,
+                                 "eval_every": eval_every if regime == "local" else sync_eval_every,
+                                 "partitions": parts if regime == "local" else sync_parts}
+            for part in settings[setting]["partitions"]:
+                for seed in seeds:
+                    for row in rows:
+                        sets = overrides + [f"data.partition={part}", f"model.seed={seed}",
+                                            f"executor.eval_every={settings[setting]['eval_every']}"]
+                        sets += row_sets(row, size)
+                        plan.append({"setting": setting, "model": model, "regime": regime, "partition": part,
+                                     "seed": seed, "row": row, "name": f"{setting}-{part}-s{seed}-{row}",
+                                     "sets": sets, "rounds": rounds, "fault_rounds": [f for _, f in at],
+                                     "lost": [r for r, _ in at],  # also fault-free: names the classes
+                                     "inject": [] if row == "fault-free" else [f"kill:{r}@{f}" for r, f in at]})
+    return settings, plan
+
+
+def run_plan(plan: list[dict], keep_dir: Path, wait: float, retries: int, again: int = 10) -> list[dict]:
+    """Run the jobs one at a time (alone on the machine where possible: a job that shared the cores is run
+    again up to ``again`` times) and return their records."""
+    scratch = Path(tempfile.mkdtemp(prefix="ftmpi-handoff-run-"))
     records = []
-    code_at_start = code_version()
     t0 = time.monotonic()
     for i, p in enumerate(plan):
         rd = scratch / p["name"]
@@ -449,151 +258,140 @@ def main() -> int:
         contended: list[list[str]] = []
         waited = 0.0
         while True:
-            waited += wait_alone(scratch, args.wait)
+            waited += wait_alone(scratch, wait)
             with Watch(scratch) as w:
                 s = run(WORKERS, CONFIGS[p["model"]], rd, *args_, limit=300)
-            if w.seen and len(contended) < 10:  # timings shared the cores with another job: measure again
+            if w.seen and len(contended) < again:  # timings shared the cores with another job: measure again
                 contended.append(w.seen)
                 print(f"handoff_value: {p['name']}: other jobs ran meanwhile ({w.seen[0]}); again", file=sys.stderr)
                 continue
-            why = unclean(s, bool(p["inject"]))
-            if not why or len(rejected) >= args.retries:
+            why = unclean(s, p["lost"] if p["inject"] else [])
+            if not why or len(rejected) >= retries:
                 break
             rejected.append({"why": why, "failures": s.get("failures"), "final_acc": s.get("final_test_acc")})
             print(f"handoff_value: {p['name']}: {why}; again", file=sys.stderr)
         rec = {k: p[k] for k in ("setting", "model", "regime", "partition", "seed", "row", "name", "rounds",
-                                 "fault_round")}
-        rec |= record(s, rd, 784)
-        rec["rejected_attempts"] = rejected
-        rec["clean"] = not why
-        rec["contended_attempts"], rec["waited_for_others"] = len(contended), waited
-        rec["shared_cores"] = bool(w.seen)
+                                 "fault_rounds")}
+        rec |= record(s, rd, p["lost"])
+        rec |= {"rejected_attempts": rejected, "clean": not why, "contended_attempts": len(contended),
+                "waited_for_others": waited, "shared_cores": bool(w.seen)}
         keep(rd, keep_dir / p["name"])
         records.append(rec)
         el = time.monotonic() - t0
         print(f"[{i + 1}/{len(plan)} {el:6.0f}s, ~{el / (i + 1) * (len(plan) - i - 1):4.0f}s left] {p['name']}: "
-              f"{rec['status']} acc {rec['final_acc']} dead {rec['dead_acc']} handed {rec['rows_handed']} "
+              f"{rec['status']} acc {rec['final_acc']} lost-classes {rec['dead_acc']} handed {rec['rows_handed']} "
               f"handoff {rec['handoff_time']}", file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
-    wall = time.monotonic() - t0
-    res = {"machine": machine(), "workers": WORKERS, "dead_rank": DEAD_RANK, "share": SHARE, "seeds": seeds,
-           "rules": rules, "weighted": weighted, "sizes": sizes, "models": models, "partitions": parts,
-           "regimes": regimes,
-           "settings": settings,
-           "mlp_iterations": args.mlp_iterations, "eval_every": args.eval_every, "quick": args.quick,
-           "retries": args.retries, "n_jobs": len(plan),
-           "study_wall_seconds": wall, "kept_runs": str(keep_dir),
+    return records
+
+
+def legacy_rows(res: dict, path: Path) -> None:
+    """Add to study ``res`` the ``random-w`` runs of another study (``path``, its results JSON), run with the code
+    before issue 15's fix, as row ``random-legacy``: the way to the "before" row when this checkout no longer
+    accepts ``rep_weight: shard-legacy``. Make that study in a checkout of the old commit (with its own venv)
+    into which this script and its ``_handoff_*.py`` helpers are copied: ``python benchmarks/handoff_value.py
+    --rows fault-free,random-w --out handoff_legacy`` there (same other options as this study's)."""
+    import json
+
+    old = json.loads(Path(path).read_text())
+    runs = [dict(r, row="random-legacy", name=r["name"].replace("-random-w", "-random-legacy"))
+            for r in old["runs"] if r["row"] == "random-w"]
+    if not runs:
+        raise SystemExit(f"--legacy-from {path}: no random-w runs in it")
+    res["runs"] = [r for r in res["runs"] if r["row"] != "random-legacy"] + runs
+    if "random-legacy" not in res["rows"]:
+        res["rows"].insert(res["rows"].index("random-w") if "random-w" in res["rows"] else 2, "random-legacy")
+    res.setdefault("policies", {})["random-legacy"] = (
+        f"random rows weighted by the code before the fix (commit {old['code']['start']['commit']}, {path})")
+    res.get("rows_left_out", {}).pop("random-legacy", None)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="logreg only, 2 seeds (48 jobs, 5-10 min)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    ap.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp")
+    ap.add_argument("--partitions", default="label-skew,iid", help="partitions of the local regime")
+    ap.add_argument("--regimes", default="local,sync", help="comma-separated: local, sync (module docstring)")
+    ap.add_argument("--sync-partitions", default="label-skew", help="partitions of the sync regime")
+    ap.add_argument("--rows", default=",".join(POLICIES), help=f"rows, comma-separated, of {list(POLICIES)}")
+    ap.add_argument("--size", default="0.05", help="optimizer.n_most_rep of the representative rows")
+    ap.add_argument("--losses", default="2@0.3,3@0.6", help="RANK@FRACTION of the rounds, in order")
+    ap.add_argument("--mlp-iterations", type=int, default=800, help="model.n_iterations of the MLP runs")
+    ap.add_argument("--eval-every", type=int, default=2, help="executor.eval_every of the local runs (curves)")
+    ap.add_argument("--sync-eval-every", type=int, default=20, help="executor.eval_every of the sync runs")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="runs again a job that lost a worker it was not told to lose (default 2 more times)")
+    ap.add_argument("--wait", type=float, default=900,
+                    help="before each job, wait up to this many seconds for other ftmpi jobs/tests/benchmarks to end "
+                    "(a job that shared the cores anyway is run again: --again)")
+    ap.add_argument("--again", type=int, default=10,
+                    help="runs again, up to this many times, a job during which another ftmpi job, test or benchmark "
+                    "was busy (its timings are inflated); 0 to check the harness on a busy machine")
+    ap.add_argument("--keep", default=None, help="folder for the runs' summary/metrics/config (default: a temp dir)")
+    ap.add_argument("--out", default="handoff_value", help="result name in benchmarks/results")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the rows left out; run nothing")
+    ap.add_argument("--legacy-from", metavar="JSON", default=None,
+                    help="row random-legacy from another study's random-w runs (made with the code before the fix)")
+    ap.add_argument("--render", metavar="JSON", default=None,
+                    help="run nothing: rebuild the tables and the plot from a study's results JSON, under --out")
+    args = ap.parse_args()
+    if args.render:
+        import json
+
+        res = json.loads(Path(args.render).read_text())
+        if "rows" not in res or "losses" not in res:
+            raise SystemExit(f"--render {args.render}: a study of the one-loss harness (issue 7, commit "
+                             f"{res.get('code', {}).get('start', {}).get('commit', '?')}); render it with that "
+                             "commit's benchmarks/handoff_value.py")
+        if args.legacy_from:
+            legacy_rows(res, Path(args.legacy_from))
+        render(res, args.out)
+        return 0
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in POLICIES] + [g for g in args.regimes.split(",") if g not in REGIMES]
+    if unknown:
+        ap.error(f"unknown rows or regimes {unknown}; rows: {list(POLICIES)}, regimes: {list(REGIMES)}")
+    losses = parse_losses(args.losses)
+    models, seeds = args.models.split(","), list(range(args.seeds))
+    if args.quick:
+        models, seeds = ["logreg"], seeds[:2]
+    rows, left_out = supported(rows, args.size)
+    for row, why in left_out.items():
+        print(f"handoff_value: row {row!r} left out: this checkout refuses its config ({why})", file=sys.stderr)
+    settings, plan = build_plan(models, args.regimes.split(","), args.partitions.split(","),
+                                args.sync_partitions.split(","), seeds, rows, args.size, losses,
+                                args.mlp_iterations, args.eval_every, args.sync_eval_every)
+    if args.dry_run:
+        for p in plan:
+            print(p["name"], " ".join(p["sets"]), " ".join(p["inject"]))
+        print(f"handoff_value: {len(plan)} jobs", file=sys.stderr)
+        return 0
+    keep_dir = Path(args.keep or tempfile.mkdtemp(prefix="ftmpi-handoff-"))
+    print(f"handoff_value: {len(plan)} jobs, kept in {keep_dir}", file=sys.stderr)
+    if "coreset" in rows:  # compile (and cache) the coreset kernel once here, not in the first job's loss
+        import numpy as np
+        from ftmpi.kernels import select_coreset
+
+        select_coreset(np.zeros((4, 2), np.float32), np.arange(4) % 2, None, 2, 2, 0)
+        cost = coreset_cost(float(args.size)) if 0 < float(args.size) < 1 else None
+    else:
+        cost = None
+    code_at_start = code_version()
+    t0 = time.monotonic()
+    records = run_plan(plan, keep_dir, args.wait, args.retries, args.again)
+    res = {"machine": machine(), "workers": WORKERS, "share": SHARE, "first_share": FIRST_SHARE, "losses": losses,
+           "seeds": seeds,
+           "rows": rows, "rows_left_out": left_out, "size": args.size, "models": models,
+           "partitions": args.partitions.split(","), "regimes": args.regimes.split(","), "settings": settings,
+           "policies": {r: POLICIES[r][3] for r in rows}, "mlp_iterations": args.mlp_iterations,
+           "quick": args.quick, "retries": args.retries, "n_jobs": len(plan), "coreset_cost": cost,
+           "study_wall_seconds": time.monotonic() - t0, "kept_runs": str(keep_dir),
            "code": {"start": code_at_start, "end": code_version()}, "runs": records}
+    if args.legacy_from:
+        legacy_rows(res, Path(args.legacy_from))
     render(res, args.out)
     return 0
-
-
-def render(res: dict, out: str) -> None:
-    """Tables, the plot and the markdown of a study, from its records (also ``--render`` of a saved JSON)."""
-    records, settings, seeds = res["runs"], res["settings"], res["seeds"]
-    n_jobs = res.get("n_jobs", len(records))
-    rules, sizes, regimes, weighted = res["rules"], res["sizes"], res["regimes"], res.get("weighted", [])
-    grid = rows_of_grid(rules, sizes, weighted)
-    keep_dir = Path(res["kept_runs"])
-    wall, code_at_start, code_at_end = res["study_wall_seconds"], res["code"]["start"], res["code"]["end"]
-    cells = summarize(records, grid)
-    res["summary"] = cells
-
-    png = None
-    best: dict[str, str | None] = {}
-    for model in settings:
-        if "label-skew" in cells.get(model, {}):
-            best[model] = best_rule(cells[model]["label-skew"], rules, sizes)
-    if best and any(best.values()) and keep_dir.is_dir():
-        from ftmpi.plot import plot_held_class_accuracy
-
-        panels = []
-        for model in settings:
-            if not best.get(model):
-                continue
-            lines = []
-            for row, label in (("fault-free", "fault-free"), ("none", "remap none (its rows dropped)"),
-                               (best[model], f"remap representative, best: {size_words(best[model])}"),
-                               ("full", "remap full (whole shard handed over)")):
-                lines.append((label, [keep_dir / f"{model}-label-skew-s{s}-{row.replace(' ', '-')}" for s in seeds]))
-            panels.append((f"{settings[model]['model']}, label-skew, {settings[model]['regime']}", lines))
-        png = plot_held_class_accuracy(panels, RESULTS / ("handoff_classes.png" if out == "handoff_value"
-                                                          else f"{out}_classes.png"),
-                                       rank=DEAD_RANK, share=SHARE).path
-    res["plot"] = str(png) if png else None
-    res["best"] = best
-
-    mk = [f"# What handing over a dead worker's points is worth (Fashion-MNIST, {WORKERS} workers)", "",
-          f"{res['machine']}", "",
-          f"Command: `python benchmarks/handoff_value.py{' --quick' if res['quick'] else ''}` — {n_jobs} jobs "
-          f"one at a time, {wall / 60:.1f} min on this machine. Code: commit {code_at_start['commit']}"
-          + (" with uncommitted changes" if code_at_start["uncommitted"] else "")
-          + f", source digest {code_at_start['digest']}"
-          + (", unchanged during the study." if code_at_end["digest"] == code_at_start["digest"] else
-             f"; **the code changed during the study** (digest {code_at_end['digest']} at the end): the runs "
-             "mix versions."), "",
-          "**Setup.** " + "; ".join(
-              f"{st['model']} {st['regime']}: `{CONFIGS[st['model']]}`"
-              + (f" with `model.n_iterations={res['mlp_iterations']}` (config: 1500)" if st["model"] == "mlp" else "")
-              + "".join(f", `{o}`" for o in REGIMES[st["regime"]])
-              + f", {st['rounds']} rounds, killed at round {st['rounds'] * 2 // 5}, `executor.eval_every="
-              f"{st['eval_every']}`, partitions {', '.join(st['partitions'])}" for st in settings.values()) +
-          ". Regimes: " + "; ".join(f"*{k}* = {v}" for k, v in REGIME_WORDS.items() if k in regimes) +
-          f". World rank {DEAD_RANK} (one of {WORKERS} workers) is SIGKILLed at 40% of the rounds (ULFM detects "
-          f"it); everything not named here is the config's. Seeds "
-          f"{seeds} (`model.seed` seeds the partition, the initial model and the minibatches: a seed's rows share "
-          "one partition, so the Δ columns are per-seed paired differences). `label-skew` is Dirichlet(0.3) "
-          "over 4 workers; `iid` an even shuffle.", "",
-          f"**Dead classes.** For each seed, the classes of which rank {DEAD_RANK} held more than "
-          f"{int(SHARE * 100)}% of the class's training rows in the initial partition (`class_histogram` and "
-          "`initial_shards` of summary.json). *dead classes acc* is the mean final test accuracy over those "
-          "classes (Fashion-MNIST's test set has 1000 rows per class), *other classes acc* the mean over the rest. "
-          "Under `iid` no class qualifies (rank 2 holds about 25% of each), so those columns are empty.", "",
-          "**Columns.** Mean ± std over seeds (sample std). *rows handed*: rows of the dead shard given to the "
-          "survivors (`failures[].rows_handed`); *MB moved*: what the survivors read, rows × (784·4 + 4 + 8) B "
-          "(X float32, y, ids); *MB written at the loss*: the HDF5 handoff files rank 0 wrote after detecting it "
-          "(0 for `random`, whose rows rank 0 staged in standby files before any failure); "
-          "*handoff s*: from rank 0's detection of the loss until the last survivor handed rows was training on "
-          "them (`failures[].handoff_time`: rank 0 selects and writes the files and sends each survivor a message at "
-          "once; a survivor still in the middle of its round takes the rows between two steps and draws the rest "
-          "of the round's minibatches from its grown shard); *round s*: median round time of the run (rank 0's "
-          "wall time per round, the failure round excluded). Rows `rep RULE SIZE`: `remap: representative`, "
-          "`optimizer.rep_selection: RULE`, `optimizer.n_most_rep: SIZE` (a count, or a fraction of the dead "
-          "shard); `rep RULE-w SIZE` the same with `optimizer.rep_weight: shard` (each handed row weighs "
-          "|dead shard| / |rows handed| in the survivors' minibatches and replies).", ""]
-    mk += verdict(cells, settings) + [""]
-    for model, st in settings.items():
-        for part in st["partitions"]:
-            if part not in cells.get(model, {}):
-                continue
-            c0 = cells[model][part]
-            mk += [f"## {st['model']}, {part}, {st['regime']}", "", f"{REGIME_WORDS[st['regime']]}.", ""]
-            mk += table(c0, grid) + [""]
-            comp = comparisons(records, rules, sizes, model, part, weighted)
-            if comp:
-                mk += [f"Selection rules against `random` at the same size ({model}, {part}; per-seed paired "
-                       "differences in points; wins = seeds where the rule is better):", "",
-                       "| size | rules | accuracy | mean ± std | wins | per seed |", "|---|---|---|---|---|---|"]
-                mk += comp + [""]
-    n_cont = sum(r["contended_attempts"] for r in records)
-    n_shared = [r["name"] for r in records if r["shared_cores"]]
-    waited = sum(r["waited_for_others"] for r in records)
-    mk += [f"**Alone on the machine.** Before each job the study waited for other ftmpi jobs, tests and benchmarks "
-           f"to end ({waited:.0f} s in all); {n_cont} job(s) that shared the cores anyway were run again"
-           + (f"; still shared after 10 tries, timings inflated: {n_shared}." if n_shared else
-              "; every timing in the tables comes from a job that ran alone."), ""]
-    redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
-    bad = [r["name"] for r in records if not r["clean"]]
-    mk += [f"**Repeated runs.** {len(redo)} attempt(s) of {n_jobs} jobs lost a worker they were not told to "
-           f"lose (or did not complete) and were run again (up to {res.get('retries', 2)} more times)"
-           + (": " + "; ".join(f"`{n}`: {w}" for n, w in redo) if redo else "")
-           + (f". Still unclean after the retries, left out of the tables: {bad}." if bad else "."), ""]
-    if png:
-        mk += [f"Plot: `benchmarks/results/{Path(png).name}`: label-skew, fault-free vs `none` vs the best "
-               "representative row (highest mean dead-class accuracy: "
-               + ", ".join(f"{m} `{b}`" for m, b in best.items() if b)
-               + ") vs `full`; each line the mean over the seeds of a trailing mean over 5 rounds.", ""]
-    write(out, res, "\n".join(mk))
 
 
 if __name__ == "__main__":

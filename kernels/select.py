@@ -1,9 +1,10 @@
 """Top-k and representative-point selection on one shard.
 
-Every selector returns exactly ``min(k, n)`` distinct local row indices (int64) and is deterministic:
+Every score selector returns exactly ``min(k, n)`` distinct local row indices (int64) and is deterministic:
 ``select_loss`` and ``select_stratified`` order them by score, highest first (ties: lower index
 first); ``select_random`` returns them ascending (the order HDF5 fancy indexing wants).
-NaN scores count as -inf.
+NaN scores count as -inf. ``select_coreset`` chooses by the features instead and also returns the weight
+each chosen row carries (the mass of the rows it stands for).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import math
 import numpy as np
 from numba import njit
 
-SELECTORS = ("loss", "random", "stratified")
+SELECTORS = ("loss", "random", "stratified")  # score-based, dispatched by select()
+CORESET_MODES = ("kmeans++", "kcenter")  # select_coreset(mode=...)
+CORESET_DIM = 32  # select_coreset projects wider features to this many dimensions
 
 
 @njit(cache=True, inline="always")
@@ -215,3 +218,224 @@ def select(method: str, scores: np.ndarray, y: np.ndarray, k: int, n_classes: in
     if method == "stratified":
         return select_stratified(scores, y, k, n_classes)
     raise ValueError(f"unknown selection method {method!r}; expected one of {SELECTORS}")
+
+
+# ------------------------------------------------------------------------------------------------ coreset
+@njit(cache=True)
+def _mass_quotas(mass, counts, k):
+    """Per-class budgets summing to ``min(k, rows of classes with mass)``: largest-remainder shares of
+    ``k`` by class mass (ties: lower class), at least one for every class with mass while ``k`` allows
+    (taken from the largest budgets), at most the class's row count."""
+    n_cls = mass.shape[0]
+    quota = np.zeros(n_cls, np.int64)
+    live = np.zeros(n_cls, np.bool_)
+    n_live, room = 0, 0
+    for c in range(n_cls):
+        if mass[c] > 0.0 and counts[c] > 0:
+            live[c] = True
+            n_live += 1
+            room += counts[c]
+    m = min(k, room)
+    if m <= 0:
+        return quota
+    total = 0.0
+    for c in range(n_cls):
+        if live[c]:
+            total += mass[c]
+    frac = np.zeros(n_cls, np.float64)
+    for c in range(n_cls):
+        if live[c]:
+            share = m * mass[c] / total
+            quota[c] = min(int(math.floor(share)), counts[c])
+            frac[c] = share - math.floor(share)
+    order = np.argsort(-frac, kind="mergesort")  # largest remainder first, ties: lower class
+    left = m - quota.sum()
+    while left < 0:  # guard: float rounding of the shares can only err by one, and only in theory
+        quota[np.argmax(quota)] -= 1
+        left += 1
+    while left > 0:  # the remainders first, then any class with room left (after caps)
+        for c in order:
+            if left > 0 and live[c] and quota[c] < counts[c]:
+                quota[c] += 1
+                left -= 1
+    if m >= n_live:  # every class with mass keeps at least one row: its mass is then conserved
+        for c in range(n_cls):
+            if live[c] and quota[c] == 0:
+                big = np.argmax(quota)  # first of the largest budgets (>= 2, since m >= n_live)
+                quota[big] -= 1
+                quota[c] = 1
+    return quota
+
+
+@njit(cache=True)
+def _draw(p, u, chosen):
+    """Index drawn with probability proportional to ``p`` (``u`` uniform in [0, 1)); the first row not yet
+    chosen when ``p`` sums to zero."""
+    total = 0.0
+    for i in range(p.shape[0]):
+        total += p[i]
+    if total > 0.0:
+        target = u * total
+        acc = 0.0
+        last = -1
+        for i in range(p.shape[0]):
+            if p[i] > 0.0:
+                acc += p[i]
+                last = i
+                if acc > target:
+                    return i
+        return last  # rounding put the target at the very end
+    for i in range(chosen.shape[0]):
+        if not chosen[i]:
+            return i
+    return 0
+
+
+@njit(cache=True)
+def _coreset_class(Z, w, k, kcenter, u):
+    """``k`` centres among the rows of one class (1 <= k < rows) and each centre's mass.
+
+    k-means++ seeding (each next centre drawn with probability proportional to weight x squared distance to
+    the nearest centre so far) or, with ``kcenter``, farthest-point greedy (the row farthest from every centre
+    so far, ties: lower index). The first centre is drawn in proportion to weight either way. A row belongs to
+    the nearest centre (ties: the earlier centre); a centre's mass is the weight of its rows.
+    """
+    m, d = Z.shape
+    best = np.full(m, np.inf)
+    owner = np.zeros(m, np.int64)
+    chosen = np.zeros(m, np.bool_)
+    centers = np.empty(k, np.int64)
+    p = np.empty(m, np.float64)
+    for t in range(k):
+        if t == 0:
+            j = _draw(w, u[0], chosen)
+        elif kcenter:
+            j, far = -1, -1.0
+            for i in range(m):
+                if not chosen[i] and best[i] > far:
+                    j, far = i, best[i]
+        else:
+            for i in range(m):
+                p[i] = 0.0 if chosen[i] else w[i] * best[i]
+            j = _draw(p, u[t], chosen)
+        centers[t] = j
+        chosen[j] = True
+        for i in range(m):
+            dist = 0.0
+            for f in range(d):
+                diff = Z[i, f] - Z[j, f]
+                dist += diff * diff
+            if dist < best[i]:
+                best[i] = dist
+                owner[i] = t
+        best[j] = 0.0
+        owner[j] = t  # a duplicate of an earlier centre still stands for itself
+    mass = np.zeros(k, np.float64)
+    for i in range(m):
+        mass[owner[i]] += w[i]
+    return centers, mass
+
+
+@njit(cache=True)
+def _coreset(Z, y, w, k, n_classes, kcenter, u):
+    n = Z.shape[0]
+    counts = np.zeros(n_classes, np.int64)
+    cmass = np.zeros(n_classes, np.float64)
+    for i in range(n):
+        if y[i] < 0 or y[i] >= n_classes:
+            raise ValueError("label out of range [0, n_classes)")
+        counts[y[i]] += 1
+        cmass[y[i]] += w[i]
+    quota = _mass_quotas(cmass, counts, k)
+    out_idx = np.empty(quota.sum(), np.int64)
+    out_w = np.empty(quota.sum(), np.float64)
+    pos, upos = 0, 0
+    for c in range(n_classes):
+        q = quota[c]
+        if q == 0:
+            continue
+        members = np.empty(counts[c], np.int64)
+        f = 0
+        for i in range(n):
+            if y[i] == c:
+                members[f] = i
+                f += 1
+        if q >= counts[c]:  # the whole class: every row stands for itself
+            out_idx[pos:pos + q] = members
+            out_w[pos:pos + q] = w[members]
+        else:
+            centers, mass = _coreset_class(Z[members], w[members], q, kcenter, u[upos:upos + q])
+            out_idx[pos:pos + q] = members[centers]
+            out_w[pos:pos + q] = mass
+        pos += q
+        upos += q
+    order = np.argsort(out_idx)
+    return out_idx[order], out_w[order]
+
+
+def coreset_features(X: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """The features the coreset compares, float64: ``X`` itself when it has at most ``dim`` columns (or
+    ``dim <= 0``), else a Gaussian random projection to ``dim`` columns (distances kept within a few tens of
+    percent, and the greedy costs ``dim`` instead of all columns per row and centre)."""
+    X = np.asarray(X)
+    if dim <= 0 or X.shape[1] <= dim:
+        return np.ascontiguousarray(X, dtype=np.float64)
+    P = rng.standard_normal((X.shape[1], dim)).astype(np.float32) / np.float32(math.sqrt(dim))
+    return np.ascontiguousarray(np.asarray(X, np.float32) @ P, dtype=np.float64)
+
+
+def select_coreset(X: np.ndarray, y: np.ndarray, w: np.ndarray | None, k: int, n_classes: int, seed: int,
+                   mode: str = "kmeans++", dim: int = CORESET_DIM) -> tuple[np.ndarray, np.ndarray]:
+    """A weighted coreset of one shard: per-class centres on the features, each weighing its cluster's mass.
+
+    Class budgets are proportional to class mass (sum of ``w``; largest remainder, ties: lower class), at
+    least one row for every class with mass while ``k`` allows; within a class, ``k_c`` centres by k-means++
+    seeding (``mode="kmeans++"``, default) or farthest-point greedy (``"kcenter"``), each row assigned to its
+    nearest centre. So the returned weights of a class sum to the class's mass in the shard (up to float
+    rounding) whenever ``k`` >= the number of classes with mass; below that, the classes left without a row
+    lose theirs. Cost: ``sum_c k_c * n_c * dim`` (about 0.3 s for 15 000 x 784 rows, k = 750, one core).
+
+    Randomness (numpy PCG64 of ``seed``): first the projection (when the features are wider than ``dim``),
+    then ``k`` uniforms consumed class by class (first centre, then k-means++ draws). Same inputs and seed,
+    same result (on one machine: the projection's float32 BLAS product may round differently elsewhere).
+
+    Args:
+        X: Features, shape ``(n, d)``.
+        y: Labels in ``[0, n_classes)``, shape ``(n,)``.
+        w: Row weights (>= 0), shape ``(n,)``; None means all 1.
+        k: Number of rows wanted; ``k <= 0`` gives none, ``k >= n`` every row with its own weight.
+        n_classes: Number of classes.
+        seed: Seed of the projection and the draws.
+        mode: ``"kmeans++"`` or ``"kcenter"``.
+        dim: Projection width (``<= 0``: compare the raw features).
+
+    Returns:
+        ``(local_idx, weights)``: int64 row indices, ascending, and float64 weights aligned with them.
+
+    Raises:
+        ValueError: On mismatched shapes, a label outside ``[0, n_classes)``, a negative or non-finite
+            weight, or an unknown mode.
+    """
+    if mode not in CORESET_MODES:
+        raise ValueError(f"unknown coreset mode {mode!r}; expected one of {CORESET_MODES}")
+    X = np.asarray(X)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    n = y.shape[0]
+    if X.ndim != 2 or X.shape[0] != n or y.ndim != 1:
+        raise ValueError(f"X {X.shape} must be 2-D with one row per label of y {y.shape}")
+    w = np.ones(n, np.float64) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or (n and w.min() < 0):
+        raise ValueError(f"w must be {n} finite weights >= 0, got shape {w.shape}")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    if n and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError("label out of range [0, n_classes)")
+    k = int(k)
+    if k <= 0 or n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    if k >= n:
+        return np.arange(n, dtype=np.int64), w.copy()
+    rng = np.random.Generator(np.random.PCG64(seed))
+    Z = coreset_features(X, dim, rng)
+    u = rng.random(k)
+    return _coreset(Z, y, w, k, int(n_classes), mode == "kcenter", u)
