@@ -40,8 +40,8 @@ from .models import Model
 from .optim import Optimizer, lr_at
 from .partition import Ownership, assign_handoff, class_histogram, deal_slices, partition
 from .saver import BackgroundWriter
+from .shards import ensure_shard, handoff_path, rows_by_reference, shard_path, write_handoff  # [scale]
 from .signals import stop_requested
-from .shards import handoff_path, shard_path, write_handoff, write_shard
 from .staging import Standby
 from .worker import rep_count, select_representative
 
@@ -196,9 +196,13 @@ class Coordinator:
         self.weight = np.ones(len(d.y_train)) if w is None else np.asarray(w, np.float64).copy()
         parts = [self.ownership.owned(r) for r in alive]
         self.histogram = class_histogram(d.y_train, parts, d.n_classes)
-        for r, ids in zip(alive, parts, strict=True):
-            write_shard(shard_path(self.run_dir, r), d.X_train[ids], d.y_train[ids], ids,
-                        {"n_classes": d.n_classes, "dataset": d.name, "rank": r}, w=self.weight[ids])
+        # [scale] rows in the source's type (uint8), by reference where every rank sees the prepared copy,
+        # and no write when the file already holds this very shard (a resume with unchanged ownership)
+        by_ref = rows_by_reference(d.X_train, [self.members[r].host for r in alive], socket.gethostname())
+        self.shard_bytes = sum(ensure_shard(shard_path(self.run_dir, r), d.X_train, d.y_train, ids,
+                                            {"n_classes": d.n_classes, "dataset": d.name, "rank": r},
+                                            w=self.weight[ids], by_ref=by_ref)
+                               for r, ids in zip(alive, parts, strict=True))
         self.initial_shards = {r: int(len(ids)) for r, ids in zip(alive, parts, strict=True)}
         self.model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
         self.tensors = self.model.tensors()

@@ -1,8 +1,13 @@
 """HDF5 shard and handoff files: write atomically, read with validation, list. No MPI.
 
-A shard holds one worker's rows: ``/X`` (float32, ``(n, d)``), ``/y`` (int32, ``(n,)``) and ``/ids``
-(int64 global row ids, ``(n,)``), plus attributes such as ``n_classes`` and ``dataset``. A handoff file
-has the same layout and carries every row handed over in one membership epoch, grouped by the survivor
+A shard holds one worker's rows: ``/X`` (``(n, d)``, in the source's own type: float32, or uint8 with a
+``x_scale`` attribute, features being ``X * x_scale`` in float32), ``/y`` (int32, ``(n,)``) and ``/ids``
+(int64 global row ids, ``(n,)``), plus attributes such as ``n_classes`` and ``dataset``. A shard *by
+reference* has no ``/X``: its ``rows_from`` attribute names a prepared copy of the training set
+(:class:`ftmpi.rows.RowStore`) that every rank can read, and the worker reads its own rows from it by id, in
+parallel with the others, instead of rank 0 writing them (:func:`ensure_shard`, :func:`rows_by_reference`).
+:func:`read_shard` returns float32 features whatever the file holds (version 1 files, float32, still read).
+A handoff file has the same layout and carries every row handed over in one membership epoch, grouped by the survivor
 that takes them: ``/receivers`` (int64 world ranks, ``(m,)``) and ``/offsets`` (int64, ``(m + 1,)``) say
 that receiver ``i`` takes rows ``offsets[i]:offsets[i + 1]``. One file, not one per survivor: creating an
 HDF5 file costs ~2 ms here, and the survivors wait for it.
@@ -14,9 +19,11 @@ a 15000 x 784 shard must cost far less than a training round.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +33,17 @@ import h5py
 import numpy as np
 
 from ftmpi.errors import DataError
+from ftmpi.rows import RowStore
 
-__all__ = ["Shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name", "read_shard",
-           "shard_path", "standby_path", "stale_standbys", "write_handoff", "write_shard"]
+__all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
+           "read_shard", "rows_by_reference", "shard_path", "standby_path", "stale_standbys", "write_handoff",
+           "write_shard"]
 
 FORMAT = "ftmpi-shard"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: /X may be uint8 (x_scale) or absent (rows_from); version 1 files still read
 _HANDOFF_RE = re.compile(r"^handoff-e(\d+)\.h5$")
 _STANDBY_GLOB = "standby-e*-w{rank:04d}.h5"
-_DTYPES = {"X": np.float32, "y": np.int32, "ids": np.int64}
+_DTYPES = {"y": np.int32, "ids": np.int64}
 
 
 @dataclass
@@ -114,19 +123,22 @@ def _weights_ok(w: np.ndarray, n: int) -> bool:
     return w.shape == (n,) and bool(np.all(np.isfinite(w))) and not np.any(w <= 0)
 
 
-def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids: np.ndarray,
+def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarray, ids: np.ndarray,
                 attrs: Mapping[str, Any] | None = None, extra: Mapping[str, np.ndarray] | None = None,
-                w: np.ndarray | None = None) -> Path:
+                w: np.ndarray | None = None, scale: float | None = None, rows_from: str | None = None) -> Path:
     """Write a shard (or handoff) file atomically.
 
     Args:
         path: Destination; missing parent directories are created.
-        X: ``(n, d)`` features, stored as float32.
+        X: ``(n, d)`` features: uint8 (with ``scale``) stored as they are, anything else as float32; None
+            with ``rows_from``.
         y: ``(n,)`` labels, stored as int32.
         ids: ``(n,)`` global row ids, stored as int64.
         attrs: Extra HDF5 attributes (strings, numbers, small arrays), e.g. ``n_classes``, ``dataset``.
         extra: Extra datasets (name -> array), e.g. a handoff file's ``receivers`` and ``offsets``.
         w: The rows' weights (see :class:`Shard`), stored as ``/w`` only when some weight is not 1.
+        scale: For uint8 ``X``: the features are ``X * scale`` (stored as the ``x_scale`` attribute).
+        rows_from: Instead of ``X``: a :meth:`RowStore.ref_json` the reader takes the rows ``ids`` from.
 
     Returns:
         The destination path.
@@ -136,12 +148,22 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids:
         Exception: Whatever the write raised; the destination is then untouched and no temp file left.
     """
     dest = Path(path)
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    if (X is None) == (rows_from is None):
+        raise ValueError(f"{dest}: give the rows X or a reference rows_from, not both or neither")
+    if X is not None:
+        X = np.asarray(X)
+        if X.dtype == np.uint8:
+            if scale is None or not np.isfinite(scale) or scale <= 0:
+                raise ValueError(f"{dest}: uint8 rows need a positive scale")
+        else:
+            X, scale = np.asarray(X, dtype=np.float32), None
+        X = np.ascontiguousarray(X)
     y = np.ascontiguousarray(y, dtype=np.int32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
+    n_x = len(ids) if X is None else len(X)
+    if (X is not None and X.ndim != 2) or y.ndim != 1 or ids.ndim != 1 or not n_x == len(y) == len(ids):
         raise ValueError(f"{dest}: expected X (n, d), y (n,), ids (n,); "
-                         f"got {X.shape}, {y.shape}, {ids.shape}")
+                         f"got {None if X is None else X.shape}, {y.shape}, {ids.shape}")
     if w is not None:
         w = np.asarray(w, np.float64)
         if not _weights_ok(w, len(ids)):
@@ -153,15 +175,21 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids:
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("X", data=X)
+            if X is not None:
+                f.create_dataset("X", data=X)
             f.create_dataset("y", data=y)
             f.create_dataset("ids", data=ids)
             for name, arr in (extra or {}).items():
                 f.create_dataset(name, data=arr)
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
+            if scale is not None:
+                f.attrs["x_scale"] = float(scale)
+            if rows_from is not None:
+                f.attrs["rows_from"] = rows_from
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -225,6 +253,16 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
                 if rows is not None and (ds.ndim == 0 or not 0 <= rows[0] <= rows[1] <= ds.shape[0]):
                     raise DataError(f"{path}: rows {rows[0]}:{rows[1]} are outside /{name} {ds.shape}")
                 arrays[name] = ds[()] if rows is None else ds[rows[0]:rows[1]]
+            xd = f.get("X")
+            ref = attrs.get("rows_from")
+            if isinstance(xd, h5py.Dataset):
+                if xd.dtype not in (np.float32, np.uint8) or (xd.dtype == np.uint8 and "x_scale" not in attrs):
+                    raise DataError(f"{path}: /X has dtype {xd.dtype}, expected float32 (or uint8 with x_scale)")
+                if rows is not None and (xd.ndim == 0 or not rows[1] <= xd.shape[0]):
+                    raise DataError(f"{path}: rows {rows[0]}:{rows[1]} are outside /X {xd.shape}")
+                arrays["X"] = xd[()] if rows is None else xd[rows[0]:rows[1]]
+            elif ref is None:
+                raise DataError(f"{path}: not a shard file: no dataset /X")
             wd = f.get("w")
             if isinstance(wd, h5py.Dataset):  # optional row weights
                 if wd.dtype != np.float64 or wd.shape != f["ids"].shape:
@@ -236,10 +274,116 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         raise DataError(f"{path}: unreadable HDF5 shard (corrupt or truncated?): {reason}") from None
-    X, y, ids = arrays["X"], arrays["y"], arrays["ids"]
+    y, ids = arrays["y"], arrays["ids"]
+    if "X" in arrays:
+        X = arrays["X"]
+        if X.dtype == np.uint8:
+            scale = np.float32(attrs["x_scale"])
+            X = X.astype(np.float32)
+            X *= scale
+    else:
+        X = RowStore.from_ref(str(attrs["rows_from"]), str(path))[ids] if len(ids) else \
+            np.zeros((0, int(json.loads(str(attrs["rows_from"])).get("d", 0))), np.float32)
     if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
         raise DataError(f"{path}: inconsistent shapes X {X.shape}, y {y.shape}, ids {ids.shape}")
     w = arrays.get("w")
     if w is not None and not _weights_ok(w, len(ids)):
         raise DataError(f"{path}: /w holds weights that are not positive numbers")
     return Shard(X, y, ids, attrs, w)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def rows_by_reference(X_train: Any, hosts: list[str], root_host: str) -> bool:
+    """Whether workers should read their rows from the prepared copy themselves (shards by reference):
+    ``FTMPI_SHARED_DATA=1`` or ``0`` decides; else yes when the rows are in a file (:class:`RowStore`) and
+    every worker runs on rank 0's host (then the file is certainly visible to all)."""
+    if not isinstance(X_train, RowStore):
+        return False
+    env = os.environ.get("FTMPI_SHARED_DATA", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return all(h == root_host for h in hosts)
+
+
+def ensure_shard(path: str | os.PathLike[str], X_train: Any, y_train: np.ndarray, ids: np.ndarray,
+                 attrs: Mapping[str, Any] | None = None, w: np.ndarray | None = None,
+                 by_ref: bool = False) -> int:
+    """Make ``path`` hold the shard of rows ``ids`` of ``X_train``/``y_train``, writing only if the file there
+    does not already hold exactly it (same ids, labels, weights, attributes and rows): a resume whose
+    ownership did not change writes nothing. Returns the bytes written (0 if the file was kept).
+
+    ``X_train``: a float32 array, or a :class:`RowStore` whose rows are stored in their own type (uint8 with a
+    scale); ``by_ref`` (RowStore only): store a reference to it instead of the rows (see :func:`read_shard`).
+    """
+    path = Path(path)
+    ids = np.asarray(ids, np.int64)
+    y = np.asarray(y_train[ids], np.int32)
+    if w is not None and not np.any(np.asarray(w) != 1.0):
+        w = None
+    full = dict(attrs or {})
+    X: np.ndarray | None = None
+    scale: float | None = None
+    ref: str | None = None
+    if by_ref:
+        if not isinstance(X_train, RowStore):
+            raise ValueError(f"{path}: a shard by reference needs the rows in a file (a RowStore)")
+        ref = X_train.ref_json()
+        full["rows_from"] = ref
+    else:
+        if isinstance(X_train, RowStore):
+            X = X_train.raw(ids)
+            if X.dtype == np.uint8:
+                scale = X_train.scale
+            else:
+                X = X_train.rows(ids)
+        else:
+            X = np.ascontiguousarray(X_train[ids], dtype=np.float32)
+        full["rows_crc"] = zlib.crc32(memoryview(X).cast("B")) if X.size else 0
+        if scale is not None:
+            full["x_scale"] = float(scale)
+    if _holds(path, ids, y, w, full, None if X is None else X.shape, None if X is None else X.dtype):
+        return 0
+    write_shard(path, X, y, ids, {k: v for k, v in full.items() if k not in ("rows_from", "x_scale")}, w=w,
+                scale=scale, rows_from=ref)
+    return path.stat().st_size
+
+
+def _holds(path: Path, ids: np.ndarray, y: np.ndarray, w: np.ndarray | None, attrs: Mapping[str, Any],
+           x_shape: tuple[int, ...] | None, x_dtype: Any) -> bool:
+    """The file at ``path`` is a valid shard of exactly these ids, labels, weights and attributes (checked
+    without reading its rows: their checksum is one of the attributes)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if _plain(f.attrs.get("format")) != FORMAT or int(f.attrs.get("format_version", 0)) != FORMAT_VERSION:
+                return False
+            for key, value in attrs.items():
+                if key not in f.attrs or _plain(f.attrs[key]) != _plain(value):
+                    return False
+            if ("rows_from" in f.attrs) != ("rows_from" in attrs):
+                return False
+            xd = f.get("X")
+            if x_shape is None:
+                if xd is not None:
+                    return False
+            elif not isinstance(xd, h5py.Dataset) or xd.shape != x_shape or xd.dtype != x_dtype:
+                return False
+            if not (np.array_equal(f["ids"][()], ids) and np.array_equal(f["y"][()], y)):
+                return False
+            wd = f.get("w")
+            return (wd is None and w is None) or (wd is not None and w is not None
+                                                  and np.array_equal(wd[()], np.asarray(w, np.float64)))
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+        return False
