@@ -23,6 +23,10 @@ class Model:
 
     sizes: np.ndarray
 
+    def __post_init__(self) -> None:
+        # the checked layer widths as a tuple: the kernels take it without converting the array at every step
+        object.__setattr__(self, "_t", tuple(int(v) for v in np.asarray(self.sizes).reshape(-1)))
+
     @classmethod
     def build(cls, kind: str, hidden: tuple[int, ...], n_features: int, n_classes: int) -> Model:
         layers = [n_features] + (list(hidden) if kind == "mlp" else []) + [n_classes]
@@ -43,16 +47,16 @@ class Model:
         return K.init_params(self.sizes, seed)
 
     def loss_grad(self, params: np.ndarray, X: np.ndarray, y: np.ndarray, grad: np.ndarray) -> float:
-        return float(K.loss_grad(params, self.sizes, X, y, grad))
+        return float(K.loss_grad(params, self._t, X, y, grad))
 
     def sample_loss(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         out = np.empty(X.shape[0], dtype=np.float32)
         if X.shape[0]:
-            K.sample_loss(params, self.sizes, X, y, out)
+            K.sample_loss(params, self._t, X, y, out)
         return out
 
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        return K.predict(params, self.sizes, X)
+        return K.predict(params, self._t, X)
 
     def evaluate(self, params: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
         """Accuracy and per-class accuracy (NaN for a class absent from ``y``)."""
