@@ -76,20 +76,22 @@ def warmup(quantize_bits: int = 0, mlp: bool = True, selection: str = "all") -> 
     ``jobs/setup.sh`` runs it once at install time (``python -m ftmpi.models``), so that the first training
     run finds a warm cache.
 
-    On a cold cache the ranks of a node take turns (a file lock): the first compiles and writes the cache,
-    the others then load it in a second instead of all compiling at once (4 workers compiling side by side
-    on 2 cores took over a minute; one compile takes ~12 s here). Once a warm-up of these very kernels
-    succeeded (a marker file next to the lock), they load side by side. The lock and the marker live in a
-    directory only this user can write (:func:`_lock_dir`), opened without following symlinks: names in the
-    shared temp dir could be taken first by another user and make every rank crash at start-up. Without
-    such a directory the ranks warm up side by side, unlocked (slower, never an error).
+    On a cold cache the ranks of a node take turns (a file lock): the first compiles what the run needs and
+    writes the cache, the others then load it in a second instead of all compiling at once (4 workers
+    compiling side by side on 2 cores took over a minute; one compile takes ~10 s here). A marker file next
+    to the lock lists the parts (:func:`_parts`) whose warm-up succeeded for these very kernels; a rank that
+    needs only those loads them side by side, without the lock. The lock and the marker live in a directory
+    only this user can write (:func:`_lock_dir`), opened without following symlinks: names in the shared
+    temp dir could be taken first by another user and make every rank crash at start-up. Without such a
+    directory the ranks warm up side by side, unlocked (slower, never an error).
     """
     sig = _kernels_signature()
+    need = _parts(quantize_bits, mlp, selection)
     folder = _lock_dir()
     if folder is None:
         _warm(quantize_bits, mlp, selection)
         return
-    if _read_private(folder / _MARKER) == sig:  # the cache was warm for these very kernels: load side by side
+    if need <= _marked(folder, sig):  # the cache is warm for these very kernels: load side by side
         _warm(quantize_bits, mlp, selection)
         return
     try:
@@ -99,12 +101,13 @@ def warmup(quantize_bits: int = 0, mlp: bool = True, selection: str = "all") -> 
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _warm(quantize_bits or 8, True, "all")  # everything, so that the marker means the whole cache is warm
+        have = _marked(folder, sig)  # what the rank that held the lock before us compiled
+        _warm(quantize_bits, mlp, selection)  # loads what is cached, compiles the rest
         tmp = folder / f"{_MARKER}.{os.getpid()}"
         try:
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(out, "w") as fh:
-                fh.write(sig)
+                fh.write(sig + "\n" + " ".join(sorted(have | need)))
             os.replace(tmp, folder / _MARKER)
         except OSError:  # no marker: the next warm-up takes the lock again (a second, not an error)
             tmp.unlink(missing_ok=True)
@@ -114,6 +117,22 @@ def warmup(quantize_bits: int = 0, mlp: bool = True, selection: str = "all") -> 
 
 _LOCK = "ftmpi-warmup.lock"
 _MARKER = "ftmpi-warmup.ok"
+
+
+def _parts(quantize_bits: int, mlp: bool, selection: str) -> set[str]:
+    """The groups of kernels a warm-up with these arguments loads."""
+    parts = {"model"} | ({"mlp"} if mlp else set()) | ({"quant"} if quantize_bits else set())
+    rules = ("loss", "stratified", "random") if selection == "all" else (selection,)
+    return parts | {f"select-{r}" for r in rules}
+
+
+def _marked(folder: Path, sig: str) -> set[str]:
+    """The parts the marker in ``folder`` says are warm for kernels ``sig`` (empty if none or stale)."""
+    text = _read_private(folder / _MARKER)
+    if text is None:
+        return set()
+    first, _, rest = text.partition("\n")
+    return set(rest.split()) if first == sig else set()
 
 
 def _private(folder: Path) -> bool:
@@ -151,7 +170,7 @@ def _read_private(path: Path) -> str | None:
         return None
     with os.fdopen(fd) as fh:
         try:
-            return fh.read(4096)
+            return fh.read(65536)
         except (OSError, UnicodeDecodeError):
             return None
 

@@ -60,17 +60,26 @@ def test_lock_dir_is_next_to_the_kernels_or_private(monkeypatch: pytest.MonkeyPa
     assert not models._private(link)
 
 
-def test_first_warm_up_compiles_everything_and_writes_the_marker_then_loads_side_by_side(
+def test_cold_warm_up_compiles_what_the_run_needs_under_the_lock_then_loads_side_by_side(
         tmp_path: Path, calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = _own(tmp_path / "cache")
     monkeypatch.setattr(models, "_lock_dir", lambda: folder)
+    locked: list[int] = []
+    real_flock = models.fcntl.flock
+    monkeypatch.setattr(models.fcntl, "flock", lambda fd, op: (locked.append(op), real_flock(fd, op)))
     models.warmup(0, False, "random")
-    assert calls == [(8, True, "all")]  # cold: everything, under the lock
+    assert calls == [(0, False, "random")] and len(locked) == 1  # cold: under the lock, only what is needed
     marker = folder / models._MARKER
-    assert marker.read_text() == models._kernels_signature()
+    assert marker.read_text() == models._kernels_signature() + "\nmodel select-random"
     assert marker.stat().st_mode & 0o777 == 0o600
     models.warmup(0, False, "random")
-    assert calls[-1] == (0, False, "random")  # warm: only what this run calls
+    assert calls[-1] == (0, False, "random") and len(locked) == 1  # warm: side by side, no lock
+    models.warmup(8, True, "random")  # needs more: the lock again, and the marker grows
+    assert len(locked) == 2
+    assert marker.read_text().split("\n")[1].split() == ["mlp", "model", "quant", "select-random"]
+    marker.write_text("another signature\nmlp model quant select-random")  # the kernels changed: cold again
+    models.warmup(0, False, "random")
+    assert len(locked) == 3
 
 
 def test_a_symlinked_marker_or_lock_is_not_followed(tmp_path: Path, calls: list,
