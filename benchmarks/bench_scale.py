@@ -248,6 +248,14 @@ def main() -> int:
     os.chdir(ROOT)
     tmp = Path(tempfile.mkdtemp(prefix="ftmpi-scale-"))
     res: dict = {"machine": machine(), "quick": args.quick, "workers": [], "data": []}
+    if args.only is not None:  # keep the other grid of the last results file
+        import json
+
+        try:
+            old = json.loads((ROOT / "benchmarks" / "results" / "scale.json").read_text())
+            res.update({k: old.get(k, []) for k in ("workers", "data")})
+        except (OSError, ValueError):
+            pass
     if args.only in (None, "workers"):
         res["workers"] = grid_workers(tmp, args.quick)
     if args.only in (None, "data"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -82,33 +83,50 @@ class RowStore:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     # ------------------------------------------------------------------ reading
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` as float32 (``stored * scale``), in the order given."""
-        raw = self.raw(ids)
-        out = raw.astype(np.float32)
-        if self.scale != 1.0:
-            out *= np.float32(self.scale)
+    def rows(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``ids`` as float32 (``stored * scale``), in the order given; into ``out`` (a float32
+        ``(len(ids), d)`` array, e.g. the first rows of a bigger buffer) if given."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        if out is None:
+            out = np.empty((len(ids), self.d), np.float32)
+        elif out.shape != (len(ids), self.d) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 of shape {(len(ids), self.d)}, got {out.dtype} {out.shape}")
+        self._gather(ids, out, True)
         return out
 
     def raw(self, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` in the stored type, in the order given (each id in ``[0, n)``)."""
         ids = np.asarray(ids, np.int64).reshape(-1)
         out = np.empty((len(ids), self.d), self.stored)
+        self._gather(ids, out, False)
+        return out
+
+    def _gather(self, ids: np.ndarray, out: np.ndarray, convert: bool) -> None:
+        """Copy rows ``ids`` into ``out`` (converted to float32 times ``scale`` if ``convert``), one window of
+        the file at a time: the rows of a window, then its pages given back. A window is a byte range, not a
+        number of rows: the kernel maps the pages around each faulting one (fault-around), so sparse rows
+        spread over a wide range would make the whole range resident."""
         if not len(ids) or not self.d:
-            return out
+            return
         if ids.min() < 0 or ids.max() >= self.n:
             raise IndexError(f"{self.path}: row ids outside [0, {self.n})")
         order = np.argsort(ids, kind="stable")
         sids = ids[order]
         row_bytes = self.d * self.stored.itemsize
-        step = max(1, _CHUNK_BYTES // row_bytes)
+        window = (self.offset + sids * row_bytes) // _CHUNK_BYTES
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(window)) + 1, [len(sids)]])
+        scale = np.float32(self.scale)
         try:
             with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 whole = np.frombuffer(mm, self.stored, count=self.n * self.d, offset=self.offset)
                 mat = whole.reshape(self.n, self.d)
-                for a in range(0, len(sids), step):
-                    b = min(a + step, len(sids))
-                    out[order[a:b]] = mat[sids[a:b]]
+                for a, b in itertools.pairwise(cuts.tolist()):
+                    chunk = mat[sids[a:b]]
+                    if convert:
+                        chunk = chunk.astype(np.float32)
+                        if self.scale != 1.0:
+                            chunk *= scale
+                    out[order[a:b]] = chunk
                     lo = (self.offset + int(sids[a]) * row_bytes) // _PAGE * _PAGE
                     hi = self.offset + (int(sids[b - 1]) + 1) * row_bytes
                     if hasattr(mm, "madvise"):
@@ -116,7 +134,6 @@ class RowStore:
                 del mat, whole
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read the training rows: {exc}") from None
-        return out
 
     # ------------------------------------------------------------------ by reference
     def ref(self) -> dict[str, Any]:

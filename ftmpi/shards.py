@@ -24,7 +24,7 @@ import os
 import re
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class Shard:
         w: ``(n,)`` float64 row weights (how many training rows each row stands for), or None: all 1. Rows
             handed over as a dead worker's representatives under ``rep_weight: shard`` weigh more than 1.
         attrs: The file's attributes (plain Python values), including ``format`` and ``format_version``.
+        buf: With :func:`read_shard`'s ``room``: the float32 buffer whose first ``n`` rows are ``X``.
     """
 
     X: np.ndarray
@@ -64,6 +65,7 @@ class Shard:
     ids: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
     w: np.ndarray | None = None
+    buf: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -224,12 +226,16 @@ def handoff_slices(path: str | os.PathLike[str]) -> dict[int, tuple[int, int]]:
     return {int(r): (int(offsets[i]), int(offsets[i + 1])) for i, r in enumerate(ranks)}
 
 
-def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None) -> Shard:
+def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None,
+               room: Callable[[int], int] | None = None) -> Shard:
     """Read and validate a shard (or handoff) file, or only rows ``start:stop`` of it.
 
     Args:
         path: The file.
         rows: ``(start, stop)``: read only these rows (a survivor's part of a handoff file).
+        room: Given the number of rows ``n``, how many more rows of room to leave after them: the features
+            are then read straight into a float32 buffer of ``n + room(n)`` rows (``Shard.buf``; ``X`` is its
+            first ``n`` rows), so a worker that wants room for handed rows holds one copy, not two.
 
     Returns:
         The :class:`Shard`, arrays loaded into memory.
@@ -241,6 +247,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     if not path.is_file():
         raise DataError(f"{path}: shard file not found")
     arrays: dict[str, np.ndarray] = {}
+    x_u8 = False
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _plain(v) for k, v in f.attrs.items()}
@@ -258,9 +265,19 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
             if isinstance(xd, h5py.Dataset):
                 if xd.dtype not in (np.float32, np.uint8) or (xd.dtype == np.uint8 and "x_scale" not in attrs):
                     raise DataError(f"{path}: /X has dtype {xd.dtype}, expected float32 (or uint8 with x_scale)")
-                if rows is not None and (xd.ndim == 0 or not rows[1] <= xd.shape[0]):
-                    raise DataError(f"{path}: rows {rows[0]}:{rows[1]} are outside /X {xd.shape}")
-                arrays["X"] = xd[()] if rows is None else xd[rows[0]:rows[1]]
+                if xd.ndim != 2 or (rows is not None and not rows[1] <= xd.shape[0]):
+                    raise DataError(f"{path}: rows {rows and f'{rows[0]}:{rows[1]} '}do not fit /X {xd.shape}")
+                r0, r1 = rows if rows is not None else (0, xd.shape[0])
+                x_u8 = xd.dtype == np.uint8
+                if room is None:
+                    arrays["X"] = xd[r0:r1]
+                else:
+                    buf = np.empty((max(r1 - r0, 0) + max(int(room(r1 - r0)), 0), xd.shape[1]), np.float32)
+                    if xd.dtype == np.float32 and r1 > r0:
+                        xd.read_direct(buf, np.s_[r0:r1], np.s_[0:r1 - r0])
+                    elif r1 > r0:
+                        buf[:r1 - r0] = xd[r0:r1]
+                    arrays["X"] = buf[:r1 - r0]
             elif ref is None:
                 raise DataError(f"{path}: not a shard file: no dataset /X")
             wd = f.get("w")
@@ -277,19 +294,24 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     y, ids = arrays["y"], arrays["ids"]
     if "X" in arrays:
         X = arrays["X"]
-        if X.dtype == np.uint8:
-            scale = np.float32(attrs["x_scale"])
-            X = X.astype(np.float32)
-            X *= scale
+        if x_u8:  # stored uint8: float32 times the scale (already in the float32 buffer when room was asked)
+            if X.dtype == np.uint8:
+                X = X.astype(np.float32)
+            X *= np.float32(attrs["x_scale"])
     else:
-        X = RowStore.from_ref(str(attrs["rows_from"]), str(path))[ids] if len(ids) else \
-            np.zeros((0, int(json.loads(str(attrs["rows_from"])).get("d", 0))), np.float32)
+        store = RowStore.from_ref(str(attrs["rows_from"]), str(path)) if len(ids) else None
+        d = store.d if store is not None else int(json.loads(str(attrs["rows_from"])).get("d", 0))
+        n = len(ids)
+        buf = np.empty((n + (max(int(room(n)), 0) if room is not None else 0), d), np.float32)
+        X = buf[:n]
+        if store is not None:
+            store.rows(ids, out=X)
     if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
         raise DataError(f"{path}: inconsistent shapes X {X.shape}, y {y.shape}, ids {ids.shape}")
     w = arrays.get("w")
     if w is not None and not _weights_ok(w, len(ids)):
         raise DataError(f"{path}: /w holds weights that are not positive numbers")
-    return Shard(X, y, ids, attrs, w)
+    return Shard(X, y, ids, attrs, w, X.base if room is not None and X.base is not None else None)
 
 
 def _umask() -> int:

@@ -135,12 +135,11 @@ class Worker:
 
     def _setup(self, setup: dict) -> None:
         cfg = self.cfg
-        shard = read_shard(setup["shard"])
-        n, d = shard.X.shape
         # room for handed rows (a third of a shard per survivor under remap: full, 4 workers) without
-        # copying the whole shard when they arrive
-        self._xbuf = np.empty((n + max(n // 2, 1024), d), np.float32)
-        self._xbuf[:n] = shard.X
+        # copying the whole shard when they arrive; [scale] the rows are read straight into that buffer
+        shard = read_shard(setup["shard"], room=lambda n: max(n // 2, 1024))
+        n = len(shard.ids)
+        self._xbuf = shard.buf if shard.buf is not None else shard.X
         self.X, self.y, self.ids = self._xbuf[:n], shard.y, shard.ids
         self.w = shard.w  # row weights (None: all 1); handed representative rows may weigh more
         self.n_classes = int(setup["n_classes"])

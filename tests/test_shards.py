@@ -311,3 +311,23 @@ def test_shard_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     for name in ("s.h5", "h.h5"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("kind", ["float32", "uint8", "ref"])
+def test_read_with_room_fills_one_buffer(tmp_path, kind):
+    from ftmpi.shards import ensure_shard
+
+    store, _ = _store(tmp_path, 80, 30)
+    y = np.arange(80, dtype=np.int32) % 3
+    ids = np.array([5, 70, 1, 33, 9, 10])
+    p = tmp_path / "s.h5"
+    X_train = np.asarray(store) if kind == "float32" else store
+    ensure_shard(p, X_train, y, ids, by_ref=kind == "ref")
+    plain = read_shard(p)
+    assert plain.buf is None
+    s = read_shard(p, room=lambda n: n // 2 + 1)
+    assert s.buf is not None and s.buf.shape == (6 + 4, 30) and s.buf.dtype == np.float32
+    assert np.shares_memory(s.X, s.buf) and s.X.shape == (6, 30)
+    assert np.array_equal(s.X, plain.X) and np.array_equal(s.X, store[ids])
+    part = read_shard(p, (2, 5), room=lambda n: 0)
+    assert np.array_equal(part.X, store[ids[2:5]]) and part.buf.shape == (3, 30)
