@@ -199,18 +199,19 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarra
     return dest
 
 
-def write_handoff(path: str | os.PathLike[str], X: np.ndarray, y: np.ndarray, ids: np.ndarray,
+def write_handoff(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarray, ids: np.ndarray,
                   parts: Mapping[int, int], attrs: Mapping[str, Any] | None = None,
-                  w: np.ndarray | None = None) -> Path:
+                  w: np.ndarray | None = None, scale: float | None = None, rows_from: str | None = None) -> Path:
     """Write one epoch's handoff file: the rows of ``X``/``y``/``ids`` grouped by receiver, in the order of
     ``parts`` (receiver world rank -> its number of rows, summing to ``len(ids)``); ``w``: the rows' weights
-    (stored as ``/w`` only when some weight is not 1)."""
+    (stored as ``/w`` only when some weight is not 1); ``scale``/``rows_from``: uint8 rows, or none and a
+    reference to the prepared copy, as in :func:`write_shard`."""
     counts = np.array(list(parts.values()), np.int64)
     if counts.sum() != len(ids):
         raise ValueError(f"{path}: the receivers' rows add up to {counts.sum()}, not {len(ids)}")
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return write_shard(path, X, y, ids, attrs, {"receivers": np.array(list(parts), np.int64), "offsets": offsets},
-                       w)
+                       w, scale, rows_from)
 
 
 def handoff_slices(path: str | os.PathLike[str]) -> dict[int, tuple[int, int]]:

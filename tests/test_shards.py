@@ -331,3 +331,15 @@ def test_read_with_room_fills_one_buffer(tmp_path, kind):
     assert np.array_equal(s.X, plain.X) and np.array_equal(s.X, store[ids])
     part = read_shard(p, (2, 5), room=lambda n: 0)
     assert np.array_equal(part.X, store[ids[2:5]]) and part.buf.shape == (3, 30)
+
+
+def test_handoff_by_reference_gives_each_receiver_its_rows(tmp_path):
+    store, _ = _store(tmp_path, 50, 8)
+    ids = np.array([40, 2, 17, 3, 9])
+    y = (ids % 3).astype(np.int32)
+    p = handoff_path(tmp_path, 1)
+    write_handoff(p, None, y, ids, {2: 3, 4: 2}, rows_from=store.ref_json())
+    sl = handoff_slices(p)
+    assert sl == {2: (0, 3), 4: (3, 5)}
+    part = read_shard(p, sl[4])
+    assert np.array_equal(part.ids, ids[3:]) and np.array_equal(part.X, store[ids[3:]])
