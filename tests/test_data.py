@@ -179,7 +179,8 @@ def test_not_found_hint_for_fashion(isolated):
 
 @pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
                     reason="Debian package dataset-fashion-mnist not installed")
-def test_real_fashion_mnist():
+def test_real_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTMPI_PREPARED", str(tmp_path))  # the decompressed copy goes here, not to ~/.cache
     ds = load_dataset(DataConfig(dataset="fashion-mnist", path=str(FASHION_DIR)), seed=0)
     assert ds.X_train.shape == (60000, 784) and ds.X_test.shape == (10000, 784)
     assert ds.y_train.shape == (60000,) and ds.y_test.shape == (10000,)
