@@ -199,6 +199,9 @@ def main() -> int:
            "data loading. Cold: numba's cache emptied and no prepared copy of the data (the OS page cache is "
            "not dropped). Command: `python benchmarks/bench_e2e.py`.", ""]
     write("e2e", res, "\n".join(mk))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
