@@ -31,7 +31,7 @@ from ftmpi.errors import DataError
 
 __all__ = ["RowStore", "idx_store", "prepared_dir"]
 
-_CHUNK_BYTES = 8 << 20  # rows gathered per mapping window before its pages are given back
+_CHUNK_BYTES = 8 << 20  # bytes of the file per read window (its pages are given back before the next one)
 _PAGE = mmap.PAGESIZE
 
 
@@ -166,6 +166,8 @@ class RowStore:
         if isinstance(key, tuple):
             raise IndexError("RowStore supports row selection only")
         arr = np.asarray(key)
+        if arr.size == 0 and arr.dtype != bool:  # [] (float64 to numpy): no rows
+            return np.zeros(0, np.int64)
         if arr.dtype == bool:
             if arr.shape != (self.n,):
                 raise IndexError(f"boolean index of shape {arr.shape} for {self.n} rows")

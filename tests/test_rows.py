@@ -60,7 +60,7 @@ def test_rows_by_id_equal_the_in_memory_loader(tmp_path: Path, prep: Path, gz: b
     mask = np.arange(40) % 3 == 0
     assert np.array_equal(lazy.X_train[mask], X[mask])
     assert np.array_equal(np.asarray(lazy.X_train), X)
-    assert lazy.X_train[np.zeros(0, np.int64)].shape == (0, 784)
+    assert lazy.X_train[np.zeros(0, np.int64)].shape == (0, 784) and lazy.X_train[[]].shape == (0, 784)
     assert lazy.X_train.raw([3]).dtype == np.uint8
     with pytest.raises(IndexError):
         lazy.X_train[np.array([40])]
