@@ -77,6 +77,7 @@ class Coordinator:
         self.dealt = False
         self.histogram: np.ndarray | None = None
         self.initial_shards: dict[int, int] | None = None
+        self.shard_bytes = 0  # bytes of shard files written at this launch (0: a resume that reused them)
         self.pending_rebuild: list[int] | None = None
         self.alive_comm: dict[str, Any] | None = None
         self.preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
@@ -189,7 +190,7 @@ class Coordinator:
                                     f"over {s.alive}; coverage {s.ownership.coverage():.4f}")
         parts = {r: s.ownership.owned(r) for r in s.alive}
         self.histogram = class_histogram(d.y_train, list(parts.values()), d.n_classes)
-        write_shards(self.run_dir, d, parts, s.weight)
+        self.shard_bytes = write_shards(self.run_dir, d, parts, s.weight, [s.members[r].host for r in s.alive])
         self.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
         self.dealt = True
 
@@ -359,7 +360,7 @@ class Coordinator:
                "alive_comm": self.alive_comm, "preempted": self.preempted, "detector": self.ch.detector.value,
                "switched_at": self.gm.switched_at, "dataset": self.data.name, "dealt": self.dealt,
                "class_histogram": None if self.histogram is None else self.histogram.tolist(),
-               "initial_shards": self.initial_shards}
+               "initial_shards": self.initial_shards, "shard_bytes": self.shard_bytes}
         write_json_atomic(self.run_dir / "summary.json", summary(code, self.cfg, s, self.out, run))
         write_status(code)
         alive = s.alive

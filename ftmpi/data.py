@@ -2,8 +2,9 @@
 
 Everything comes back as a :class:`Dataset` of C-contiguous ``float32`` features and ``int32`` labels,
 with the train/test split the dataset defines (synthetic data is split by ``data.test_fraction``).
-Pixel data is scaled to [0, 1]; Occupancy features are standardised with the *training* mean and
-standard deviation, so no statistic of the test set leaks into training.
+Pixel data is scaled to [0, 1] (an image dataset's training rows stay on disk as uint8 and are read by id:
+``X_train`` is then a :class:`~ftmpi.rows.RowStore`, see ``ftmpi/rows.py``); Occupancy features are
+standardised with the *training* mean and standard deviation, so no statistic of the test set leaks into training.
 
 A dataset directory is looked up in this order, the first one holding every file winning:
 ``data.path``, ``$FTMPI_DATA/<name>``, ``$FTMPI_DATA``, ``/usr/share/datasets/<name>`` (where Debian's
@@ -25,6 +26,7 @@ import numpy as np
 
 from ftmpi.config import DataConfig
 from ftmpi.errors import DataError
+from ftmpi.rows import RowStore, idx_store
 
 __all__ = ["SYSTEM_DATA_DIR", "Dataset", "find_dataset_dir", "load_dataset", "read_idx"]
 
@@ -34,6 +36,7 @@ SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
+PIXEL_SCALE = 1.0 / 255.0  # IDX pixels are uint8; features are pixel * float32(PIXEL_SCALE)
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 OCCUPANCY_FILES = ("datatraining.txt", "datatest.txt")
@@ -54,7 +57,8 @@ class Dataset:
 
     Attributes:
         name: The dataset's name (``fashion-mnist``, ``mnist``, ``occupancy``, ``synthetic``).
-        X_train: ``(n, d)`` float32, C-contiguous.
+        X_train: ``(n, d)`` float32, C-contiguous; or, for image datasets, a :class:`~ftmpi.rows.RowStore`
+            that keeps the rows on disk as uint8 and returns float32 rows by id (``X_train[ids]``).
         y_train: ``(n,)`` int32 in ``[0, n_classes)``.
         X_test: ``(m, d)`` float32, C-contiguous.
         y_test: ``(m,)`` int32.
@@ -64,7 +68,7 @@ class Dataset:
     """
 
     name: str
-    X_train: np.ndarray
+    X_train: np.ndarray | RowStore
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
@@ -73,7 +77,8 @@ class Dataset:
     source: str
 
     def __post_init__(self) -> None:
-        self.X_train = np.ascontiguousarray(self.X_train, dtype=np.float32)
+        if not isinstance(self.X_train, RowStore):
+            self.X_train = np.ascontiguousarray(self.X_train, dtype=np.float32)
         self.X_test = np.ascontiguousarray(self.X_test, dtype=np.float32)
         self.y_train = np.ascontiguousarray(self.y_train, dtype=np.int32)
         self.y_test = np.ascontiguousarray(self.y_test, dtype=np.int32)
@@ -163,6 +168,15 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ finding the files
 
+def _idx_rows(path: Path) -> RowStore | None:
+    """The training images as a :class:`RowStore` (uint8, scale 1/255), or None if no prepared copy can be
+    written (then they are loaded into memory as before)."""
+    try:
+        return idx_store(path, PIXEL_SCALE)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+
+
 def _resolve(directory: Path, name: str) -> Path | None:
     for candidate in (directory / name, directory / f"{name}.gz"):
         if candidate.is_file():
@@ -202,20 +216,28 @@ def find_dataset_dir(name: str, files: tuple[str, ...], path: str | None = None)
 
 # ------------------------------------------------------------------------------------ MNIST-like loaders
 
-def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None) -> Dataset:
+def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None, lazy: bool = True) -> Dataset:
     directory, (tr_x, tr_y, te_x, te_y) = find_dataset_dir(name, IDX_FILES, path)
-    parts = []
+    parts: list[tuple[np.ndarray | RowStore, np.ndarray]] = []
     for img_path, lab_path in ((tr_x, tr_y), (te_x, te_y)):
-        images, labels = read_idx(img_path), read_idx(lab_path)
-        if images.ndim != 3 or labels.ndim != 1:
+        labels = read_idx(lab_path)
+        # the training images stay on disk as uint8 (see ftmpi.rows); the test images are scored by rank 0
+        store = _idx_rows(img_path) if lazy and img_path == tr_x else None
+        images = read_idx(img_path) if store is None else None
+        shape = images.shape if images is not None else (len(store), -1)  # type: ignore[arg-type]
+        if images is not None and images.ndim != 3 or labels.ndim != 1:
             raise DataError(f"{img_path}: expected images (n, rows, cols) and labels (n,), "
-                            f"got {images.shape} and {labels.shape}")
-        if len(images) != len(labels):
-            raise DataError(f"{img_path}: {len(images)} images but {lab_path.name} has {len(labels)} labels")
+                            f"got {shape} and {labels.shape}")
+        if shape[0] != len(labels):
+            raise DataError(f"{img_path}: {shape[0]} images but {lab_path.name} has {len(labels)} labels")
         if labels.size and int(labels.max()) >= len(classes):
             raise DataError(f"{lab_path}: label {int(labels.max())} out of range for {len(classes)} classes")
+        if store is not None:
+            parts.append((store, labels.astype(np.int32)))
+            continue
+        assert images is not None
         X = images.reshape(len(images), -1).astype(np.float32)
-        X *= np.float32(1.0 / 255.0)
+        X *= np.float32(PIXEL_SCALE)
         parts.append((X, labels.astype(np.int32)))
     (X_train, y_train), (X_test, y_test) = parts
     return Dataset(name, X_train, y_train, X_test, y_test, len(classes), classes, str(directory))
@@ -304,12 +326,13 @@ def _synthetic(cfg: DataConfig, seed: int) -> Dataset:
                    tuple(f"class {c}" for c in range(k)), source)
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+def load_dataset(cfg: DataConfig, seed: int, lazy: bool = True) -> Dataset:
     """Load the dataset ``cfg`` names.
 
     Args:
         cfg: The ``data`` section of the config.
         seed: Seeds the synthetic generator (file datasets ignore it).
+        lazy: Image datasets keep their training rows on disk (``X_train`` a RowStore); False loads them.
 
     Returns:
         The :class:`Dataset`.
@@ -318,9 +341,9 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         DataError: If the files are missing or malformed; the message names the file.
     """
     if cfg.dataset == "fashion-mnist":
-        return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, cfg.path)
+        return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, cfg.path, lazy)
     if cfg.dataset == "mnist":
-        return _load_idx_dataset("mnist", DIGIT_CLASSES, cfg.path)
+        return _load_idx_dataset("mnist", DIGIT_CLASSES, cfg.path, lazy)
     if cfg.dataset == "occupancy":
         return _load_occupancy(cfg.path)
     if cfg.dataset == "synthetic":

@@ -7,6 +7,7 @@ background writer; the shards are written once, before round 0.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from .checkpoint import Snapshot, prune, save
 from .cluster import WriteHandoff
 from .data import Dataset
-from .shards import shard_path, write_handoff, write_shard
+from .shards import ensure_shard, rows_by_reference, shard_path, write_handoff
 
 
 def slow_for_tests(kind: str) -> None:
@@ -28,11 +29,17 @@ def slow_for_tests(kind: str) -> None:
             time.sleep(float(secs))
 
 
-def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray) -> None:
-    """Write each worker's shard file (its rows of the training set and their weights)."""
-    for r, ids in parts.items():
-        write_shard(shard_path(run_dir, r), data.X_train[ids], data.y_train[ids], ids,
-                    {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids])
+def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray,
+                 hosts: list[str]) -> int:
+    """Write each worker's shard file (its rows of the training set and their weights); returns the bytes
+    written. Rows are stored in the source's own type (uint8 + scale for images), or only by reference when
+    every worker is on this host and can read the prepared copy itself (``shards.rows_by_reference``); a
+    file that already holds exactly that shard (a resume whose ownership did not change) is not rewritten."""
+    by_ref = rows_by_reference(data.X_train, hosts, socket.gethostname())
+    return sum(ensure_shard(shard_path(run_dir, r), data.X_train, data.y_train, ids,
+                            {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids],
+                            by_ref=by_ref)
+               for r, ids in parts.items())
 
 
 def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:

@@ -20,8 +20,11 @@ class LocalShard:
         if shard is None:
             shard = Shard(np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64))
         n, d = shard.X.shape
-        self._buf = np.empty((n + max(n // 2, 1024), d), np.float32)
-        self._buf[:n] = shard.X
+        if shard.buf is not None:  # read_shard(room=...) already put the rows in a buffer with room
+            self._buf = shard.buf
+        else:
+            self._buf = np.empty((n + max(n // 2, 1024), d), np.float32)
+            self._buf[:n] = shard.X
         self.X = self._buf[:n]
         self.y, self.ids = shard.y, shard.ids
         self.w: np.ndarray | None = shard.w

@@ -88,4 +88,5 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
         "rows_orphaned": int(len(state.orphaned())), "rows_unreadable": state.rows_unreadable,
         "points_handed": state.rows_handed, "stale_dropped": state.stale,
         "class_histogram": run["class_histogram"], "initial_shards": run["initial_shards"],
+        "shard_bytes_written": run["shard_bytes"],
     }

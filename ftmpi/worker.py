@@ -113,7 +113,8 @@ class Worker:
 
     def _load_shard(self, path: str) -> Shard:
         """Read this worker's shard file (rows, labels, global ids, weights)."""
-        return read_shard(path)
+        # room for handed rows (see LocalShard), read straight into that buffer
+        return read_shard(path, room=lambda n: max(n // 2, 1024))
 
     def _setup(self, setup: P.Setup) -> None:
         cfg = self.cfg

@@ -6,9 +6,9 @@ use ReLU, the output layer a softmax with mean cross-entropy loss. Gradients sha
 
 Matrix products go to numpy's ``@`` (its bundled BLAS; single-threaded when OPENBLAS_NUM_THREADS=1);
 everything between them is fused into ``@njit(cache=True)`` row loops (bias + ReLU, log-softmax +
-loss + logit gradient, column sums, ReLU masks). ``np.dot`` inside numba was tried first: it calls
-scipy's OpenBLAS, which here (0.3.30 against numpy's 0.3.31) was 15-60 % slower on the
-weight-gradient products of the 15000-row shard, too slow to match a plain numpy implementation.
+loss + logit gradient, column sums, ReLU masks); ``predict`` is numpy only (see there). ``np.dot``
+inside numba was tried first: it calls scipy's OpenBLAS, which here (0.3.30 against numpy's 0.3.31) was
+15-60 % slower on the weight-gradient products of the 15000-row shard, too slow to match a plain numpy implementation.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ CHUNK_ROWS = 4096  # rows per forward chunk in sample_loss / predict (bounds act
 
 # --------------------------------------------------------------------------------------------- layout
 def _check_sizes(sizes) -> tuple[int, ...]:
+    if isinstance(sizes, tuple) and all(type(v) is int for v in sizes):  # already checked (Model keeps one)
+        if len(sizes) >= 2 and min(sizes) >= 1:
+            return sizes
     sizes = tuple(int(v) for v in np.asarray(sizes).reshape(-1))
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"sizes must be [d, (hidden...,) k] with positive entries, got {sizes}")
@@ -134,18 +137,6 @@ def _xent(z, b, y, out):
     """Per-row cross-entropy of logits ``z + b`` into ``out`` (``z`` gets the bias added)."""
     for i in range(z.shape[0]):
         out[i] = _row_nll(z, b, i, y[i])[0]
-
-
-@njit(cache=True)
-def _argmax(z, b, out):
-    """Per-row argmax of ``z + b`` (first on ties) into ``out``."""
-    for i in range(z.shape[0]):
-        best, best_v = 0, z[i, 0] + b[0]
-        for j in range(1, z.shape[1]):
-            v = z[i, j] + b[j]
-            if v > best_v:
-                best, best_v = j, v
-        out[i] = best
 
 
 @njit(cache=True)
@@ -275,6 +266,9 @@ def sample_loss(params: np.ndarray, sizes: np.ndarray, X: np.ndarray, y: np.ndar
 def predict(params: np.ndarray, sizes: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Predicted class (argmax of the logits, first on ties) of every row, chunked.
 
+    Plain numpy (bias, ReLU and argmax are not fused here): rank 0 evaluates with it and so never loads a
+    numba kernel; loading the first one from the cache costs ~1 s of CPU, which used to fall in round 0.
+
     Args:
         params: Flat float32 parameters.
         sizes: Layer widths ``[d, h1, ..., k]``.
@@ -288,5 +282,12 @@ def predict(params: np.ndarray, sizes: np.ndarray, X: np.ndarray) -> np.ndarray:
     out = np.empty(X.shape[0], np.int32)
     for start in range(0, X.shape[0], CHUNK_ROWS):
         rows = slice(start, start + CHUNK_ROWS)
-        _argmax(_hidden(layers, X[rows])[-1] @ layers[-1][0], layers[-1][1], out[rows])
+        a = X[rows]
+        for W, b in layers[:-1]:
+            a = a @ W
+            a += b
+            np.maximum(a, np.float32(0.0), out=a)
+        z = a @ layers[-1][0]
+        z += layers[-1][1]
+        out[rows] = z.argmax(axis=1)
     return out

@@ -118,9 +118,10 @@ def test_mnist_from_data_path(isolated, gz):
     folder = make_mnist_dir(isolated / "m", gz=gz)
     ds = load_dataset(DataConfig(dataset="mnist", path=str(folder)), seed=0)
     assert ds.X_train.shape == (12, 784) and ds.X_test.shape == (5, 784)
-    assert ds.X_train.dtype == np.float32 and ds.X_train.flags.c_contiguous
+    X = np.asarray(ds.X_train)  # the training rows stay on disk (a RowStore); all of them, as float32
+    assert X.dtype == np.float32 and X.flags.c_contiguous and ds.X_train.dtype == np.float32
     assert ds.y_train.dtype == np.int32 and ds.y_train.tolist() == [i % 10 for i in range(12)]
-    assert ds.X_train.min() >= 0.0 and ds.X_train.max() <= 1.0
+    assert X.min() >= 0.0 and X.max() <= 1.0
     raw = read_idx(next(folder.glob("train-images*")))
     assert np.allclose(ds.X_train[3], raw[3].reshape(-1) / 255.0)
     assert ds.n_classes == 10 and ds.classes == tuple("0123456789") and ds.source == str(folder)
@@ -178,12 +179,14 @@ def test_not_found_hint_for_fashion(isolated):
 
 @pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
                     reason="Debian package dataset-fashion-mnist not installed")
-def test_real_fashion_mnist():
+def test_real_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTMPI_PREPARED", str(tmp_path))  # the decompressed copy goes here, not to ~/.cache
     ds = load_dataset(DataConfig(dataset="fashion-mnist", path=str(FASHION_DIR)), seed=0)
     assert ds.X_train.shape == (60000, 784) and ds.X_test.shape == (10000, 784)
     assert ds.y_train.shape == (60000,) and ds.y_test.shape == (10000,)
-    assert ds.X_train.dtype == np.float32 and ds.X_train.flags.c_contiguous
-    assert float(ds.X_train.max()) == 1.0 and float(ds.X_train.min()) == 0.0
+    X = np.asarray(ds.X_train)
+    assert X.dtype == np.float32 and X.flags.c_contiguous
+    assert float(X.max()) == 1.0 and float(X.min()) == 0.0
     assert np.bincount(ds.y_train).tolist() == [6000] * 10 and ds.n_classes == 10
 
 

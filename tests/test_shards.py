@@ -1,6 +1,7 @@
 """Shard and handoff files: naming, round trip, atomic writes, and clear errors for damaged files."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -194,3 +195,151 @@ def test_large_shard_is_stored_contiguous_and_uncompressed(tmp_path):
     with h5py.File(shard_path(tmp_path, 1), "r") as f:
         assert f["X"].chunks is None and f["X"].compression is None
     assert np.array_equal(read_shard(shard_path(tmp_path, 1)).X, X)
+
+
+# ------------------------------------------------------------------ rows in their own type, by reference
+def _store(tmp_path: Path, n: int = 60, d: int = 20):
+    from ftmpi.rows import RowStore
+
+    img = np.random.default_rng(3).integers(0, 256, (n, d), dtype=np.uint8)
+    p = tmp_path / "train-images"
+    p.write_bytes(bytes([0, 0, 8, 2]) + np.array([n, d], ">u4").tobytes() + img.tobytes())
+    return RowStore(p, 12, n, d, np.uint8, 1 / 255), img
+
+
+def test_uint8_shard_is_a_quarter_of_float32_and_reads_back_as_the_same_floats(tmp_path):
+    from ftmpi.shards import ensure_shard
+
+    store, _ = _store(tmp_path, 400, 100)
+    y = np.arange(400, dtype=np.int32) % 3
+    ids = np.arange(0, 400, 2)
+    n8 = ensure_shard(tmp_path / "u8.h5", store, y, ids, {"rank": 1})
+    n32 = ensure_shard(tmp_path / "f32.h5", store[np.arange(400)], y, ids, {"rank": 1})
+    with h5py.File(tmp_path / "u8.h5", "r") as f:
+        assert f["X"].dtype == np.uint8 and f.attrs["x_scale"] == pytest.approx(1 / 255)
+    assert n8 < 0.4 * n32
+    for name in ("u8.h5", "f32.h5"):
+        s = read_shard(tmp_path / name)
+        assert s.X.dtype == np.float32 and np.array_equal(s.X, store[ids]) and np.array_equal(s.y, y[ids])
+    part = read_shard(tmp_path / "u8.h5", (5, 9))
+    assert np.array_equal(part.X, store[ids[5:9]])
+
+
+def test_version_1_float32_shard_still_reads(tmp_path):
+    X, y, ids = rows()
+    p = tmp_path / "old.h5"
+    with h5py.File(p, "w") as f:  # what the previous release wrote
+        f["X"], f["y"], f["ids"] = X, y, ids
+        f.attrs["format"], f.attrs["format_version"] = "ftmpi-shard", 1
+    s = read_shard(p)
+    assert np.array_equal(s.X, X) and np.array_equal(s.ids, ids)
+    with h5py.File(p, "r+") as f:
+        del f["X"]
+        f["X"] = X.astype(np.int16)
+    with pytest.raises(DataError, match="/X has dtype int16"):
+        read_shard(p)
+
+
+def test_same_shard_again_writes_nothing_and_any_change_rewrites(tmp_path):
+    from ftmpi.shards import ensure_shard
+
+    store, _ = _store(tmp_path)
+    y = np.arange(60, dtype=np.int32) % 4
+    ids, w = np.arange(10, 40), np.ones(30)
+    p = shard_path(tmp_path, 2)
+    assert ensure_shard(p, store, y, ids, {"rank": 2}, w=w) > 0
+    before = p.stat().st_mtime_ns
+    assert ensure_shard(p, store, y, ids, {"rank": 2}, w=w) == 0  # a resume, ownership unchanged
+    assert p.stat().st_mtime_ns == before
+    w2 = w.copy()
+    w2[3] = 2.5
+    for changed in (dict(ids=np.arange(11, 41)), dict(w=w2), dict(attrs={"rank": 3}), dict(y=y[::-1].copy())):
+        args = dict(ids=ids, w=w, attrs={"rank": 2}, y=y) | changed
+        assert ensure_shard(p, store, args["y"], args["ids"], args["attrs"], w=args["w"]) > 0
+        assert ensure_shard(p, store, y, ids, {"rank": 2}, w=w) > 0  # back
+    with open(p, "r+b") as fh:  # damaged: written again
+        fh.truncate(100)
+    assert ensure_shard(p, store, y, ids, {"rank": 2}, w=w) > 0
+    assert np.array_equal(read_shard(p).X, store[ids])
+    Xf = np.asarray(store)  # float rows in memory: a different row content is noticed (checksum)
+    assert ensure_shard(p, Xf, y, ids, {"rank": 2}) > 0
+    assert ensure_shard(p, Xf, y, ids, {"rank": 2}) == 0
+    Xf[ids[0], 0] += 1
+    assert ensure_shard(p, Xf, y, ids, {"rank": 2}) > 0
+
+
+def test_shard_by_reference_holds_ids_and_the_worker_reads_its_rows(tmp_path, monkeypatch):
+    from ftmpi.shards import ensure_shard, rows_by_reference
+
+    store, _ = _store(tmp_path, 300, 50)
+    y = np.arange(300, dtype=np.int32) % 5
+    ids = np.array([299, 4, 150, 7])
+    p = shard_path(tmp_path, 1)
+    nbytes = ensure_shard(p, store, y, ids, {"rank": 1}, by_ref=True)
+    with h5py.File(p, "r") as f:
+        assert "X" not in f and "rows_from" in f.attrs
+    assert nbytes < 8000  # ids, labels and the reference: no rows
+    s = read_shard(p)
+    assert s.X.dtype == np.float32 and np.array_equal(s.X, store[ids]) and np.array_equal(s.y, y[ids])
+    assert np.array_equal(read_shard(p, (1, 3)).X, store[ids[1:3]])
+    assert ensure_shard(p, store, y, ids, {"rank": 1}, by_ref=True) == 0
+    assert ensure_shard(p, store, y, ids, {"rank": 1}, by_ref=False) > 0  # switching kind rewrites
+    ensure_shard(p, store, y, ids, {"rank": 1}, by_ref=True)
+    store.path.rename(tmp_path / "gone")
+    with pytest.raises(DataError, match=re.escape(str(p)) + ".*FTMPI_SHARED_DATA=0"):
+        read_shard(p)
+    with pytest.raises(ValueError, match="RowStore"):
+        ensure_shard(p, np.zeros((300, 50), np.float32), y, ids, by_ref=True)
+    # who reads by reference: rows in a file and every worker on rank 0's host, unless the env says
+    monkeypatch.delenv("FTMPI_SHARED_DATA", raising=False)
+    assert rows_by_reference(store, ["a", "a"], "a") and not rows_by_reference(store, ["a", "b"], "a")
+    assert not rows_by_reference(np.zeros((2, 2)), ["a"], "a")
+    monkeypatch.setenv("FTMPI_SHARED_DATA", "1")
+    assert rows_by_reference(store, ["b"], "a")
+    monkeypatch.setenv("FTMPI_SHARED_DATA", "0")
+    assert not rows_by_reference(store, ["a"], "a")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_shard_files_follow_the_umask(tmp_path, umask):
+    X, y, ids = rows()
+    old = os.umask(umask)
+    try:
+        write_shard(tmp_path / "s.h5", X, y, ids)
+        write_handoff(tmp_path / "h.h5", X, y, ids, {1: len(ids)})
+    finally:
+        os.umask(old)
+    for name in ("s.h5", "h.h5"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("kind", ["float32", "uint8", "ref"])
+def test_read_with_room_fills_one_buffer(tmp_path, kind):
+    from ftmpi.shards import ensure_shard
+
+    store, _ = _store(tmp_path, 80, 30)
+    y = np.arange(80, dtype=np.int32) % 3
+    ids = np.array([5, 70, 1, 33, 9, 10])
+    p = tmp_path / "s.h5"
+    X_train = np.asarray(store) if kind == "float32" else store
+    ensure_shard(p, X_train, y, ids, by_ref=kind == "ref")
+    plain = read_shard(p)
+    assert plain.buf is None
+    s = read_shard(p, room=lambda n: n // 2 + 1)
+    assert s.buf is not None and s.buf.shape == (6 + 4, 30) and s.buf.dtype == np.float32
+    assert np.shares_memory(s.X, s.buf) and s.X.shape == (6, 30)
+    assert np.array_equal(s.X, plain.X) and np.array_equal(s.X, store[ids])
+    part = read_shard(p, (2, 5), room=lambda n: 0)
+    assert np.array_equal(part.X, store[ids[2:5]]) and part.buf.shape == (3, 30)
+
+
+def test_handoff_by_reference_gives_each_receiver_its_rows(tmp_path):
+    store, _ = _store(tmp_path, 50, 8)
+    ids = np.array([40, 2, 17, 3, 9])
+    y = (ids % 3).astype(np.int32)
+    p = handoff_path(tmp_path, 1)
+    write_handoff(p, None, y, ids, {2: 3, 4: 2}, rows_from=store.ref_json())
+    sl = handoff_slices(p)
+    assert sl == {2: (0, 3), 4: (3, 5)}
+    part = read_shard(p, sl[4])
+    assert np.array_equal(part.ids, ids[3:]) and np.array_equal(part.X, store[ids[3:]])
