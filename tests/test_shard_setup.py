@@ -1,6 +1,6 @@
 """Rank 0's sharding step with the training rows on disk (no MPI: a recording channel stands in).
 
-Checks the [scale] edit of ``Coordinator._shard``: shards by reference when every worker is on rank 0's
+Checks ``files.write_shards``: shards by reference when every worker is on rank 0's
 host, uint8 rows otherwise, and a second sharding with the same ownership writes nothing; and what a worker
 then reads (``read_shard``, as ``Worker._setup`` does) equals the rows of an in-memory load.
 """
@@ -20,58 +20,42 @@ from ftmpi.shards import read_shard, shard_path
 from tests.test_rows import _mnist
 
 
-class _Channel:
-    size = 4
-    detector = None
-
-    def send(self, dest: int, tag: int, obj: dict) -> int:
-        return 0
+def _parts(n: int) -> dict[int, np.ndarray]:
+    ids = np.arange(n, dtype=np.int64)
+    return {r: ids[r - 1::3] for r in (1, 2, 3)}
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    mpi4py = pytest.importorskip("mpi4py")
-    mpi4py.rc.initialize = False  # import ftmpi.comm without MPI_Init: nothing here talks MPI
-    from ftmpi.comm import Detector
-    from ftmpi.config import load_config
-    from ftmpi.coordinator import Coordinator
-    from ftmpi.metrics import Progress
-
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("FTMPI_PREPARED", str(tmp_path / "prepared"))
     monkeypatch.delenv("FTMPI_SHARED_DATA", raising=False)
     folder = _mnist(tmp_path / "m", n=90)
-
-    def make(hosts: list[str]) -> Coordinator:
-        cfg = load_config(None, ["data.dataset=mnist", f"data.path={folder}"], env={})
-        ch = _Channel()
-        ch.detector = Detector.TIMEOUT
-        c = Coordinator(ch, cfg, tmp_path / "run", Progress(False), 0.0)
-        c.data = load_dataset(cfg.data, 0)
-        for r, h in zip(sorted(c.members), hosts, strict=True):
-            c.members[r].host = h
-        return c
-
-    make.folder = folder  # type: ignore[attr-defined]
-    return make
+    d = load_dataset(DataConfig(dataset="mnist", path=str(folder)), 0)
+    d.folder = folder  # type: ignore[attr-defined]
+    return d
 
 
 @pytest.mark.parametrize("same_host", [True, False])
-def test_shards_by_reference_or_uint8_and_not_written_twice(coordinator, same_host: bool) -> None:
+def test_shards_by_reference_or_uint8_and_not_written_twice(data, tmp_path: Path, same_host: bool) -> None:
+    from ftmpi.files import write_shards
+
     me = socket.gethostname()
-    c = coordinator([me] * 3 if same_host else [me, "elsewhere", me])
-    assert isinstance(c.data.X_train, RowStore)
-    c._shard()
-    assert c.shard_bytes > 0
-    eager = load_dataset(DataConfig(dataset="mnist", path=str(coordinator.folder)), 0, lazy=False)
-    for r in c.alive:
-        p = shard_path(c.run_dir, r)
+    hosts = [me] * 3 if same_host else [me, "elsewhere", me]
+    assert isinstance(data.X_train, RowStore)
+    run = tmp_path / "run"
+    parts = _parts(len(data.y_train))
+    weight = np.ones(len(data.y_train))
+    assert write_shards(run, data, parts, weight, hosts) > 0
+    eager = load_dataset(DataConfig(dataset="mnist", path=str(data.folder)), 0, lazy=False)
+    for r in parts:
+        p = shard_path(run, r)
         with h5py.File(p, "r") as f:
             assert ("X" in f) != same_host
             if not same_host:
                 assert f["X"].dtype == np.uint8
-        s = read_shard(p)  # what Worker._setup reads
+        s = read_shard(p)  # what Worker._load_shard reads
         assert np.array_equal(s.X, eager.X_train[s.ids]) and np.array_equal(s.y, eager.y_train[s.ids])
-    stamps = {r: shard_path(c.run_dir, r).stat().st_mtime_ns for r in c.alive}
-    c._shard()  # the same ownership again (a resume that kept its workers): nothing written
-    assert c.shard_bytes == 0
-    assert stamps == {r: shard_path(c.run_dir, r).stat().st_mtime_ns for r in c.alive}
+    stamps = {r: shard_path(run, r).stat().st_mtime_ns for r in parts}
+    # the same ownership again (a resume that kept its workers): nothing written
+    assert write_shards(run, data, parts, weight, hosts) == 0
+    assert stamps == {r: shard_path(run, r).stat().st_mtime_ns for r in parts}
