@@ -75,8 +75,8 @@ def test_exit_under_auto_falls_back_to_the_deadline(tmp_path):
 
 def test_hung_worker_is_detected_and_the_job_still_ends(tmp_path):
     job = run_job(4, SMOKE, tmp_path / "h", "--inject", "hang:4@6", *FAST, limit=60)
-    # the same run dir again: the injected fault fires again (old fault records are not replayed)
-    again = run_job(4, SMOKE, tmp_path / "h", "--inject", "hang:4@6", *FAST, limit=60)
+    # the same run dir again, started over: the injected fault fires again (old fault records are not replayed)
+    again = run_job(4, SMOKE, tmp_path / "h", "--inject", "hang:4@6", "--overwrite", *FAST, limit=60)
     assert again.rc == 0 and _failures(again)[4]["kind"] == "hang", again.err
     assert job.rc == 0, job.err
     f = _failures(job)[4]
