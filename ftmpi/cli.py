@@ -1,4 +1,4 @@
-"""Command line: ``python -m ftmpi train|inspect|report ...``.
+"""Command line: ``python -m ftmpi launch|train|inspect|report|plot ...``.
 
 This is the one place that turns errors into one-line messages and exit codes. A training run ends every
 rank with ``os._exit`` after its files are flushed: we measured that ranks calling ``MPI_Finalize`` after a
@@ -24,6 +24,7 @@ from .report import add_report_args, run_report
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ftmpi", description="Fault-tolerant distributed trainer (MPI SPMD).")
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("launch", help="start a job: launch -n W CONFIG [--max-restarts N] [--hostfile F] [train args]")
     t = sub.add_parser("train", help="train (run under mpirun -n 1+W; see jobs/local.sh)")
     t.add_argument("config", help="YAML config file")
     t.add_argument("--run-dir", help="output folder (default: executor.shared_folder)")
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # its own parser: everything it does not know goes to train
+        from .launch import main as launch
+
+        return launch(argv[1:])
     args = _parser().parse_args(argv)
     if getattr(args, "run", None):
         return args.run(args)

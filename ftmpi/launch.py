@@ -1,0 +1,377 @@
+"""``ftmpi launch -n W CONFIG [train args]``: start, watch, stop and restart one training job.
+
+The launcher owns what happens around the MPI job: the mpirun flags a fault-tolerant run needs, the hard
+wall-clock limit, rank 0's verdict (``$FTMPI_STATUS_FILE``; mpirun's own exit code also counts ranks that
+died on the way), restarts from the newest checkpoint after rank 0 or a host is lost (on the hosts that
+remain), the outcome in ``summary.json`` when rank 0 could not write it, and stop signals: SIGTERM, SIGUSR1
+or SIGINT become "checkpoint now and stop" (exit 6), and under SLURM a SIGUSR1 requeues the job, which
+resumes (``--resume auto``). ``jobs/local.sh`` and ``jobs/slurm.sbatch`` are thin wrappers around it.
+
+Measured with Open MPI 5.0.11: mpirun forwards SIGUSR1 to every rank, but on SIGTERM it SIGTERMs the ranks
+and kills them ~0.25 s later, far too soon for a checkpoint. So the launcher starts mpirun in its own
+session (a terminal's Ctrl-C reaches only the launcher) and turns every stop signal into SIGUSR1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_PREEMPTED, FtmpiError
+from .hosts import Host, lost_hosts, ranks_on, read_hostfile, write_hostfile
+from .mpicmd import Launch, build, flavour
+
+EXIT_OVERRAN = 124
+USAGE = ("usage: ftmpi launch -n W CONFIG [--max-restarts N] [--hostfile FILE] [--mpi auto|openmpi|mpich|srun] "
+         "[train args...]")
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"{os.environ.get('FTMPI_LAUNCH_NAME', 'ftmpi launch')}: {text}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class Options:
+    workers: int
+    config: Path
+    train: list[str]
+    max_restarts: int = 0
+    hostfile: Path | None = None
+    mpi: str = "auto"
+    run_dir: Path = Path()
+    mode: str = "fresh"
+
+
+def parse(argv: Sequence[str]) -> Options:
+    """Split the launcher's own options from the train arguments and resolve the run dir (absolute) the
+    way rank 0 will, so that every restart continues that run and no other.
+
+    Raises:
+        ConfigError: bad launcher options, a config that does not load, or a run dir that is a file.
+    """
+    from .errors import ConfigError
+
+    own: dict[str, str] = {}
+    rest: list[str] = []
+    it = iter(argv)
+    names = {"-n": "workers", "--workers": "workers", "--max-restarts": "max_restarts", "--hostfile": "hostfile",
+             "--mpi": "mpi"}
+    for a in it:
+        key, eq, val = a.partition("=")
+        if key in names:
+            if not eq:
+                val = next(it, None)  # type: ignore[assignment]
+                if val is None:
+                    raise ConfigError(f"{key} needs a value; {USAGE}")
+            own[names[key]] = val
+        else:
+            rest.append(a)
+    if "workers" not in own or not rest or rest[0].startswith("-"):
+        raise ConfigError(USAGE)
+    for key in ("workers", "max_restarts"):
+        if key in own and (not own[key].isdigit() or (key == "workers" and int(own[key]) < 1)):
+            raise ConfigError(f"--{key.replace('_', '-')} needs a whole number{' >= 1' if key == 'workers' else ''}"
+                              f", got {own[key]!r}")
+    if own.get("mpi", "auto") not in ("auto", "openmpi", "mpich", "srun"):
+        raise ConfigError(f"--mpi must be auto, openmpi, mpich or srun, got {own['mpi']!r}")
+    config = Path(rest[0]).absolute()
+    if not config.is_file():
+        raise ConfigError(f"config file {rest[0]!r} not found")
+    from .cli import _overrides, _parser
+    from .config import load_config
+    from .rundir import resolve
+
+    try:
+        targs = _parser().parse_args(["train", str(config), *rest[1:]])
+    except SystemExit:
+        raise ConfigError(f"bad train arguments: {' '.join(rest[1:])} (see python -m ftmpi train -h)") from None
+    cfg = load_config(str(config), _overrides(targs))
+    run_dir, mode = resolve(targs.resume, targs.run_dir, cfg.run_dir, targs.overwrite)
+    train: list[str] = []
+    skip = False
+    for a in rest[1:]:  # the run dir and mode are re-added explicitly, absolute
+        if skip:
+            skip = False
+            continue
+        if a in ("--run-dir", "--resume"):
+            skip = True
+        elif not (a.startswith(("--run-dir=", "--resume=")) or a == "--overwrite"):
+            train.append(a)
+    return Options(int(own["workers"]), config, train, int(own.get("max_restarts", 0)),
+                   Path(own["hostfile"]).absolute() if "hostfile" in own else None, own.get("mpi", "auto"),
+                   run_dir, mode)
+
+
+@dataclass
+class Outcome:
+    code: int
+    verdict: int | None
+    rc: int
+    overran: bool
+    stderr_tail: str
+    seconds: float
+
+
+@dataclass
+class Launcher:
+    opts: Options
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    stop: str | None = None  # the stop signal received, if any
+    proc: subprocess.Popen | None = None
+    relaunches: list[dict[str, Any]] = field(default_factory=list)
+
+    # -------------------------------------------------------------- signals
+    def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        name = signal.Signals(signum).name
+        p = self.proc
+        if self.stop is None:
+            self.stop = name
+            _say(f"{name}: asking rank 0 to checkpoint this round and stop")
+            if p is not None and p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGUSR1)  # mpirun/srun forward SIGUSR1 to every rank (measured)
+                except ProcessLookupError:
+                    pass
+        elif name == self.stop and p is not None and p.poll() is None:  # asked again: stop at once
+            _say(f"{name} again: ending the job now")
+            os.kill(p.pid, signal.SIGTERM)
+
+    def _install(self) -> None:
+        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+
+    # ----------------------------------------------------------------- runs
+    def _once(self, spec: Launch, limit: float) -> Outcome:
+        status = Path(self.env["FTMPI_STATUS_FILE"])
+        status.write_text("")
+        cmd = build(spec)
+        if self.env.get("FTMPI_DRY_RUN") == "1":
+            print(" ".join(_quote(c) for c in cmd))
+            status.write_text("0\n")
+            return Outcome(0, 0, 0, False, "", 0.0)
+        t0 = time.monotonic()
+        tail: list[str] = []
+        self.proc = subprocess.Popen(cmd, env=self.env, stderr=subprocess.PIPE, text=True, errors="replace",
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        import threading
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                tail.append(line)
+                del tail[:-200]
+
+        th = threading.Thread(target=pump, daemon=True)
+        th.start()
+        overran = False
+        try:
+            rc = self.proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            overran = True  # mpirun and everything it started on this host (its own session) go
+            _killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                rc = -9
+            _killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        th.join(timeout=5)
+        self.proc = None
+        text = status.read_text().strip() if status.exists() else ""
+        verdict = int(text) if text.lstrip("-").isdigit() else None
+        rc = 128 - rc if rc < 0 else rc
+        code = verdict if verdict is not None else (rc or EXIT_COORDINATOR_LOST)
+        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0)
+
+    def run(self) -> int:
+        o = self.opts
+        self._install()
+        fd, status = tempfile.mkstemp(prefix="ftmpi-status.")
+        os.close(fd)
+        self.env["FTMPI_STATUS_FILE"] = status
+        for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            self.env.setdefault(v, "1")  # one BLAS/numba thread per rank: W+1 ranks share the cores
+        tmp = Path(tempfile.mkdtemp(prefix="ftmpi-hosts."))
+        try:
+            return self._loop(o, tmp)
+        finally:
+            Path(status).unlink(missing_ok=True)
+            for p in tmp.iterdir():
+                p.unlink()
+            tmp.rmdir()
+
+    def _loop(self, o: Options, tmp: Path) -> int:
+        limit = float(self.env.get("FTMPI_JOB_TIMEOUT", "3600"))
+        mpirun = self.env.get("FTMPI_MPIRUN") or self.env.get("MPIRUN") or "mpirun"
+        kind = flavour(mpirun) if o.mpi == "auto" else o.mpi
+        hosts = read_hostfile(o.hostfile) if o.hostfile else None
+        workers = o.workers
+        mode_args = {"resume": ["--resume", str(o.run_dir)], "auto": ["--resume", "auto"],
+                     "overwrite": ["--overwrite"], "fresh": []}[o.mode]
+        restarts = 0
+        while True:
+            hostfile = write_hostfile(tmp / f"hosts.{restarts}", hosts) if hosts else None
+            spec = Launch(kind, mpirun, self.env.get("PYTHON") or sys.executable, workers + 1,
+                          [str(o.config), *o.train, "--run-dir", str(o.run_dir), *mode_args], hostfile,
+                          self.env.get("FTMPI_MPIRUN_ARGS", "").split(), self.env)
+            out = self._once(spec, limit)
+            if out.overran:
+                _say(f"the job overran FTMPI_JOB_TIMEOUT={limit:g}s and was killed")
+                self._write_outcome(EXIT_OVERRAN, f"killed after overrunning FTMPI_JOB_TIMEOUT={limit:g}s")
+                return EXIT_OVERRAN
+            if out.verdict is not None:
+                if out.rc != 0 and out.verdict != out.rc:
+                    _say(f"mpirun exited {out.rc}; ftmpi's outcome: exit {out.verdict}")
+                if out.verdict != EXIT_CRASH or self.stop:
+                    return self._done(out.verdict)
+            lost = lost_hosts(out.stderr_tail, hosts) if hosts else []
+            why = (f"host(s) {', '.join(lost)} lost" if lost else "rank 0 crashed" if out.verdict == EXIT_CRASH
+                   else f"rank 0 left no verdict (mpirun exit {out.rc})")
+            if self.stop:
+                _say(f"{why} after {self.stop}; not restarting")
+                return self._done(out.code, f"{why} after {self.stop}")
+            if restarts >= o.max_restarts or not _has_checkpoint(o.run_dir):
+                if restarts < o.max_restarts:
+                    _say(f"{why}; no checkpoint in {o.run_dir / 'ckpt'} to resume from")
+                else:
+                    _say(f"{why}; exit {out.code}")
+                return self._done(out.code, why)
+            restarts += 1
+            rec: dict[str, Any] = {"restart": restarts, "reason": why, "exit_code": out.code,
+                                   "after_seconds": round(out.seconds, 2), "workers_before": workers}
+            if lost and hosts is not None:
+                placed = ranks_on(hosts, workers + 1)
+                rec["lost_hosts"] = lost
+                rec["lost_ranks"] = sorted(r for h in lost for r in placed.get(h, []))
+                hosts = [h for h in hosts if h.name not in lost]
+                if not hosts:
+                    _say(f"{why}: no host left")
+                    return self._done(out.code, f"{why}: no host left")
+                workers = max(1, min(workers, sum(h.slots for h in hosts) - 1))
+                rec["hosts"] = [h.name for h in hosts]
+            rec["workers"] = workers
+            self._note_relaunch(rec)
+            _say(f"{why}; restart {restarts} of {o.max_restarts} with {workers} worker(s) from the newest "
+                 f"checkpoint in {o.run_dir}")
+            mode_args = ["--resume", str(o.run_dir)]
+
+    # -------------------------------------------------------------- outputs
+    def _note_relaunch(self, rec: dict[str, Any]) -> None:
+        rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.relaunches.append(rec)
+        path = self.opts.run_dir / "relaunches.json"
+        try:
+            old = json.loads(path.read_text()) if path.exists() else []
+        except (OSError, ValueError):
+            old = []
+        _write_json(path, [*old, rec] if isinstance(old, list) else [rec])
+
+    def _done(self, code: int, reason: str = "") -> int:
+        """Finish: the outcome into summary.json when rank 0 left none; relaunches merged; a SLURM job
+        preempted by SIGUSR1 requeues itself."""
+        if code != 0 and self.stop and code != EXIT_PREEMPTED and self._summary().get("status") == "running":
+            code = EXIT_PREEMPTED if _has_checkpoint(self.opts.run_dir) else code
+        self._write_outcome(code, reason or f"exit {code}")
+        if code == EXIT_PREEMPTED and self.stop in _requeue_signals(self.env) and self.env.get("SLURM_JOB_ID"):
+            job = self.env["SLURM_JOB_ID"]
+            _say(f"{self.stop}: requeueing SLURM job {job}; it resumes with --resume auto")
+            self._note_relaunch({"requeue": job, "reason": f"preempted by {self.stop}", "exit_code": code})
+            self._write_outcome(code, "")
+            subprocess.run(["scontrol", "requeue", job], env=self.env, check=False)
+        return code
+
+    def _summary(self) -> dict[str, Any]:
+        try:
+            d = json.loads((self.opts.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def _write_outcome(self, code: int, reason: str) -> None:
+        s = self._summary()
+        path = self.opts.run_dir / "relaunches.json"
+        try:
+            history = json.loads(path.read_text()) if path.exists() else []
+        except (OSError, ValueError):
+            history = []
+        changed = False
+        if s.get("status") == "running":  # rank 0 never wrote its verdict: the launcher says what happened
+            status = "preempted" if code == EXIT_PREEMPTED else "overran" if code == EXIT_OVERRAN else "failed"
+            s.update({"status": status, "exit_code": code, "error": reason, "written_by": "ftmpi launch"})
+            s.pop("pid", None)
+            changed = True
+        if history and s and s.get("relaunches") != history:
+            s["relaunches"] = history
+            changed = True
+        if changed:
+            _write_json(self.opts.run_dir / "summary.json", s)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from .metrics import write_json_atomic
+
+    try:
+        write_json_atomic(path, obj)
+    except OSError as exc:
+        _say(f"warning: could not write {path}: {exc}")
+
+
+def _requeue_signals(env: dict[str, str]) -> set[str]:
+    return {s.strip() for s in env.get("FTMPI_REQUEUE_SIGNALS", "SIGUSR1").split(",") if s.strip()}
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from .checkpoint import list_checkpoints
+
+    return bool(list_checkpoints(run_dir))
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """(In the child, before exec.) mpirun gets SIGTERM if the launcher dies (Linux; best effort)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE + "\n\n" + (__doc__ or ""))
+        return 0 if argv else EXIT_BAD_INPUT
+    try:
+        opts = parse(argv)
+        if opts.hostfile:
+            read_hostfile(opts.hostfile)
+        return Launcher(opts).run()
+    except FtmpiError as exc:
+        _say(f"error: {exc}")
+        return exc.exit_code
+
+
+__all__ = ["Host", "Launcher", "Options", "main", "parse"]
