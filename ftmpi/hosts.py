@@ -14,9 +14,8 @@ from .errors import ConfigError
 
 #: mpirun's words for a lost or unreachable host (PRRTE 3.x in Open MPI 5.0.x)
 LOST_DAEMON = re.compile(r"lost communication with a remote daemon|unable to reliably start one or more daemons|"
-                         r"daemon on node .* failed to start|ORTE has lost communication|"
-                         r"remote daemon.* (?:died|failed)", re.I)
-_NODE = re.compile(r"(?:Remote daemon|daemon)\b[^\n]*?\bon node\s+([\w.\-]+)", re.I)
+                         r"daemon failed to report back|daemon on node .* failed to start", re.I)
+_NODE = re.compile(r"(?:Remote daemon[^\n]*?\bon node|Remote host:)\s+([\w.\-]+)", re.I)
 
 
 @dataclass(frozen=True)

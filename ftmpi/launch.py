@@ -159,21 +159,22 @@ class Launcher:
             status.write_text("0\n")
             return Outcome(0, 0, 0, False, "", 0.0)
         t0 = time.monotonic()
-        tail: list[str] = []
-        self.proc = subprocess.Popen(cmd, env=self.env, stderr=subprocess.PIPE, text=True, errors="replace",
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+        tail: list[str] = []  # both streams: mpirun prints its own help messages (a lost host) on stdout
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
         import threading
 
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stderr is not None
-            for line in self.proc.stderr:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+        def pump(src, dst) -> None:
+            for line in src:
+                dst.write(line)
+                dst.flush()
                 tail.append(line)
-                del tail[:-200]
+                del tail[:-400]
 
-        th = threading.Thread(target=pump, daemon=True)
-        th.start()
+        threads = [threading.Thread(target=pump, args=(src, dst), daemon=True)
+                   for src, dst in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))]
+        for th in threads:
+            th.start()
         overran = False
         try:
             rc = self.proc.wait(timeout=limit)
@@ -186,7 +187,8 @@ class Launcher:
                 rc = -9
             _killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        th.join(timeout=5)
+        for th in threads:
+            th.join(timeout=5)
         self.proc = None
         text = status.read_text().strip() if status.exists() else ""
         verdict = int(text) if text.lstrip("-").isdigit() else None
@@ -241,7 +243,8 @@ class Launcher:
             if self.stop:
                 _say(f"{why} after {self.stop}; not restarting")
                 return self._done(out.code, f"{why} after {self.stop}")
-            if restarts >= o.max_restarts or not _has_checkpoint(o.run_dir):
+            resumable = _has_checkpoint(o.run_dir)
+            if restarts >= o.max_restarts or not (resumable or lost):  # a host down at start: launch again
                 if restarts < o.max_restarts:
                     _say(f"{why}; no checkpoint in {o.run_dir / 'ckpt'} to resume from")
                 else:
@@ -262,15 +265,16 @@ class Launcher:
                 rec["hosts"] = [h.name for h in hosts]
             rec["workers"] = workers
             self._note_relaunch(rec)
-            _say(f"{why}; restart {restarts} of {o.max_restarts} with {workers} worker(s) from the newest "
-                 f"checkpoint in {o.run_dir}")
-            mode_args = ["--resume", str(o.run_dir)]
+            _say(f"{why}; restart {restarts} of {o.max_restarts} with {workers} worker(s) " +
+                 (f"from the newest checkpoint in {o.run_dir}" if resumable else "from the start (no checkpoint)"))
+            mode_args = ["--resume", str(o.run_dir)] if resumable else ["--resume", "auto"]
 
     # -------------------------------------------------------------- outputs
     def _note_relaunch(self, rec: dict[str, Any]) -> None:
         rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.relaunches.append(rec)
         path = self.opts.run_dir / "relaunches.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             old = json.loads(path.read_text()) if path.exists() else []
         except (OSError, ValueError):

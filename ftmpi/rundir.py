@@ -80,11 +80,13 @@ def decide(run_dir: Path, mode: str) -> str:
 
 
 def clear_for(run_dir: Path, mode: str) -> None:
-    """Delete what the new launch replaces: only ``--overwrite`` deletes checkpoints and fault records; the
-    shards are always rewritten."""
+    """Delete what the new launch replaces: only ``--overwrite`` deletes checkpoints, fault records and the
+    launcher's relaunch records; the shards are always rewritten."""
     stale = ("faults", "shards", "ckpt") if mode == "overwrite" else ("shards",)
     for name in stale:
         shutil.rmtree(run_dir / name, ignore_errors=True)
+    if mode == "overwrite":  # the launcher's record of relaunches and requeues of the old run
+        (run_dir / "relaunches.json").unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
