@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -202,6 +203,10 @@ class Launcher:
         fd, status = tempfile.mkstemp(prefix="ftmpi-status.")
         os.close(fd)
         self.env["FTMPI_STATUS_FILE"] = status
+        # rank 0's lock names the launch: a restart (or the requeued SLURM job) takes over its own stale lock
+        job = self.env.get("SLURM_JOB_ID")
+        me = f"{socket.gethostname()}-{os.getpid()}-{time.time():.0f}"
+        self.env["FTMPI_LAUNCH_ID"] = f"slurm-{job}" if job else me
         for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             self.env.setdefault(v, "1")  # one BLAS/numba thread per rank: W+1 ranks share the cores
         tmp = Path(tempfile.mkdtemp(prefix="ftmpi-hosts."))

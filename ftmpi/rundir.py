@@ -4,7 +4,9 @@ A run dir that holds an earlier run's checkpoints is never wiped implicitly: ``-
 ``--resume auto`` continues it when it holds checkpoints and starts fresh when it holds none (batch scripts
 that may be requeued), ``--overwrite`` starts over (and only then are the old checkpoints deleted); anything
 else is refused with one line before a single file is touched. A lock file (pid, host, start time) keeps two
-jobs out of one run dir; the lock of a process that no longer exists on this host is taken over.
+jobs out of one run dir; the lock of a process that no longer exists on this host is taken over, and so is
+the lock of an earlier attempt of the same launch (``FTMPI_LAUNCH_ID``, set by ``ftmpi launch``: its
+restarts, or a requeued SLURM job, whose first rank 0 may have been on a host that is gone).
 """
 from __future__ import annotations
 
@@ -107,7 +109,8 @@ def acquire(run_dir: Path) -> Path:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "launch": os.environ.get("FTMPI_LAUNCH_ID", "")}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -116,11 +119,12 @@ def acquire(run_dir: Path) -> Path:
             if other is None:  # half-written by a starting job, or garbage: give it a moment
                 time.sleep(0.2)
                 other = read_lock(path)
-            if other is not None and (other.get("host") != me["host"] or _alive(int(other.get("pid", 0)))):
+            ours = bool(me["launch"]) and other is not None and other.get("launch") == me["launch"]
+            if other is not None and not ours and (other.get("host") != me["host"] or _alive(int(other.get("pid", 0)))):
                 who = f"pid {other.get('pid')} on {other.get('host')} since {other.get('started')}"
                 raise ConfigError(f"run dir {run_dir} is in use by {who} (lock {path}; delete it if that job "
                                   "is gone)") from None
-            try:  # a dead job's lock on this host (or an unreadable one): take it over
+            try:  # a dead job's lock on this host, our own launch's earlier attempt, or garbage: take it over
                 path.unlink()
             except FileNotFoundError:
                 pass

@@ -61,3 +61,14 @@ def test_lock_refuses_a_live_job_and_takes_over_a_dead_ones(tmp_path):
     path.write_text(json.dumps({"pid": dead.pid, "host": "elsewhere", "started": "x"}))
     with pytest.raises(ConfigError, match="on elsewhere"):  # another host's job: cannot tell, refuse
         acquire(tmp_path / "r")
+
+
+def test_lock_of_an_earlier_attempt_of_the_same_launch_is_taken_over(tmp_path, monkeypatch):
+    # rank 0 of the first attempt ran on a host that is gone: only the launch id tells it is ours
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "lost-node", "started": "x", "launch": "slurm-7"}))
+    monkeypatch.setenv("FTMPI_LAUNCH_ID", "slurm-8")
+    with pytest.raises(ConfigError, match="on lost-node"):
+        acquire(tmp_path)
+    monkeypatch.setenv("FTMPI_LAUNCH_ID", "slurm-7")
+    acquire(tmp_path)
+    assert read_lock(tmp_path / LOCK)["pid"] == os.getpid()
