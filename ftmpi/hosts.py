@@ -7,6 +7,8 @@ launcher then relaunches on the hosts that remain; this module holds the bookkee
 from __future__ import annotations
 
 import re
+import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,31 @@ def ranks_on(hosts: list[Host], n_ranks: int) -> dict[str, list[int]]:
     for r in range(n_ranks):
         out[order[r % len(order)]].append(r)
     return out
+
+
+def tasks_per_node(spec: str) -> list[int]:
+    """SLURM's ``SLURM_TASKS_PER_NODE`` (e.g. ``2(x3),1``) as one count per node."""
+    out: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            raise ValueError(f"SLURM_TASKS_PER_NODE: cannot read {spec!r}")
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
+def slurm_hosts(env: Mapping[str, str]) -> list[Host] | None:
+    """The hosts of a multi-node SLURM allocation with their task counts, or None (not in SLURM, one node,
+    or ``scontrol`` unavailable): the launcher then leaves the hosts to mpirun."""
+    nodelist, tasks = env.get("SLURM_JOB_NODELIST"), env.get("SLURM_TASKS_PER_NODE")
+    if not nodelist or not tasks:
+        return None
+    try:
+        names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=30, check=True).stdout.split()
+        counts = tasks_per_node(tasks)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if len(names) < 2 or len(names) != len(counts):
+        return None
+    return [Host(n, c) for n, c in zip(names, counts, strict=True)]

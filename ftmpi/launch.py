@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_PREEMPTED, FtmpiError
-from .hosts import Host, lost_hosts, ranks_on, read_hostfile, write_hostfile
+from .hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write_hostfile
 from .mpicmd import Launch, build, flavour
 
 EXIT_OVERRAN = 124
@@ -222,7 +222,9 @@ class Launcher:
         limit = float(self.env.get("FTMPI_JOB_TIMEOUT", "3600"))
         mpirun = self.env.get("FTMPI_MPIRUN") or self.env.get("MPIRUN") or "mpirun"
         kind = flavour(mpirun) if o.mpi == "auto" else o.mpi
-        hosts = read_hostfile(o.hostfile) if o.hostfile else None
+        # the hosts are ours to track with --hostfile, or in a multi-node SLURM allocation (run with --no-kill,
+        # it outlives a lost node): a relaunch then goes to the hosts that remain
+        hosts = read_hostfile(o.hostfile) if o.hostfile else slurm_hosts(self.env) if kind == "openmpi" else None
         workers = o.workers
         mode_args = {"resume": ["--resume", str(o.run_dir)], "auto": ["--resume", "auto"],
                      "overwrite": ["--overwrite"], "fresh": []}[o.mode]
@@ -239,7 +241,8 @@ class Launcher:
                 return EXIT_OVERRAN
             if out.verdict is not None:
                 if out.rc != 0 and out.verdict != out.rc:
-                    _say(f"mpirun exited {out.rc}; ftmpi's outcome: exit {out.verdict}")
+                    _say(f"{Path(spec.mpirun if kind != 'srun' else 'srun').name} exited {out.rc}; ftmpi's outcome: "
+                         f"exit {out.verdict}")
                 if out.verdict != EXIT_CRASH or self.stop:
                     return self._done(out.verdict)
             lost = lost_hosts(out.stderr_tail, hosts) if hosts else []

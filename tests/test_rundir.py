@@ -72,3 +72,14 @@ def test_lock_of_an_earlier_attempt_of_the_same_launch_is_taken_over(tmp_path, m
     monkeypatch.setenv("FTMPI_LAUNCH_ID", "slurm-7")
     acquire(tmp_path)
     assert read_lock(tmp_path / LOCK)["pid"] == os.getpid()
+
+
+def test_slurm_tasks_per_node_and_hostfiles():
+    from ftmpi.hosts import Host, lost_hosts, ranks_on, tasks_per_node
+
+    assert tasks_per_node("2(x3),1") == [2, 2, 2, 1] and tasks_per_node("5") == [5]
+    hosts = [Host("nodeA", 3), Host("nodeB", 2)]
+    assert ranks_on(hosts, 5) == {"nodeA": [0, 1, 2], "nodeB": [3, 4]}
+    msg = "PRTE has lost communication with a remote daemon.\n  HNP daemon   : [prterun-vm-1@0,0] on node vm\n" \
+          "  Remote daemon: [prterun-vm-1@0,2] on node nodeB\n"
+    assert lost_hosts(msg, hosts) == ["nodeB"] and lost_hosts("all fine", hosts) == []

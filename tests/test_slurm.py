@@ -134,3 +134,22 @@ def test_scancel_usr1_checkpoints_requeues_and_completes(slurm, reference, tmp_p
     assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped, s  # work lost: none
     assert s["relaunches"][0]["requeue"] == job and "SIGUSR1" in s["relaunches"][0]["reason"]
     assert abs(s["final_test_acc"] - reference) <= 0.003, (s["final_test_acc"], reference)  # 0.3 points
+
+
+MPICH_PY = Path(os.environ.get("FTMPI_MPICH_PYTHON", ROOT / ".venv-mpich" / "bin" / "python"))
+
+
+@pytest.mark.skipif(not (MPICH_PY.parent / "mpiexec").exists(), reason="no MPICH venv (run .ci/mpich-venv.sh)")
+def test_srun_direct_launch_with_mpich_survives_a_sigkilled_worker(slurm, tmp_path):
+    # no ULFM: srun --kill-on-bad-exit=0 keeps the step, the timeout detector finds the dead worker
+    env = dict(os.environ, PYTHON=str(MPICH_PY), FTMPI_LAUNCHER="srun", FTMPI_MPIRUN_ARGS="--mpi=pmi2")
+    cwd = tmp_path / "sub"
+    cwd.mkdir()
+    (cwd / "smoke.yaml").write_text(SMOKE.read_text())
+    p = subprocess.run(["sbatch", "--parsable", "--overcommit", "--ntasks=4", "--time=5", f"--output={cwd}/o-%j.out",
+                        str(SBATCH), "smoke.yaml", "--run-dir", "runs/s", "--quiet", "--inject", "kill:2@12"],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
+    job = p.stdout.strip()
+    wait(job, lambda: state(job) == "", 120, "done")
+    s = summary(cwd / "runs" / "s")
+    assert s["status"] == "completed" and s["detector"] == "timeout" and s["failures"][0]["rank"] == 2, s
