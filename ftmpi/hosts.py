@@ -57,8 +57,10 @@ def read_hostfile(path: str | Path) -> list[Host]:
     return hosts
 
 
-def write_hostfile(path: Path, hosts: list[Host]) -> Path:
-    path.write_text("".join(f"{h.name} slots={h.slots}\n" for h in hosts))
+def write_hostfile(path: Path, hosts: list[Host], kind: str = "openmpi") -> Path:
+    """Open MPI's format (``name slots=N``), or hydra's (``name:N``) for MPICH."""
+    fmt = "{0}:{1}\n" if kind == "mpich" else "{0} slots={1}\n"
+    path.write_text("".join(fmt.format(h.name, h.slots) for h in hosts))
     return path
 
 

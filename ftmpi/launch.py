@@ -230,7 +230,7 @@ class Launcher:
                      "overwrite": ["--overwrite"], "fresh": []}[o.mode]
         restarts = 0
         while True:
-            hostfile = write_hostfile(tmp / f"hosts.{restarts}", hosts) if hosts else None
+            hostfile = write_hostfile(tmp / f"hosts.{restarts}", hosts, kind) if hosts else None
             spec = Launch(kind, mpirun, self.env.get("PYTHON") or sys.executable, workers + 1,
                           [str(o.config), *o.train, "--run-dir", str(o.run_dir), *mode_args], hostfile,
                           self.env.get("FTMPI_MPIRUN_ARGS", "").split(), self.env)
