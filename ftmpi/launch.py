@@ -272,6 +272,8 @@ class Launcher:
                 workers = max(1, min(workers, sum(h.slots for h in hosts) - 1))
                 rec["hosts"] = [h.name for h in hosts]
             rec["workers"] = workers
+            if self.stop:  # a stop signal came while deciding: do not start again
+                return self._done(out.code, f"{why}; {self.stop} before the restart")
             self._note_relaunch(rec)
             _say(f"{why}; restart {restarts} of {o.max_restarts} with {workers} worker(s) " +
                  (f"from the newest checkpoint in {o.run_dir}" if resumable else "from the start (no checkpoint)"))
