@@ -40,6 +40,12 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
+class UsageError(FtmpiError):
+    """The launcher's own options are wrong (said in the launcher's name: ftmpi launch, jobs/local.sh)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 @dataclass
 class Options:
     workers: int
@@ -72,18 +78,18 @@ def parse(argv: Sequence[str]) -> Options:
             if not eq:
                 val = next(it, None)  # type: ignore[assignment]
                 if val is None:
-                    raise ConfigError(f"{key} needs a value; {USAGE}")
+                    raise UsageError(f"{key} needs a value; {USAGE}")
             own[names[key]] = val
         else:
             rest.append(a)
     if "workers" not in own or not rest or rest[0].startswith("-"):
-        raise ConfigError(USAGE)
+        raise UsageError(USAGE)
     for key in ("workers", "max_restarts"):
         if key in own and (not own[key].isdigit() or (key == "workers" and int(own[key]) < 1)):
-            raise ConfigError(f"--{key.replace('_', '-')} needs a whole number{' >= 1' if key == 'workers' else ''}"
+            raise UsageError(f"--{key.replace('_', '-')} needs a whole number{' >= 1' if key == 'workers' else ''}"
                               f", got {own[key]!r}")
     if own.get("mpi", "auto") not in ("auto", "openmpi", "mpich", "srun"):
-        raise ConfigError(f"--mpi must be auto, openmpi, mpich or srun, got {own['mpi']!r}")
+        raise UsageError(f"--mpi must be auto, openmpi, mpich or srun, got {own['mpi']!r}")
     config = Path(rest[0]).absolute()
     if not config.is_file():
         raise ConfigError(f"config file {rest[0]!r} not found")
@@ -383,8 +389,11 @@ def main(argv: Sequence[str]) -> int:
         if opts.hostfile:
             read_hostfile(opts.hostfile)
         return Launcher(opts).run()
-    except FtmpiError as exc:
+    except UsageError as exc:
         _say(f"error: {exc}")
+        return exc.exit_code
+    except FtmpiError as exc:  # the same one line as the ranks' own (e.g. a bad --set caught here first)
+        sys.stderr.write(f"ftmpi: error: {exc}\n")
         return exc.exit_code
 
 
