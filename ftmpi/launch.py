@@ -266,7 +266,8 @@ class Launcher:
                 return self._done(out.code, why)
             restarts += 1
             rec: dict[str, Any] = {"restart": restarts, "reason": why, "exit_code": out.code,
-                                   "after_seconds": round(out.seconds, 2), "workers_before": workers}
+                                   "after_seconds": round(out.seconds, 2), "workers_before": workers,
+                                   "rounds_written": _rows(o.run_dir / "metrics.csv")}
             if lost and hosts is not None:
                 placed = ranks_on(hosts, workers + 1)
                 rec["lost_hosts"] = lost
@@ -349,6 +350,15 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _requeue_signals(env: dict[str, str]) -> set[str]:
     return {s.strip() for s in env.get("FTMPI_REQUEUE_SIGNALS", "SIGUSR1").split(",") if s.strip()}
+
+
+def _rows(path: Path) -> int | None:
+    """Rounds recorded in metrics.csv when the launch ended (how much work a relaunch may redo)."""
+    try:
+        with open(path) as fh:
+            return max(0, sum(1 for _ in fh) - 1)
+    except OSError:
+        return None
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

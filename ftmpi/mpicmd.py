@@ -35,7 +35,7 @@ def flavour(mpirun: str) -> str:
     if Path(mpirun).name == "srun":
         return "srun"
     try:
-        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.SubprocessError):
         return "openmpi"
     return "mpich" if ("HYDRA" in out or "MPICH" in out) and "Open MPI" not in out else "openmpi"
