@@ -163,6 +163,13 @@ def _train(args: argparse.Namespace) -> int:
 
     rank = MPI.COMM_WORLD.Get_rank()
     size = MPI.COMM_WORLD.Get_size()
+    if rank == 0 and os.environ.get("FTMPI_STATUS_FILE"):
+        # every rank installed its stop handlers before MPI_Init (a fence): the launcher may now pass on a stop
+        # signal (before that, SIGUSR1 would kill a rank that is still starting)
+        try:
+            Path(os.environ["FTMPI_STATUS_FILE"]).write_text("running\n")
+        except OSError:
+            pass
     try:
         from .config import load_config
 

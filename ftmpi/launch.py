@@ -133,6 +133,7 @@ class Launcher:
     opts: Options
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     stop: str | None = None  # the stop signal received, if any
+    pending: bool = False  # it is still to be passed on to the ranks
     proc: subprocess.Popen | None = None
     relaunches: list[dict[str, Any]] = field(default_factory=list)
 
@@ -142,15 +143,26 @@ class Launcher:
         p = self.proc
         if self.stop is None:
             self.stop = name
+            self.pending = True
             _say(f"{name}: asking rank 0 to checkpoint this round and stop")
-            if p is not None and p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGUSR1)  # mpirun/srun forward SIGUSR1 to every rank (measured)
-                except ProcessLookupError:
-                    pass
+            self._pass_on()
         elif name == self.stop and p is not None and p.poll() is None:  # asked again: stop at once
             _say(f"{name} again: ending the job now")
             os.kill(p.pid, signal.SIGTERM)
+
+    def _pass_on(self) -> None:
+        """SIGUSR1 to mpirun/srun/mpiexec (they forward it to every rank; measured), once rank 0 said that
+        every rank is up (``running`` in the status file); until then it stays pending."""
+        p = self.proc
+        if not self.pending or p is None or p.poll() is not None:
+            return
+        try:
+            if Path(self.env["FTMPI_STATUS_FILE"]).read_text().strip() != "running":
+                return
+            os.kill(p.pid, signal.SIGUSR1)
+            self.pending = False
+        except (OSError, KeyError):
+            pass
 
     def _install(self) -> None:
         for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
@@ -183,9 +195,13 @@ class Launcher:
         for th in threads:
             th.start()
         overran = False
-        try:
-            rc = self.proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
+        rc = None
+        while rc is None and time.monotonic() - t0 < limit:
+            try:
+                rc = self.proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                self._pass_on()  # a stop signal that came while the ranks were starting
+        if rc is None:
             overran = True  # mpirun and everything it started on this host (its own session) go
             _killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -127,3 +127,27 @@ def test_stop_signal_to_the_launcher_checkpoints_the_round_and_resume_completes(
     assert res.returncode == 0, res.stderr
     s = _summary(run_dir)
     assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 300, s
+
+
+@needs_mpi
+def test_stop_signal_while_the_ranks_start_waits_for_them_then_checkpoints(tmp_path):
+    # SIGUSR1 kills a Python process that has not installed its handler yet: the launcher holds the request
+    # until rank 0 says every rank is up, then the run stops at its first round boundary
+    run_dir = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "ftmpi", "launch", "-n", "2", str(SMOKE), "--quiet", "--run-dir",
+                          str(run_dir)], cwd=ROOT, env=dict(os.environ, FTMPI_JOB_TIMEOUT="60"),
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while p.poll() is None and time.monotonic() < deadline:
+            if subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True).stdout.split():
+                break  # mpirun is up; the ranks are still starting
+            time.sleep(0.01)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 6, err
+    s = _summary(run_dir)
+    assert s["status"] == "preempted" and s["preempted"]["signal"] == "SIGUSR1", s
