@@ -63,7 +63,8 @@ def parse(argv: Sequence[str]) -> Options:
     way rank 0 will, so that every restart continues that run and no other.
 
     Raises:
-        ConfigError: bad launcher options, a config that does not load, or a run dir that is a file.
+        UsageError: bad launcher options.
+        ConfigError: a config or train argument that does not load, or a run dir that is a file.
     """
     from .errors import ConfigError
 
@@ -124,7 +125,7 @@ class Outcome:
     verdict: int | None
     rc: int
     overran: bool
-    stderr_tail: str
+    output_tail: str
     seconds: float
 
 
@@ -267,7 +268,7 @@ class Launcher:
                          f"exit {out.verdict}")
                 if out.verdict != EXIT_CRASH or self.stop:
                     return self._done(out.verdict)
-            lost = lost_hosts(out.stderr_tail, hosts) if hosts else []
+            lost = lost_hosts(out.output_tail, hosts) if hosts else []
             why = (f"host(s) {', '.join(lost)} lost" if lost else "rank 0 crashed" if out.verdict == EXIT_CRASH
                    else f"rank 0 left no verdict (mpirun exit {out.rc})")
             if self.stop:
