@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .mpirun import ROOT, needs_mpi
+from .mpirun import ROOT, needs_mpi, run_launch
 
 AGENT = ROOT / "tests" / "hosts" / "rsh_agent.sh"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -125,11 +125,10 @@ def test_node_lost_at_40_percent_run_completes_on_the_other_host(tmp_path):
 def test_a_host_that_does_not_start_is_left_out_of_the_relaunch(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("nodeA slots=2\nnodeB slots=2\n")
-    env = dict(os.environ, FTMPI_JOB_TIMEOUT="90", FTMPI_MPIRUN_ARGS=f"--mca plm_rsh_agent {AGENT}",
-               FTMPI_TEST_DOWN_HOSTS="nodeB")  # the agent fails for nodeB like ssh to a dead host
-    p = subprocess.run([sys.executable, "-m", "ftmpi", "launch", "-n", "3", str(SMOKE), "--hostfile", str(hostfile),
-                        "--max-restarts", "1", "--quiet", "--run-dir", str(tmp_path / "r")], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=150)
+    env = {"FTMPI_MPIRUN_ARGS": f"--mca plm_rsh_agent {AGENT}",
+           "FTMPI_TEST_DOWN_HOSTS": "nodeB"}  # the agent fails for nodeB like ssh to a dead host
+    p = run_launch("-n", "3", str(SMOKE), "--hostfile", str(hostfile), "--max-restarts", "1", "--quiet",
+                   "--run-dir", str(tmp_path / "r"), env=env, limit=90)
     assert p.returncode == 0, p.stdout + p.stderr
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["status"] == "completed" and s["workers"] == 1 and s["resumed_from"] is None, s

@@ -16,18 +16,13 @@ import pytest
 
 from ftmpi import signals
 
-from .mpirun import ROOT, needs_mpi
+from .mpirun import ROOT, needs_mpi, run_launch
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def launch(*args: str, cwd: Path = ROOT, limit: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FTMPI_JOB_TIMEOUT=str(int(limit)))
-    cmd = [sys.executable, "-m", "ftmpi", "launch", *args]
-    try:
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=limit + 30)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"launch overran {limit}s: {' '.join(cmd)}\n{exc.stderr}")
+    return run_launch(*args, cwd=cwd, limit=limit)
 
 
 def _files(d: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .mpirun import ROOT
+from .mpirun import ROOT, run_launch
 
 PY = Path(os.environ.get("FTMPI_MPICH_PYTHON", ROOT / ".venv-mpich" / "bin" / "python"))
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -29,9 +29,8 @@ def _env() -> dict:
 
 
 def test_worker_killed_under_mpich_is_survived_by_relaunch(tmp_path):
-    p = subprocess.run([str(PY), "-m", "ftmpi", "launch", "-n", "3", str(SMOKE), "--run-dir", str(tmp_path / "r"),
-                        "--quiet", "--inject", "kill:2@12", "--max-restarts", "2"], env=_env(), cwd=ROOT,
-                       capture_output=True, text=True, timeout=200)
+    p = run_launch("-n", "3", str(SMOKE), "--run-dir", str(tmp_path / "r"), "--quiet", "--inject", "kill:2@12",
+                   "--max-restarts", "2", env=_env(), python=str(PY), limit=120)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["status"] == "completed" and s["detector"] == "timeout", s
