@@ -326,7 +326,14 @@ class Launcher:
             _say(f"{self.stop}: requeueing SLURM job {job}; it resumes with --resume auto")
             self._note_relaunch({"requeue": job, "reason": f"preempted by {self.stop}", "exit_code": code})
             self._write_outcome(code, "")
-            subprocess.run(["scontrol", "requeue", job], env=self.env, check=False)
+            try:
+                r = subprocess.run(["scontrol", "requeue", job], env=self.env, capture_output=True, text=True,
+                                   timeout=60)
+                if r.returncode != 0:
+                    _say(f"scontrol requeue {job} failed: {(r.stderr or r.stdout).strip()}; resubmit the job to "
+                         "continue (it resumes with --resume auto)")
+            except (OSError, subprocess.SubprocessError) as exc:
+                _say(f"scontrol requeue {job} failed: {exc}; resubmit the job to continue")
         return code
 
     def _summary(self) -> dict[str, Any]:
