@@ -13,7 +13,6 @@ session (a terminal's Ctrl-C reaches only the launcher) and turns every stop sig
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -29,8 +28,8 @@ from typing import Any
 from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_PREEMPTED, FtmpiError
 from .hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write_hostfile
 from .mpicmd import Launch, build, flavour
+from .record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
 
-EXIT_OVERRAN = 124
 USAGE = ("usage: ftmpi launch -n W CONFIG [--max-restarts N] [--hostfile FILE] [--mpi auto|openmpi|mpich|srun] "
          "[train args...]")
 
@@ -260,7 +259,7 @@ class Launcher:
             out = self._once(spec, limit)
             if out.overran:
                 _say(f"the job overran FTMPI_JOB_TIMEOUT={limit:g}s and was killed")
-                self._write_outcome(EXIT_OVERRAN, f"killed after overrunning FTMPI_JOB_TIMEOUT={limit:g}s")
+                write_outcome(self.opts.run_dir, EXIT_OVERRAN, f"killed after overrunning FTMPI_JOB_TIMEOUT={limit:g}s")
                 return EXIT_OVERRAN
             if out.verdict is not None:
                 if out.rc != 0 and out.verdict != out.rc:
@@ -305,27 +304,20 @@ class Launcher:
 
     # -------------------------------------------------------------- outputs
     def _note_relaunch(self, rec: dict[str, Any]) -> None:
-        rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self.relaunches.append(rec)
-        path = self.opts.run_dir / "relaunches.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            old = json.loads(path.read_text()) if path.exists() else []
-        except (OSError, ValueError):
-            old = []
-        _write_json(path, [*old, rec] if isinstance(old, list) else [rec])
+        self.relaunches.append(note_relaunch(self.opts.run_dir, rec))
 
     def _done(self, code: int, reason: str = "") -> int:
         """Finish: the outcome into summary.json when rank 0 left none; relaunches merged; a SLURM job
         preempted by SIGUSR1 requeues itself."""
-        if code != 0 and self.stop and code != EXIT_PREEMPTED and self._summary().get("status") == "running":
-            code = EXIT_PREEMPTED if _has_checkpoint(self.opts.run_dir) else code
-        self._write_outcome(code, reason or f"exit {code}")
+        run_dir = self.opts.run_dir
+        if code not in (0, EXIT_PREEMPTED) and self.stop and read_summary(run_dir).get("status") == "running":
+            code = EXIT_PREEMPTED if _has_checkpoint(run_dir) else code  # stopped; resumable from a checkpoint
+        write_outcome(self.opts.run_dir, code, reason or f"exit {code}")
         if code == EXIT_PREEMPTED and self.stop in _requeue_signals(self.env) and self.env.get("SLURM_JOB_ID"):
             job = self.env["SLURM_JOB_ID"]
             _say(f"{self.stop}: requeueing SLURM job {job}; it resumes with --resume auto")
             self._note_relaunch({"requeue": job, "reason": f"preempted by {self.stop}", "exit_code": code})
-            self._write_outcome(code, "")
+            write_outcome(self.opts.run_dir, code, "")
             try:
                 r = subprocess.run(["scontrol", "requeue", job], env=self.env, capture_output=True, text=True,
                                    timeout=60)
@@ -335,41 +327,6 @@ class Launcher:
             except (OSError, subprocess.SubprocessError) as exc:
                 _say(f"scontrol requeue {job} failed: {exc}; resubmit the job to continue")
         return code
-
-    def _summary(self) -> dict[str, Any]:
-        try:
-            d = json.loads((self.opts.run_dir / "summary.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return d if isinstance(d, dict) else {}
-
-    def _write_outcome(self, code: int, reason: str) -> None:
-        s = self._summary()
-        path = self.opts.run_dir / "relaunches.json"
-        try:
-            history = json.loads(path.read_text()) if path.exists() else []
-        except (OSError, ValueError):
-            history = []
-        changed = False
-        if s.get("status") == "running":  # rank 0 never wrote its verdict: the launcher says what happened
-            status = "preempted" if code == EXIT_PREEMPTED else "overran" if code == EXIT_OVERRAN else "failed"
-            s.update({"status": status, "exit_code": code, "error": reason, "written_by": "ftmpi launch"})
-            s.pop("pid", None)
-            changed = True
-        if history and s and s.get("relaunches") != history:
-            s["relaunches"] = history
-            changed = True
-        if changed:
-            _write_json(self.opts.run_dir / "summary.json", s)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from .metrics import write_json_atomic
-
-    try:
-        write_json_atomic(path, obj)
-    except OSError as exc:
-        _say(f"warning: could not write {path}: {exc}")
 
 
 def _requeue_signals(env: dict[str, str]) -> set[str]:
