@@ -177,7 +177,7 @@ class Launcher:
             print(" ".join(_quote(c) for c in cmd))
             status.write_text("0\n")
             return Outcome(0, 0, 0, False, "", 0.0)
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time()
         tail: list[str] = []  # both streams: mpirun prints its own help messages (a lost host) on stdout
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
@@ -215,6 +215,8 @@ class Launcher:
         self.proc = None
         text = status.read_text().strip() if status.exists() else ""
         verdict = int(text) if text.lstrip("-").isdigit() else None
+        if verdict is None:  # e.g. the status file could not be written: rank 0's summary of this launch says it
+            verdict = _summary_verdict(self.opts.run_dir, started)
         rc = 128 - rc if rc < 0 else rc
         code = verdict if verdict is not None else (rc or EXIT_COORDINATOR_LOST)
         return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0)
@@ -331,6 +333,19 @@ class Launcher:
 
 def _requeue_signals(env: dict[str, str]) -> set[str]:
     return {s.strip() for s in env.get("FTMPI_REQUEUE_SIGNALS", "SIGUSR1").split(",") if s.strip()}
+
+
+def _summary_verdict(run_dir: Path, since: float) -> int | None:
+    """Rank 0's exit code from a final summary.json written since ``since`` (this launch), else None."""
+    try:
+        if (run_dir / "summary.json").stat().st_mtime < since:
+            return None
+    except OSError:
+        return None
+    s = read_summary(run_dir)
+    code = s.get("exit_code")
+    return code if s.get("status") not in (None, "running") and isinstance(code, int) and \
+        s.get("written_by") is None else None
 
 
 def _rows(path: Path) -> int | None:

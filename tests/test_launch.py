@@ -105,7 +105,7 @@ def test_stop_signal_to_the_launcher_checkpoints_the_round_and_resume_completes(
         deadline = time.monotonic() + 90
         while _rounds(run_dir) < 5 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert p.poll() is None, "the run ended before it could be signalled"
+        assert p.poll() is None, f"the run ended before it could be signalled:\n{p.communicate()[1][-3000:]}"
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
     finally:
@@ -146,3 +146,16 @@ def test_stop_signal_while_the_ranks_start_waits_for_them_then_checkpoints(tmp_p
     assert p.returncode == 6, err
     s = _summary(run_dir)
     assert s["status"] == "preempted" and s["preempted"]["signal"] == "SIGUSR1", s
+
+
+def test_without_a_status_file_rank0s_summary_of_this_launch_is_the_verdict(tmp_path):
+    from ftmpi.launch import _summary_verdict
+
+    since = time.time() - 1
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "pid": 1}))
+    assert _summary_verdict(tmp_path, since) is None
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "preempted", "exit_code": 6}))
+    assert _summary_verdict(tmp_path, since) == 6
+    assert _summary_verdict(tmp_path, time.time() + 5) is None  # an earlier launch's summary
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "failed", "exit_code": 4, "written_by": "x"}))
+    assert _summary_verdict(tmp_path, since) is None  # the launcher's own words are no verdict of rank 0
