@@ -43,11 +43,11 @@ def slurm():
         pytest.skip(why)
 
 
-def submit(cwd: Path, run_dir: str, *args: str, ntasks: int = 3) -> str:
+def submit(cwd: Path, run_dir: str, *args: str, ntasks: int = 3, extra: tuple[str, ...] = ("--time=5",)) -> str:
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "smoke.yaml").write_text(SMOKE.read_text())  # submitted from elsewhere, with a relative config
     env = dict(os.environ, PYTHON=sys.executable, FTMPI_JOB_TIMEOUT="150")
-    p = subprocess.run(["sbatch", "--parsable", "--overcommit", f"--ntasks={ntasks}", "--time=5",
+    p = subprocess.run(["sbatch", "--parsable", "--overcommit", f"--ntasks={ntasks}", *extra,
                         f"--output={cwd}/slurm-%j.out", str(SBATCH), "smoke.yaml", "--run-dir", run_dir, "--quiet",
                         *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
@@ -134,6 +134,23 @@ def test_scancel_usr1_checkpoints_requeues_and_completes(slurm, reference, tmp_p
     assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped, s  # work lost: none
     assert s["relaunches"][0]["requeue"] == job and "SIGUSR1" in s["relaunches"][0]["reason"]
     assert abs(s["final_test_acc"] - reference) <= 0.003, (s["final_test_acc"], reference)  # 0.3 points
+
+
+def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp_path):
+    # --signal=B:USR1@45 with a 1-minute limit: SLURM signals the batch shell only (the launcher), ~15 s in
+    run_dir = tmp_path / "sub" / "runs" / "t"
+    job = submit(tmp_path / "sub", "runs/t", "--set", "model.n_iterations=100000", "--set",
+                 "executor.checkpoint_every=1000", extra=("--time=1", "--signal=B:USR1@45"))
+    wait(job, lambda: summary(run_dir).get("status") == "preempted" if (run_dir / "summary.json").exists() else False,
+         120, "preempted by the time-limit warning")
+    stopped = summary(run_dir)["preempted"]["round"]
+    assert (run_dir / "ckpt" / f"round-{stopped:06d}.h5").exists()
+    # the requeued job gets a longer limit (else it would be warned and requeued again, 15 s in)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=5"], check=True, capture_output=True)
+    requeued_runs_again(job)
+    wait(job, lambda: state(job) == "", 150, "done after the requeue")
+    s = summary(run_dir)
+    assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 10000, s
 
 
 MPICH_PY = Path(os.environ.get("FTMPI_MPICH_PYTHON", ROOT / ".venv-mpich" / "bin" / "python"))
