@@ -85,10 +85,11 @@ def _row(name: str, s: dict, wall: float, base: dict, hit: int | None) -> dict:
 
 def node_loss(tmp: Path, base: dict, at: int) -> dict | None:
     sys.path.insert(0, str(ROOT))
-    from tests.test_hosts import _WHY, AGENT, kill_host
+    from tests.test_hosts import AGENT, kill_host, why_no_hosts
 
-    if _WHY:
-        print(f"node loss skipped: {_WHY}")
+    why = why_no_hosts()
+    if why:
+        print(f"node loss skipped: {why}")
         return None
     hf = tmp / "hosts"
     hf.write_text("nodeA slots=3\nnodeB slots=2\n")

@@ -43,8 +43,19 @@ def _hosts_ready() -> str | None:
     return None
 
 
-_WHY = _hosts_ready() if os.geteuid() == 0 else "simulated hosts need root (unshare --uts, /etc/hosts)"
-pytestmark = [needs_mpi, pytest.mark.skipif(_WHY is not None, reason=str(_WHY))]
+def why_no_hosts() -> str | None:
+    """None when two simulated hosts can run here (adds nodeA/nodeB to /etc/hosts if missing), else why not."""
+    return _hosts_ready() if os.geteuid() == 0 else "simulated hosts need root (unshare --uts, /etc/hosts)"
+
+
+pytestmark = needs_mpi
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hosts():
+    why = why_no_hosts()
+    if why:
+        pytest.skip(why)
 
 
 def _descendants(pid: int) -> list[int]:
