@@ -1,4 +1,4 @@
-"""Command line: ``python -m ftmpi train|inspect|report ...``.
+"""Command line: ``python -m ftmpi launch|train|inspect|report|plot ...``.
 
 This is the one place that turns errors into one-line messages and exit codes. A training run ends every
 rank with ``os._exit`` after its files are flushed: we measured that ranks calling ``MPI_Finalize`` after a
@@ -24,6 +24,7 @@ from .report import add_report_args, run_report
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ftmpi", description="Fault-tolerant distributed trainer (MPI SPMD).")
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("launch", help="start a job: launch -n W CONFIG [--max-restarts N] [--hostfile F] [train args]")
     t = sub.add_parser("train", help="train (run under mpirun -n 1+W; see jobs/local.sh)")
     t.add_argument("config", help="YAML config file")
     t.add_argument("--run-dir", help="output folder (default: executor.shared_folder)")
@@ -32,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--inject", action="append", default=[], metavar="KIND:R@N[:S]",
                    help="inject a fault: kill|exit|hang|pause|slow, rank R, round N (repeatable)")
     t.add_argument("--detector", choices=["auto", "ulfm", "timeout"], help="executor.failure_detector")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue from the newest valid checkpoint in RUN_DIR")
+    t.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue from the newest valid checkpoint in RUN_DIR; 'auto': the run dir's, if it has "
+                        "any, else start fresh (for batch jobs that may be requeued)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run dir that holds an earlier run (deletes its checkpoints)")
     t.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tb")
     t.add_argument("--quiet", action="store_true", help="no progress line")
     i = sub.add_parser("inspect", help="summarise an HDF5 checkpoint")
@@ -44,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # its own parser: everything it does not know goes to train
+        from .launch import main as launch
+
+        return launch(argv[1:])
     args = _parser().parse_args(argv)
     if getattr(args, "run", None):
         return args.run(args)
@@ -73,12 +83,18 @@ def _say(rank: int, text: str) -> None:
     sys.stderr.flush()
 
 
+_LOCKED: list[Path] = []  # the run dir whose lock rank 0 holds
+
+
 def _end(code: int, rank: int = -1) -> None:
-    """Leave without MPI_Finalize (see module docstring); rank 0 leaves its verdict for jobs/local.sh."""
+    """Leave without MPI_Finalize (see module docstring); rank 0 leaves its verdict for the launcher."""
     if rank == 0:
         from .metrics import write_status
+        from .rundir import release
 
         write_status(code)
+        for d in _LOCKED:
+            release(d)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -147,6 +163,13 @@ def _train(args: argparse.Namespace) -> int:
 
     rank = MPI.COMM_WORLD.Get_rank()
     size = MPI.COMM_WORLD.Get_size()
+    if rank == 0 and os.environ.get("FTMPI_STATUS_FILE"):
+        # every rank installed its stop handlers before MPI_Init (a fence): the launcher may now pass on a stop
+        # signal (before that, SIGUSR1 would kill a rank that is still starting)
+        try:
+            Path(os.environ["FTMPI_STATUS_FILE"]).write_text("running\n")
+        except OSError:
+            pass
     try:
         from .config import load_config
 
@@ -156,7 +179,10 @@ def _train(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"{args.config}: need at least 2 MPI ranks (1 coordinator + workers), got {size}; "
                               "launch with jobs/local.sh W CONFIG or mpirun -n 1+W")
-        run_dir = Path(args.resume or args.run_dir or cfg.run_dir)
+        _check_faults(cfg, size)
+        from .rundir import resolve
+
+        run_dir, mode = resolve(args.resume, args.run_dir, cfg.run_dir, args.overwrite)
         from .comm import Channel, resolve_detector
 
         detector = resolve_detector(cfg.executor.failure_detector)
@@ -168,11 +194,12 @@ def _train(args: argparse.Namespace) -> int:
     code = EXIT_CRASH
     try:
         if rank == 0:
-            code = _run_rank0(ch, cfg, run_dir, t_start, bool(args.resume), prefetch)
+            code = _run_rank0(ch, cfg, run_dir, t_start, mode, prefetch)
         else:
+            from .rundir import worker_resuming
             from .worker import run_worker
 
-            code = run_worker(ch, cfg, run_dir, bool(args.resume))
+            code = run_worker(ch, cfg, run_dir, worker_resuming(run_dir, mode))
     except FtmpiError as exc:
         code = exc.exit_code
         if not getattr(exc, "quiet", False):
@@ -224,26 +251,61 @@ def _failed_summary(run_dir: Path, error: str, code: int) -> None:
             pass
 
 
-def _run_rank0(ch, cfg, run_dir: Path, t_start: float, resuming: bool = False, prefetch=None) -> int:
-    import shutil
+def _check_faults(cfg, size: int) -> None:
+    """An injected fault must name a rank of this job (else it would silently never fire)."""
+    from .errors import ConfigError
 
+    for f in cfg.faults:
+        if not 0 <= f.rank < size:
+            raise ConfigError(f"fault {f} names rank {f.rank}, but this job has ranks 0..{size - 1} "
+                              f"(1 coordinator + {size - 1} workers)")
+
+
+def _check_resumable(snap, cfg, prefetch) -> None:
+    """Refuse a checkpoint that this config cannot continue, before anything in the run dir changes."""
+    from .errors import CheckpointError
+    from .models import Model
+
+    old = snap.config if isinstance(snap.config, dict) else {}
+    for section, key in (("model", "type"), ("model", "hidden"), ("data", "dataset")):
+        was, now = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
+        if was is not None and (list(was) if isinstance(was, (list, tuple)) else was) != \
+                (list(now) if isinstance(now, (list, tuple)) else now):
+            raise CheckpointError(f"the checkpoint was written with {section}.{key}={was}, the config says "
+                                  f"{now}; resume with the run's own config ({section}.{key}={was})")
+    if prefetch is not None:
+        d = prefetch.get()
+        sizes = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes).sizes
+        if list(snap.sizes) != list(sizes):
+            raise CheckpointError(f"checkpoint model {list(map(int, snap.sizes))} does not match the config's "
+                                  f"{list(map(int, sizes))}")
+        if len(snap.owner) != len(d.y_train):
+            raise CheckpointError(f"checkpoint holds ownership of {len(snap.owner)} samples but the dataset "
+                                  f"{d.name} has {len(d.y_train)} training rows")
+
+
+def _run_rank0(ch, cfg, run_dir: Path, t_start: float, mode: str = "fresh", prefetch=None) -> int:
+    """Take the run dir's lock, decide what to do with it and check the checkpoint against the config, all
+    before the first byte is written into it (a refused launch changes nothing); then train."""
     from .config import dump_config
     from .coordinator import run_coordinator
     from .metrics import Progress, write_json_atomic
+    from .rundir import acquire, clear_for, decide
 
+    acquire(run_dir)
+    _LOCKED.append(run_dir)
+    mode = decide(run_dir, mode)
     resume = None
     progress = Progress(cfg.executor.progress)
-    if resuming:
+    if mode == "resume":
         from .checkpoint import newest_valid
 
         path, resume, skipped = newest_valid(run_dir)
+        _check_resumable(resume, cfg, prefetch)
         for w in skipped:
             _say(0, f"warning: {w}")
         progress.event(f"resuming from {path}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # leftovers of an earlier run in the same folder would mislead; a resumed run keeps its fault records
-    for stale in ("shards",) if resume is not None else ("faults", "shards", "ckpt"):
-        shutil.rmtree(run_dir / stale, ignore_errors=True)
+    clear_for(run_dir, mode)
     write_json_atomic(run_dir / "summary.json", {"status": "running", "name": cfg.name, "pid": os.getpid()})
     dump_config(cfg, run_dir / "config.yaml")
     for w in cfg.warnings:

@@ -4,7 +4,10 @@
 A handler only records the request; the round loop asks :func:`stop_requested` at each round boundary,
 rank 0 then checkpoints the round it just finished and ends the run as ``preempted`` (exit code 6), and the
 workers leave when rank 0 tells them to (a worker that got the signal keeps answering until then, so that
-the last round is not lost). A second signal of the same kind is not swallowed: the default action runs.
+the last round is not lost). Under SLURM one request often arrives several times within milliseconds
+(``scancel --full --signal=USR1`` signals every process, and mpirun forwards SIGUSR1 to the ranks as well):
+repeats within :data:`REPEAT_WINDOW` seconds are the same request. A repeat after that is not swallowed:
+the signal's default action runs.
 """
 from __future__ import annotations
 
@@ -13,12 +16,15 @@ import time
 
 _STOP: dict[str, float] = {}
 _HANDLED = (signal.SIGTERM, signal.SIGUSR1)
+REPEAT_WINDOW = 10.0
 
 
 def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
     name = signal.Signals(signum).name
-    if name in _STOP:  # asked twice: do what the signal would have done
-        signal.signal(signum, signal.SIG_DFL)
+    if name in _STOP:
+        if time.time() - _STOP[name] < REPEAT_WINDOW:  # the same request delivered again
+            return
+        signal.signal(signum, signal.SIG_DFL)  # asked again, later: do what the signal would have done
         signal.raise_signal(signum)
         return
     _STOP[name] = time.time()

@@ -16,6 +16,8 @@ KILL_AT=$(( ROUNDS * 2 / 5 ))
 RUN_DIR=${RUN_DIR:-runs/demo}
 echo "demo: 4 workers on $CONFIG, worker 2 is SIGKILLed at round $KILL_AT of $ROUNDS; outputs in $RUN_DIR"
 rc=0
-jobs/local.sh 4 "$CONFIG" --run-dir "$RUN_DIR" --inject "kill:2@$KILL_AT" "$@" || rc=$?
+# --overwrite: the demo's run dir is the demo's own, and running it again starts it over (a run dir holding an
+# earlier run's checkpoints is otherwise refused, never wiped)
+jobs/local.sh 4 "$CONFIG" --run-dir "$RUN_DIR" --overwrite --inject "kill:2@$KILL_AT" "$@" || rc=$?
 python -m ftmpi report "$RUN_DIR" 2>/dev/null || cat "$RUN_DIR/summary.json"
 exit $rc

@@ -1,4 +1,5 @@
-"""Launch real MPI jobs from tests: always through jobs/local.sh, always under a hard time limit."""
+"""Launch real MPI jobs from tests: through jobs/local.sh or ``python -m ftmpi launch``, always under a hard
+time limit."""
 from __future__ import annotations
 
 import json
@@ -62,3 +63,15 @@ def run_job(workers: int, config: str | Path, run_dir: Path, *args: str, limit: 
     if p.returncode == 124:
         pytest.fail(f"job hung and was killed by the {limit}s limit: {' '.join(cmd)}\n{p.stderr[-3000:]}")
     return Job(p.returncode, p.stdout, p.stderr, wall, Path(run_dir))
+
+
+def run_launch(*args: str, cwd: Path = ROOT, env: dict | None = None, limit: float = 120,
+               python: str = sys.executable) -> subprocess.CompletedProcess:
+    """Run ``python -m ftmpi launch args...`` (FTMPI_JOB_TIMEOUT=limit); fail the test if it overruns."""
+    e = dict(os.environ, FTMPI_JOB_TIMEOUT=str(int(limit)))
+    e.update(env or {})
+    cmd = [python, "-m", "ftmpi", "launch", *args]
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=limit + 30)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"launch overran its hard limit of {limit}s: {' '.join(cmd)}\n{exc.stderr}")

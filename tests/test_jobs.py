@@ -1,34 +1,42 @@
-"""The launch scripts' command lines, without launching (SLURM is not on this machine)."""
+"""The launch scripts' command lines and verdicts, without MPI (real SLURM runs: tests/test_slurm.py)."""
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
+
+from ftmpi.mpicmd import Launch, build
 
 from .mpirun import ROOT
 
 SBATCH = ROOT / "jobs" / "slurm.sbatch"
 
 
-def _dry(env: dict, *args: str) -> subprocess.CompletedProcess:
-    e = dict(os.environ, FTMPI_DRY_RUN="1", SLURM_SUBMIT_DIR=str(ROOT), **env)
-    return subprocess.run(["bash", str(SBATCH), *args], capture_output=True, text=True, timeout=30, env=e)
+def _dry(env: dict, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    e = dict(os.environ, FTMPI_DRY_RUN="1", PYTHON=sys.executable, **env)
+    return subprocess.run(["bash", str(SBATCH), *args], capture_output=True, text=True, timeout=30, env=e, cwd=cwd)
 
 
-def test_sbatch_uses_mpirun_with_ulfm_through_local_sh():
-    p = _dry({"SLURM_NTASKS": "9"}, "configs/fashion_mnist.yaml", "--inject", "kill:2@10")
+def test_sbatch_runs_the_installed_launcher_and_resumes_what_is_there(tmp_path):
+    p = _dry({"SLURM_NTASKS": "9"}, "configs/fashion_mnist.yaml", "--inject", "kill:2@10", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     cmd = p.stdout.strip()
-    assert "jobs/local.sh 8 configs/fashion_mnist.yaml --max-restarts 2 --inject kill:2@10" in cmd
-    assert "FTMPI_MPIRUN_ARGS=--map-by\\ slot" in cmd
+    assert f"{sys.executable} -m ftmpi launch -n 8 --mpi auto --max-restarts 2 configs/fashion_mnist.yaml " \
+           "--resume auto --inject kill:2@10" in cmd
+    # a requeued job (SLURM_RESTART_COUNT > 0) never starts over, even when submitted with --overwrite
+    p = _dry({"SLURM_NTASKS": "3", "SLURM_RESTART_COUNT": "1"}, "configs/smoke.yaml", "--overwrite")
+    assert p.stdout.strip().endswith("configs/smoke.yaml --resume auto"), p.stdout
 
 
 def test_sbatch_srun_mode_is_explicit_about_its_limits():
     p = _dry({"SLURM_NTASKS": "5", "FTMPI_LAUNCHER": "srun", "FTMPI_MAX_RESTARTS": "0"},
              "configs/smoke.yaml")
     assert p.returncode == 0, p.stderr
-    cmd = p.stdout.strip()
-    assert cmd.startswith("srun --kill-on-bad-exit=0 --ntasks=5")
-    assert "-m ftmpi train configs/smoke.yaml --detector timeout" in cmd
+    assert "-m ftmpi launch -n 4 --mpi srun --max-restarts 0 configs/smoke.yaml" in p.stdout
+    spec = Launch("srun", "mpirun", "py", 5, ["c.yaml"], None, [], {})
+    assert build(spec) == ["srun", "--kill-on-bad-exit=0", "--ntasks=5", "py", "-m", "ftmpi", "train", "c.yaml",
+                           "--detector", "timeout"]
 
 
 def test_sbatch_rejects_too_few_tasks_and_bad_launcher():
@@ -39,7 +47,7 @@ def test_sbatch_rejects_too_few_tasks_and_bad_launcher():
 def test_local_sh_rejects_bad_arguments():
     for args in (["x", "configs/smoke.yaml"], ["2", "nope.yaml"], ["2", "configs/smoke.yaml", "--max-restarts", "z"]):
         p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), *args], capture_output=True, text=True,
-                           timeout=30)
+                           timeout=30, env=dict(os.environ, PYTHON=sys.executable), cwd=ROOT)
         assert p.returncode == 2 and "local.sh" in p.stderr
 
 
@@ -48,7 +56,7 @@ def _fake_mpirun(tmp_path, body: str) -> dict:
     fake = tmp_path / "mpirun"
     fake.write_text("#!/usr/bin/env bash\n" + body + "\n")
     fake.chmod(0o755)
-    return dict(os.environ, MPIRUN=str(fake))
+    return dict(os.environ, MPIRUN=str(fake), PYTHON=sys.executable)
 
 
 def test_local_sh_a_rank_killed_by_signal_is_not_a_timeout(tmp_path):

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# An rsh agent for mpirun (--mca plm_rsh_agent THIS) that simulates several hosts on one machine: it skips
+# leading options, takes the host, and runs the command there, i.e. here in a UTS namespace named after it.
+# A host listed in $FTMPI_TEST_DOWN_HOSTS (comma-separated) is down: the agent fails like ssh would.
+while [ $# -gt 0 ]; do case "$1" in -*) shift;; *) break;; esac; done
+host=$1; shift
+case ",${FTMPI_TEST_DOWN_HOSTS:-}," in *",$host,"*) echo "ssh: connect to host $host: No route to host" >&2; exit 255;; esac
+exec unshare --uts bash -c "hostname $host; $*"
