@@ -72,3 +72,15 @@ def test_bad_inject_rank_and_a_file_as_run_dir_are_one_line_exit_2(tmp_path):
     job = run_job(2, SMOKE, tmp_path / "f", limit=60)
     assert job.rc == 2 and "is not a directory" in job.err and "Traceback" not in job.err, job.err
     assert (tmp_path / "f").read_text() == "keep me"
+
+
+def test_resume_with_the_same_workers_writes_no_shard(tmp_path):
+    """Issue 16: a resume whose ownership did not change reuses the workers' shard files."""
+    run_dir = tmp_path / "r"
+    job = run_job(2, SMOKE, run_dir, *SHORT)
+    assert job.rc == 0 and job.summary["shard_bytes_written"] > 0, job.err
+    shards = {p.name: p.stat().st_mtime_ns for p in (run_dir / "shards").glob("worker-*.h5")}
+    job = run_job(2, SMOKE, run_dir, "--resume", str(run_dir), "--set", "model.n_iterations=150")
+    assert job.rc == 0 and job.summary["status"] == "completed", job.err
+    assert job.summary["resumed_from"] is not None and job.summary["shard_bytes_written"] == 0
+    assert shards == {p.name: p.stat().st_mtime_ns for p in (run_dir / "shards").glob("worker-*.h5")}
