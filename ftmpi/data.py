@@ -26,7 +26,7 @@ import numpy as np
 
 from ftmpi.config import DataConfig
 from ftmpi.errors import DataError
-from ftmpi.rows import RowStore, idx_store
+from ftmpi.rows import RowStore, idx_header, idx_store
 
 __all__ = ["SYSTEM_DATA_DIR", "Dataset", "find_dataset_dir", "load_dataset", "read_idx"]
 
@@ -138,18 +138,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with _open_maybe_gzip(path) as fh:
-            head = fh.read(4)
-            if len(head) < 4 or head[0] != 0 or head[1] != 0:
-                raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
-            if head[2] != 0x08:
-                raise DataError(f"{path}: IDX type code 0x{head[2]:02x} is not supported (only 0x08, ubyte)")
-            ndim = head[3]
-            if ndim == 0:
-                raise DataError(f"{path}: IDX file announces 0 dimensions")
-            raw_dims = fh.read(4 * ndim)
-            if len(raw_dims) < 4 * ndim:
-                raise DataError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
-            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            _, dims, _ = idx_header(fh, path)
             out = np.empty(dims, dtype=np.uint8)
             got = _read_exact(fh, out.reshape(-1).data)
             if got < out.size:

@@ -186,15 +186,19 @@ def prepared_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ftmpi" / "prepared"
 
 
-def _idx_header(fh: Any, path: Path) -> tuple[int, tuple[int, ...], bytes]:
+def idx_header(fh: Any, path: Path) -> tuple[int, tuple[int, ...], bytes]:
+    """Read an IDX header: two zero bytes, type code 0x08 (unsigned byte), the number of dimensions, then
+    each dimension as a big-endian uint32. Returns (header size, dimensions, the header's bytes)."""
     head = fh.read(4)
     if len(head) < 4 or head[0] != 0 or head[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
     if head[2] != 0x08:
         raise DataError(f"{path}: IDX type code 0x{head[2]:02x} is not supported (only 0x08, ubyte)")
     ndim = head[3]
+    if ndim == 0:
+        raise DataError(f"{path}: IDX file announces 0 dimensions")
     raw = fh.read(4 * ndim)
-    if ndim == 0 or len(raw) < 4 * ndim:
+    if len(raw) < 4 * ndim:
         raise DataError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
     return 4 + 4 * ndim, tuple(int(v) for v in np.frombuffer(raw, ">u4")), head + raw
 
@@ -205,7 +209,7 @@ def _plain_idx(path: Path) -> tuple[int, tuple[int, ...]] | None:
         if fh.read(2) == b"\x1f\x8b":
             return None
         fh.seek(0)
-        off, dims, _ = _idx_header(fh, path)
+        off, dims, _ = idx_header(fh, path)
     need = off + int(np.prod(dims))
     size = path.stat().st_size
     if size != need:
@@ -220,7 +224,7 @@ def _decompress(src: Path, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz, os.fdopen(fd, "wb") as out:
-            _, dims, header = _idx_header(gz, src)
+            _, dims, header = idx_header(gz, src)
             out.write(header)
             need = int(np.prod(dims))
             got = 0
