@@ -39,7 +39,7 @@ from .cluster import (
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
-from .errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError
+from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, WriteFailed
 from .files import HandoffWrite, save_and_prune, write_shards
 from .globalmodel import GlobalModel
 from .handoff import make_policy
@@ -63,6 +63,8 @@ class Coordinator:
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resume \
             else set()
         self.writer = BackgroundWriter()  # checkpoints and staged representative rows, behind the rounds
+        if resume is not None:
+            self.writer.mark_ok("checkpoint")  # the checkpoint it resumed from is valid
         self.standby = Standby(cfg, self.run_dir, self.writer)
         self.gm = GlobalModel(cfg, data)
         policy = make_policy(ex.remap, o.rep_selection, o.n_most_rep, o.rep_weight,
@@ -110,9 +112,16 @@ class Coordinator:
         for e, w in list(self._writes.items()):
             if not w.thread.is_alive():
                 del self._writes[e]
+                sends = w.sends
                 if w.error is not None:
-                    raise w.error
-                for s in w.sends:
+                    if not isinstance(w.error, OSError | RuntimeError):  # a bug, not the disk
+                        raise w.error
+                    # a full or failing disk: the rows of that file are dropped (or orphaned), the run goes on
+                    why = " ".join(str(w.error).split()) or type(w.error).__name__
+                    effects = self.state.handoff_unwritten(e, why)
+                    sends = [x for x in effects if isinstance(x, SendHandoff)]
+                    self._apply([x for x in effects if not isinstance(x, SendHandoff)], {})
+                for s in sends:
                     self.ch.send(s.rank, TAG_CTRL, s.msg)
         self._ping(ping)
 
@@ -121,6 +130,20 @@ class Coordinator:
         while busy():
             self._service(self.state.alive)
             time.sleep(0.005)
+
+    def _wait_writer(self) -> None:
+        """Wait for the background writer (bounded waits), pinging every alive worker meanwhile; say its
+        warnings. Raises WriteFailed when an essential write failed with nothing valid before it."""
+        step = min(0.2, max(0.05, self.cfg.executor.timeout / 4))
+        try:
+            while not self.writer.wait(step):
+                self._service(self.state.alive)
+        finally:
+            self._warn_writes()
+
+    def _warn_writes(self) -> None:
+        for line in self.writer.take_warnings() + self.ch.take_notes():
+            self.out.progress.warn(line)
 
     def _apply(self, effects: list[Effect], replies: dict[int, P.Reply]) -> None:
         for e in effects:
@@ -201,8 +224,7 @@ class Coordinator:
         if not self.state.alive:
             sys.stderr.write("ftmpi: rank 0: error: no worker joined within executor.startup_timeout "
                              f"({ex.startup_timeout:g}s)\n")
-            self._finish(EXIT_NO_WORKERS)
-            return EXIT_NO_WORKERS
+            return self._finish(EXIT_NO_WORKERS)
         self._deal()
         t2 = time.monotonic()
         prog = self.out.progress
@@ -224,10 +246,14 @@ class Coordinator:
                 prog.event(f"{sig}: stopping after round {self.state.round - 1}; checkpointing for a resume")
                 code = EXIT_PREEMPTED
                 break
-            self._round(first)
+            try:
+                self._round(first)
+            except WriteFailed as exc:  # the first checkpoint failed: nothing resumable exists
+                sys.stderr.write(f"ftmpi: rank 0: error: {exc}\n")
+                code = EXIT_DISK
+                break
             first = False
-        self._finish(code)
-        return code
+        return self._finish(code)
 
     def _broadcast(self, rnd: int, iters: int, first: bool) -> None:
         s = self.state
@@ -252,7 +278,7 @@ class Coordinator:
                 return replies
             now = time.monotonic()
             if now >= deadline:
-                lost = [Lost(r, "timeout", "", self._mark(r)) for r in waiting]
+                lost = [Lost(r, "timeout", self._silence(r), self._mark(r)) for r in waiting]
                 self._apply(s.apply(lost, time.time()), replies)
                 return replies
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
@@ -265,6 +291,10 @@ class Coordinator:
                     events.append(Lost(r, "ulfm", "", self._mark(r)))
             if events:
                 self._apply(s.apply(events, time.time()), replies)
+
+    def _silence(self, r: int) -> str:
+        nbytes = self.ch.partial(r, TAG_REPLY)
+        return "" if nbytes is None else f"timed out mid-message ({nbytes} bytes still arriving)"
 
     def _round(self, first: bool) -> None:
         cfg, ex, s = self.cfg, self.cfg.executor, self.state
@@ -280,15 +310,10 @@ class Coordinator:
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         replies = self._collect()
-        if rebuild is not None:  # off the critical path: each survivor joins right after its reply
-            self._ping(s.alive, force=True)
-            t_rb = time.monotonic()
-            ok = self.ch.rebuild_alive(rebuild, s.epoch, min(2.0, ex.timeout / 2))
-            self._ping(s.alive, force=True)
-            self.alive_comm = {"epoch": s.epoch, "members": rebuild, "agreed": ok, "seconds": time.monotonic() - t_rb}
-            if not ok:
-                self.out.progress.event(f"epoch {s.epoch}: the alive communicator was not rebuilt in time; "
-                                        "carrying on with point-to-point traffic")
+        if rebuild is not None:  # in a helper thread: each survivor starts the same rebuild after its reply
+            self.ch.rebuild_start(rebuild, s.epoch)
+        self.alive_comm = self.ch.rebuild_status()
+        self._warn_writes()
         loss, note = self.gm.aggregate(replies, rnd, iters)
         if note:
             self.out.progress.event(note)
@@ -312,13 +337,11 @@ class Coordinator:
         self.out.write_row(self.gm.evaluate)
         t0 = time.monotonic()
         snap = self._snapshot()
-        self._wait_busy(lambda: self.writer.pending > 0)  # one checkpoint in flight at a time
-        self.writer.wait()  # returns at once; raises a write that failed
+        self._wait_writer()  # one checkpoint in flight at a time; raises a write that failed
         self.writer.submit("checkpoint", save_and_prune, ckpt_path(self.run_dir, self.state.round), snap,
                            self.run_dir, self.cfg.executor.keep)
         if wait:
-            self._wait_busy(lambda: self.writer.pending > 0)
-            self.writer.wait()
+            self._wait_writer()
         self.ckpt_seconds += time.monotonic() - t0
 
     def _snapshot(self) -> Snapshot:
@@ -335,16 +358,22 @@ class Coordinator:
             bytes_total=self.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=self.data.name,
             n_classes=self.data.n_classes, created=time.time(), weight=weight if np.any(weight != 1.0) else None)
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int) -> int:
         """Write every output first, then stop the workers: without ULFM, prterun kills the whole job as soon
-        as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then."""
+        as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then. Returns the
+        exit code (EXIT_DISK when the final checkpoint or summary.json could not be written)."""
         ex, s = self.cfg.executor, self.state
         self._wait_busy(lambda: bool(self._writes))
         self.out.write_row(self.gm.evaluate, last=True)
         if self.dealt:
             if not np.isfinite(self.out.last_acc):  # e.g. resumed a run that had finished
                 self.out.last_acc, self.out.last_per_class = self.gm.evaluate()
-            self._checkpoint(wait=True)
+            try:
+                self._checkpoint(wait=True)
+            except WriteFailed as exc:
+                if code != EXIT_DISK:  # said already otherwise
+                    sys.stderr.write(f"ftmpi: rank 0: error: {exc}\n")
+                code = EXIT_DISK
         self.out.close()
         s.finish()
         tr = self.ch.traffic
@@ -360,7 +389,14 @@ class Coordinator:
                "switched_at": self.gm.switched_at, "dataset": self.data.name, "dealt": self.dealt,
                "class_histogram": None if self.histogram is None else self.histogram.tolist(),
                "initial_shards": self.initial_shards}
-        write_json_atomic(self.run_dir / "summary.json", summary(code, self.cfg, s, self.out, run))
+        doc = summary(code, self.cfg, s, self.out, run)
+        doc["write_errors"] = self.writer.error_summary()
+        try:
+            write_json_atomic(self.run_dir / "summary.json", doc)
+        except OSError as exc:
+            sys.stderr.write(f"ftmpi: rank 0: error: cannot write {self.run_dir / 'summary.json'}: "
+                             f"{' '.join(str(exc).split())}\n")
+            code = EXIT_DISK
         write_status(code)
         alive = s.alive
         for r in alive:
@@ -371,6 +407,7 @@ class Coordinator:
                                              or r in o.failed for r in alive))
         self.ch.flush(time.monotonic() + 1.0)
         self._reap_hung()
+        return code
 
     def _reap_hung(self) -> None:
         """SIGKILL ranks declared dead by deadline that still exist on this host (a stopped or hung process

@@ -202,6 +202,14 @@ class Progress:
         self.stream.write(f"[ftmpi {time.monotonic() - self.t0:7.2f}s] {text}\n")
         self.stream.flush()
 
+    def warn(self, text: str) -> None:
+        """A warning: printed like an event, and on stderr even when the progress stream is off (--quiet)."""
+        if self.enabled:
+            self.event(text)
+        else:
+            sys.stderr.write(f"ftmpi: rank 0: {text}\n")
+            sys.stderr.flush()
+
     def close(self) -> None:
         if self._open:
             self.stream.write("\n")

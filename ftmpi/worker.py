@@ -249,9 +249,9 @@ class Worker:
         if self._plan is not None:  # off the critical path: rank 0 is collecting the others' replies
             self._read_ahead(self._plan)
             self._plan = None
-        if msg.rebuild:  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
-            # after the reply so that it costs the round nothing
-            self.ch.rebuild_alive(msg.rebuild, self.epoch, min(2.0, ex.timeout / 2))
+        if msg.rebuild:  # ULFM: rank 0 and every survivor rebuild the alive communicator together (a helper
+            # thread, started after the reply so that it costs the round nothing; same rebuilds, same order)
+            self.ch.rebuild_start(msg.rebuild, self.epoch)
 
     def _rescore(self, params: np.ndarray, rnd: int) -> None:
         """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
