@@ -83,6 +83,7 @@ class ClusterState:
                  handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5") -> None:
         self.policy, self.seed, self.launch_time, self.handoff_file = policy, seed, launch_time, handoff_file
         self.phase = JOINING
+        self.coordinator = 0  # the coordinator's rank (a deputy that took over: its own)
         self.members = {r: Member(r) for r in workers}
         self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
         self.epoch = 0
@@ -355,7 +356,7 @@ class ClusterState:
                        f"{self.ownership.coverage():.4f})",
                        tb=f"epoch {self.epoch}: {n_handed} rows of {dead} handed to {survivors}", kind="remap"))
         if survivors:
-            out.append(Rebuild([0] + survivors))
+            out.append(Rebuild(sorted([self.coordinator] + survivors)))
         return out
 
     def _recovered(self, now: float) -> None:
@@ -381,7 +382,7 @@ class ClusterState:
     def snapshot(self) -> dict[str, Any]:
         """Everything this object knows, as numpy arrays and small dicts (copies)."""
         return {
-            "phase": self.phase, "epoch": self.epoch, "round": self.round,
+            "phase": self.phase, "coordinator": self.coordinator, "epoch": self.epoch, "round": self.round,
             "owner": self.ownership.owner_array(), "dropped": self.dropped_mask(), "weight": self.weight.copy(),
             "members": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time, "alive": m.alive}
                         for r, m in self.members.items()},
@@ -403,6 +404,7 @@ class ClusterState:
         s.ownership = Ownership.from_arrays(snap["owner"], np.flatnonzero(snap["dropped"]))
         s.weight = np.asarray(snap["weight"], np.float64).copy()
         s.phase, s.epoch, s.round = snap["phase"], int(snap["epoch"]), int(snap["round"])
+        s.coordinator = int(snap.get("coordinator", 0))
         for r, d in snap["members"].items():
             s.members[int(r)] = Member(int(r), d["host"], int(d["pid"]), int(d["start_time"]), bool(d["alive"]),
                                        np.asarray(snap["representative"].get(r, np.zeros(0)), np.int64))

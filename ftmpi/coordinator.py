@@ -11,10 +11,12 @@ worker gives up on rank 0 while it is busy. At the deadline the silent workers a
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -36,17 +38,18 @@ from .cluster import (
     Stage,
     WriteHandoff,
 )
-from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
+from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
 from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, WriteFailed
+from .failover import Change, ReplicaSender, choose_deputy, takeover_state
 from .files import HandoffWrite, save_and_prune, write_shards
 from .globalmodel import GlobalModel
 from .handoff import make_policy
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
 from .outputs import Outputs, summary
 from .partition import class_histogram, partition
-from .procs import kill_if_same
+from .procs import kill_if_same, start_time
 from .saver import BackgroundWriter
 from .shards import handoff_path, shard_path
 from .signals import stop_requested
@@ -54,14 +57,18 @@ from .staging import Standby
 
 
 class Coordinator:
+    """Rank 0's driver, or a deputy's that took over (``takeover``: the replica it holds and the change)."""
+
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float, data: Dataset,
-                 resume: Snapshot | None = None, tb: Any = None) -> None:
+                 resume: Snapshot | None = None, tb: Any = None,
+                 takeover: tuple[P.Replica, Change] | None = None) -> None:
         self.ch, self.cfg, self.run_dir, self.data, self.resume = ch, cfg, Path(run_dir), data, resume
         self.t_start = t_start
+        self.me = ch.rank
         ex, o = cfg.executor, cfg.optimizer
-        # faults that already fired in an earlier launch (a resumed job does not replay them)
-        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resume \
-            else set()
+        # faults that already fired in an earlier launch or before a takeover (never replayed)
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} \
+            if resume or takeover else set()
         self.writer = BackgroundWriter()  # checkpoints and staged representative rows, behind the rounds
         if resume is not None:
             self.writer.mark_ok("checkpoint")  # the checkpoint it resumed from is valid
@@ -69,22 +76,85 @@ class Coordinator:
         self.gm = GlobalModel(cfg, data)
         policy = make_policy(ex.remap, o.rep_selection, o.n_most_rep, o.rep_weight,
                              self.standby if self.standby.active else None, self.gm.score)
-        self.state = ClusterState(len(data.y_train), list(range(1, ch.size)), policy, cfg.model.seed,
-                                  time.time() - (time.monotonic() - t_start),
-                                  lambda e: str(handoff_path(self.run_dir, e)))
+        launch = time.time() - (time.monotonic() - t_start)
+        hfile = lambda e: str(handoff_path(self.run_dir, e))  # noqa: E731
+        self._effects0: list[Effect] = []
+        self.changes: list[dict[str, Any]] = []  # earlier coordinator changes of this run
+        self.change: Change | None = None  # the one this process took over in
+        self.takeover = takeover
+        self.rebuilds = takeover is None  # after a takeover the alive communicator is not rebuilt (see failover)
+        if takeover is None:
+            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r != self.me], policy,
+                                      cfg.model.seed, launch, hfile)
+        else:
+            self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
+                                                        time.time(), hfile)
         self.bytes_before, self.wall_before, self.ckpt_seconds = 0, 0.0, 0.0
         if resume is not None:
             truncate_metrics(self.run_dir / "metrics.csv", resume.round)
-        self.out = Outputs(self.run_dir, cfg, progress, data.n_classes, resume is not None, tb)
+        if takeover is not None:  # the rows from the one the lost coordinator had not written yet are redone
+            pending = takeover[0].pending
+            truncate_metrics(self.run_dir / "metrics.csv", pending["round"] if pending else takeover[0].round)
+        self.out = Outputs(self.run_dir, cfg, progress, data.n_classes, resume is not None or takeover is not None,
+                           tb)
         self.dealt = False
         self.histogram: np.ndarray | None = None
         self.initial_shards: dict[int, int] | None = None
+        self.resumed_from = None if resume is None else {"round": resume.round, "epoch": resume.epoch}
+        self.sender = ReplicaSender()
+        self.deputy = -1
+        pid = os.getpid()
+        self.identity = (self.me, socket.gethostname(), pid, start_time(pid))
+        if takeover is not None:
+            self._from_replica(*takeover)
         self.pending_rebuild: list[int] | None = None
         self.alive_comm: dict[str, Any] | None = None
         self.preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
+
+    # ------------------------------------------------------------------------------- failover
+    def _from_replica(self, rep: P.Replica, change: Change) -> None:
+        """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
+        metrics.csv was cut back (in ``__init__``) to the rows before the one it had not written yet."""
+        o = rep.outputs
+        self.gm.restore(SimpleNamespace(**rep.model))
+        self.out.pending = dict(rep.pending) if rep.pending else None
+        self.out.last_acc, self.out.last_loss = o["last_acc"], o["last_loss"]
+        self.out.last_per_class = np.asarray(o["last_per_class"], np.float64)
+        self.bytes_before, self.wall_before, self.ckpt_seconds = o["bytes_total"], o["wall_before"], o["ckpt_seconds"]
+        # the run's wall clock goes on from the replica's
+        self.t_start = time.monotonic() - (o["wall_launch"] + max(0.0, time.time() - rep.sent_at))
+        self.histogram = None if o["histogram"] is None else np.asarray(o["histogram"])
+        self.initial_shards, self.resumed_from, self.alive_comm = o["initial_shards"], o["resumed_from"], None
+        self.changes = list(o["changes"])
+        self.dealt = True
+        self.change = change
+        self.ch.coordinator = self.me
+
+    def _outputs_state(self) -> dict[str, Any]:
+        tr = self.ch.traffic
+        return {"bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "wall_before": self.wall_before,
+                "wall_launch": time.monotonic() - self.t_start, "ckpt_seconds": self.ckpt_seconds,
+                "last_acc": self.out.last_acc, "last_loss": self.out.last_loss,
+                "last_per_class": np.asarray(self.out.last_per_class).tolist(),
+                "histogram": None if self.histogram is None else self.histogram.tolist(),
+                "initial_shards": self.initial_shards, "resumed_from": self.resumed_from,
+                "changes": self._all_changes()}
+
+    def _all_changes(self) -> list[dict[str, Any]]:
+        from dataclasses import asdict
+
+        return self.changes + ([asdict(self.change)] if self.change is not None else [])
+
+    def _replicate(self) -> None:
+        """Off the critical path (after the broadcast): the deputy's replica of the end of the last round."""
+        if self.deputy < 0:
+            return
+        rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
+                                self._outputs_state(), self.identity, time.time())
+        self.ch.send(self.deputy, TAG_REPLICA, rep)
 
     # -------------------------------------------------------------------------------- helpers
     def _mark(self, rank: int) -> dict[str, Any] | None:
@@ -166,7 +236,7 @@ class Coordinator:
                 # ULFM: rebuild when every rank declared dead is one ULFM knows failed (a hung or exited rank it
                 # does not know would keep the shrink from completing)
                 dead = {r for r, m in self.state.members.items() if not m.alive}
-                if self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
+                if self.rebuilds and self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
                     self.pending_rebuild = e.members
 
     def _stage(self, ranks: list[int]) -> None:
@@ -218,6 +288,8 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> int:
+        if self.takeover is not None:
+            return self._run_rounds(takeover=True)
         ex, t0 = self.cfg.executor, time.monotonic()
         self._join()
         t1 = time.monotonic()
@@ -233,6 +305,20 @@ class Coordinator:
         prog.event(f"{len(self.state.alive)} workers, {len(self.data.y_train)} training rows ({self.data.name}), "
                    f"{self.gm.model.n_params} params, detector={self.ch.detector.value}")
         self._stage(self.state.alive)
+        return self._run_rounds()
+
+    def _run_rounds(self, takeover: bool = False) -> int:
+        prog = self.out.progress
+        if takeover:
+            assert self.change is not None
+            prog.warn(f"warning: {self.change.line()}")
+            host, pid, started = self.change.lost_id
+            if self.ch.detector is Detector.ULFM and host == socket.gethostname():
+                # a hung coordinator ends now (ULFM: the job survives it); without ULFM only at the end, since
+                # a rank that dies then ends the whole job
+                self.change.killed = kill_if_same(int(pid), int(started))
+            self._apply(self._effects0, {})
+            self._stage(self.state.alive)
         first, code = True, EXIT_OK
         while not self.gm.done:
             if not self.state.alive:
@@ -247,7 +333,7 @@ class Coordinator:
                 code = EXIT_PREEMPTED
                 break
             try:
-                self._round(first)
+                self._round(first, setup=first and not takeover)
             except WriteFailed as exc:  # the first checkpoint failed: nothing resumable exists
                 sys.stderr.write(f"ftmpi: rank 0: error: {exc}\n")
                 code = EXIT_DISK
@@ -255,15 +341,21 @@ class Coordinator:
             first = False
         return self._finish(code)
 
-    def _broadcast(self, rnd: int, iters: int, first: bool) -> None:
+    def _broadcast(self, rnd: int, iters: int, first: bool, setup: bool) -> None:
         s = self.state
         payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
+        self.deputy = choose_deputy(s.alive)
         for r in s.alive:
-            setup = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
-                            self.gm.model.sizes.tolist()) if first else None
-            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, setup,
-                                              self.standby.news_for(r, plans), self.pending_rebuild))
+            how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
+                          self.gm.model.sizes.tolist()) if setup else None
+            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, how,
+                                              self.standby.news_for(r, plans), self.pending_rebuild, self.deputy))
+        if self.change is not None and self.change.first_round_at is None:
+            self.change.started(time.time())
+            self.out.progress.warn(f"coordinator: rank {self.me} sent its first round message (round {rnd}), "
+                                   f"{self.change.takeover_time:.2f}s after the "
+                                   f"{'fault' if self.change.injected_at is not None else 'detection'}")
 
     def _collect(self) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives."""
@@ -296,16 +388,17 @@ class Coordinator:
         nbytes = self.ch.partial(r, TAG_REPLY)
         return "" if nbytes is None else f"timed out mid-message ({nbytes} bytes still arriving)"
 
-    def _round(self, first: bool) -> None:
+    def _round(self, first: bool, setup: bool = True) -> None:
         cfg, ex, s = self.cfg, self.cfg.executor, self.state
         rnd = s.round
-        for f in F.due(cfg.faults, 0, rnd):
-            if (0, rnd) not in self.fired:  # a resumed job does not replay a fault that already fired
+        for f in F.due(cfg.faults, self.me, rnd):
+            if (self.me, rnd) not in self.fired:  # a fault that already fired is not replayed
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
         iters = self.gm.next_iters()
         s.begin_round()
-        self._broadcast(rnd, iters, first)
+        self._broadcast(rnd, iters, first, setup)
+        self._replicate()  # the state after the previous round, with its row not written yet
         self.out.write_row(self.gm.evaluate)  # the previous round's row, evaluated while the workers train
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
@@ -380,8 +473,7 @@ class Coordinator:
         run = {"wall_seconds": self.wall_before + time.monotonic() - self.t_start, "iterations": self.gm.iters_done,
                "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv,
                "bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "ranks": self.ch.size,
-               "resumed_from": None if self.resume is None else {"round": self.resume.round,
-                                                                 "epoch": self.resume.epoch},
+               "resumed_from": self.resumed_from,
                "checkpoint_seconds": self.ckpt_seconds,
                "checkpoint_write_seconds": self.writer.seconds["checkpoint"],
                "staging": {"files": self.writer.done["stage"], "seconds": self.writer.seconds["stage"]},
@@ -391,6 +483,8 @@ class Coordinator:
                "initial_shards": self.initial_shards}
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
+        doc["coordinator"] = self.me
+        doc["coordinator_changes"] = self._all_changes()
         try:
             write_json_atomic(self.run_dir / "summary.json", doc)
         except OSError as exc:
@@ -418,6 +512,10 @@ class Coordinator:
             m = self.state.members[r]
             if m.host == me:
                 kill_if_same(m.pid, m.start_time)
+        for c in self._all_changes():  # a lost coordinator that hangs (stopped, spinning) keeps mpirun alive
+            host, pid, started = c["lost_id"]
+            if host == me and not c["killed"]:
+                kill_if_same(int(pid), int(started))
 
 
 def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
@@ -431,3 +529,15 @@ def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress,
         tb = TBWriter(Path(run_dir) / "tb")
     data = prefetch.get() if prefetch is not None else load_dataset(cfg.data, cfg.model.seed)
     return Coordinator(ch, cfg, run_dir, progress, t_start, data, resume, tb).run()
+
+
+def take_over(ch: Channel, cfg: Config, run_dir: Path, replica: P.Replica, change: Change, data: Dataset) -> int:
+    """A deputy becomes the coordinator in its own process, from its newest replica (see ftmpi.failover)."""
+    tb = None
+    if cfg.executor.tensorboard:
+        from .tb import TBWriter
+
+        tb = TBWriter(Path(run_dir) / "tb")
+    progress = Progress(cfg.executor.progress)
+    progress.who = f"rank {ch.rank} (coordinator)"
+    return Coordinator(ch, cfg, run_dir, progress, time.monotonic(), data, None, tb, (replica, change)).run()

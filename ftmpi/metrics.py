@@ -176,6 +176,7 @@ class Progress:
 
     def __init__(self, enabled: bool, stream: TextIO | None = None, every: int = 10) -> None:
         self.enabled = enabled
+        self.who = "rank 0"  # the coordinator's rank, in lines printed on stderr
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
@@ -207,7 +208,7 @@ class Progress:
         if self.enabled:
             self.event(text)
         else:
-            sys.stderr.write(f"ftmpi: rank 0: {text}\n")
+            sys.stderr.write(f"ftmpi: {self.who}: {text}\n")
             sys.stderr.flush()
 
     def close(self) -> None:

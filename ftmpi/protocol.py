@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Reply", "Round", "Segment", "Setup", "Stop",
-           "coerce"]
+__all__ = ["Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round", "Segment", "Setup",
+           "Stop", "coerce"]
 
 
 class Wire:
@@ -52,6 +52,7 @@ class Round(Wire):
     setup: Setup | None = None
     prefetch: list[tuple[str, int, int]] | None = None  # standby slices to read ahead after the reply
     rebuild: list[int] | None = None  # ULFM: rebuild the alive communicator with these ranks after the reply
+    deputy: int = -1  # the worker that receives the replicas and takes over if the coordinator is lost
 
 
 @dataclass
@@ -101,6 +102,25 @@ class Exit(Wire):
     quiet: bool = False
 
 
+@dataclass
+class Replica(Wire):
+    """What the deputy needs to become the coordinator (tag ``TAG_REPLICA``), as of the end of round
+    ``round - 1``: the exact global model and optimizer (``model``: ``GlobalModel.checkpoint_fields``), the
+    ``ClusterState`` snapshot (None when unchanged since the one sent with ``state_key``), the metrics row
+    not written yet (``pending``), the outputs' counters (``outputs``) and the coordinator's identity
+    (``coord``: rank, host, pid, start time) so that a hung one can be ended."""
+
+    round: int
+    epoch: int
+    model: dict[str, Any]
+    state: dict[str, Any] | None
+    state_key: tuple
+    pending: dict[str, Any] | None
+    outputs: dict[str, Any]
+    coord: tuple[int, str, int, int]
+    sent_at: float = 0.0
+
+
 # ------------------------------------------------------------------------------------- worker -> rank 0
 @dataclass
 class Hello(Wire):
@@ -148,7 +168,7 @@ class Bye(Wire):
     rank: int
 
 
-Message = Round | Handoff | Ping | Stop | Exit | Hello | Reply | Error | Bye
+Message = Round | Handoff | Ping | Stop | Exit | Replica | Hello | Reply | Error | Bye
 
 
 def coerce(obj: Any) -> Any:
