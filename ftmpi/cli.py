@@ -191,6 +191,11 @@ def _train(args: argparse.Namespace) -> int:
         tb = traceback.format_exc()
         _say(rank, f"crashed on {socket.gethostname()}: {type(exc).__name__}: {exc}\n{tb}")
         code = EXIT_CRASH
+        if getattr(exc, "handed_over", None) is not None:  # its deputy takes over: no verdict from this rank
+            _say(rank, f"the deputy (rank {exc.handed_over}) takes over")  # type: ignore[attr-defined]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         if rank == ch.coordinator:
             _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}", EXIT_CRASH)
             _failed_summary(run_dir, f"{type(exc).__name__}: {exc}", EXIT_CRASH)

@@ -172,6 +172,7 @@ class ExecutorConfig:
     score_every: int = _f(5, _int(1))  # rounds over which a worker re-scores its whole shard
     scenario: str = _f("", _str)  # a free label for result tables
     progress: bool = _f(True, _bool)
+    deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
 
 
 @dataclass(frozen=True)

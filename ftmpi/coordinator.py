@@ -41,7 +41,7 @@ from .cluster import (
 from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
-from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, WriteFailed
+from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, FtmpiError, WriteFailed
 from .failover import Change, ReplicaSender, choose_deputy, takeover_state
 from .files import HandoffWrite, save_and_prune, write_shards
 from .globalmodel import GlobalModel
@@ -102,6 +102,7 @@ class Coordinator:
         self.initial_shards: dict[int, int] | None = None
         self.resumed_from = None if resume is None else {"round": resume.round, "epoch": resume.epoch}
         self.sender = ReplicaSender()
+        self.replica_bytes = 0  # sent to the deputy (not in bytes_total)
         self.deputy = -1
         pid = os.getpid()
         self.identity = (self.me, socket.gethostname(), pid, start_time(pid))
@@ -154,7 +155,11 @@ class Coordinator:
             return
         rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
                                 self._outputs_state(), self.identity, time.time())
-        self.ch.send(self.deputy, TAG_REPLICA, rep)
+        n = self.ch.send(self.deputy, TAG_REPLICA, rep)
+        # counted apart: bytes_total stays the training traffic (comparable with and without a deputy)
+        self.ch.traffic.bytes_sent -= n
+        self.ch.traffic.msgs_sent -= 1
+        self.replica_bytes += n
 
     # -------------------------------------------------------------------------------- helpers
     def _mark(self, rank: int) -> dict[str, Any] | None:
@@ -288,6 +293,19 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> int:
+        try:
+            return self._run()
+        except BaseException as exc:
+            if isinstance(exc, FtmpiError) or self.sender.sent == 0 or self.deputy < 0:
+                raise
+            # a crash with a deputy holding a replica: it takes over at once; the others follow it
+            for r in self.state.alive:
+                self.ch.send(r, TAG_CTRL, P.Abdicate(f"{type(exc).__name__}: {exc}"))
+            self.ch.flush(time.monotonic() + 2.0)
+            exc.handed_over = self.deputy  # type: ignore[attr-defined]  # cli.py: no verdict, nobody told to leave
+            raise
+
+    def _run(self) -> int:
         if self.takeover is not None:
             return self._run_rounds(takeover=True)
         ex, t0 = self.cfg.executor, time.monotonic()
@@ -345,7 +363,7 @@ class Coordinator:
         s = self.state
         payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
-        self.deputy = choose_deputy(s.alive)
+        self.deputy = choose_deputy(s.alive) if self.cfg.executor.deputy else -1
         for r in s.alive:
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup else None
@@ -484,6 +502,7 @@ class Coordinator:
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
         doc["coordinator"] = self.me
+        doc["deputy"] = {"rank": self.deputy, "replicas": self.sender.sent, "bytes": self.replica_bytes}
         doc["coordinator_changes"] = self._all_changes()
         try:
             write_json_atomic(self.run_dir / "summary.json", doc)

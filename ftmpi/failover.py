@@ -80,10 +80,12 @@ class ReplicaSender:
 
     def __init__(self) -> None:
         self._sent: tuple[int, tuple] | None = None  # (deputy, state key) of the last snapshot sent
+        self.sent = 0  # replicas built
 
     def build(self, deputy: int, state: ClusterState, model: dict[str, Any], pending: dict[str, Any] | None,
               outputs: dict[str, Any], coord: tuple[int, str, int, int], now: float) -> P.Replica:
         key = state_key(state)
+        self.sent += 1
         snap = None
         if self._sent != (deputy, key):
             snap, self._sent = state.snapshot(), (deputy, key)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round", "Segment", "Setup",
-           "Stop", "coerce"]
+__all__ = ["Abdicate", "Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round", "Segment",
+           "Setup", "Stop", "coerce"]
 
 
 class Wire:
@@ -103,6 +103,13 @@ class Exit(Wire):
 
 
 @dataclass
+class Abdicate(Wire):
+    """The coordinator is leaving (it crashed): the deputy takes over at once, without waiting for a deadline."""
+
+    reason: str
+
+
+@dataclass
 class Replica(Wire):
     """What the deputy needs to become the coordinator (tag ``TAG_REPLICA``), as of the end of round
     ``round - 1``: the exact global model and optimizer (``model``: ``GlobalModel.checkpoint_fields``), the
@@ -168,7 +175,7 @@ class Bye(Wire):
     rank: int
 
 
-Message = Round | Handoff | Ping | Stop | Exit | Replica | Hello | Reply | Error | Bye
+Message = Round | Handoff | Ping | Stop | Exit | Abdicate | Replica | Hello | Reply | Error | Bye
 
 
 def coerce(obj: Any) -> Any:

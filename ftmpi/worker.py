@@ -79,18 +79,23 @@ class Worker:
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str) -> Any:
         """Next control message from rank 0 (pings extend the deadline), or CoordinatorLost."""
-        if self._stash:
-            return self._stash.pop(0)
         while True:
-            self._take_replicas()
-            try:
-                msg = self.ch.recv_one(self.coord, TAG_CTRL, timeout, phase,
-                                       f"is the coordinator (rank {self.coord}) alive?")
-            except PeerError as exc:
-                lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}")
-                lost.how = "ulfm" if isinstance(exc, PeerFailed) else "timeout"  # type: ignore[attr-defined]
-                raise lost from None
-            msg = P.coerce(msg)
+            if self._stash:
+                msg = self._stash.pop(0)
+            else:
+                self._take_replicas()
+                try:
+                    msg = self.ch.recv_one(self.coord, TAG_CTRL, timeout, phase,
+                                           f"is the coordinator (rank {self.coord}) alive?")
+                except PeerError as exc:
+                    lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}")
+                    lost.how = "ulfm" if isinstance(exc, PeerFailed) else "timeout"  # type: ignore[attr-defined]
+                    raise lost from None
+                msg = P.coerce(msg)
+            if isinstance(msg, P.Abdicate):  # it crashed and said so: no deadline to wait for
+                lost = CoordinatorLost(f"worker {self.rank}: the coordinator (rank {self.coord}) left: {msg.reason}")
+                lost.how = "error"  # type: ignore[attr-defined]
+                raise lost
             if not isinstance(msg, P.Ping):
                 return msg
 
