@@ -76,7 +76,10 @@ def main() -> int:
             if times:
                 med.append(statistics.median(times))
             if deputy == "true":
-                over.setdefault("replica_bytes", []).append((s.get("deputy") or {}).get("bytes"))
+                dep = s.get("deputy") or {}
+                over.setdefault("replica_bytes", []).append(dep.get("bytes"))
+                if dep.get("replicas"):  # rank 0's own cost per round: build, pickle, isend
+                    over.setdefault("replica_ms_per_round", []).append(1000 * dep["seconds"] / dep["replicas"])
         over[f"deputy_{deputy}"] = med
     m_on = statistics.median(over["deputy_true"]) if over["deputy_true"] else float("nan")
     m_off = statistics.median(over["deputy_false"]) if over["deputy_false"] else float("nan")
@@ -98,7 +101,9 @@ def main() -> int:
            f"without ({args.repeats} runs each; per-run medians {[round(1000 * x, 2) for x in over['deputy_true']]} "
            f"vs {[round(1000 * x, 2) for x in over['deputy_false']]} ms): "
            + (f"{over['overhead_pct']:+.1f} %" if over["overhead_pct"] is not None else "—")
-           + f"; replica bytes per run {over.get('replica_bytes')}.", ""]
+           + f"; replica bytes per run {over.get('replica_bytes')}; rank 0's time per replica (build, pickle, "
+           f"isend; after the broadcast, while the workers train) "
+           f"{[round(x, 3) for x in over.get('replica_ms_per_round', [])]} ms.", ""]
     name = "failover" if args.config == "configs/fashion_mnist.yaml" else f"failover-{Path(args.config).stem}"
     write(name, res, "\n".join(md))
     return 0

@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -38,9 +37,10 @@ from .cluster import (
     Stage,
     WriteHandoff,
 )
-from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel, Detector
+from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
+from .deputy import Replication
 from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, FtmpiError, WriteFailed
 from .failover import Change, ReplicaSender, choose_deputy, takeover_state
 from .files import HandoffWrite, save_and_prune, write_shards
@@ -56,7 +56,7 @@ from .signals import stop_requested
 from .staging import Standby
 
 
-class Coordinator:
+class Coordinator(Replication):
     """Rank 0's driver, or a deputy's that took over (``takeover``: the replica it holds and the change)."""
 
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float, data: Dataset,
@@ -103,6 +103,7 @@ class Coordinator:
         self.resumed_from = None if resume is None else {"round": resume.round, "epoch": resume.epoch}
         self.sender = ReplicaSender()
         self.replica_bytes = 0  # sent to the deputy (not in bytes_total)
+        self.replica_seconds = 0.0  # rank 0's time building and sending them
         self.deputy = -1
         pid = os.getpid()
         self.identity = (self.me, socket.gethostname(), pid, start_time(pid))
@@ -114,52 +115,6 @@ class Coordinator:
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
-
-    # ------------------------------------------------------------------------------- failover
-    def _from_replica(self, rep: P.Replica, change: Change) -> None:
-        """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
-        metrics.csv was cut back (in ``__init__``) to the rows before the one it had not written yet."""
-        o = rep.outputs
-        self.gm.restore(SimpleNamespace(**rep.model))
-        self.out.pending = dict(rep.pending) if rep.pending else None
-        self.out.last_acc, self.out.last_loss = o["last_acc"], o["last_loss"]
-        self.out.last_per_class = np.asarray(o["last_per_class"], np.float64)
-        self.bytes_before, self.wall_before, self.ckpt_seconds = o["bytes_total"], o["wall_before"], o["ckpt_seconds"]
-        # the run's wall clock goes on from the replica's
-        self.t_start = time.monotonic() - (o["wall_launch"] + max(0.0, time.time() - rep.sent_at))
-        self.histogram = None if o["histogram"] is None else np.asarray(o["histogram"])
-        self.initial_shards, self.resumed_from, self.alive_comm = o["initial_shards"], o["resumed_from"], None
-        self.changes = list(o["changes"])
-        self.dealt = True
-        self.change = change
-        self.ch.coordinator = self.me
-
-    def _outputs_state(self) -> dict[str, Any]:
-        tr = self.ch.traffic
-        return {"bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "wall_before": self.wall_before,
-                "wall_launch": time.monotonic() - self.t_start, "ckpt_seconds": self.ckpt_seconds,
-                "last_acc": self.out.last_acc, "last_loss": self.out.last_loss,
-                "last_per_class": np.asarray(self.out.last_per_class).tolist(),
-                "histogram": None if self.histogram is None else self.histogram.tolist(),
-                "initial_shards": self.initial_shards, "resumed_from": self.resumed_from,
-                "changes": self._all_changes()}
-
-    def _all_changes(self) -> list[dict[str, Any]]:
-        from dataclasses import asdict
-
-        return self.changes + ([asdict(self.change)] if self.change is not None else [])
-
-    def _replicate(self) -> None:
-        """Off the critical path (after the broadcast): the deputy's replica of the end of the last round."""
-        if self.deputy < 0:
-            return
-        rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
-                                self._outputs_state(), self.identity, time.time())
-        n = self.ch.send(self.deputy, TAG_REPLICA, rep)
-        # counted apart: bytes_total stays the training traffic (comparable with and without a deputy)
-        self.ch.traffic.bytes_sent -= n
-        self.ch.traffic.msgs_sent -= 1
-        self.replica_bytes += n
 
     # -------------------------------------------------------------------------------- helpers
     def _mark(self, rank: int) -> dict[str, Any] | None:
@@ -328,15 +283,7 @@ class Coordinator:
     def _run_rounds(self, takeover: bool = False) -> int:
         prog = self.out.progress
         if takeover:
-            assert self.change is not None
-            prog.warn(f"warning: {self.change.line()}")
-            host, pid, started = self.change.lost_id
-            if self.ch.detector is Detector.ULFM and host == socket.gethostname():
-                # a hung coordinator ends now (ULFM: the job survives it); without ULFM only at the end, since
-                # a rank that dies then ends the whole job
-                self.change.killed = kill_if_same(int(pid), int(started))
-            self._apply(self._effects0, {})
-            self._stage(self.state.alive)
+            self._begin_takeover()
         first, code = True, EXIT_OK
         while not self.gm.done:
             if not self.state.alive:
@@ -502,7 +449,8 @@ class Coordinator:
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
         doc["coordinator"] = self.me
-        doc["deputy"] = {"rank": self.deputy, "replicas": self.sender.sent, "bytes": self.replica_bytes}
+        doc["deputy"] = {"rank": self.deputy, "replicas": self.sender.sent, "bytes": self.replica_bytes,
+                         "seconds": self.replica_seconds}
         doc["coordinator_changes"] = self._all_changes()
         try:
             write_json_atomic(self.run_dir / "summary.json", doc)
@@ -531,10 +479,7 @@ class Coordinator:
             m = self.state.members[r]
             if m.host == me:
                 kill_if_same(m.pid, m.start_time)
-        for c in self._all_changes():  # a lost coordinator that hangs (stopped, spinning) keeps mpirun alive
-            host, pid, started = c["lost_id"]
-            if host == me and not c["killed"]:
-                kill_if_same(int(pid), int(started))
+        self._end_lost_coordinators()
 
 
 def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,

@@ -1,0 +1,98 @@
+"""The coordinator's side of failover, as a mixin of :class:`ftmpi.coordinator.Coordinator`: the replica sent
+to the deputy every round, and, in a deputy that took over, building the driver's state from its replica,
+starting (the lost coordinator ended if it hangs on this host) and ending. The decisions without MPI are in
+:mod:`ftmpi.failover`.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import asdict
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from . import protocol as P
+from .comm import TAG_REPLICA, Detector
+from .failover import Change
+from .procs import kill_if_same
+
+
+class Replication:
+    """Mixed into the Coordinator (whose attributes it uses: ch, state, gm, out, ...)."""
+
+    ch: Any
+    state: Any
+    gm: Any
+    out: Any
+    sender: Any
+    changes: list[dict[str, Any]]
+    change: Change | None
+    deputy: int
+
+    def _from_replica(self, rep: P.Replica, change: Change) -> None:
+        """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
+        metrics.csv was cut back (in ``__init__``) to the rows before the one it had not written yet."""
+        o = rep.outputs
+        self.gm.restore(SimpleNamespace(**rep.model))
+        self.out.pending = dict(rep.pending) if rep.pending else None
+        self.out.last_acc, self.out.last_loss = o["last_acc"], o["last_loss"]
+        self.out.last_per_class = np.asarray(o["last_per_class"], np.float64)
+        self.bytes_before, self.wall_before, self.ckpt_seconds = o["bytes_total"], o["wall_before"], o["ckpt_seconds"]
+        # the run's wall clock goes on from the replica's
+        self.t_start = time.monotonic() - (o["wall_launch"] + max(0.0, time.time() - rep.sent_at))
+        self.histogram = None if o["histogram"] is None else np.asarray(o["histogram"])
+        self.initial_shards, self.resumed_from, self.alive_comm = o["initial_shards"], o["resumed_from"], None
+        self.changes = list(o["changes"])
+        self.dealt = True
+        self.change = change
+        self.ch.coordinator = self.me
+
+    def _outputs_state(self) -> dict[str, Any]:
+        tr = self.ch.traffic
+        return {"bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "wall_before": self.wall_before,
+                "wall_launch": time.monotonic() - self.t_start, "ckpt_seconds": self.ckpt_seconds,
+                "last_acc": self.out.last_acc, "last_loss": self.out.last_loss,
+                "last_per_class": np.asarray(self.out.last_per_class).tolist(),
+                "histogram": None if self.histogram is None else self.histogram.tolist(),
+                "initial_shards": self.initial_shards, "resumed_from": self.resumed_from,
+                "changes": self._all_changes()}
+
+    def _all_changes(self) -> list[dict[str, Any]]:
+        return self.changes + ([asdict(self.change)] if self.change is not None else [])
+
+    def _replicate(self) -> None:
+        """Off the critical path (after the broadcast): the deputy's replica of the end of the last round."""
+        if self.deputy < 0:
+            return
+        t0 = time.monotonic()
+        rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
+                                self._outputs_state(), self.identity, time.time())
+        n = self.ch.send(self.deputy, TAG_REPLICA, rep)
+        # counted apart: bytes_total stays the training traffic (comparable with and without a deputy)
+        self.ch.traffic.bytes_sent -= n
+        self.ch.traffic.msgs_sent -= 1
+        self.replica_bytes += n
+        self.replica_seconds += time.monotonic() - t0
+
+    def _begin_takeover(self) -> None:
+        """The first steps of a deputy that took over: say so, end a hung predecessor on this host (ULFM: the
+        job survives it; without ULFM only at the end, since a rank that dies then ends the whole job), hand
+        its own rows over, stage."""
+        assert self.change is not None
+        self.out.progress.warn(f"warning: {self.change.line()}")
+        host, pid, started = self.change.lost_id
+        if self.ch.detector is Detector.ULFM and host == socket.gethostname():
+            self.change.killed = kill_if_same(int(pid), int(started))
+        self._apply(self._effects0, {})  # type: ignore[attr-defined]
+        self._stage(self.state.alive)  # type: ignore[attr-defined]
+
+    def _end_lost_coordinators(self) -> None:
+        """A lost coordinator that hangs (stopped, spinning) on this host keeps mpirun alive: SIGKILL it, only
+        if its pid still has the start time it reported."""
+        me = socket.gethostname()
+        for c in self._all_changes():
+            host, pid, started = c["lost_id"]
+            if host == me and not c["killed"]:
+                kill_if_same(int(pid), int(started))
