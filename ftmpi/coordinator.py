@@ -87,6 +87,7 @@ class Coordinator(Replication):
             self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r != self.me], policy,
                                       cfg.model.seed, launch, hfile)
         else:
+            self._restore_staged(takeover[0])
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
                                                         time.time(), hfile)
         self.bytes_before, self.wall_before, self.ckpt_seconds = 0, 0.0, 0.0

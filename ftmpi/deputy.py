@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,6 +31,7 @@ class Replication:
     changes: list[dict[str, Any]]
     change: Change | None
     deputy: int
+    standby: Any
 
     def _from_replica(self, rep: P.Replica, change: Change) -> None:
         """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
@@ -49,6 +51,12 @@ class Replication:
         self.change = change
         self.ch.coordinator = self.me
 
+    def _restore_staged(self, rep: P.Replica) -> None:
+        """Before the takeover's handoff is planned: the standby files the lost coordinator had written."""
+        if self.standby.active:
+            self.standby.staged = {int(r): (np.asarray(ids), np.asarray(hits), Path(p))
+                                   for r, (ids, hits, p) in rep.outputs.get("staged", {}).items() if Path(p).exists()}
+
     def _outputs_state(self) -> dict[str, Any]:
         tr = self.ch.traffic
         return {"bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "wall_before": self.wall_before,
@@ -57,7 +65,10 @@ class Replication:
                 "last_per_class": np.asarray(self.out.last_per_class).tolist(),
                 "histogram": None if self.histogram is None else self.histogram.tolist(),
                 "initial_shards": self.initial_shards, "resumed_from": self.resumed_from,
-                "changes": self._all_changes()}
+                "changes": self._all_changes(),
+                # standby files already written: the new coordinator hands rows from them, as rank 0 would
+                "staged": {r: (ids, hits, str(path)) for r, (ids, hits, path) in dict(self.standby.staged).items()}
+                if self.standby.active else {}}
 
     def _all_changes(self) -> list[dict[str, Any]]:
         return self.changes + ([asdict(self.change)] if self.change is not None else [])
@@ -86,7 +97,8 @@ class Replication:
         if self.ch.detector is Detector.ULFM and host == socket.gethostname():
             self.change.killed = kill_if_same(int(pid), int(started))
         self._apply(self._effects0, {})  # type: ignore[attr-defined]
-        self._stage(self.state.alive)  # type: ignore[attr-defined]
+        # stage the workers whose standby file is not known (the others' were restored from the replica)
+        self._stage([r for r in self.state.alive if r not in self.standby.staged])  # type: ignore[attr-defined]
 
     def _end_lost_coordinators(self) -> None:
         """A lost coordinator that hangs (stopped, spinning) on this host keeps mpirun alive: SIGKILL it, only

@@ -64,3 +64,14 @@ def test_rank_0_and_its_deputy_lost_together_fall_back_to_the_relaunch(tmp_path)
     s = job.summary
     assert s["status"] == "completed" and s["resumed_from"]["round"] == 5 and s["coordinator"] == 0
     assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
+
+
+def test_the_deputys_rows_come_from_its_standby_file(tmp_path):
+    """remap representative, rep_selection random: rank 0 had staged the deputy's representative rows and
+    told the others to read them ahead; the new coordinator knows those files from the replica, so the
+    deputy's rows are handed from them (read ahead by the survivors), not written again."""
+    job = run_job(3, SMOKE, tmp_path / "st", "--inject", "kill:0@8", "--set", "executor.remap=representative",
+                  "--set", "optimizer.rep_selection=random", limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    (f,) = [f for f in job.summary["failures"] if f["how"] == "promoted"]
+    assert f["rows_handed"] == 50 and f["rows_prefetched"] == 50, f
