@@ -173,6 +173,7 @@ class ExecutorConfig:
     scenario: str = _f("", _str)  # a free label for result tables
     progress: bool = _f(True, _bool)
     deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
+    standby_coordinator: bool = _f(False, _bool)  # rank 1 trains nothing: it is the deputy (needs 3+ ranks)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,8 @@ class Coordinator(Replication):
         self.ch, self.cfg, self.run_dir, self.data, self.resume = ch, cfg, Path(run_dir), data, resume
         self.t_start = t_start
         self.me = ch.rank
+        # executor.standby_coordinator: rank 1 trains nothing and is the deputy (a takeover hands nothing over)
+        self.spare = 1 if cfg.executor.standby_coordinator and takeover is None and ch.size >= 3 else -1
         ex, o = cfg.executor, cfg.optimizer
         # faults that already fired in an earlier launch or before a takeover (never replayed)
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} \
@@ -84,8 +86,9 @@ class Coordinator(Replication):
         self.takeover = takeover
         self.rebuilds = takeover is None  # after a takeover the alive communicator is not rebuilt (see failover)
         if takeover is None:
-            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r != self.me], policy,
-                                      cfg.model.seed, launch, hfile)
+            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r not in (self.me,
+                                                                                                  self.spare)],
+                                      policy, cfg.model.seed, launch, hfile)
         else:
             self._restore_staged(takeover[0])
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
@@ -130,7 +133,7 @@ class Coordinator(Replication):
         """Tell waiting workers rank 0 is alive, at most every ``timeout/4`` unless forced."""
         now = time.monotonic()
         if force or now >= self._next_ping:
-            for r in ranks:
+            for r in ranks + ([self.spare] if self.spare >= 0 else []):
                 self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round))
             self._next_ping = now + max(0.05, self.cfg.executor.timeout / 4)
 
@@ -311,7 +314,11 @@ class Coordinator(Replication):
         s = self.state
         payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
-        self.deputy = choose_deputy(s.alive) if self.cfg.executor.deputy else -1
+        if self.spare >= 0 and self.spare in self.ch.failed_ranks():
+            self.out.progress.warn(f"warning: the standby coordinator (rank {self.spare}) is lost; the lowest "
+                                   "alive worker is the deputy from now on")
+            self.spare = -1
+        self.deputy = self.spare if self.spare >= 0 else choose_deputy(s.alive) if self.cfg.executor.deputy else -1
         for r in s.alive:
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup else None
@@ -450,6 +457,8 @@ class Coordinator(Replication):
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
         doc["coordinator"] = self.me
+        if self.cfg.executor.standby_coordinator and self.ch.size >= 3:  # rank 1 never trained
+            doc["workers"], doc["standby_coordinator"] = self.ch.size - 2, 1
         doc["deputy"] = {"rank": self.deputy, "replicas": self.sender.sent, "bytes": self.replica_bytes,
                          "seconds": self.replica_seconds}
         doc["coordinator_changes"] = self._all_changes()
@@ -461,7 +470,7 @@ class Coordinator(Replication):
             code = EXIT_DISK
         write_status(code)
         alive = s.alive
-        for r in alive:
+        for r in alive + ([self.spare] if self.spare >= 0 else []):
             self.ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round))
         if alive:
             self.ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),

@@ -77,8 +77,9 @@ class Worker:
         self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
 
     # ------------------------------------------------------------------ waits
-    def _wait_ctrl(self, timeout: float, phase: str) -> Any:
-        """Next control message from rank 0 (pings extend the deadline), or CoordinatorLost."""
+    def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
+        """Next control message from the coordinator (pings extend the deadline; ``then``: the deadline after
+        the first ping, if other than ``timeout``), or CoordinatorLost."""
         while True:
             if self._stash:
                 msg = self._stash.pop(0)
@@ -98,6 +99,8 @@ class Worker:
                 raise lost
             if not isinstance(msg, P.Ping):
                 return msg
+            if then is not None:  # after the first ping, the usual deadline
+                timeout = then
 
     def _take_replicas(self) -> None:
         """The deputy keeps the coordinator's newest replica (complete messages only)."""
@@ -108,6 +111,7 @@ class Worker:
             if rep is None:
                 return
             self.keeper.offer(rep)
+            self._last_round = max(self._last_round, rep.round)  # it was sent after that round's broadcast
 
     def _failover(self, lost: CoordinatorLost) -> Any:
         """The coordinator is lost. The announced deputy takes over (:class:`Promoted`, with its newest replica);
@@ -142,6 +146,8 @@ class Worker:
     def run(self) -> int:
         cfg = self.cfg
         # a cold numba cache compiles here, while rank 0 loads the data
+        if cfg.executor.standby_coordinator and self.rank == 1 and self.ch.size >= 3:
+            return self._standby()
         warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
         pid = os.getpid()
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, socket.gethostname(), pid, start_time(pid)))
@@ -167,6 +173,33 @@ class Worker:
                 msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {getattr(msg, 'round', '?')}")
             except CoordinatorLost as lost:
                 msg = self._failover(lost)
+
+    def _standby(self) -> int:
+        """``executor.standby_coordinator``: train nothing, keep the coordinator's replicas, take over if it is
+        lost (:class:`Promoted`); leave when told to stop."""
+        from .data import load_dataset
+
+        cfg = self.cfg
+        self.deputy = self.rank
+        self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
+        timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
+        while True:
+            try:
+                msg = self._wait_ctrl(timeout, "standby coordinator", cfg.executor.timeout)
+            except CoordinatorLost as lost:
+                if self.keeper.complete() is None:
+                    raise
+                self._failover(lost)  # raises Promoted
+                raise
+            timeout = cfg.executor.timeout
+            if isinstance(msg, P.Stop):
+                self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
+                return 0
+            if isinstance(msg, P.Exit):
+                exc = Expelled(f"worker {self.rank}: {msg.reason}")
+                if msg.code is not None:
+                    exc.exit_code, exc.quiet = msg.code, msg.quiet
+                raise exc
 
     def _load_shard(self, path: str) -> Shard:
         """Read this worker's shard file (rows, labels, global ids, weights)."""

@@ -75,3 +75,24 @@ def test_the_deputys_rows_come_from_its_standby_file(tmp_path):
     assert job.rc == 0, job.err[-3000:]
     (f,) = [f for f in job.summary["failures"] if f["how"] == "promoted"]
     assert f["rows_handed"] == 50 and f["rows_prefetched"] == 50, f
+
+
+@pytest.mark.parametrize("fault", [None, "kill:0@8", "hang:0@8"])
+def test_a_standby_coordinator_takes_over_without_handing_anything(tmp_path, fault):
+    """executor.standby_coordinator: rank 1 trains nothing and holds the replicas; it takes over with no rows
+    to hand over (no failure, coverage 1, the two workers keep their shards); without a fault it just stops."""
+    inject = ("--inject", fault) if fault else ()
+    job = run_job(3, SMOKE, tmp_path / "sb", *inject, *ARGS, "--set", "executor.standby_coordinator=true",
+                  limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["workers"] == 2 and s["alive_workers"] == 2
+    assert s["failures"] == [] and s["coverage"] == 1.0 and s["iterations"] == 200
+    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
+    if fault is None:
+        assert s["coordinator"] == 0 and s["coordinator_changes"] == [] and s["deputy"]["rank"] == 1
+        assert sorted(s["initial_shards"]) == ["2", "3"]
+    else:
+        (c,) = s["coordinator_changes"]
+        assert (c["lost"], c["new"], c["rounds_redone"]) == (0, 1, 1) and s["coordinator"] == 1
+        assert s["deputy"]["rank"] == 2, "the new coordinator names a worker its deputy"
