@@ -54,8 +54,9 @@ class Replication:
     def _restore_staged(self, rep: P.Replica) -> None:
         """Before the takeover's handoff is planned: the standby files the lost coordinator had written."""
         if self.standby.active:
+            assert rep.state is not None
             self.standby.staged = {int(r): (np.asarray(ids), np.asarray(hits), Path(p))
-                                   for r, (ids, hits, p) in rep.outputs.get("staged", {}).items() if Path(p).exists()}
+                                   for r, (ids, hits, p) in rep.state.get("staged", {}).items() if Path(p).exists()}
 
     def _outputs_state(self) -> dict[str, Any]:
         tr = self.ch.traffic
@@ -65,10 +66,7 @@ class Replication:
                 "last_per_class": np.asarray(self.out.last_per_class).tolist(),
                 "histogram": None if self.histogram is None else self.histogram.tolist(),
                 "initial_shards": self.initial_shards, "resumed_from": self.resumed_from,
-                "changes": self._all_changes(),
-                # standby files already written: the new coordinator hands rows from them, as rank 0 would
-                "staged": {r: (ids, hits, str(path)) for r, (ids, hits, path) in dict(self.standby.staged).items()}
-                if self.standby.active else {}}
+                "changes": self._all_changes()}
 
     def _all_changes(self) -> list[dict[str, Any]]:
         return self.changes + ([asdict(self.change)] if self.change is not None else [])
@@ -78,8 +76,11 @@ class Replication:
         if self.deputy < 0:
             return
         t0 = time.monotonic()
+        # standby files already written: a new coordinator hands rows from them, as rank 0 would
+        staged = {r: (ids, hits, str(path)) for r, (ids, hits, path) in dict(self.standby.staged).items()} \
+            if self.standby.active else None
         rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
-                                self._outputs_state(), self.identity, time.time())
+                                self._outputs_state(), self.identity, time.time(), staged)
         n = self.ch.send(self.deputy, TAG_REPLICA, rep)
         # counted apart: bytes_total stays the training traffic (comparable with and without a deputy)
         self.ch.traffic.bytes_sent -= n

@@ -83,12 +83,17 @@ class ReplicaSender:
         self.sent = 0  # replicas built
 
     def build(self, deputy: int, state: ClusterState, model: dict[str, Any], pending: dict[str, Any] | None,
-              outputs: dict[str, Any], coord: tuple[int, str, int, int], now: float) -> P.Replica:
-        key = state_key(state)
+              outputs: dict[str, Any], coord: tuple[int, str, int, int], now: float,
+              staged: dict[int, tuple[Any, Any, str]] | None = None) -> P.Replica:
+        """``staged``: the coordinator's standby files (rank -> ids, hits, path), sent with the snapshot and
+        whenever they change (in the snapshot's ``"staged"``)."""
+        staged = staged or {}
+        key = (*state_key(state), tuple(sorted((int(r), str(v[2]), len(v[0])) for r, v in staged.items())))
         self.sent += 1
         snap = None
         if self._sent != (deputy, key):
             snap, self._sent = state.snapshot(), (deputy, key)
+            snap["staged"] = dict(staged)
         return P.Replica(state.round, state.epoch, model, snap, key, pending, outputs, coord, now)
 
 

@@ -34,6 +34,10 @@ def test_the_snapshot_goes_out_only_when_the_state_or_the_deputy_changed(tmp_pat
     assert after_loss.state is not None and after_loss.state["epoch"] == 1
     assert replica(sender, c, 1).state is None
     assert replica(sender, c, 2).state is not None, "a new deputy gets the whole state at once"
+    staged = {3: (np.arange(5), np.ones(5), "standby-e0001-w0003.h5")}
+    with_files = sender.build(2, c.state, {}, None, {}, (0, "h", 1, 1), 0.0, staged)
+    assert with_files.state is not None and with_files.state["staged"] == staged, "a new standby file: sent"
+    assert sender.build(2, c.state, {}, None, {}, (0, "h", 1, 1), 0.0, staged).state is None
     assert choose_deputy(c.state.alive) == 1 and choose_deputy([]) == -1
 
 
