@@ -96,3 +96,15 @@ def test_a_standby_coordinator_takes_over_without_handing_anything(tmp_path, fau
         (c,) = s["coordinator_changes"]
         assert (c["lost"], c["new"], c["rounds_redone"]) == (0, 1, 1) and s["coordinator"] == 1
         assert s["deputy"]["rank"] == 2, "the new coordinator names a worker its deputy"
+
+
+def test_without_ulfm_a_hung_rank_0_is_taken_over_by_deadline(tmp_path):
+    """No ULFM (the timeout detector alone): the deputy takes over after executor.timeout and ends the
+    stopped rank 0 only at the very end (a rank that dies ends the whole job without ULFM)."""
+    job = run_job(3, SMOKE, tmp_path / "noulfm", "--inject", "hang:0@8", *ARGS, ulfm=False, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["detector"] == "timeout" and s["coordinator"] == 1
+    (c,) = s["coordinator_changes"]
+    assert (c["how"], c["kind"], c["killed"]) == ("timeout", "hang", False)
+    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
