@@ -255,8 +255,9 @@ class Coordinator(Replication):
         try:
             return self._run()
         except BaseException as exc:
-            if isinstance(exc, FtmpiError) or self.sender.sent == 0 or self.deputy < 0:
-                raise
+            if isinstance(exc, FtmpiError) or self.sender.sent == 0 or self.deputy < 0 \
+                    or any(c["how"] == "error" for c in self._all_changes()):
+                raise  # a crash hands over once per run: the same bug would go round every worker
             # a crash with a deputy holding a replica: it takes over at once; the others follow it
             for r in self.state.alive:
                 self.ch.send(r, TAG_CTRL, P.Abdicate(f"{type(exc).__name__}: {exc}"))

@@ -5,6 +5,7 @@ starting (the lost coordinator ended if it hangs on this host) and ending. The d
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import asdict
@@ -17,6 +18,7 @@ import numpy as np
 from . import protocol as P
 from .comm import TAG_REPLICA, Detector
 from .failover import Change
+from .metrics import write_json_atomic
 from .procs import kill_if_same
 
 
@@ -32,6 +34,8 @@ class Replication:
     change: Change | None
     deputy: int
     standby: Any
+    cfg: Any
+    run_dir: Path
 
     def _from_replica(self, rep: P.Replica, change: Change) -> None:
         """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
@@ -94,6 +98,11 @@ class Replication:
         its own rows over, stage."""
         assert self.change is not None
         self.out.progress.warn(f"warning: {self.change.line()}")
+        try:  # this process's "running" marker (cli.py records a crash only over its own)
+            write_json_atomic(self.run_dir / "summary.json", {"status": "running", "name": self.cfg.name,
+                                                              "pid": os.getpid(), "coordinator": self.ch.rank})
+        except OSError:
+            pass
         host, pid, started = self.change.lost_id
         if self.ch.detector is Detector.ULFM and host == socket.gethostname():
             self.change.killed = kill_if_same(int(pid), int(started))

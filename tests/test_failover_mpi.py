@@ -108,3 +108,14 @@ def test_without_ulfm_a_hung_rank_0_is_taken_over_by_deadline(tmp_path):
     (c,) = s["coordinator_changes"]
     assert (c["how"], c["kind"], c["killed"]) == ("timeout", "hang", False)
     assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
+
+
+def test_a_second_crash_is_not_handed_over_again(tmp_path):
+    """Rank 0 raises at round 5 (the deputy takes over at once), then the new coordinator raises too: a crash
+    hands over once per run (the same bug would go round every worker), so the run ends as a crash."""
+    job = run_job(3, SMOKE, tmp_path / "crash2", "--inject", "raise:0@5", "--inject", "raise:1@10", *ARGS,
+                  limit=120)
+    assert job.rc == 1, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "failed" and s["exit_code"] == 1 and "raise:1@10" in s["error"]
+    assert "the deputy (rank 1) takes over" in job.err and "the deputy (rank 2) takes over" not in job.err
