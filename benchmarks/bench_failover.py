@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--config", default="configs/fashion_mnist.yaml")
     ap.add_argument("--repeats", type=int, default=3, help="runs with and without a deputy for the overhead")
     ap.add_argument("--kinds", default="kill,exit,raise,hang")
+    ap.add_argument("--standby", type=int, default=1, help="also rank 0 killed with executor.standby_coordinator")
     args = ap.parse_args()
     from ftmpi.config import load_config
 
@@ -50,9 +51,13 @@ def main() -> int:
     base = run(4, args.config, tmp / "base", *common)
     res["fault_free"] = {"test_acc": base["final_test_acc"], "wall": base["outer_wall"], "rc": base["rc"]}
     rows = []
-    for kind in args.kinds.split(","):
-        d = tmp / f"rank0-{kind}"
-        s = run(4, args.config, d, "--inject", f"{kind}:0@{at}", *common)
+    cases = [(k, 4, ()) for k in args.kinds.split(",") if k]
+    if args.standby:  # a fifth rank that trains nothing: the same 4 workers train, nothing is handed over
+        cases.append(("kill", 5, ("--set", "executor.standby_coordinator=true")))
+    for kind, ranks, extra in cases:
+        label = kind + (" (standby coordinator)" if extra else "")
+        d = tmp / f"rank0-{kind}{'-standby' if extra else ''}"
+        s = run(ranks, args.config, d, "--inject", f"{kind}:0@{at}", *common, *extra)
         c = (s.get("coordinator_changes") or [{}])[0]
         got = [int(r["round"]) for r in _rows(d)]
         bound = 1.0 if kind == "kill" else args.timeout + 1.0
@@ -64,9 +69,9 @@ def main() -> int:
              "takeover_time": tt, "bound": bound, "within_bound": tt is not None and tt <= bound,
              "rounds_redone": c.get("rounds_redone"), "test_acc": acc, "delta_points": delta,
              "coverage": s.get("coverage"), "wall": s["outer_wall"], "killed": c.get("killed")}
-        res[f"rank0_{kind}"] = r
-        rows.append((kind, r))
-    over = {}
+        res[f"rank0_{kind}{'_standby' if extra else ''}"] = r
+        rows.append((label, r))
+    over: dict = {}
     for deputy in ("true", "false"):
         med = []
         for i in range(args.repeats):
@@ -81,6 +86,8 @@ def main() -> int:
                 if dep.get("replicas"):  # rank 0's own cost per round: build, pickle, isend
                     over.setdefault("replica_ms_per_round", []).append(1000 * dep["seconds"] / dep["replicas"])
         over[f"deputy_{deputy}"] = med
+    if not args.repeats:
+        over = {"deputy_true": [], "deputy_false": []}
     m_on = statistics.median(over["deputy_true"]) if over["deputy_true"] else float("nan")
     m_off = statistics.median(over["deputy_false"]) if over["deputy_false"] else float("nan")
     over["overhead_pct"] = 100 * (m_on - m_off) / m_off if m_off else None

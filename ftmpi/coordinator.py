@@ -134,7 +134,7 @@ class Coordinator(Replication):
         now = time.monotonic()
         if force or now >= self._next_ping:
             for r in ranks + ([self.spare] if self.spare >= 0 else []):
-                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round))
+                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.deputy))
             self._next_ping = now + max(0.05, self.cfg.executor.timeout / 4)
 
     def _written(self) -> bool:
@@ -339,6 +339,7 @@ class Coordinator(Replication):
         tick = max(0.05, ex.timeout / 4)
         while True:
             self._service(sorted(replies))
+            self._replicate_changes()
             waiting = s.waiting_for()
             if not waiting:
                 return replies
@@ -377,6 +378,7 @@ class Coordinator(Replication):
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         replies = self._collect()
+        self._replicate_after_loss()
         if rebuild is not None:  # in a helper thread: each survivor starts the same rebuild after its reply
             self.ch.rebuild_start(rebuild, s.epoch)
         self.alive_comm = self.ch.rebuild_status()

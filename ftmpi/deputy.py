@@ -17,7 +17,7 @@ import numpy as np
 
 from . import protocol as P
 from .comm import TAG_REPLICA, Detector
-from .failover import Change
+from .failover import Change, choose_deputy, state_key
 from .metrics import write_json_atomic
 from .procs import kill_if_same
 
@@ -36,6 +36,7 @@ class Replication:
     standby: Any
     cfg: Any
     run_dir: Path
+    _replicated_key: tuple | None = None
 
     def _from_replica(self, rep: P.Replica, change: Change) -> None:
         """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
@@ -76,13 +77,16 @@ class Replication:
         return self.changes + ([asdict(self.change)] if self.change is not None else [])
 
     def _replicate(self) -> None:
-        """Off the critical path (after the broadcast): the deputy's replica of the end of the last round."""
-        if self.deputy < 0:
+        """Off the critical path (after the broadcast): the deputy's replica of the end of the last round. Not
+        while a handoff file is being written: the state would say that survivors own rows whose message has
+        not gone out yet (the deputy keeps its older replica; :meth:`_replicate_changes` follows the write)."""
+        if self.deputy < 0 or self._writes:  # type: ignore[attr-defined]
             return
         t0 = time.monotonic()
         # standby files already written: a new coordinator hands rows from them, as rank 0 would
         staged = {r: (ids, hits, str(path)) for r, (ids, hits, path) in dict(self.standby.staged).items()} \
             if self.standby.active else None
+        self._replicated_key = state_key(self.state)
         rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
                                 self._outputs_state(), self.identity, time.time(), staged)
         n = self.ch.send(self.deputy, TAG_REPLICA, rep)
@@ -91,6 +95,31 @@ class Replication:
         self.ch.traffic.msgs_sent -= 1
         self.replica_bytes += n
         self.replica_seconds += time.monotonic() - t0
+
+    def _replicate_changes(self) -> None:
+        """Mid-round, once a loss was handled and every handoff message went out: the deputy gets the new state
+        at once (with the model of the last round, which is what a takeover redoes this round from), so that
+        rank 0 lost next does not undo the handoff; a lost deputy is replaced and announced with the pings."""
+        if self._writes or (not self.cfg.executor.deputy and self.spare < 0):  # type: ignore[attr-defined]
+            return
+        if state_key(self.state) == self._replicated_key:
+            return
+        if self.deputy not in self.state.alive and self.deputy != self.spare:  # type: ignore[attr-defined]
+            self.deputy = choose_deputy(self.state.alive) if self.cfg.executor.deputy else -1
+            self._ping(self.state.alive, force=True)  # type: ignore[attr-defined]
+        self._replicate()
+
+    def _replicate_after_loss(self) -> None:
+        """End of a round in which a loss was handled while its handoff file is still being written: wait for
+        it (pinging) so that the deputy, or a new one, has the new state before the next round (rank 0 lost
+        then takes over with the loss known; the write is needed before the survivors train on it anyway)."""
+        if state_key(self.state) == self._replicated_key:
+            return
+        if self._writes:  # type: ignore[attr-defined]
+            self._wait_busy(lambda: bool(self._writes))  # type: ignore[attr-defined]
+        self._replicate_changes()
+        if self.deputy >= 0:  # delivered before the next round (a large message needs the sender's progress)
+            self.ch.flush(time.monotonic() + min(1.0, self.cfg.executor.timeout / 2), [self.deputy])
 
     def _begin_takeover(self) -> None:
         """The first steps of a deputy that took over: say so, end a hung predecessor on this host (ULFM: the

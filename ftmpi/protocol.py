@@ -79,10 +79,12 @@ class Handoff(Wire):
 
 @dataclass
 class Ping(Wire):
-    """Rank 0 is alive (a worker waiting for the next round extends its deadline)."""
+    """The coordinator is alive (a worker waiting for the next round extends its deadline); ``deputy``: the
+    current deputy (it changes mid-round when the deputy is lost)."""
 
     epoch: int
     round: int
+    deputy: int = -1
 
 
 @dataclass

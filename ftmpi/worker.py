@@ -32,7 +32,7 @@ from . import protocol as P
 from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
 from .config import Config
-from .errors import CoordinatorLost, DataError, Expelled, PeerError, PeerFailed
+from .errors import CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
 from .failover import Change, DatasetAhead, Promoted, ReplicaKeeper
 from .handoff import rep_count, select_representative
 from .localshard import LocalShard
@@ -86,8 +86,7 @@ class Worker:
             else:
                 self._take_replicas()
                 try:
-                    msg = self.ch.recv_one(self.coord, TAG_CTRL, timeout, phase,
-                                           f"is the coordinator (rank {self.coord}) alive?")
+                    msg = self._recv_ctrl(timeout, phase)
                 except PeerError as exc:
                     lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}")
                     lost.how = "ulfm" if isinstance(exc, PeerFailed) else "timeout"  # type: ignore[attr-defined]
@@ -99,8 +98,35 @@ class Worker:
                 raise lost
             if not isinstance(msg, P.Ping):
                 return msg
+            self._named(msg.deputy)
             if then is not None:  # after the first ping, the usual deadline
                 timeout = then
+
+    def _recv_ctrl(self, timeout: float, phase: str) -> Any:
+        """One control message from the coordinator within ``timeout`` (PeerFailed / PeerTimeout otherwise); the
+        deputy takes the replicas meanwhile (a large one is only complete once it is received)."""
+        t0 = time.monotonic()
+        deputy = self.deputy == self.rank
+        out = self.ch.poll([self.coord], TAG_CTRL, t0 + timeout, until=lambda o: bool(o.messages),
+                           on_tick=self._take_replicas if deputy else None, tick_every=0.005)
+        if out.messages:
+            return out.messages[self.coord][0]
+        hint = f"is the coordinator (rank {self.coord}) alive?"
+        if out.failed:
+            raise PeerFailed([self.coord], phase, time.monotonic() - t0, hint)
+        raise PeerTimeout([self.coord], phase, time.monotonic() - t0, hint)
+
+    def _named(self, deputy: int) -> None:
+        """The coordinator announced its deputy (round messages, pings); named, this worker reads the dataset
+        ahead in a thread (a takeover needs it)."""
+        if deputy < 0:
+            return
+        self.deputy = deputy
+        if deputy == self.rank and self._data_ahead is None:
+            from .data import load_dataset
+
+            cfg = self.cfg
+            self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
 
     def _take_replicas(self) -> None:
         """The deputy keeps the coordinator's newest replica (complete messages only)."""
@@ -246,7 +272,9 @@ class Worker:
                 if self._take_handoff(msg):
                     grew = True
                 self._ready[msg.epoch] = time.time()
-            elif not isinstance(msg, P.Ping):
+            elif isinstance(msg, P.Ping):
+                self._named(msg.deputy)
+            else:
                 self._stash.append(msg)
 
     def _load_handoff(self, path: str, rows: tuple[int, int], weight: np.ndarray | float | None = None,
@@ -287,11 +315,7 @@ class Worker:
         cfg, ex = self.cfg, self.cfg.executor
         self.epoch, rnd = msg.epoch, msg.round
         self._last_round = max(self._last_round, rnd)
-        self.deputy = msg.deputy
-        if self.deputy == self.rank and self._data_ahead is None:
-            from .data import load_dataset
-
-            self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
+        self._named(msg.deputy)
         for f in F.due(cfg.faults, self.rank, rnd):
             if (self.rank, rnd) not in self.fired:
                 self.fired.add((self.rank, rnd))  # a round redone after a takeover does not replay it

@@ -54,27 +54,31 @@ def test_the_coordinator_lost_twice_the_second_deputy_takes_over(tmp_path):
     assert s["coverage"] == 1.0 and s["iterations"] == 200
 
 
-def test_rank_0_and_its_deputy_lost_together_fall_back_to_the_relaunch(tmp_path):
-    """The deputy (rank 1) dies at round 7, rank 0 at the start of round 8 before naming another: nobody holds
-    a replica, every worker leaves with exit code 4, and --max-restarts resumes from the newest checkpoint."""
-    job = run_job(3, SMOKE, tmp_path / "both", "--inject", "kill:1@7", "--inject", "kill:0@8", *ARGS,
-                  "--max-restarts", "1", limit=150)
-    assert "restart 1 of 1" in job.err and job.rc == 0, job.err[-3000:]
-    assert "the deputy (rank 1) did not take over" in job.err
-    s = job.summary
-    assert s["status"] == "completed" and s["resumed_from"]["round"] == 5 and s["coordinator"] == 0
-    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
-
-
-def test_the_deputys_rows_come_from_its_standby_file(tmp_path):
-    """remap representative, rep_selection random: rank 0 had staged the deputy's representative rows and
-    told the others to read them ahead; the new coordinator knows those files from the replica, so the
-    deputy's rows are handed from them (read ahead by the survivors), not written again."""
-    job = run_job(3, SMOKE, tmp_path / "st", "--inject", "kill:0@8", "--set", "executor.remap=representative",
-                  "--set", "optimizer.rep_selection=random", limit=120)
+def test_the_deputy_lost_then_rank_0_the_next_deputy_takes_over(tmp_path):
+    """The deputy (rank 1) is killed at round 7; rank 0 names rank 2 at once (pings) and sends it the state
+    after the handoff; rank 0 is killed at the start of round 8: rank 2 takes over, with rank 1's loss known."""
+    job = run_job(3, SMOKE, tmp_path / "both", "--inject", "kill:1@7", "--inject", "kill:0@8", *ARGS, limit=120)
     assert job.rc == 0, job.err[-3000:]
-    (f,) = [f for f in job.summary["failures"] if f["how"] == "promoted"]
-    assert f["rows_handed"] == 50 and f["rows_prefetched"] == 50, f
+    s = job.summary
+    assert s["status"] == "completed" and s["coordinator"] == 2
+    assert [(c["lost"], c["new"]) for c in s["coordinator_changes"]] == [(0, 2)]
+    assert [(f["rank"], f["how"]) for f in s["failures"]] == [(1, "ulfm"), (2, "promoted")]
+    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
+    assert s["coverage"] == 1.0 and s["alive_workers"] == 1
+
+
+def test_a_worker_lost_then_rank_0_every_row_is_handed_once(tmp_path):
+    """Worker 3 killed at round 7 (rank 0 hands its rows to 1 and 2 and replicates that state at once), rank 0
+    killed at the start of round 8: the new coordinator knows the handoff; no row is handed twice."""
+    job = run_job(3, SMOKE, tmp_path / "w3", "--inject", "kill:3@7", "--inject", "kill:0@8", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert [(f["rank"], f["how"]) for f in s["failures"]] == [(3, "ulfm"), (1, "promoted")]
+    f3, f1 = s["failures"]
+    assert f3["rows_handed"] == s["initial_shards"]["3"] and s["points_handed"] == f3["rows_handed"] + f1["rows_handed"]
+    assert f1["rows_handed"] > s["initial_shards"]["1"], "the new coordinator knew rank 1 had taken some of 3's rows"
+    assert s["coverage"] == 1.0 and s["coordinator"] == 1
+    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
 
 
 @pytest.mark.parametrize("fault", [None, "kill:0@8", "hang:0@8"])
