@@ -37,6 +37,7 @@ class Replication:
     cfg: Any
     run_dir: Path
     _replicated_key: tuple | None = None
+    _unflushed = False  # a replica of a changed state went out this round
 
     def _from_replica(self, rep: P.Replica, change: Change) -> None:
         """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
@@ -108,18 +109,20 @@ class Replication:
             self.deputy = choose_deputy(self.state.alive) if self.cfg.executor.deputy else -1
             self._ping(self.state.alive, force=True)  # type: ignore[attr-defined]
         self._replicate()
+        self._unflushed = True
 
     def _replicate_after_loss(self) -> None:
         """End of a round in which a loss was handled while its handoff file is still being written: wait for
         it (pinging) so that the deputy, or a new one, has the new state before the next round (rank 0 lost
         then takes over with the loss known; the write is needed before the survivors train on it anyway)."""
-        if state_key(self.state) == self._replicated_key:
-            return
-        if self._writes:  # type: ignore[attr-defined]
-            self._wait_busy(lambda: bool(self._writes))  # type: ignore[attr-defined]
-        self._replicate_changes()
-        if self.deputy >= 0:  # delivered before the next round (a large message needs the sender's progress)
+        if state_key(self.state) != self._replicated_key:
+            if self._writes:  # type: ignore[attr-defined]
+                self._wait_busy(lambda: bool(self._writes))  # type: ignore[attr-defined]
+            self._replicate_changes()
+        if self._unflushed and self.deputy >= 0:
+            # delivered before the next round: a large message needs the sender's progress to arrive
             self.ch.flush(time.monotonic() + min(1.0, self.cfg.executor.timeout / 2), [self.deputy])
+        self._unflushed = False
 
     def _begin_takeover(self) -> None:
         """The first steps of a deputy that took over: say so, end a hung predecessor on this host (ULFM: the
