@@ -36,7 +36,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=3.0, help="executor.timeout for the runs (seconds)")
     ap.add_argument("--config", default="configs/fashion_mnist.yaml")
     ap.add_argument("--repeats", type=int, default=3, help="runs with and without a deputy for the overhead")
-    ap.add_argument("--kinds", default="kill,exit,raise,hang")
+    ap.add_argument("--kinds", default="kill,exit,raise,hang", help="rank 0 faults, comma separated ('' for none)")
+    ap.add_argument("--name", help="results file name (default failover, or failover-<config>)")
     ap.add_argument("--standby", type=int, default=1, help="also rank 0 killed with executor.standby_coordinator")
     args = ap.parse_args()
     from ftmpi.config import load_config
@@ -71,10 +72,10 @@ def main() -> int:
              "coverage": s.get("coverage"), "wall": s["outer_wall"], "killed": c.get("killed")}
         res[f"rank0_{kind}{'_standby' if extra else ''}"] = r
         rows.append((label, r))
-    over: dict = {}
-    for deputy in ("true", "false"):
-        med = []
-        for i in range(args.repeats):
+    over: dict = {"deputy_true": [], "deputy_false": []}
+    for i in range(args.repeats):  # interleaved, so that a change of the machine's load hits both alike
+        for deputy in ("true", "false"):
+            med = over[f"deputy_{deputy}"]
             d = tmp / f"over-{deputy}-{i}"
             s = run(4, args.config, d, "--set", f"executor.deputy={deputy}", *common)
             times = [float(x["round_time"]) for x in _rows(d)[1:]]  # round 0 includes the start-up
@@ -85,7 +86,6 @@ def main() -> int:
                 over.setdefault("replica_bytes", []).append(dep.get("bytes"))
                 if dep.get("replicas"):  # rank 0's own cost per round: build, pickle, isend
                     over.setdefault("replica_ms_per_round", []).append(1000 * dep["seconds"] / dep["replicas"])
-        over[f"deputy_{deputy}"] = med
     if not args.repeats:
         over = {"deputy_true": [], "deputy_false": []}
     m_on = statistics.median(over["deputy_true"]) if over["deputy_true"] else float("nan")
@@ -111,7 +111,8 @@ def main() -> int:
            + f"; replica bytes per run {over.get('replica_bytes')}; rank 0's time per replica (build, pickle, "
            f"isend; after the broadcast, while the workers train) "
            f"{[round(x, 3) for x in over.get('replica_ms_per_round', [])]} ms.", ""]
-    name = "failover" if args.config == "configs/fashion_mnist.yaml" else f"failover-{Path(args.config).stem}"
+    name = args.name or ("failover" if args.config == "configs/fashion_mnist.yaml"
+                         else f"failover-{Path(args.config).stem}")
     write(name, res, "\n".join(md))
     return 0
 
