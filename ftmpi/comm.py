@@ -34,6 +34,7 @@ from .errors import PeerFailed, PeerTimeout
 TAG_CTRL = 11  # coordinator -> worker: round, handoff, ping, stop, exit
 TAG_REPLY = 12  # worker -> coordinator: hello, reply, error, bye
 TAG_REPLICA = 13  # coordinator -> deputy: the replica of the coordinator's state (ftmpi.failover)
+TAG_DEPOSED = 14  # a deputy that took over -> the coordinator it replaced (should that one wake up)
 
 _ULFM_CLASSES = {getattr(MPI, n, None) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
 _ULFM_CLASSES.discard(None)

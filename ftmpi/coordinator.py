@@ -40,7 +40,7 @@ from .cluster import (
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
-from .deputy import Replication
+from .deputy import Replaced, Replication
 from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, FtmpiError, WriteFailed
 from .failover import Change, ReplicaSender, choose_deputy, takeover_state
 from .files import HandoffWrite, save_and_prune, write_shards
@@ -254,6 +254,8 @@ class Coordinator(Replication):
     def run(self) -> int:
         try:
             return self._run()
+        except Replaced as exc:
+            return self._leave_replaced(exc)
         except BaseException as exc:
             if isinstance(exc, FtmpiError) or self.sender.sent == 0 or self.deputy < 0 \
                     or any(c["how"] == "error" for c in self._all_changes()):
@@ -338,6 +340,7 @@ class Coordinator(Replication):
         deadline = time.monotonic() + ex.timeout
         tick = max(0.05, ex.timeout / 4)
         while True:
+            self._check_replaced()
             self._service(sorted(replies))
             self._replicate_changes()
             waiting = s.waiting_for()
@@ -369,6 +372,7 @@ class Coordinator(Replication):
         for f in F.due(cfg.faults, self.me, rnd):
             if (self.me, rnd) not in self.fired:  # a fault that already fired is not replayed
                 F.inject(f, self.run_dir)
+        self._check_replaced()  # e.g. it was stopped, replaced, and woke up
         t0 = time.monotonic()
         iters = self.gm.next_iters()
         s.begin_round()
@@ -433,6 +437,7 @@ class Coordinator(Replication):
         exit code (EXIT_DISK when the final checkpoint or summary.json could not be written)."""
         ex, s = self.cfg.executor, self.state
         self._wait_busy(lambda: bool(self._writes))
+        self._check_replaced()
         self.out.write_row(self.gm.evaluate, last=True)
         if self.dealt:
             if not np.isfinite(self.out.last_acc):  # e.g. resumed a run that had finished

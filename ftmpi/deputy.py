@@ -16,10 +16,19 @@ from typing import Any
 import numpy as np
 
 from . import protocol as P
-from .comm import TAG_REPLICA, Detector
+from .comm import TAG_DEPOSED, TAG_REPLICA, Detector
+from .errors import EXIT_COORDINATOR_LOST
 from .failover import Change, choose_deputy, state_key
 from .metrics import write_json_atomic
 from .procs import kill_if_same
+
+
+class Replaced(Exception):  # noqa: N818 (control flow, not an error)
+    """This coordinator hung, was replaced by a deputy, and woke up (:meth:`Replication._check_replaced`)."""
+
+    def __init__(self, msg: P.Deposed) -> None:
+        super().__init__(f"replaced by rank {msg.rank} at round {msg.round}")
+        self.msg = msg
 
 
 class Replication:
@@ -38,6 +47,7 @@ class Replication:
     run_dir: Path
     _replicated_key: tuple | None = None
     _unflushed = False  # a replica of a changed state went out this round
+    _next_fence_check = 0.0
 
     def _from_replica(self, rep: P.Replica, change: Change) -> None:
         """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
@@ -124,6 +134,40 @@ class Replication:
             self.ch.flush(time.monotonic() + min(1.0, self.cfg.executor.timeout / 2), [self.deputy])
         self._unflushed = False
 
+    def _check_replaced(self) -> None:
+        """Raise :class:`Replaced` if a deputy took over from this coordinator meanwhile (it hung, say stopped,
+        and woke up): then it must not write a row, a checkpoint or a verdict."""
+        now = time.monotonic()
+        if now < self._next_fence_check:
+            return
+        self._next_fence_check = now + 0.1
+        msg = self._deposed()
+        if msg is not None:
+            raise Replaced(msg)
+
+    def _deposed(self) -> P.Deposed | None:
+        # one source at a time: under ULFM a wildcard receive fails while any failure is unacknowledged
+        for r in range(self.ch.size):
+            if r != self.ch.rank:
+                msg = self.ch.try_recv(r, TAG_DEPOSED)
+                if msg is not None:
+                    return msg
+        return None
+
+    def _leave_replaced(self, exc: Replaced) -> int:
+        """Write nothing; hand the verdict to the new coordinator. Under ULFM leave now; without it a rank that
+        leaves ends the whole job, so wait until the new coordinator says the run is over (or ends us)."""
+        self.ch.coordinator = exc.msg.rank
+        self.out.progress.warn(f"warning: this coordinator (rank {self.ch.rank}) hung and was {exc}; it writes "
+                               "nothing more and leaves")
+        if self.ch.detector is not Detector.ULFM:
+            while True:
+                msg = self._deposed()
+                if msg is not None and msg.final:
+                    break
+                time.sleep(0.05)
+        return EXIT_COORDINATOR_LOST
+
     def _begin_takeover(self) -> None:
         """The first steps of a deputy that took over: say so, end a hung predecessor on this host (ULFM: the
         job survives it; without ULFM only at the end, since a rank that dies then ends the whole job), hand
@@ -138,14 +182,20 @@ class Replication:
         host, pid, started = self.change.lost_id
         if self.ch.detector is Detector.ULFM and host == socket.gethostname():
             self.change.killed = kill_if_same(int(pid), int(started))
+        if not self.change.killed:  # should it wake up (stopped, or on another host): it must write nothing
+            self.ch.send(self.change.lost, TAG_DEPOSED, P.Deposed(self.ch.rank, self.change.round))
         self._apply(self._effects0, {})  # type: ignore[attr-defined]
         # stage the workers whose standby file is not known (the others' were restored from the replica)
         self._stage([r for r in self.state.alive if r not in self.standby.staged])  # type: ignore[attr-defined]
 
     def _end_lost_coordinators(self) -> None:
         """A lost coordinator that hangs (stopped, spinning) on this host keeps mpirun alive: SIGKILL it, only
-        if its pid still has the start time it reported."""
+        if its pid still has the start time it reported. One that woke up waits for leave to go."""
         me = socket.gethostname()
+        for c in self._all_changes():
+            if not c["killed"]:
+                self.ch.send(int(c["lost"]), TAG_DEPOSED, P.Deposed(self.ch.rank, self.state.round, True))
+        self.ch.flush(time.monotonic() + 0.5)
         for c in self._all_changes():
             host, pid, started = c["lost_id"]
             if host == me and not c["killed"]:

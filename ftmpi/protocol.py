@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Abdicate", "Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round", "Segment",
-           "Setup", "Stop", "coerce"]
+__all__ = ["Abdicate", "Bye", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round",
+           "Segment", "Setup", "Stop", "coerce"]
 
 
 class Wire:
@@ -112,6 +112,16 @@ class Abdicate(Wire):
 
 
 @dataclass
+class Deposed(Wire):
+    """To a coordinator that was replaced (it hung and may wake up): rank ``rank`` coordinates since round
+    ``round``; write nothing more. ``final``: the run is over, leave now."""
+
+    rank: int
+    round: int
+    final: bool = False
+
+
+@dataclass
 class Replica(Wire):
     """What the deputy needs to become the coordinator (tag ``TAG_REPLICA``), as of the end of round
     ``round - 1``: the exact global model and optimizer (``model``: ``GlobalModel.checkpoint_fields``), the
@@ -177,7 +187,7 @@ class Bye(Wire):
     rank: int
 
 
-Message = Round | Handoff | Ping | Stop | Exit | Abdicate | Replica | Hello | Reply | Error | Bye
+Message = Round | Handoff | Ping | Stop | Exit | Abdicate | Deposed | Replica | Hello | Reply | Error | Bye
 
 
 def coerce(obj: Any) -> Any:
