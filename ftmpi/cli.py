@@ -86,9 +86,10 @@ def _say(rank: int, text: str) -> None:
 _LOCKED: list[Path] = []  # the run dir whose lock rank 0 holds
 
 
-def _end(code: int, rank: int = -1) -> None:
-    """Leave without MPI_Finalize (see module docstring); rank 0 leaves its verdict for the launcher."""
-    if rank == 0:
+def _end(code: int, rank: int = -1, coordinator: int = 0) -> None:
+    """Leave without MPI_Finalize (see module docstring); the coordinator (rank 0, or the deputy that took
+    over) leaves its verdict for the launcher."""
+    if rank == coordinator:
         from .metrics import write_status
         from .rundir import release
 
@@ -196,31 +197,42 @@ def _train(args: argparse.Namespace) -> int:
         if rank == 0:
             code = _run_rank0(ch, cfg, run_dir, t_start, mode, prefetch)
         else:
+            from .failover import Promoted
             from .rundir import worker_resuming
             from .worker import run_worker
 
-            code = run_worker(ch, cfg, run_dir, worker_resuming(run_dir, mode))
+            try:
+                code = run_worker(ch, cfg, run_dir, worker_resuming(run_dir, mode))
+            except Promoted as p:  # the coordinator was lost and this rank is its deputy: it coordinates now
+                from .coordinator import take_over
+
+                code = take_over(ch, cfg, run_dir, p.replica, p.change, p.data)
     except FtmpiError as exc:
         code = exc.exit_code
         if not getattr(exc, "quiet", False):
             _say(rank, f"error: {exc}")
-        if rank == 0:
+        if rank == ch.coordinator:
             _tell_workers_to_leave(ch, str(exc), code)
             _failed_summary(run_dir, str(exc), code)
     except BaseException as exc:  # a real crash: tell rank 0 who, where and why, then leave
         tb = traceback.format_exc()
         _say(rank, f"crashed on {socket.gethostname()}: {type(exc).__name__}: {exc}\n{tb}")
         code = EXIT_CRASH
-        if rank == 0:
+        if getattr(exc, "handed_over", None) is not None:  # its deputy takes over: no verdict from this rank
+            _say(rank, f"the deputy (rank {exc.handed_over}) takes over")  # type: ignore[attr-defined]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        if rank == ch.coordinator:
             _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}", EXIT_CRASH)
             _failed_summary(run_dir, f"{type(exc).__name__}: {exc}", EXIT_CRASH)
         else:
             from .comm import TAG_REPLY
 
-            ch.send(0, TAG_REPLY, {"t": "error", "rank": rank, "host": socket.gethostname(),
+            ch.send(ch.coordinator, TAG_REPLY, {"t": "error", "rank": rank, "host": socket.gethostname(),
                                    "error": f"{type(exc).__name__}: {exc}"})
             ch.flush(time.monotonic() + 2.0)
-    _end(code, rank)
+    _end(code, rank, ch.coordinator)
     return code
 
 
@@ -228,7 +240,9 @@ def _tell_workers_to_leave(ch, reason: str, code: int) -> None:
     """Rank 0 failed: every worker leaves at once with the same exit code, silently (rank 0 said why)."""
     from .comm import TAG_CTRL
 
-    for r in range(1, ch.size):
+    for r in range(ch.size):
+        if r == ch.rank:
+            continue
         ch.send(r, TAG_CTRL, {"t": "exit", "reason": reason, "code": code, "quiet": True})
     ch.flush(time.monotonic() + 2.0)
 

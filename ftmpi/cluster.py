@@ -83,6 +83,7 @@ class ClusterState:
                  handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5") -> None:
         self.policy, self.seed, self.launch_time, self.handoff_file = policy, seed, launch_time, handoff_file
         self.phase = JOINING
+        self.coordinator = 0  # the coordinator's rank (a deputy that took over: its own)
         self.members = {r: Member(r) for r in workers}
         self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
         self.epoch = 0
@@ -93,6 +94,7 @@ class ClusterState:
         self.stale = 0
         self.rows_handed = 0
         self.rows_unreadable = 0  # handed rows a survivor could not read (dropped)
+        self.rows_unwritten = 0  # rows whose handoff file could not be written (dropped)
         self._awaiting: list[Failure] = []
         self._receivers: dict[int, set[int]] = {}  # epoch -> survivors handed rows in it
         self._ready: dict[int, dict[int, float]] = {}  # epoch -> {rank: wall time it trained on them}
@@ -243,6 +245,36 @@ class ClusterState:
                                        f"{self.ownership.coverage():.4f}"))
         return out
 
+    def handoff_unwritten(self, epoch: int, why: str) -> list[Effect]:
+        """The handoff file of ``epoch`` could not be written (e.g. a full disk): the rows it was to carry are
+        dropped (orphaned when nobody is left to hold them), with a warning, and the run goes on. Returns the
+        handoffs still to send: each receiver's segments that lie in other files (standby rows)."""
+        path = self.handoff_file(epoch)
+        out: list[Effect] = []
+        n = 0
+        for src, parts in sorted(self._sent.get(epoch, {}).items()):
+            keep = []
+            for p, a, b, ids in parts:
+                if p != path:
+                    keep.append((p, a, b, ids))
+                    continue
+                gone = self.ownership.release_ids(src, ids)
+                if len(gone) and self.members[src].alive:
+                    self.ownership.drop(gone)
+                n += len(gone)
+            self._sent[epoch][src] = keep
+            if keep:
+                w = self.weight
+                out.append(SendHandoff(src, P.Handoff(epoch, [P.Segment(p, a, b, w[ids].copy())
+                                                              for p, a, b, ids in keep])))
+            else:
+                self._receivers.get(epoch, set()).discard(src)
+        self.rows_unwritten += n
+        out.append(Log(f"warning: the handoff file of epoch {epoch} could not be written ({why}); its {n} rows "
+                       f"are dropped and training goes on; coverage {self.ownership.coverage():.4f}",
+                       tb=f"epoch {epoch}: handoff file not written, {n} rows dropped"))
+        return out
+
     # -------------------------------------------------------------------------------------------- loss
     def _attribute(self, f: Failure, m: Member, mark: dict[str, Any] | None) -> None:
         """Take the injection time from a fault mark only if this very process wrote it during this launch
@@ -324,7 +356,7 @@ class ClusterState:
                        f"{self.ownership.coverage():.4f})",
                        tb=f"epoch {self.epoch}: {n_handed} rows of {dead} handed to {survivors}", kind="remap"))
         if survivors:
-            out.append(Rebuild([0] + survivors))
+            out.append(Rebuild(sorted([self.coordinator] + survivors)))
         return out
 
     def _recovered(self, now: float) -> None:
@@ -350,7 +382,7 @@ class ClusterState:
     def snapshot(self) -> dict[str, Any]:
         """Everything this object knows, as numpy arrays and small dicts (copies)."""
         return {
-            "phase": self.phase, "epoch": self.epoch, "round": self.round,
+            "phase": self.phase, "coordinator": self.coordinator, "epoch": self.epoch, "round": self.round,
             "owner": self.ownership.owner_array(), "dropped": self.dropped_mask(), "weight": self.weight.copy(),
             "members": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time, "alive": m.alive}
                         for r, m in self.members.items()},
@@ -358,6 +390,7 @@ class ClusterState:
             "suspects": sorted(self.suspects), "failures": [asdict(f) for f in self.failures],
             "awaiting": [self.failures.index(f) for f in self._awaiting], "stale": self.stale,
             "rows_handed": self.rows_handed, "rows_unreadable": self.rows_unreadable,
+            "rows_unwritten": self.rows_unwritten,
             "receivers": {e: sorted(v) for e, v in self._receivers.items()},
             "ready": {e: dict(v) for e, v in self._ready.items()}, "prefetched": dict(self._prefetched),
             "restage": sorted(self._restage),
@@ -371,6 +404,7 @@ class ClusterState:
         s.ownership = Ownership.from_arrays(snap["owner"], np.flatnonzero(snap["dropped"]))
         s.weight = np.asarray(snap["weight"], np.float64).copy()
         s.phase, s.epoch, s.round = snap["phase"], int(snap["epoch"]), int(snap["round"])
+        s.coordinator = int(snap.get("coordinator", 0))
         for r, d in snap["members"].items():
             s.members[int(r)] = Member(int(r), d["host"], int(d["pid"]), int(d["start_time"]), bool(d["alive"]),
                                        np.asarray(snap["representative"].get(r, np.zeros(0)), np.int64))
@@ -378,6 +412,7 @@ class ClusterState:
         s.failures = [Failure(**f) for f in snap["failures"]]
         s._awaiting = [s.failures[i] for i in snap["awaiting"]]
         s.stale, s.rows_handed, s.rows_unreadable = snap["stale"], snap["rows_handed"], snap["rows_unreadable"]
+        s.rows_unwritten = int(snap.get("rows_unwritten", 0))
         s._receivers = {int(e): set(v) for e, v in snap["receivers"].items()}
         s._ready = {int(e): dict(v) for e, v in snap["ready"].items()}
         s._prefetched = dict(snap["prefetched"])

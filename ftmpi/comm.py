@@ -33,6 +33,8 @@ from .errors import PeerFailed, PeerTimeout
 
 TAG_CTRL = 11  # coordinator -> worker: round, handoff, ping, stop, exit
 TAG_REPLY = 12  # worker -> coordinator: hello, reply, error, bye
+TAG_REPLICA = 13  # coordinator -> deputy: the replica of the coordinator's state (ftmpi.failover)
+TAG_DEPOSED = 14  # a deputy that took over -> the coordinator it replaced (should that one wake up)
 
 _ULFM_CLASSES = {getattr(MPI, n, None) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
 _ULFM_CLASSES.discard(None)
@@ -155,6 +157,7 @@ class Channel:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.detector = detector
+        self.coordinator = 0  # the rank that coordinates now (changes when a deputy takes over)
         self.traffic = Traffic()
         # Send buffers stay referenced until their request completes; abandoned ones are never freed
         # early (a request to a dead peer may never complete).

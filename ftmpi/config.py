@@ -172,6 +172,8 @@ class ExecutorConfig:
     score_every: int = _f(5, _int(1))  # rounds over which a worker re-scores its whole shard
     scenario: str = _f("", _str)  # a free label for result tables
     progress: bool = _f(True, _bool)
+    deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
+    standby_coordinator: bool = _f(False, _bool)  # rank 1 trains nothing: it is the deputy (needs 3+ ranks)
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,6 @@ def _fault(spec: Any) -> FaultSpec:
     if m is None:
         raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S or slow:R@N:S (R world rank, N round >= 0)")
     kind, rank, rnd, secs = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-    if kind in ("pause", "slow") and rank == 0:
-        raise _Bad(f"{kind} on a worker rank >= 1 (rank 0 may only be killed, exited or hung)")
     if kind not in _TIMED:
         if secs is not None:
             raise _Bad(f"{kind}:R@N without seconds (only pause and slow take :S)")

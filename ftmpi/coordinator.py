@@ -11,6 +11,7 @@ worker gives up on rank 0 while it is busy. At the deadline the silent workers a
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -39,45 +40,80 @@ from .cluster import (
 from .comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from .config import Config, config_to_dict
 from .data import Dataset, load_dataset
-from .errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError
+from .deputy import Replaced, Replication
+from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, FtmpiError, WriteFailed
+from .failover import Change, ReplicaSender, choose_deputy, takeover_state
 from .files import HandoffWrite, save_and_prune, write_shards
 from .globalmodel import GlobalModel
 from .handoff import make_policy
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
 from .outputs import Outputs, summary
 from .partition import class_histogram, partition
-from .procs import kill_if_same
+from .procs import kill_if_same, start_time
 from .saver import BackgroundWriter
 from .shards import handoff_path, shard_path
 from .signals import stop_requested
 from .staging import Standby
 
 
-class Coordinator:
+class Coordinator(Replication):
+    """Rank 0's driver, or a deputy's that took over (``takeover``: the replica it holds and the change)."""
+
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float, data: Dataset,
-                 resume: Snapshot | None = None, tb: Any = None) -> None:
+                 resume: Snapshot | None = None, tb: Any = None,
+                 takeover: tuple[P.Replica, Change] | None = None) -> None:
         self.ch, self.cfg, self.run_dir, self.data, self.resume = ch, cfg, Path(run_dir), data, resume
         self.t_start = t_start
+        self.me = ch.rank
+        # executor.standby_coordinator: rank 1 trains nothing and is the deputy (a takeover hands nothing over)
+        self.spare = 1 if cfg.executor.standby_coordinator and takeover is None and ch.size >= 3 else -1
         ex, o = cfg.executor, cfg.optimizer
-        # faults that already fired in an earlier launch (a resumed job does not replay them)
-        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resume \
-            else set()
+        # faults that already fired in an earlier launch or before a takeover (never replayed)
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} \
+            if resume or takeover else set()
         self.writer = BackgroundWriter()  # checkpoints and staged representative rows, behind the rounds
+        if resume is not None:
+            self.writer.mark_ok("checkpoint")  # the checkpoint it resumed from is valid
         self.standby = Standby(cfg, self.run_dir, self.writer)
         self.gm = GlobalModel(cfg, data)
         policy = make_policy(ex.remap, o.rep_selection, o.n_most_rep, o.rep_weight,
                              self.standby if self.standby.active else None, self.gm.score)
-        self.state = ClusterState(len(data.y_train), list(range(1, ch.size)), policy, cfg.model.seed,
-                                  time.time() - (time.monotonic() - t_start),
-                                  lambda e: str(handoff_path(self.run_dir, e)))
+        launch = time.time() - (time.monotonic() - t_start)
+        hfile = lambda e: str(handoff_path(self.run_dir, e))  # noqa: E731
+        self._effects0: list[Effect] = []
+        self.changes: list[dict[str, Any]] = []  # earlier coordinator changes of this run
+        self.change: Change | None = None  # the one this process took over in
+        self.takeover = takeover
+        self.rebuilds = takeover is None  # after a takeover the alive communicator is not rebuilt (see failover)
+        if takeover is None:
+            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r not in (self.me,
+                                                                                                  self.spare)],
+                                      policy, cfg.model.seed, launch, hfile)
+        else:
+            self._restore_staged(takeover[0])
+            self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
+                                                        time.time(), hfile)
         self.bytes_before, self.wall_before, self.ckpt_seconds = 0, 0.0, 0.0
         if resume is not None:
             truncate_metrics(self.run_dir / "metrics.csv", resume.round)
-        self.out = Outputs(self.run_dir, cfg, progress, data.n_classes, resume is not None, tb)
+        if takeover is not None:  # the rows from the one the lost coordinator had not written yet are redone
+            pending = takeover[0].pending
+            truncate_metrics(self.run_dir / "metrics.csv", pending["round"] if pending else takeover[0].round)
+        self.out = Outputs(self.run_dir, cfg, progress, data.n_classes, resume is not None or takeover is not None,
+                           tb)
         self.dealt = False
         self.histogram: np.ndarray | None = None
         self.initial_shards: dict[int, int] | None = None
         self.shard_bytes = 0  # bytes of shard files written at this launch (0: a resume that reused them)
+        self.resumed_from = None if resume is None else {"round": resume.round, "epoch": resume.epoch}
+        self.sender = ReplicaSender()
+        self.replica_bytes = 0  # sent to the deputy (not in bytes_total)
+        self.replica_seconds = 0.0  # rank 0's time building and sending them
+        self.deputy = -1
+        pid = os.getpid()
+        self.identity = (self.me, socket.gethostname(), pid, start_time(pid))
+        if takeover is not None:
+            self._from_replica(*takeover)
         self.pending_rebuild: list[int] | None = None
         self.alive_comm: dict[str, Any] | None = None
         self.preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
@@ -98,8 +134,8 @@ class Coordinator:
         """Tell waiting workers rank 0 is alive, at most every ``timeout/4`` unless forced."""
         now = time.monotonic()
         if force or now >= self._next_ping:
-            for r in ranks:
-                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round))
+            for r in ranks + ([self.spare] if self.spare >= 0 else []):
+                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.deputy))
             self._next_ping = now + max(0.05, self.cfg.executor.timeout / 4)
 
     def _written(self) -> bool:
@@ -111,9 +147,16 @@ class Coordinator:
         for e, w in list(self._writes.items()):
             if not w.thread.is_alive():
                 del self._writes[e]
+                sends = w.sends
                 if w.error is not None:
-                    raise w.error
-                for s in w.sends:
+                    if not isinstance(w.error, OSError | RuntimeError):  # a bug, not the disk
+                        raise w.error
+                    # a full or failing disk: the rows of that file are dropped (or orphaned), the run goes on
+                    why = " ".join(str(w.error).split()) or type(w.error).__name__
+                    effects = self.state.handoff_unwritten(e, why)
+                    sends = [x for x in effects if isinstance(x, SendHandoff)]
+                    self._apply([x for x in effects if not isinstance(x, SendHandoff)], {})
+                for s in sends:
                     self.ch.send(s.rank, TAG_CTRL, s.msg)
         self._ping(ping)
 
@@ -122,6 +165,20 @@ class Coordinator:
         while busy():
             self._service(self.state.alive)
             time.sleep(0.005)
+
+    def _wait_writer(self) -> None:
+        """Wait for the background writer (bounded waits), pinging every alive worker meanwhile; say its
+        warnings. Raises WriteFailed when an essential write failed with nothing valid before it."""
+        step = min(0.2, max(0.05, self.cfg.executor.timeout / 4))
+        try:
+            while not self.writer.wait(step):
+                self._service(self.state.alive)
+        finally:
+            self._warn_writes()
+
+    def _warn_writes(self) -> None:
+        for line in self.writer.take_warnings() + self.ch.take_notes():
+            self.out.progress.warn(line)
 
     def _apply(self, effects: list[Effect], replies: dict[int, P.Reply]) -> None:
         for e in effects:
@@ -144,7 +201,7 @@ class Coordinator:
                 # ULFM: rebuild when every rank declared dead is one ULFM knows failed (a hung or exited rank it
                 # does not know would keep the shrink from completing)
                 dead = {r for r, m in self.state.members.items() if not m.alive}
-                if self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
+                if self.rebuilds and self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
                     self.pending_rebuild = e.members
 
     def _stage(self, ranks: list[int]) -> None:
@@ -196,14 +253,31 @@ class Coordinator:
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> int:
+        try:
+            return self._run()
+        except Replaced as exc:
+            return self._leave_replaced(exc)
+        except BaseException as exc:
+            if isinstance(exc, FtmpiError) or self.sender.sent == 0 or self.deputy < 0 \
+                    or any(c["how"] == "error" for c in self._all_changes()):
+                raise  # a crash hands over once per run: the same bug would go round every worker
+            # a crash with a deputy holding a replica: it takes over at once; the others follow it
+            for r in self.state.alive:
+                self.ch.send(r, TAG_CTRL, P.Abdicate(f"{type(exc).__name__}: {exc}"))
+            self.ch.flush(time.monotonic() + 2.0)
+            exc.handed_over = self.deputy  # type: ignore[attr-defined]  # cli.py: no verdict, nobody told to leave
+            raise
+
+    def _run(self) -> int:
+        if self.takeover is not None:
+            return self._run_rounds(takeover=True)
         ex, t0 = self.cfg.executor, time.monotonic()
         self._join()
         t1 = time.monotonic()
         if not self.state.alive:
             sys.stderr.write("ftmpi: rank 0: error: no worker joined within executor.startup_timeout "
                              f"({ex.startup_timeout:g}s)\n")
-            self._finish(EXIT_NO_WORKERS)
-            return EXIT_NO_WORKERS
+            return self._finish(EXIT_NO_WORKERS)
         self._deal()
         t2 = time.monotonic()
         prog = self.out.progress
@@ -212,6 +286,12 @@ class Coordinator:
         prog.event(f"{len(self.state.alive)} workers, {len(self.data.y_train)} training rows ({self.data.name}), "
                    f"{self.gm.model.n_params} params, detector={self.ch.detector.value}")
         self._stage(self.state.alive)
+        return self._run_rounds()
+
+    def _run_rounds(self, takeover: bool = False) -> int:
+        prog = self.out.progress
+        if takeover:
+            self._begin_takeover()
         first, code = True, EXIT_OK
         while not self.gm.done:
             if not self.state.alive:
@@ -225,20 +305,34 @@ class Coordinator:
                 prog.event(f"{sig}: stopping after round {self.state.round - 1}; checkpointing for a resume")
                 code = EXIT_PREEMPTED
                 break
-            self._round(first)
+            try:
+                self._round(first, setup=first and not takeover)
+            except WriteFailed as exc:  # the first checkpoint failed: nothing resumable exists
+                sys.stderr.write(f"ftmpi: rank 0: error: {exc}\n")
+                code = EXIT_DISK
+                break
             first = False
-        self._finish(code)
-        return code
+        return self._finish(code)
 
-    def _broadcast(self, rnd: int, iters: int, first: bool) -> None:
+    def _broadcast(self, rnd: int, iters: int, first: bool, setup: bool) -> None:
         s = self.state
         payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
+        if self.spare >= 0 and self.spare in self.ch.failed_ranks():
+            self.out.progress.warn(f"warning: the standby coordinator (rank {self.spare}) is lost; the lowest "
+                                   "alive worker is the deputy from now on")
+            self.spare = -1
+        self.deputy = self.spare if self.spare >= 0 else choose_deputy(s.alive) if self.cfg.executor.deputy else -1
         for r in s.alive:
-            setup = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
-                            self.gm.model.sizes.tolist()) if first else None
-            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, setup,
-                                              self.standby.news_for(r, plans), self.pending_rebuild))
+            how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
+                          self.gm.model.sizes.tolist()) if setup else None
+            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, how,
+                                              self.standby.news_for(r, plans), self.pending_rebuild, self.deputy))
+        if self.change is not None and self.change.first_round_at is None:
+            self.change.started(time.time())
+            self.out.progress.warn(f"coordinator: rank {self.me} sent its first round message (round {rnd}), "
+                                   f"{self.change.takeover_time:.2f}s after the "
+                                   f"{'fault' if self.change.injected_at is not None else 'detection'}")
 
     def _collect(self) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives."""
@@ -247,13 +341,15 @@ class Coordinator:
         deadline = time.monotonic() + ex.timeout
         tick = max(0.05, ex.timeout / 4)
         while True:
+            self._check_replaced()
             self._service(sorted(replies))
+            self._replicate_changes()
             waiting = s.waiting_for()
             if not waiting:
                 return replies
             now = time.monotonic()
             if now >= deadline:
-                lost = [Lost(r, "timeout", "", self._mark(r)) for r in waiting]
+                lost = [Lost(r, "timeout", self._silence(r), self._mark(r)) for r in waiting]
                 self._apply(s.apply(lost, time.time()), replies)
                 return replies
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
@@ -267,29 +363,31 @@ class Coordinator:
             if events:
                 self._apply(s.apply(events, time.time()), replies)
 
-    def _round(self, first: bool) -> None:
+    def _silence(self, r: int) -> str:
+        nbytes = self.ch.partial(r, TAG_REPLY)
+        return "" if nbytes is None else f"timed out mid-message ({nbytes} bytes still arriving)"
+
+    def _round(self, first: bool, setup: bool = True) -> None:
         cfg, ex, s = self.cfg, self.cfg.executor, self.state
         rnd = s.round
-        for f in F.due(cfg.faults, 0, rnd):
-            if (0, rnd) not in self.fired:  # a resumed job does not replay a fault that already fired
+        for f in F.due(cfg.faults, self.me, rnd):
+            if (self.me, rnd) not in self.fired:  # a fault that already fired is not replayed
                 F.inject(f, self.run_dir)
+        self._check_replaced()  # e.g. it was stopped, replaced, and woke up
         t0 = time.monotonic()
         iters = self.gm.next_iters()
         s.begin_round()
-        self._broadcast(rnd, iters, first)
+        self._broadcast(rnd, iters, first, setup)
+        self._replicate()  # the state after the previous round, with its row not written yet
         self.out.write_row(self.gm.evaluate)  # the previous round's row, evaluated while the workers train
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         replies = self._collect()
-        if rebuild is not None:  # off the critical path: each survivor joins right after its reply
-            self._ping(s.alive, force=True)
-            t_rb = time.monotonic()
-            ok = self.ch.rebuild_alive(rebuild, s.epoch, min(2.0, ex.timeout / 2))
-            self._ping(s.alive, force=True)
-            self.alive_comm = {"epoch": s.epoch, "members": rebuild, "agreed": ok, "seconds": time.monotonic() - t_rb}
-            if not ok:
-                self.out.progress.event(f"epoch {s.epoch}: the alive communicator was not rebuilt in time; "
-                                        "carrying on with point-to-point traffic")
+        self._replicate_after_loss()
+        if rebuild is not None:  # in a helper thread: each survivor starts the same rebuild after its reply
+            self.ch.rebuild_start(rebuild, s.epoch)
+        self.alive_comm = self.ch.rebuild_status()
+        self._warn_writes()
         loss, note = self.gm.aggregate(replies, rnd, iters)
         if note:
             self.out.progress.event(note)
@@ -313,13 +411,11 @@ class Coordinator:
         self.out.write_row(self.gm.evaluate)
         t0 = time.monotonic()
         snap = self._snapshot()
-        self._wait_busy(lambda: self.writer.pending > 0)  # one checkpoint in flight at a time
-        self.writer.wait()  # returns at once; raises a write that failed
+        self._wait_writer()  # one checkpoint in flight at a time; raises a write that failed
         self.writer.submit("checkpoint", save_and_prune, ckpt_path(self.run_dir, self.state.round), snap,
                            self.run_dir, self.cfg.executor.keep)
         if wait:
-            self._wait_busy(lambda: self.writer.pending > 0)
-            self.writer.wait()
+            self._wait_writer()
         self.ckpt_seconds += time.monotonic() - t0
 
     def _snapshot(self) -> Snapshot:
@@ -336,24 +432,30 @@ class Coordinator:
             bytes_total=self.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=self.data.name,
             n_classes=self.data.n_classes, created=time.time(), weight=weight if np.any(weight != 1.0) else None)
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int) -> int:
         """Write every output first, then stop the workers: without ULFM, prterun kills the whole job as soon
-        as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then."""
+        as any rank leaves without MPI_Finalize, and rank 0 must have said everything by then. Returns the
+        exit code (EXIT_DISK when the final checkpoint or summary.json could not be written)."""
         ex, s = self.cfg.executor, self.state
         self._wait_busy(lambda: bool(self._writes))
+        self._check_replaced()
         self.out.write_row(self.gm.evaluate, last=True)
         if self.dealt:
             if not np.isfinite(self.out.last_acc):  # e.g. resumed a run that had finished
                 self.out.last_acc, self.out.last_per_class = self.gm.evaluate()
-            self._checkpoint(wait=True)
+            try:
+                self._checkpoint(wait=True)
+            except WriteFailed as exc:
+                if code != EXIT_DISK:  # said already otherwise
+                    sys.stderr.write(f"ftmpi: rank 0: error: {exc}\n")
+                code = EXIT_DISK
         self.out.close()
         s.finish()
         tr = self.ch.traffic
         run = {"wall_seconds": self.wall_before + time.monotonic() - self.t_start, "iterations": self.gm.iters_done,
                "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv,
                "bytes_total": self.bytes_before + tr.bytes_sent + tr.bytes_recv, "ranks": self.ch.size,
-               "resumed_from": None if self.resume is None else {"round": self.resume.round,
-                                                                 "epoch": self.resume.epoch},
+               "resumed_from": self.resumed_from,
                "checkpoint_seconds": self.ckpt_seconds,
                "checkpoint_write_seconds": self.writer.seconds["checkpoint"],
                "staging": {"files": self.writer.done["stage"], "seconds": self.writer.seconds["stage"]},
@@ -361,10 +463,23 @@ class Coordinator:
                "switched_at": self.gm.switched_at, "dataset": self.data.name, "dealt": self.dealt,
                "class_histogram": None if self.histogram is None else self.histogram.tolist(),
                "initial_shards": self.initial_shards, "shard_bytes": self.shard_bytes}
-        write_json_atomic(self.run_dir / "summary.json", summary(code, self.cfg, s, self.out, run))
+        doc = summary(code, self.cfg, s, self.out, run)
+        doc["write_errors"] = self.writer.error_summary()
+        doc["coordinator"] = self.me
+        if self.cfg.executor.standby_coordinator and self.ch.size >= 3:  # rank 1 never trained
+            doc["workers"], doc["standby_coordinator"] = self.ch.size - 2, 1
+        doc["deputy"] = {"rank": self.deputy, "replicas": self.sender.sent, "bytes": self.replica_bytes,
+                         "seconds": self.replica_seconds}
+        doc["coordinator_changes"] = self._all_changes()
+        try:
+            write_json_atomic(self.run_dir / "summary.json", doc)
+        except OSError as exc:
+            sys.stderr.write(f"ftmpi: rank 0: error: cannot write {self.run_dir / 'summary.json'}: "
+                             f"{' '.join(str(exc).split())}\n")
+            code = EXIT_DISK
         write_status(code)
         alive = s.alive
-        for r in alive:
+        for r in alive + ([self.spare] if self.spare >= 0 else []):
             self.ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round))
         if alive:
             self.ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
@@ -372,6 +487,7 @@ class Coordinator:
                                              or r in o.failed for r in alive))
         self.ch.flush(time.monotonic() + 1.0)
         self._reap_hung()
+        return code
 
     def _reap_hung(self) -> None:
         """SIGKILL ranks declared dead by deadline that still exist on this host (a stopped or hung process
@@ -382,6 +498,7 @@ class Coordinator:
             m = self.state.members[r]
             if m.host == me:
                 kill_if_same(m.pid, m.start_time)
+        self._end_lost_coordinators()
 
 
 def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
@@ -395,3 +512,15 @@ def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress,
         tb = TBWriter(Path(run_dir) / "tb")
     data = prefetch.get() if prefetch is not None else load_dataset(cfg.data, cfg.model.seed)
     return Coordinator(ch, cfg, run_dir, progress, t_start, data, resume, tb).run()
+
+
+def take_over(ch: Channel, cfg: Config, run_dir: Path, replica: P.Replica, change: Change, data: Dataset) -> int:
+    """A deputy becomes the coordinator in its own process, from its newest replica (see ftmpi.failover)."""
+    tb = None
+    if cfg.executor.tensorboard:
+        from .tb import TBWriter
+
+        tb = TBWriter(Path(run_dir) / "tb")
+    progress = Progress(cfg.executor.progress)
+    progress.who = f"rank {ch.rank} (coordinator)"
+    return Coordinator(ch, cfg, run_dir, progress, time.monotonic(), data, None, tb, (replica, change)).run()

@@ -6,6 +6,7 @@ background writer; the shards are written once, before round 0.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -29,6 +30,12 @@ def slow_for_tests(kind: str) -> None:
             time.sleep(float(secs))
 
 
+def fail_for_tests(kind: str) -> None:
+    """Tests only: ``FTMPI_TEST_ENOSPC=handoff`` makes that kind of write fail as on a full disk."""
+    if kind in os.environ.get("FTMPI_TEST_ENOSPC", "").split(","):
+        raise OSError(errno.ENOSPC, f"No space left on device (FTMPI_TEST_ENOSPC={kind})")
+
+
 def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray,
                  hosts: list[str]) -> int:
     """Write each worker's shard file (its rows of the training set and their weights); returns the bytes
@@ -45,6 +52,7 @@ def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], wei
 def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:
     """(A thread of its own.) Write one epoch's handoff file."""
     slow_for_tests("handoff")
+    fail_for_tests("handoff")
     rows = np.concatenate(list(e.ids.values()))
     write_handoff(e.path, data.X_train[rows], data.y_train[rows], rows, {s: len(v) for s, v in e.ids.items()},
                   {"n_classes": data.n_classes, "dataset": data.name, "epoch": e.epoch},
@@ -55,7 +63,7 @@ def save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int) -> None
     """(Background thread.) Save a checkpoint, then delete all but the newest ``keep``."""
     slow_for_tests("checkpoint")
     save(path, snap)
-    prune(run_dir, keep)
+    prune(run_dir, keep, newest=path)
 
 
 class HandoffWrite:

@@ -176,6 +176,7 @@ class Progress:
 
     def __init__(self, enabled: bool, stream: TextIO | None = None, every: int = 10) -> None:
         self.enabled = enabled
+        self.who = "rank 0"  # the coordinator's rank, in lines printed on stderr
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
@@ -201,6 +202,14 @@ class Progress:
             self._open = False
         self.stream.write(f"[ftmpi {time.monotonic() - self.t0:7.2f}s] {text}\n")
         self.stream.flush()
+
+    def warn(self, text: str) -> None:
+        """A warning: printed like an event, and on stderr even when the progress stream is off (--quiet)."""
+        if self.enabled:
+            self.event(text)
+        else:
+            sys.stderr.write(f"ftmpi: {self.who}: {text}\n")
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self._open:

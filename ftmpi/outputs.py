@@ -28,14 +28,14 @@ class Outputs:
                  tb: Any = None) -> None:
         self.cfg, self.progress, self.tb = cfg, progress, tb
         self.metrics = MetricsCSV(Path(run_dir) / "metrics.csv", [f"acc_class{c}" for c in range(n_classes)],
-                                  append=append)
+                                  append=append, warn=progress.warn)
         self.pending: dict[str, Any] | None = None
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self.last_per_class = np.zeros(0)
 
     def log(self, e: Log, rnd: int) -> None:
-        self.progress.event(e.text)
+        (self.progress.warn if e.text.startswith("warning:") else self.progress.event)(e.text)
         if self.tb is not None and e.tb is not None:
             self.tb.event(rnd, e.tb, kind=e.kind)
 
@@ -86,6 +86,7 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
         "failures": [asdict(f) for f in state.failures], "max_recovery_time": max(rec, default=None),
         "coverage": state.ownership.coverage() if run["dealt"] else None,
         "rows_orphaned": int(len(state.orphaned())), "rows_unreadable": state.rows_unreadable,
+        "rows_unwritten": state.rows_unwritten,
         "points_handed": state.rows_handed, "stale_dropped": state.stale,
         "class_histogram": run["class_histogram"], "initial_shards": run["initial_shards"],
         "shard_bytes_written": run["shard_bytes"],

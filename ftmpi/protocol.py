@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bye", "Error", "Exit", "Handoff", "Hello", "Ping", "Reply", "Round", "Segment", "Setup", "Stop",
-           "coerce"]
+__all__ = ["Abdicate", "Bye", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round",
+           "Segment", "Setup", "Stop", "coerce"]
 
 
 class Wire:
@@ -52,6 +52,7 @@ class Round(Wire):
     setup: Setup | None = None
     prefetch: list[tuple[str, int, int]] | None = None  # standby slices to read ahead after the reply
     rebuild: list[int] | None = None  # ULFM: rebuild the alive communicator with these ranks after the reply
+    deputy: int = -1  # the worker that receives the replicas and takes over if the coordinator is lost
 
 
 @dataclass
@@ -78,10 +79,12 @@ class Handoff(Wire):
 
 @dataclass
 class Ping(Wire):
-    """Rank 0 is alive (a worker waiting for the next round extends its deadline)."""
+    """The coordinator is alive (a worker waiting for the next round extends its deadline); ``deputy``: the
+    current deputy (it changes mid-round when the deputy is lost)."""
 
     epoch: int
     round: int
+    deputy: int = -1
 
 
 @dataclass
@@ -99,6 +102,42 @@ class Exit(Wire):
     reason: str
     code: int | None = None
     quiet: bool = False
+
+
+@dataclass
+class Abdicate(Wire):
+    """The coordinator is leaving (it crashed): the deputy takes over at once, without waiting for a deadline."""
+
+    reason: str
+
+
+@dataclass
+class Deposed(Wire):
+    """To a coordinator that was replaced (it hung and may wake up): rank ``rank`` coordinates since round
+    ``round``; write nothing more. ``final``: the run is over, leave now."""
+
+    rank: int
+    round: int
+    final: bool = False
+
+
+@dataclass
+class Replica(Wire):
+    """What the deputy needs to become the coordinator (tag ``TAG_REPLICA``), as of the end of round
+    ``round - 1``: the exact global model and optimizer (``model``: ``GlobalModel.checkpoint_fields``), the
+    ``ClusterState`` snapshot (None when unchanged since the one sent with ``state_key``), the metrics row
+    not written yet (``pending``), the outputs' counters (``outputs``) and the coordinator's identity
+    (``coord``: rank, host, pid, start time) so that a hung one can be ended."""
+
+    round: int
+    epoch: int
+    model: dict[str, Any]
+    state: dict[str, Any] | None
+    state_key: tuple
+    pending: dict[str, Any] | None
+    outputs: dict[str, Any]
+    coord: tuple[int, str, int, int]
+    sent_at: float = 0.0
 
 
 # ------------------------------------------------------------------------------------- worker -> rank 0
@@ -148,7 +187,7 @@ class Bye(Wire):
     rank: int
 
 
-Message = Round | Handoff | Ping | Stop | Exit | Hello | Reply | Error | Bye
+Message = Round | Handoff | Ping | Stop | Exit | Abdicate | Deposed | Replica | Hello | Reply | Error | Bye
 
 
 def coerce(obj: Any) -> Any:

@@ -30,9 +30,10 @@ import numpy as np
 from . import faults as F
 from . import protocol as P
 from .codec import ErrorFeedback, decode
-from .comm import TAG_CTRL, TAG_REPLY, Channel
+from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
 from .config import Config
-from .errors import CoordinatorLost, DataError, Expelled, PeerError
+from .errors import CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
+from .failover import Change, DatasetAhead, Promoted, ReplicaKeeper
 from .handoff import rep_count, select_representative
 from .localshard import LocalShard
 from .models import Model, warmup
@@ -46,6 +47,11 @@ class Worker:
         self.ch, self.cfg, self.run_dir = ch, cfg, Path(run_dir)
         self.rank = ch.rank
         self.epoch = -1
+        self.coord = 0  # the coordinator's rank: 0, or the deputy that took over
+        self.deputy = -1  # announced in every round message
+        self.keeper = ReplicaKeeper()  # the deputy's newest replica of the coordinator
+        self._data_ahead: DatasetAhead | None = None
+        self._last_round = -1  # the newest round the coordinator started
         # faults that already fired in an earlier launch of this run (a resumed job does not replay them);
         # a fresh run ignores old records (rank 0 is deleting them at this moment)
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resuming \
@@ -71,32 +77,112 @@ class Worker:
         self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
 
     # ------------------------------------------------------------------ waits
-    def _wait_ctrl(self, timeout: float, phase: str) -> Any:
-        """Next control message from rank 0 (pings extend the deadline), or CoordinatorLost."""
-        if self._stash:
-            return self._stash.pop(0)
+    def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
+        """Next control message from the coordinator (pings extend the deadline; ``then``: the deadline after
+        the first ping, if other than ``timeout``), or CoordinatorLost."""
         while True:
-            try:
-                msg = self.ch.recv_one(0, TAG_CTRL, timeout, phase, "is rank 0 alive?")
-            except PeerError as exc:
-                raise CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}") from None
-            msg = P.coerce(msg)
+            if self._stash:
+                msg = self._stash.pop(0)
+            else:
+                self._take_replicas()
+                try:
+                    msg = self._recv_ctrl(timeout, phase)
+                except PeerError as exc:
+                    lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}")
+                    lost.how = "ulfm" if isinstance(exc, PeerFailed) else "timeout"  # type: ignore[attr-defined]
+                    raise lost from None
+                msg = P.coerce(msg)
+            if isinstance(msg, P.Abdicate):  # it crashed and said so: no deadline to wait for
+                lost = CoordinatorLost(f"worker {self.rank}: the coordinator (rank {self.coord}) left: {msg.reason}")
+                lost.how = "error"  # type: ignore[attr-defined]
+                raise lost
             if not isinstance(msg, P.Ping):
                 return msg
+            self._named(msg.deputy)
+            if then is not None:  # after the first ping, the usual deadline
+                timeout = then
+
+    def _recv_ctrl(self, timeout: float, phase: str) -> Any:
+        """One control message from the coordinator within ``timeout`` (PeerFailed / PeerTimeout otherwise); the
+        deputy takes the replicas meanwhile (a large one is only complete once it is received)."""
+        t0 = time.monotonic()
+        deputy = self.deputy == self.rank
+        out = self.ch.poll([self.coord], TAG_CTRL, t0 + timeout, until=lambda o: bool(o.messages),
+                           on_tick=self._take_replicas if deputy else None, tick_every=0.005)
+        if out.messages:
+            return out.messages[self.coord][0]
+        hint = f"is the coordinator (rank {self.coord}) alive?"
+        if out.failed:
+            raise PeerFailed([self.coord], phase, time.monotonic() - t0, hint)
+        raise PeerTimeout([self.coord], phase, time.monotonic() - t0, hint)
+
+    def _named(self, deputy: int) -> None:
+        """The coordinator announced its deputy (round messages, pings); named, this worker reads the dataset
+        ahead in a thread (a takeover needs it)."""
+        if deputy < 0:
+            return
+        self.deputy = deputy
+        if deputy == self.rank and self._data_ahead is None:
+            from .data import load_dataset
+
+            cfg = self.cfg
+            self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
+
+    def _take_replicas(self) -> None:
+        """The deputy keeps the coordinator's newest replica (complete messages only)."""
+        if self.deputy != self.rank:
+            return
+        while True:
+            rep = self.ch.try_recv(self.coord, TAG_REPLICA)
+            if rep is None:
+                return
+            self.keeper.offer(rep)
+            self._last_round = max(self._last_round, rep.round)  # it was sent after that round's broadcast
+
+    def _failover(self, lost: CoordinatorLost) -> Any:
+        """The coordinator is lost. The announced deputy takes over (:class:`Promoted`, with its newest replica);
+        every other worker waits, bounded, for the deputy's first message and goes on. Without a deputy, or a
+        replica, or when the deputy does not take over in time: CoordinatorLost (exit 4; a relaunch resumes)."""
+        ex, old, detected = self.cfg.executor, self.coord, time.time()
+        self._take_replicas()
+        if self.deputy < 0 or self.deputy == old:
+            raise lost
+        self._stash.clear()  # what the lost coordinator said after the replica is decided again
+        if self.deputy != self.rank:
+            self.coord = self.ch.coordinator = self.deputy
+            try:
+                return self._wait_ctrl(2 * ex.timeout + 10.0, f"waiting for rank {self.deputy} to take over")
+            except CoordinatorLost as exc:
+                raise CoordinatorLost(f"worker {self.rank}: the deputy (rank {self.deputy}) did not take over "
+                                      f"after rank {old} was lost: {exc}") from None
+        rep = self.keeper.complete()
+        if rep is None or self._data_ahead is None:
+            raise CoordinatorLost(f"worker {self.rank}: lost the coordinator and, as its deputy, holds no complete "
+                                  f"replica yet ({lost})")
+        change = Change(old, getattr(lost, "how", "timeout"), self.rank, rep.round,
+                        max(0, self._last_round - rep.round + 1), detected, lost_id=tuple(rep.coord[1:]),
+                        reason=str(lost), replica_age=max(0.0, detected - rep.sent_at))
+        mark = F.read_marks(self.run_dir).get(old)
+        if mark is not None and int(mark.get("pid", -1)) == rep.coord[2]:
+            change.injected_at, change.kind = float(mark["time"]), str(mark["kind"])
+            change.detection_latency = max(0.0, detected - change.injected_at)
+        raise Promoted(rep, change, self._data_ahead.get())
 
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
         cfg = self.cfg
         # a cold numba cache compiles here, while rank 0 loads the data
+        if cfg.executor.standby_coordinator and self.rank == 1 and self.ch.size >= 3:
+            return self._standby()
         warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
         pid = os.getpid()
-        self.ch.send(0, TAG_REPLY, P.Hello(self.rank, socket.gethostname(), pid, start_time(pid)))
+        self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, socket.gethostname(), pid, start_time(pid)))
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if isinstance(msg, P.Round) and msg.setup is not None:
             self._setup(msg.setup)
         while True:
             if isinstance(msg, P.Stop):
-                self.ch.send(0, TAG_REPLY, P.Bye(self.rank))
+                self.ch.send(self.coord, TAG_REPLY, P.Bye(self.rank))
                 self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
                 return 0
             if isinstance(msg, P.Exit):
@@ -109,7 +195,37 @@ class Worker:
             elif isinstance(msg, P.Handoff):  # while idle: load now, stamp when the next round's training starts
                 self._take_handoff(msg)
                 self._unstamped.append(msg.epoch)
-            msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {getattr(msg, 'round', '?')}")
+            try:
+                msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {getattr(msg, 'round', '?')}")
+            except CoordinatorLost as lost:
+                msg = self._failover(lost)
+
+    def _standby(self) -> int:
+        """``executor.standby_coordinator``: train nothing, keep the coordinator's replicas, take over if it is
+        lost (:class:`Promoted`); leave when told to stop."""
+        from .data import load_dataset
+
+        cfg = self.cfg
+        self.deputy = self.rank
+        self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
+        timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
+        while True:
+            try:
+                msg = self._wait_ctrl(timeout, "standby coordinator", cfg.executor.timeout)
+            except CoordinatorLost as lost:
+                if self.keeper.complete() is None:
+                    raise
+                self._failover(lost)  # raises Promoted
+                raise
+            timeout = cfg.executor.timeout
+            if isinstance(msg, P.Stop):
+                self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
+                return 0
+            if isinstance(msg, P.Exit):
+                exc = Expelled(f"worker {self.rank}: {msg.reason}")
+                if msg.code is not None:
+                    exc.exit_code, exc.quiet = msg.code, msg.quiet
+                raise exc
 
     def _load_shard(self, path: str) -> Shard:
         """Read this worker's shard file (rows, labels, global ids, weights)."""
@@ -149,14 +265,17 @@ class Worker:
         message is kept for after the round."""
         grew = False
         while True:
-            msg = P.coerce(self.ch.try_recv(0, TAG_CTRL))
+            self._take_replicas()
+            msg = P.coerce(self.ch.try_recv(self.coord, TAG_CTRL))
             if msg is None:
                 return grew
             if isinstance(msg, P.Handoff):
                 if self._take_handoff(msg):
                     grew = True
                 self._ready[msg.epoch] = time.time()
-            elif not isinstance(msg, P.Ping):
+            elif isinstance(msg, P.Ping):
+                self._named(msg.deputy)
+            else:
                 self._stash.append(msg)
 
     def _load_handoff(self, path: str, rows: tuple[int, int], weight: np.ndarray | float | None = None,
@@ -196,8 +315,11 @@ class Worker:
     def _round(self, msg: P.Round) -> None:
         cfg, ex = self.cfg, self.cfg.executor
         self.epoch, rnd = msg.epoch, msg.round
+        self._last_round = max(self._last_round, rnd)
+        self._named(msg.deputy)
         for f in F.due(cfg.faults, self.rank, rnd):
             if (self.rank, rnd) not in self.fired:
+                self.fired.add((self.rank, rnd))  # a round redone after a takeover does not replay it
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
         if msg.full:
@@ -246,13 +368,13 @@ class Worker:
                         self.shard.mass, len(self.shard), rep, self._handed, self._ready, self._prefetched,
                         self._unreadable, time.monotonic() - t0)
         self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
-        self.ch.send(0, TAG_REPLY, reply)
+        self.ch.send(self.coord, TAG_REPLY, reply)
         if self._plan is not None:  # off the critical path: rank 0 is collecting the others' replies
             self._read_ahead(self._plan)
             self._plan = None
-        if msg.rebuild:  # ULFM: rank 0 and every survivor rebuild the alive communicator together,
-            # after the reply so that it costs the round nothing
-            self.ch.rebuild_alive(msg.rebuild, self.epoch, min(2.0, ex.timeout / 2))
+        if msg.rebuild:  # ULFM: rank 0 and every survivor rebuild the alive communicator together (a helper
+            # thread, started after the reply so that it costs the round nothing; same rebuilds, same order)
+            self.ch.rebuild_start(msg.rebuild, self.epoch)
 
     def _rescore(self, params: np.ndarray, rnd: int) -> None:
         """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so

@@ -26,7 +26,8 @@ def _rounds(job):
 def test_rank0_killed_then_resumed_with_fewer_workers_by_max_restarts(tmp_path):
     # the reference loses worker 3, whose 50 representative rows carry its shard's weight (rep_weight: shard)
     ref = run_job(4, SMOKE, tmp_path / "ref", *CK, "--inject", "kill:3@5", "--set", "optimizer.rep_weight=shard")
-    job = run_job(2, SMOKE, tmp_path / "r", *CK, "--inject", "kill:0@12", "--max-restarts", "1", limit=120)
+    job = run_job(2, SMOKE, tmp_path / "r", *CK, "--inject", "kill:0@12", "--max-restarts", "1",
+                  "--set", "executor.deputy=false", limit=120)  # no deputy: the relaunch path
     assert "restart 1 of 1" in job.err and job.rc == 0, job.err
     s = job.summary
     # the round-10 checkpoint is written in the background while rounds go on (~10 ms with its fsyncs): a kill

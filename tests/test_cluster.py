@@ -302,3 +302,31 @@ def test_loss_and_stratified_are_biased_and_say_so():
     assert make_policy("representative", "loss", 0.1, "shard").biased
     assert make_policy("representative", "stratified", 0.1, "shard").biased
     assert not make_policy("representative", "random", 0.1, "shard").biased
+
+
+@pytest.mark.parametrize("remap,selection", [("full", "loss"), ("representative", "random")])
+def test_a_handoff_file_that_cannot_be_written_drops_its_rows_and_keeps_the_staged_ones(tmp_path, remap, selection):
+    """Issue 14, item 10: the handoff write fails (full disk); the rows it was to carry are dropped with a
+    warning, segments of standby files still go out, and a receiver left with nothing is not waited for."""
+    c = kit(tmp_path, remap, selection)
+    s = c.state
+    effects = c.apply([Lost(2, "ulfm")])
+    write = of(effects, WriteHandoff)
+    sends = {e.rank: e.msg for e in of(effects, SendHandoff)}
+    assert write, "this loss needs a fresh handoff file"
+    fresh = {r: set(v.tolist()) for r, v in write[0].ids.items()}
+    again = s.handoff_unwritten(1, "[Errno 28] No space left on device")
+    logs = [e.text for e in of(again, Log)]
+    assert len(logs) == 1 and "could not be written" in logs[0] and "No space left" in logs[0]
+    n_fresh = sum(len(v) for v in fresh.values())
+    assert s.rows_unwritten == n_fresh and set(s.ownership.dropped().tolist()) >= set().union(*fresh.values())
+    check_ownership(s)
+    left = {e.rank: e.msg for e in of(again, SendHandoff)}
+    for r in sends:
+        kept = [(g.path, g.start, g.stop) for g in sends[r].segments if g.path != write[0].path]
+        assert kept == ([(g.path, g.start, g.stop) for g in left[r].segments] if r in left else [])
+    for r in sends:
+        if r not in left:
+            assert r not in s._receivers[1], "nothing will arrive at that survivor: recovery does not wait for it"
+    c.round_with_replies(**({"ready": {1: c.clock}} if left else {}))  # with no file: nobody reports the epoch
+    assert s.failures[0].recovered_round is not None

@@ -233,7 +233,7 @@ def test_parse_fault():
     assert str(parse_fault("slow:2@5:0.5")) == "slow:2@5:0.5" and str(parse_fault("kill:1@3")) == "kill:1@3"
 
 
-@pytest.mark.parametrize("spec", ["kil:1@3", "slow:0@3:1", "pause:1@2", "kill:1", "kill:-1@3", "kill:1@-2",
+@pytest.mark.parametrize("spec", ["kil:1@3", "pause:1@2", "kill:1", "kill:-1@3", "kill:1@-2",
                                   "kill:1@3:2",
                                   "slow:1@3", "slow:1@3:0", "slow:1@3:abc", "slow:1@3:inf", "", "kill:a@b"])
 def test_parse_fault_errors(spec):
@@ -244,8 +244,9 @@ def test_parse_fault_errors(spec):
 def test_faults_in_config(tmp_path):
     p = write(tmp_path, "faults:\n  - kill:1@3\n  - slow:2@0:1.5\n")
     assert load_config(p, env=NO_ENV).faults == (FaultSpec("kill", 1, 3), FaultSpec("slow", 2, 0, 1.5))
-    p = write(tmp_path, "faults:\n  - kill:1@3\n  - pause:0@3:2\n")
-    assert error_of(p).startswith(f"{p}: faults[1]: expected pause on a worker rank >= 1")
+    # a coordinator that stalls and wakes up is a case of its own since failover (issue 12): allowed on rank 0
+    p = write(tmp_path, "faults:\n  - kill:1@3\n  - pause:0@3:2\n  - slow:0@3:1\n")
+    assert load_config(p, env=NO_ENV).faults[1:] == (FaultSpec("pause", 0, 3, 2.0), FaultSpec("slow", 0, 3, 1.0))
     p = write(tmp_path, "faults:\n  - kill:0@3\n  - pause:2@1:2.5\n")
     assert load_config(p, env=NO_ENV).faults == (FaultSpec("kill", 0, 3), FaultSpec("pause", 2, 1, 2.5))
     assert "faults: expected a list" in error_of(None, ["faults=3"])

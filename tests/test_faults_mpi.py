@@ -144,7 +144,9 @@ def test_zombie_that_wakes_up_is_expelled_and_changes_nothing(tmp_path):
 
 @pytest.mark.parametrize("detector", ["ulfm", "timeout"])
 def test_coordinator_loss_ends_every_rank_nonzero(tmp_path, detector):
-    job = run_job(3, SMOKE, tmp_path / "c", "--inject", "kill:0@4", "--detector", detector, *FAST, limit=60)
+    # without a deputy (executor.deputy: false; with one, see tests/test_failover_mpi.py)
+    job = run_job(3, SMOKE, tmp_path / "c", "--inject", "kill:0@4", "--detector", detector, *FAST,
+                  "--set", "executor.deputy=false", limit=60)
     assert job.rc != 0
     assert job.err.count("lost the coordinator") == 3, job.err
     s = job.summary  # rank 0 never finished: the launcher says so (never left "running")

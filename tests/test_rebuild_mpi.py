@@ -100,8 +100,8 @@ def _used(path: Path) -> int:
 @pytest.mark.mpi
 def test_real_run_on_a_full_disk_keeps_its_checkpoint_and_resumes(tmp_path):
     """A run whose run dir (a real tmpfs) fills up: its checkpoints fail with ENOSPC. The previous checkpoint
-    stays valid, no temp file is left, the run either goes on with a warning or ends with one line and exit
-    code 7, and once there is room again ``--resume`` continues it to the end."""
+    stays valid, no temp file is left, the run goes on with a warning per failed checkpoint (it resumed from a
+    valid one) and exits 0, and once there is room again ``--resume`` continues it to the end."""
     from tests.mpirun import run_job
 
     mnt = tmp_path / "mnt"
@@ -124,12 +124,12 @@ def test_real_run_on_a_full_disk_keeps_its_checkpoint_and_resumes(tmp_path):
         if r.returncode != 0:
             pytest.skip(f"cannot shrink the tmpfs: {r.stderr.strip()}")
         job = run_job(2, smoke, run, *base, "--set", "model.n_iterations=400", "--resume", str(run), limit=120)
-        errs = [x for x in job.err.splitlines() if "error" in x.lower()]
-        assert job.rc in (0, 7), f"rc {job.rc}:\n{job.err[-3000:]}"
-        if job.rc == 7:
-            assert len(errs) == 1 and "No space left" in errs[0] and "Traceback" not in job.err, job.err[-3000:]
-        else:
-            assert "No space left" in job.err
+        # resumed from a valid checkpoint: a failed one is a warning, the run goes on to the end
+        assert job.rc == 0, f"rc {job.rc}:\n{job.err[-3000:]}"
+        warned = [x for x in job.err.splitlines() if "checkpoint write failed" in x]
+        assert warned and all("No space left" in x and "still valid" in x for x in warned), job.err[-3000:]
+        assert "Traceback" not in job.err
+        assert json.loads((run / "summary.json").read_text())["write_errors"]["checkpoint"]["count"] >= 1
         from ftmpi.checkpoint import list_checkpoints, newest_valid
 
         assert [p.name for p in (run / "ckpt").iterdir() if p.name.endswith(".tmp")] == [], "no temp file left"
