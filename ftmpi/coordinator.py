@@ -43,7 +43,7 @@ from .data import Dataset, load_dataset
 from .deputy import Replaced, Replication
 from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError, FtmpiError, WriteFailed
 from .failover import Change, ReplicaSender, choose_deputy, takeover_state
-from .files import HandoffWrite, save_and_prune, write_shards
+from .files import HandoffWrite, save_and_prune, shards_by_reference, write_shards
 from .globalmodel import GlobalModel
 from .handoff import make_policy
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
@@ -247,7 +247,9 @@ class Coordinator(Replication):
                                     f"over {s.alive}; coverage {s.ownership.coverage():.4f}")
         parts = {r: s.ownership.owned(r) for r in s.alive}
         self.histogram = class_histogram(d.y_train, list(parts.values()), d.n_classes)
-        self.shard_bytes = write_shards(self.run_dir, d, parts, s.weight, [s.members[r].host for r in s.alive])
+        by_ref = shards_by_reference(d, [s.members[r].host for r in s.alive])
+        self.standby.by_ref = by_ref  # standby files likewise: ids only, or uint8 rows
+        self.shard_bytes = write_shards(self.run_dir, d, parts, s.weight, by_ref)
         self.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
         self.dealt = True
 

@@ -37,16 +37,21 @@ def fail_for_tests(kind: str) -> None:
 
 
 def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray,
-                 hosts: list[str]) -> int:
+                 by_ref: bool) -> int:
     """Write each worker's shard file (its rows of the training set and their weights); returns the bytes
-    written. Rows are stored in the source's own type (uint8 + scale for images), or only by reference when
-    every worker is on this host and can read the prepared copy itself (``shards.rows_by_reference``); a
-    file that already holds exactly that shard (a resume whose ownership did not change) is not rewritten."""
-    by_ref = rows_by_reference(data.X_train, hosts, socket.gethostname())
+    written. Rows are stored in the source's own type (uint8 + scale for images), or, with ``by_ref``, only
+    by reference to the prepared copy every worker can read itself (:func:`shards_by_reference`); a file
+    that already holds exactly that shard (a resume whose ownership did not change) is not rewritten."""
     return sum(ensure_shard(shard_path(run_dir, r), data.X_train, data.y_train, ids,
                             {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids],
                             by_ref=by_ref)
                for r, ids in parts.items())
+
+
+def shards_by_reference(data: Dataset, hosts: list[str]) -> bool:
+    """Whether shard and standby files can hold row ids only: every worker is on this host (or
+    ``FTMPI_SHARED_DATA=1`` says the prepared copy is on a filesystem they all see)."""
+    return rows_by_reference(data.X_train, hosts, socket.gethostname())
 
 
 def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:

@@ -23,7 +23,7 @@ from .data import Dataset
 from .handoff import random_choice
 from .partition import Ownership, deal_slices
 from .saver import BackgroundWriter
-from .shards import stale_standbys, standby_path, write_shard
+from .shards import ensure_shard, stale_standbys, standby_path
 
 Plan = list[tuple[str, int, int]]  # (standby file, start, stop) slices
 
@@ -44,6 +44,9 @@ class Standby:
         self._gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
         self._plan_key: Any = None
         self._hinted: dict[int, Plan] = {}  # what each worker was last told to read ahead
+        # standby files hold ids only (every rank reads the rows from the prepared copy), else rows in the
+        # source's own type; set by the coordinator once it knows where the workers are
+        self.by_ref = False
 
     @property
     def active(self) -> bool:
@@ -88,8 +91,9 @@ class Standby:
         """(Background thread.) Write a standby file, drop the worker's older ones (only a dead worker's
         standby file is ever read, and a live worker's is superseded), then publish it unless the worker's
         rows changed meanwhile."""
-        write_shard(path, data.X_train[ids], data.y_train[ids], ids,
-                    {"n_classes": data.n_classes, "dataset": data.name, "rank": rank, "staged": "representative"})
+        ensure_shard(path, data.X_train, data.y_train, ids,
+                     {"n_classes": data.n_classes, "dataset": data.name, "rank": rank, "staged": "representative"},
+                     by_ref=self.by_ref)
         for old in stale_standbys(path):
             old.unlink(missing_ok=True)
         if self._gen.get(rank) == gen:
