@@ -67,7 +67,7 @@ def test_max_restarts_resumes_the_shared_folder_of_the_override_and_no_other(tmp
     assert first.returncode == 0, first.stderr
     old = _files(tmp_path / "old")
     job = launch("-n", "2", str(cfg), "--quiet", "--set", "executor.shared_folder=new", "--inject", "kill:0@12",
-                 "--max-restarts", "1", cwd=tmp_path)
+                 "--max-restarts", "1", "--set", "executor.deputy=false", cwd=tmp_path)  # no in-job takeover
     assert job.returncode == 0, job.stderr
     s = _summary(tmp_path / "new")  # relative to the launch directory, resolved once
     assert s["status"] == "completed" and s["resumed_from"]["round"] in (5, 10), s
@@ -78,7 +78,7 @@ def test_max_restarts_resumes_the_shared_folder_of_the_override_and_no_other(tmp
 @needs_mpi
 def test_no_verdict_is_written_into_summary_by_the_launcher(tmp_path):
     job = launch("-n", "2", str(SMOKE), "--quiet", "--run-dir", str(tmp_path / "r"), "--inject", "kill:0@4",
-                 limit=60)
+                 "--set", "executor.deputy=false", limit=60)  # nobody takes over: the job ends without a verdict
     s = _summary(tmp_path / "r")
     assert job.returncode not in (0, 2) and s["status"] == "failed" and s["written_by"] == "ftmpi launch", s
     assert "rank 0 left no verdict" in s["error"] and s["exit_code"] == job.returncode
