@@ -31,6 +31,7 @@ import yaml
 
 from ftmpi.errors import ConfigError
 from ftmpi.fsutil import replace_atomic
+from ftmpi.weighting import RULES, SELECTIONS
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
@@ -136,12 +137,13 @@ class OptimizerConfig:
     lr_schedule: str = _f("constant", _choice("constant", "cosine", "linear"))  # over n_iterations
     mu_g: float = _f(0.0, _num(0))
     n_most_rep: int | float = _f(0.05, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
-    # random: measured best (benchmarks/results/handoff_value.md); loss is the original system's rule
-    rep_selection: str = _f("random", _choice("loss", "random", "stratified"))
-    # shard: the handed rows together weigh what the dead shard weighed (each stands for |shard| / |handed|
-    # rows), so the survivors' objective keeps its share (measured best on skewed shards); one: a handed row
-    # counts as one row (the original system)
-    rep_weight: str = _f("shard", _choice("one", "shard"))
+    # random: rank 0's draw, staged ahead; coreset: rank 0's per-class k-means++ on the features at the loss;
+    # loss / stratified: the workers' own scoring (the original system's rule; biased). Measured:
+    # benchmarks/results/handoff_value.md
+    rep_selection: str = _f("random", _choice(*SELECTIONS))
+    # the handed rows' weights (ftmpi/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = the rule
+    # before issue 15's fix, kept for the study only). shard: unbiased, the handed rows carry the lost shard's mass
+    rep_weight: str = _f("shard", _choice(*RULES))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off
     clip_val: float = _f(0.0, _num(0))  # 0 = off
     momentum: float = _f(0.0, _num(0, 1, hi_open=True))

@@ -42,8 +42,9 @@ from .data import Dataset, load_dataset
 from .errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, CheckpointError
 from .files import HandoffWrite, save_and_prune, write_shards
 from .globalmodel import GlobalModel
-from .handoff import make_policy
+from .handoff import Schedule, make_policy
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
+from .models import warmup
 from .outputs import Outputs, summary
 from .partition import class_histogram, partition
 from .procs import kill_if_same
@@ -66,7 +67,10 @@ class Coordinator:
         self.standby = Standby(cfg, self.run_dir, self.writer)
         self.gm = GlobalModel(cfg, data)
         policy = make_policy(ex.remap, o.rep_selection, o.n_most_rep, o.rep_weight,
-                             self.standby if self.standby.active else None, self.gm.score)
+                             self.standby if self.standby.active else None, self.gm.score, data=data,
+                             schedule=Schedule(cfg.model.n_iterations, ex.comm_period, cfg.model.batch_size))
+        if ex.remap == "representative" and o.rep_selection == "coreset":
+            warmup(0, False, "coreset")  # rank 0 runs the coreset kernel at a loss: compiled (or loaded) now
         self.state = ClusterState(len(data.y_train), list(range(1, ch.size)), policy, cfg.model.seed,
                                   time.time() - (time.monotonic() - t_start),
                                   lambda e: str(handoff_path(self.run_dir, e)))
