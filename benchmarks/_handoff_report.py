@@ -165,7 +165,12 @@ def render(res: dict, out: str) -> None:
           + (" with uncommitted changes" if code0["uncommitted"] else "") + f", source digest {code0['digest']}"
           + (", unchanged during the study." if code1["digest"] == code0["digest"] else
              f"; **the code changed during the study** (digest {code1['digest']} at the end): the runs mix versions."),
-          "", "**Setup.** " + "; ".join(
+          "", *([] if not res.get("parts") else [
+              "Merged from " + "; ".join(
+                  f"{p.get('file', 'the main run')}: {p['n_jobs']} jobs, {p['wall'] / 60:.1f} min, commit "
+                  f"{p['code']['start']['commit']} digest {p['code']['start']['digest']}" for p in res["parts"])
+              + " (`--render A.json --merge B.json`).", ""]),
+          "**Setup.** " + "; ".join(
               f"{st['model']} {st['regime']}: `{st['rounds']}` rounds, losses at rounds "
               f"{', '.join(str(f) for _, f in st['losses'])}, `executor.eval_every={st['eval_every']}`, partitions "
               f"{', '.join(st['partitions'])}" for st in settings.values())

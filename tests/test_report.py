@@ -29,11 +29,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, name: str, *, rounds: int = 20, kill_at: int | None = None, quantize: int = 0,
-             status: str | None = "completed", partition: str = "iid") -> Path:
+             status: str | None = "completed", partition: str = "iid", extra: tuple[str, ...] = ()) -> Path:
     """A run dir like the one a real 4-worker smoke run leaves (4 workers, 4 classes); nothing is launched."""
     run = root / name
     run.mkdir(parents=True)
-    sets = [f"executor.quantize={quantize}", f"data.partition={partition}"]
+    sets = [f"executor.quantize={quantize}", f"data.partition={partition}", *extra]
     if kill_at is not None:
         sets.append(f"faults=['kill:2@{kill_at}']")
     cfg = load_config(SMOKE, sets, env={})
@@ -103,6 +103,17 @@ def runs(tmp_path: Path) -> dict[str, Path]:
 
 def by_run(rows: list[dict]) -> dict[str, dict]:
     return {r["run"]: r for r in rows}
+
+
+def test_the_rep_column_names_the_selection_and_the_weight_rule(tmp_path):
+    want = {("random", "shard"): "random+w", ("random", "one"): "random", ("coreset", "shard"): "coreset+w",
+            ("random", "damped"): "random+damped", ("random", "classmix"): "random+classmix",
+            ("random", "sqrt"): "random+sqrt", ("random", "shard-legacy"): "random+shard-legacy",
+            ("coreset", "damped"): "coreset+damped", ("loss", "shard"): "loss+w"}
+    dirs = [make_run(tmp_path, f"{sel}-{w}", kill_at=5, extra=(f"optimizer.rep_selection={sel}",
+                                                               f"optimizer.rep_weight={w}")) for sel, w in want]
+    got = by_run(collect(dirs))
+    assert {(sel, w): got[f"{sel}-{w}"]["rep_selection"] for sel, w in want} == want
 
 
 def test_collect_statuses_and_values(runs):
