@@ -211,7 +211,9 @@ def render(res: dict, out: str) -> None:
     shared = [r["name"] for r in records if r["shared_cores"]]
     mk += [f"**Alone on the machine.** The study waited {sum(r['waited_for_others'] for r in records):.0f} s in all "
            f"for other ftmpi jobs, tests and benchmarks; {n_cont} job(s) that shared the cores anyway were run again"
-           + (f"; still shared after the last try, timings inflated: {shared}." if shared else "."), ""]
+           + ("." if not shared else f"; still shared after the last try, timings inflated: {shared}."
+              if len(shared) <= 8 else f"; {len(shared)} of {len(records)} jobs shared the cores with other work "
+              "(timings inflated: the times in these tables are noise; the accuracies are not affected)."), ""]
     redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
     bad = [r["name"] for r in records if not r["clean"]]
     mk += [f"**Repeated runs.** {len(redo)} attempt(s) lost other workers than the ones killed (or did not "
