@@ -158,16 +158,19 @@ def render(res: dict, out: str) -> None:
     res["plot"] = plot_study(res, Path(res["kept_runs"]), png)
     wall, code0, code1 = res["study_wall_seconds"], res["code"]["start"], res["code"]["end"]
     losses = ", ".join(f"world rank {r} at {100 * f:g} % of the rounds" for r, f in res["losses"])
+    command = res.get("command") or "python benchmarks/handoff_value.py" + (" --quick" if res["quick"] else "")
     mk = [f"# What handing over a dead worker's points is worth, after {len(res['losses'])} losses "
           f"(Fashion-MNIST, {res['workers']} workers)", "", f"{res['machine']}", "",
-          f"Command: `python benchmarks/handoff_value.py{' --quick' if res['quick'] else ''}` — {res['n_jobs']} jobs "
+          f"Command: `{command}`"
+          f"{' and the parts below' if res.get('parts') else ''} — {res['n_jobs']} jobs "
           f"one at a time, {wall / 60:.1f} min. Code: commit {code0['commit']}"
           + (" with uncommitted changes" if code0["uncommitted"] else "") + f", source digest {code0['digest']}"
           + (", unchanged during the study." if code1["digest"] == code0["digest"] else
              f"; **the code changed during the study** (digest {code1['digest']} at the end): the runs mix versions."),
           "", *([] if not res.get("parts") else [
               "Merged from " + "; ".join(
-                  f"{p.get('file', 'the main run')}: {p['n_jobs']} jobs, {p['wall'] / 60:.1f} min, commit "
+                  f"`{p.get('command') or p.get('file', 'the main run')}`: {p['n_jobs']} jobs, "
+                  f"{p['wall'] / 60:.1f} min, commit "
                   f"{p['code']['start']['commit']} digest {p['code']['start']['digest']}" for p in res["parts"])
               + " (`--render A.json --merge B.json`).", ""]),
           "**Setup.** " + "; ".join(

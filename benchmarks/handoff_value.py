@@ -326,9 +326,9 @@ def merge(res: dict, other: dict, name: str) -> None:
                                                          set(v["partitions"])))
         res["settings"][k] = v
     res.setdefault("parts", [{"n_jobs": res["n_jobs"], "wall": res["study_wall_seconds"], "code": res["code"],
-                              "quick": res["quick"]}])
+                              "quick": res["quick"], "command": res.get("command")}])
     res["parts"].append({"n_jobs": other["n_jobs"], "wall": other["study_wall_seconds"], "code": other["code"],
-                         "quick": other["quick"], "file": name})
+                         "quick": other["quick"], "file": Path(name).name, "command": other.get("command")})
     res["n_jobs"] += other["n_jobs"]
     res["study_wall_seconds"] += other["study_wall_seconds"]
     res["quick"] = False
@@ -420,7 +420,8 @@ def main() -> int:
            "policies": {r: POLICIES[r][3] for r in rows}, "mlp_iterations": args.mlp_iterations,
            "quick": args.quick, "retries": args.retries, "n_jobs": len(plan), "coreset_cost": cost,
            "study_wall_seconds": time.monotonic() - t0, "kept_runs": str(keep_dir),
-           "code": {"start": code_at_start, "end": code_version()}, "runs": records}
+           "code": {"start": code_at_start, "end": code_version()}, "runs": records,
+           "command": "python benchmarks/handoff_value.py " + " ".join(sys.argv[1:])}
     if args.legacy_from:
         legacy_rows(res, Path(args.legacy_from))
     render(res, args.out)

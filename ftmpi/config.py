@@ -142,8 +142,10 @@ class OptimizerConfig:
     # benchmarks/results/handoff_value.md
     rep_selection: str = _f("random", _choice(*SELECTIONS))
     # the handed rows' weights (ftmpi/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = the rule
-    # before issue 15's fix, kept for the study only). shard: unbiased, the handed rows carry the lost shard's mass
-    rep_weight: str = _f("shard", _choice(*RULES))
+    # before issue 15's fix, kept for the study only). classmix: every class keeps its share of the objective;
+    # measured as good as shard (unbiased) on label-skew after two losses and without shard's iid cost
+    # (benchmarks/results/handoff_value.md); biased under feature skew (not measured)
+    rep_weight: str = _f("classmix", _choice(*RULES))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off
     clip_val: float = _f(0.0, _num(0))  # 0 = off
     momentum: float = _f(0.0, _num(0, 1, hi_open=True))

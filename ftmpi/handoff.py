@@ -28,11 +28,11 @@ rows were drawn uniformly and each given ``M/k``, which shrinks the mass of rows
 than 1 (handed rows lost a second time); that rule survives only as ``rep_weight: shard-legacy``, for the
 study's "before" row.
 
-``optimizer.rep_weight`` then maps the unbiased weights to the ones used (:mod:`ftmpi.weighting`, one
-function per rule): ``shard`` keeps them (the default), ``one`` keeps each row's own weight, ``damped``,
-``sqrt`` and ``classmix`` lie in between. ``loss`` and ``stratified`` are **biased** under every rule:
-their rows are the hardest ones, not a random draw, so no weight makes their per-class mass an unbiased
-estimate; they get ``M/k`` per row as their base (total mass exact).
+``optimizer.rep_weight`` then maps the unbiased weights to the ones used (:mod:`ftmpi.weighting`, one function
+per rule): ``shard`` keeps them, ``one`` keeps each row's own weight, ``damped``, ``sqrt`` and ``classmix``
+(the default: every class keeps its share of the objective) lie in between. ``loss`` and ``stratified`` are
+**biased** under every rule: their rows are the hardest ones, not a random draw, so no weight makes their
+per-class mass an unbiased estimate; they get ``M/k`` per row as their base (total mass exact).
 """
 from __future__ import annotations
 

@@ -343,7 +343,7 @@ def test_each_weight_rule_after_two_sequential_losses(tmp_path, weight):
     for r in (1, 4):
         kept[np.flatnonzero(s.ownership.owner_array() == r)] = True
     floor = np.bincount(y[kept & (s.weight == 1.0)], minlength=4)  # rows of 1 and 4 never handed: weight 1
-    for before, after in zip(masses, masses[1:]):
+    for before, after in zip(masses[:-1], masses[1:], strict=True):
         assert np.all(after <= before + 1e-6), (weight, before, after)
     assert np.all(masses[-1] >= floor - 1e-6)
     if weight == "shard":

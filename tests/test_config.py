@@ -35,7 +35,7 @@ def test_defaults():
     assert cfg.model.batch_size == 128 and cfg.model.shuffle is True and cfg.model.seed == 0
     o = cfg.optimizer
     assert (o.name, o.learning_rate, o.mu_g, o.n_most_rep, o.rep_selection) == ("sgd", 0.05, 0.0, 0.05, "random")
-    assert o.rep_weight == "shard"  # measured best (benchmarks/results/handoff_value.md)
+    assert o.rep_weight == "classmix"  # measured best (benchmarks/results/handoff_value.md)
     assert (o.clip_norm, o.clip_val, o.momentum, o.beta1, o.beta2, o.eps) == (0, 0, 0, 0.9, 0.999, 1e-8)
     e = cfg.executor
     assert (e.comm_period, e.delta_switch, e.send_gradients, e.aggregate) == (10, 0.0, False, "uniform")

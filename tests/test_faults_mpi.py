@@ -177,7 +177,7 @@ def test_two_lost_at_once_fall_back_to_reading_the_standby_files(tmp_path):
     Either way every handed row arrives, with the weight of the shard it stands for."""
     # the timeout detector: both are declared dead at the same deadline (ULFM may report them a moment apart)
     job = run_job(4, SMOKE, tmp_path / "two", "--inject", "kill:1@8", "--inject", "kill:2@8", "--detector",
-                  "timeout", *FAST)
+                  "timeout", *FAST, "--set", "optimizer.rep_weight=shard")
     assert job.rc == 0, job.err
     s, f = job.summary, _failures(job)
     assert sorted(f) == [1, 2] and s["alive_workers"] == 2 and s["rep_weight"] == "shard"

@@ -128,7 +128,7 @@ def test_collect_statuses_and_values(runs):
     assert (k["workers"], k["comm_period"], k["quantize"], k["remap"], k["detector"]) == (4, 10, 0, "representative",
                                                                                          "ulfm")
     o = load_config(None, env={}).optimizer  # smoke.yaml leaves the rule and the weighting to the defaults
-    default_rule = o.rep_selection + ("+w" if o.rep_weight == "shard" else "")
+    default_rule = o.rep_selection + {"shard": "+w", "one": ""}.get(o.rep_weight, f"+{o.rep_weight}")
     assert (k["partition"], k["rep_selection"], k["faults"], k["detected"]) == ("iid", default_rule, "kill:2@5", 1)
     assert k["final_acc"] == 0.86 and k["wall_s"] == 5.93 and k["rounds"] == 20
     assert k["max_recovery_s"] == pytest.approx(0.0604) and k["coverage"] == 0.765625 and k["points_handed"] == 50
