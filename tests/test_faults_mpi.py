@@ -204,14 +204,16 @@ def test_worker_dies_while_its_handoff_is_in_progress(tmp_path):
 
 
 def test_coreset_handoff_keeps_every_class_mass_through_two_losses(tmp_path):
-    """``rep_selection: coreset`` (rank 0's per-class k-means++ at each loss): worker 2 is lost, then worker 3,
-    which holds some of 2's rows; in the final checkpoint every class still weighs exactly the rows it had."""
+    """``rep_selection: coreset``, ``rep_weight: shard`` (rank 0's per-class k-means++ at each loss): worker 2
+    is lost, then worker 3, which holds some of 2's rows; in the final checkpoint every class still weighs
+    exactly the rows it had."""
     import numpy as np
 
     from ftmpi.config import load_config
     from ftmpi.data import load_dataset
 
-    sets = ["optimizer.rep_selection=coreset", "optimizer.n_most_rep=0.1", "data.partition=label-skew"]
+    sets = ["optimizer.rep_selection=coreset", "optimizer.rep_weight=shard", "optimizer.n_most_rep=0.1",
+            "data.partition=label-skew"]
     job = run_job(4, SMOKE, tmp_path / "c", "--inject", "kill:2@5", "--inject", "kill:3@10", *FAST,
                   *(a for s in sets for a in ("--set", s)))
     assert job.rc == 0, job.err
