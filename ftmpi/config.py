@@ -501,6 +501,11 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     if model.type == "mlp" and not model.hidden:
         where = merged.get("model.hidden", merged.get("model.type", (None, "defaults")))[1]
         raise ConfigError(f"{where}: model.hidden: expected at least one hidden layer for type mlp, got []")
+    opt = sections["optimizer"]
+    if opt.rep_weight == "shard-legacy" and opt.rep_selection != "random":
+        where = merged.get("optimizer.rep_weight", (None, "defaults"))[1]
+        raise ConfigError(f"{where}: optimizer.rep_weight: 'shard-legacy' (the rule before issue 15's fix, kept for "
+                          f"the handoff study) needs optimizer.rep_selection: random, got {opt.rep_selection!r}")
     return Config(name=name, faults=faults, source=source, warnings=tuple(dict.fromkeys(warnings)),
                   **sections)
 

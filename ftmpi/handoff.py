@@ -309,10 +309,6 @@ class Coreset(Policy):
     def choose(self, rank: int, owned: np.ndarray, state: StateView, survivors: list[int]) -> Choice:
         assert self.data is not None
         k = rep_count(self.n_most_rep, len(owned))
-        if self.rep_weight == "shard-legacy":  # legacy: a uniform draw, not a coreset (study only)
-            ids, hits = random_choice(state.seed, rank, state.epoch, owned, state.weight, self.n_most_rep,
-                                      self.rep_weight)
-            return self._weigh(ids, self._pps_base(ids, hits, owned, state), hits, owned, state, survivors)
         local, base = K.select_coreset(self.data.X_train[owned], self.data.y_train[owned], state.weight[owned], k,
                                        self.data.n_classes, state.seed * 7919 + rank * 31 + state.epoch)
         ids = owned[local].astype(np.int64)

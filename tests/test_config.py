@@ -160,6 +160,18 @@ def test_mlp_needs_a_hidden_layer():
     assert load_config(None, ["model.hidden=16"], env=NO_ENV).model.hidden == (16,)
 
 
+def test_the_handoff_rules_and_their_combinations():
+    for sel in ("random", "coreset", "loss", "stratified"):
+        for rule in ("one", "shard", "damped", "sqrt", "classmix"):
+            o = load_config(None, [f"optimizer.rep_selection={sel}", f"optimizer.rep_weight={rule}"], env=NO_ENV)
+            assert (o.optimizer.rep_selection, o.optimizer.rep_weight) == (sel, rule)
+    assert load_config(None, ["optimizer.rep_weight=shard-legacy"], env=NO_ENV).optimizer.rep_weight == "shard-legacy"
+    msg = error_of(None, ["optimizer.rep_selection=coreset", "optimizer.rep_weight=shard-legacy"])
+    assert msg.startswith("--set: optimizer.rep_weight:") and "rep_selection: random" in msg
+    assert "optimizer.rep_selection: expected one of random, coreset, loss, stratified" in error_of(
+        None, ["optimizer.rep_selection=kcenter"])
+
+
 def test_override_parsing_errors():
     assert "expected section.key=value" in error_of(None, ["model.type"])
     assert "--set model.hidden" in error_of(None, ["model.hidden=[1,"])
