@@ -346,6 +346,10 @@ def make_policy(remap: str, rep_selection: str, n_most_rep: float, rep_weight: s
         return Drop(rep_weight)
     if remap == "full":
         return Full(rep_weight)
+    if rep_weight == "classmix" and data is None:
+        raise ValueError("rep_weight 'classmix' needs rank 0's training labels")
+    if rep_weight == "damped" and schedule is None:
+        raise ValueError("rep_weight 'damped' needs the training schedule")
     if rep_selection == "random":
         return StagedRandom(n_most_rep, rep_weight, staged, data, schedule)
     if rep_selection == "coreset":

@@ -375,6 +375,10 @@ def test_coreset_policy_needs_the_rows_and_workers_do_not_score_for_it():
         make_policy("representative", "coreset", 0.1, "shard")
     with pytest.raises(ValueError, match="rep_weight"):
         make_policy("representative", "random", 0.1, "bogus")
+    with pytest.raises(ValueError, match="classmix"):
+        make_policy("representative", "random", 0.1, "classmix")
+    with pytest.raises(ValueError, match="damped"):
+        make_policy("representative", "loss", 0.1, "damped")
     from ftmpi.handoff import SCORED
 
     assert "coreset" not in SCORED and "random" not in SCORED and set(SCORED) == {"loss", "stratified"}
