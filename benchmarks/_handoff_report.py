@@ -158,14 +158,22 @@ def render(res: dict, out: str) -> None:
     res["plot"] = plot_study(res, Path(res["kept_runs"]), png)
     wall, code0, code1 = res["study_wall_seconds"], res["code"]["start"], res["code"]["end"]
     losses = ", ".join(f"world rank {r} at {100 * f:g} % of the rounds" for r, f in res["losses"])
+    command = res.get("command") or "python benchmarks/handoff_value.py" + (" --quick" if res["quick"] else "")
     mk = [f"# What handing over a dead worker's points is worth, after {len(res['losses'])} losses "
           f"(Fashion-MNIST, {res['workers']} workers)", "", f"{res['machine']}", "",
-          f"Command: `python benchmarks/handoff_value.py{' --quick' if res['quick'] else ''}` — {res['n_jobs']} jobs "
+          f"Command: `{command}`"
+          f"{' and the parts below' if res.get('parts') else ''} — {res['n_jobs']} jobs "
           f"one at a time, {wall / 60:.1f} min. Code: commit {code0['commit']}"
           + (" with uncommitted changes" if code0["uncommitted"] else "") + f", source digest {code0['digest']}"
           + (", unchanged during the study." if code1["digest"] == code0["digest"] else
              f"; **the code changed during the study** (digest {code1['digest']} at the end): the runs mix versions."),
-          "", "**Setup.** " + "; ".join(
+          "", *([] if not res.get("parts") else [
+              "Merged from " + "; ".join(
+                  f"`{p.get('command') or p.get('file', 'the main run')}`: {p['n_jobs']} jobs, "
+                  f"{p['wall'] / 60:.1f} min, commit "
+                  f"{p['code']['start']['commit']} digest {p['code']['start']['digest']}" for p in res["parts"])
+              + " (`--render A.json --merge B.json`).", ""]),
+          "**Setup.** " + "; ".join(
               f"{st['model']} {st['regime']}: `{st['rounds']}` rounds, losses at rounds "
               f"{', '.join(str(f) for _, f in st['losses'])}, `executor.eval_every={st['eval_every']}`, partitions "
               f"{', '.join(st['partitions'])}" for st in settings.values())
@@ -206,7 +214,9 @@ def render(res: dict, out: str) -> None:
     shared = [r["name"] for r in records if r["shared_cores"]]
     mk += [f"**Alone on the machine.** The study waited {sum(r['waited_for_others'] for r in records):.0f} s in all "
            f"for other ftmpi jobs, tests and benchmarks; {n_cont} job(s) that shared the cores anyway were run again"
-           + (f"; still shared after the last try, timings inflated: {shared}." if shared else "."), ""]
+           + ("." if not shared else f"; still shared after the last try, timings inflated: {shared}."
+              if len(shared) <= 8 else f"; {len(shared)} of {len(records)} jobs shared the cores with other work "
+              "(timings inflated: the times in these tables are noise; the accuracies are not affected)."), ""]
     redo = [(r["name"], a["why"]) for r in records for a in r["rejected_attempts"]]
     bad = [r["name"] for r in records if not r["clean"]]
     mk += [f"**Repeated runs.** {len(redo)} attempt(s) lost other workers than the ones killed (or did not "

@@ -57,10 +57,11 @@ POLICIES: dict[str, tuple[str | None, str | None, str | None, str]] = {
     "fault-free": (None, None, None, "no loss"),
     "none": ("none", None, None, "the lost workers' rows dropped"),
     "random-legacy": ("representative", "random", "shard-legacy",
-                      "random rows, each weighing |shard| / |handed| (before issue 15's fix)"),
-    "random-w": ("representative", "random", "shard", "random rows, each weighing w·n/k (unbiased)"),
+                      "uniform random rows, each weighing |shard| / |handed| (before issue 15's fix)"),
+    "random-w": ("representative", "random", "shard",
+                 "random rows drawn in proportion to weight, each draw weighing M/k (unbiased)"),
     "coreset": ("representative", "coreset", "shard", "per-class k-means++ coreset, each row its cluster's mass"),
-    "random-damped": ("representative", "random", "damped", "random rows, w·n/k capped at the remaining draws"),
+    "random-damped": ("representative", "random", "damped", "random rows, M/k capped at the remaining draws"),
     "random-classmix": ("representative", "random", "classmix",
                         "random rows weighted so that every class keeps its share"),
     "full": ("full", None, None, "the whole shards handed over"),
@@ -306,10 +307,38 @@ def legacy_rows(res: dict, path: Path) -> None:
     res.get("rows_left_out", {}).pop("random-legacy", None)
 
 
+def merge(res: dict, other: dict, name: str) -> None:
+    """Add to study ``res`` the runs of study ``other`` (its results JSON, ``name``): the same rows, losses and
+    representative size, other settings or seeds; a (setting, partition, seed, row) present in both keeps
+    ``res``'s run. The merged study's wall time, job count and code versions are listed per part."""
+    for key in ("losses", "size", "share", "first_share", "workers"):
+        if res.get(key) != other.get(key):
+            raise SystemExit(f"--merge {name}: {key} {other.get(key)!r} differs from {res.get(key)!r}")
+    have = {(r["setting"], r["partition"], r["seed"], r["row"]) for r in res["runs"]}
+    res["runs"] += [r for r in other["runs"] if (r["setting"], r["partition"], r["seed"], r["row"]) not in have]
+    res["rows"] += [r for r in other["rows"] if r not in res["rows"]]
+    res["policies"] = {**other.get("policies", {}), **res.get("policies", {})}
+    res["seeds"] = sorted(set(res["seeds"]) | set(other["seeds"]))
+    res["models"] += [m for m in other["models"] if m not in res["models"]]
+    for k, v in other["settings"].items():
+        if k in res["settings"]:
+            v = dict(res["settings"][k], partitions=sorted(set(res["settings"][k]["partitions"]) |
+                                                         set(v["partitions"])))
+        res["settings"][k] = v
+    res.setdefault("parts", [{"n_jobs": res["n_jobs"], "wall": res["study_wall_seconds"], "code": res["code"],
+                              "quick": res["quick"], "command": res.get("command")}])
+    res["parts"].append({"n_jobs": other["n_jobs"], "wall": other["study_wall_seconds"], "code": other["code"],
+                         "quick": other["quick"], "file": Path(name).name, "command": other.get("command")})
+    res["n_jobs"] += other["n_jobs"]
+    res["study_wall_seconds"] += other["study_wall_seconds"]
+    res["quick"] = False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="logreg only, 2 seeds (48 jobs, 5-10 min)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1 (to extend a study: --merge)")
     ap.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp")
     ap.add_argument("--partitions", default="label-skew,iid", help="partitions of the local regime")
     ap.add_argument("--regimes", default="local,sync", help="comma-separated: local, sync (module docstring)")
@@ -335,6 +364,8 @@ def main() -> int:
                     help="row random-legacy from another study's random-w runs (made with the code before the fix)")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="run nothing: rebuild the tables and the plot from a study's results JSON, under --out")
+    ap.add_argument("--merge", metavar="JSON", action="append", default=[],
+                    help="with --render: add this study's runs (same rows, losses and size; other models or seeds)")
     args = ap.parse_args()
     if args.render:
         import json
@@ -344,6 +375,8 @@ def main() -> int:
             raise SystemExit(f"--render {args.render}: a study of the one-loss harness (issue 7, commit "
                              f"{res.get('code', {}).get('start', {}).get('commit', '?')}); render it with that "
                              "commit's benchmarks/handoff_value.py")
+        for other in args.merge:
+            merge(res, json.loads(Path(other).read_text()), other)
         if args.legacy_from:
             legacy_rows(res, Path(args.legacy_from))
         render(res, args.out)
@@ -353,7 +386,7 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown rows or regimes {unknown}; rows: {list(POLICIES)}, regimes: {list(REGIMES)}")
     losses = parse_losses(args.losses)
-    models, seeds = args.models.split(","), list(range(args.seeds))
+    models, seeds = args.models.split(","), list(range(args.first_seed, args.first_seed + args.seeds))
     if args.quick:
         models, seeds = ["logreg"], seeds[:2]
     rows, left_out = supported(rows, args.size)
@@ -387,7 +420,8 @@ def main() -> int:
            "policies": {r: POLICIES[r][3] for r in rows}, "mlp_iterations": args.mlp_iterations,
            "quick": args.quick, "retries": args.retries, "n_jobs": len(plan), "coreset_cost": cost,
            "study_wall_seconds": time.monotonic() - t0, "kept_runs": str(keep_dir),
-           "code": {"start": code_at_start, "end": code_version()}, "runs": records}
+           "code": {"start": code_at_start, "end": code_version()}, "runs": records,
+           "command": "python benchmarks/handoff_value.py " + " ".join(sys.argv[1:])}
     if args.legacy_from:
         legacy_rows(res, Path(args.legacy_from))
     render(res, args.out)

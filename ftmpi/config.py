@@ -31,6 +31,7 @@ import yaml
 
 from ftmpi.errors import ConfigError
 from ftmpi.fsutil import replace_atomic
+from ftmpi.weighting import RULES, SELECTIONS
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
@@ -136,12 +137,15 @@ class OptimizerConfig:
     lr_schedule: str = _f("constant", _choice("constant", "cosine", "linear"))  # over n_iterations
     mu_g: float = _f(0.0, _num(0))
     n_most_rep: int | float = _f(0.05, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
-    # random: measured best (benchmarks/results/handoff_value.md); loss is the original system's rule
-    rep_selection: str = _f("random", _choice("loss", "random", "stratified"))
-    # shard: the handed rows together weigh what the dead shard weighed (each stands for |shard| / |handed|
-    # rows), so the survivors' objective keeps its share (measured best on skewed shards); one: a handed row
-    # counts as one row (the original system)
-    rep_weight: str = _f("shard", _choice("one", "shard"))
+    # random: rank 0's draw, staged ahead; coreset: rank 0's per-class k-means++ on the features at the loss;
+    # loss / stratified: the workers' own scoring (the original system's rule; biased). Measured:
+    # benchmarks/results/handoff_value.md
+    rep_selection: str = _f("random", _choice(*SELECTIONS))
+    # the handed rows' weights (ftmpi/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = the rule
+    # before issue 15's fix, kept for the study only). classmix: every class keeps its share of the objective;
+    # measured as good as shard (unbiased) on label-skew after two losses and without shard's iid cost
+    # (benchmarks/results/handoff_value.md); biased under feature skew (not measured)
+    rep_weight: str = _f("classmix", _choice(*RULES))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off
     clip_val: float = _f(0.0, _num(0))  # 0 = off
     momentum: float = _f(0.0, _num(0, 1, hi_open=True))
@@ -497,6 +501,11 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     if model.type == "mlp" and not model.hidden:
         where = merged.get("model.hidden", merged.get("model.type", (None, "defaults")))[1]
         raise ConfigError(f"{where}: model.hidden: expected at least one hidden layer for type mlp, got []")
+    opt = sections["optimizer"]
+    if opt.rep_weight == "shard-legacy" and opt.rep_selection != "random":
+        where = merged.get("optimizer.rep_weight", (None, "defaults"))[1]
+        raise ConfigError(f"{where}: optimizer.rep_weight: 'shard-legacy' (the rule before issue 15's fix, kept for "
+                          f"the handoff study) needs optimizer.rep_selection: random, got {opt.rep_selection!r}")
     return Config(name=name, faults=faults, source=source, warnings=tuple(dict.fromkeys(warnings)),
                   **sections)
 

@@ -45,8 +45,9 @@ from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Checkpo
 from .failover import Change, ReplicaSender, choose_deputy, takeover_state
 from .files import HandoffWrite, save_and_prune, shards_by_reference, write_shards
 from .globalmodel import GlobalModel
-from .handoff import make_policy
+from .handoff import Schedule, make_policy
 from .metrics import Progress, truncate_metrics, write_json_atomic, write_status
+from .models import warmup
 from .outputs import Outputs, summary
 from .partition import class_histogram, partition
 from .procs import kill_if_same, start_time
@@ -77,7 +78,10 @@ class Coordinator(Replication):
         self.standby = Standby(cfg, self.run_dir, self.writer)
         self.gm = GlobalModel(cfg, data)
         policy = make_policy(ex.remap, o.rep_selection, o.n_most_rep, o.rep_weight,
-                             self.standby if self.standby.active else None, self.gm.score)
+                             self.standby if self.standby.active else None, self.gm.score, data=data,
+                             schedule=Schedule(cfg.model.n_iterations, ex.comm_period, cfg.model.batch_size))
+        if ex.remap == "representative" and o.rep_selection == "coreset":
+            warmup(0, False, "coreset")  # the coreset kernel runs at a loss: compiled (or loaded) now
         launch = time.time() - (time.monotonic() - t_start)
         hfile = lambda e: str(handoff_path(self.run_dir, e))  # noqa: E731
         self._effects0: list[Effect] = []

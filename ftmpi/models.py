@@ -203,6 +203,8 @@ def _warm(quantize_bits: int, mlp: bool, selection: str) -> None:
         K.select_stratified(out, y, 2, 2)
     if selection in ("random", "all"):
         K.select_random(4, 2, 0)
+    if selection in ("coreset", "all"):  # rank 0's, at a loss
+        K.select_coreset(np.zeros((4, 2), np.float32), np.arange(4) % 2, None, 2, 2, 0)
     if quantize_bits:
         packed, lo, hi = K.quantize_pack(out, quantize_bits, False, 0)
         K.unpack_dequantize(packed, quantize_bits, lo, hi, 4, np.zeros(4, np.float32))

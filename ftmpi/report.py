@@ -226,6 +226,15 @@ def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def _rep(opt: dict) -> str | None:
+    """The rep column: the selection and the weight rule, e.g. ``random+w`` (``rep_weight: shard``, the
+    handed rows carry the dead shard's mass), ``coreset+damped``; a bare selection under ``rep_weight: one``."""
+    if opt.get("rep_selection") is None:
+        return None
+    rule = opt.get("rep_weight")
+    return str(opt["rep_selection"]) + {"shard": "+w", "one": "", None: ""}.get(rule, f"+{rule}")
+
+
 def _num(v: Any) -> float | None:
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     return float(v) if ok else None
@@ -275,9 +284,7 @@ def _row(run: Run) -> dict[str, Any]:
         "remap": _pick(s.get("remap"), ex.get("remap")),
         "detector": _pick(s.get("detector"), ex.get("failure_detector")),
         "partition": _pick(s.get("partition"), data.get("partition")),
-        # "random+w": handed rows weighted by the dead shard (rep_weight: shard)
-        "rep_selection": (None if opt.get("rep_selection") is None else
-                          str(opt["rep_selection"]) + ("+w" if opt.get("rep_weight") == "shard" else "")),
+        "rep_selection": _rep(opt),
         "faults": faults,
         "detected": len(fails) if isinstance(fails, list) else _pick(last.get("failures")),
         "final_acc": _pick(_num(s.get("final_test_acc")), last.get("test_acc")),

@@ -61,7 +61,7 @@ class Standby:
         """``rep_selection: random``, chosen by rank 0: rows of the worker drawn in proportion to their weight
         (:func:`ftmpi.handoff.random_choice`), in random order, with their hit counts."""
         return random_choice(self.cfg.model.seed, rank, epoch, ownership.owned(rank), weight,
-                             self.cfg.optimizer.n_most_rep)
+                             self.cfg.optimizer.n_most_rep, self.cfg.optimizer.rep_weight)
 
     def get(self, rank: int) -> tuple[np.ndarray, np.ndarray, Path] | None:
         """The worker's published standby rows, their hit counts and file, or None (none yet, or being

@@ -1,46 +1,51 @@
 """Weights of the rows handed over when a worker is lost: one pure function per rule, and what each biases.
 
-A survivor draws its minibatches in proportion to row weight (:func:`ftmpi.worker.expand_weights`), so a
-row's weight is how many training rows it stands for. When a worker is lost, ``k`` of the ``n`` rows it owned
-are handed over (the *chosen* rows); the rules below say what each of them weighs from then on. Two inputs
-describe the choice:
+A survivor draws its minibatches in proportion to row weight (:class:`ftmpi.localshard.LocalShard`), so a
+row's weight is how many training rows it stands for. When a worker is lost, ``k`` draws are made among the
+``n`` rows it owned (the *chosen* rows, :mod:`ftmpi.handoff`); the rules below say what each chosen row weighs
+from then on. Two inputs describe the choice:
 
 - ``own``: the chosen rows' weights before the loss (1 for a row of the initial split, more for a row that was
   itself handed over at an earlier loss);
-- ``base``: weights that carry the lost shard's mass without bias. For a uniform choice without replacement
-  (inclusion probability ``k / n``) that is ``own * n / k`` (:func:`unbiased`, Horvitz-Thompson: the expected
-  handed mass of every class and of every origin equals the shard's, after any sequence of losses); for a
-  coreset (:func:`ftmpi.kernels.select_coreset`) it is each centre's cluster mass (per-class mass exact).
+- ``base``: weights that carry the lost shard's mass without bias, given by the policy. ``random`` draws in
+  proportion to weight (:func:`ftmpi.handoff.pps_systematic`, inclusion ``k w_i / M``), so ``base`` is
+  ``M / k`` per draw: the expected handed mass of every class and of every origin equals the shard's, after
+  any sequence of losses, and the total is exact. ``coreset`` (:func:`ftmpi.kernels.select_coreset`) gives
+  each centre its cluster's mass (per-class mass exact). ``loss`` / ``stratified`` get ``M / k`` per row,
+  which is biased there (their rows are the hardest, not a random draw).
 
-Rules (:data:`RULES`; :func:`handed_weights` dispatches by name):
+Rules (:data:`RULES`, ``optimizer.rep_weight``; :func:`handed_weights` dispatches by name):
 
-- ``one``: ``own``. The handed rows add their own weight only: the lost shard's mass shrinks to ``k / n`` of
-  it, so its classes lose their share of the objective (biased towards the survivors' classes; the original
-  system's rule).
-- ``shard``: ``base``. Unbiased; the cost is variance (each row weighs ``n / k``, 20 at 5 %: the iid
-  accuracy cost measured in benchmarks/results/handoff_value.md).
-- ``shard-legacy``: ``mass / k`` for every row, ``mass`` = the lost shard's total weight (the code before
-  issue 15). The total is kept, but rows drawn uniformly from a shard whose rows weigh differently get the
-  same weight, so the mass of the rows handed at an earlier loss falls to about ``k' / n'`` of it at the next.
+- ``one``: ``own``. The handed rows add their own weight only: the lost shard's mass shrinks to about
+  ``k / n`` of it, so its classes lose their share of the objective (biased towards the survivors' classes;
+  the original system's rule).
+- ``shard``: ``base``. Unbiased; the cost is variance (each row weighs ``M / k``, 20 at 5 %): on iid shards it
+  ends 0.4-0.6 points below fault-free after two losses (benchmarks/results/handoff_value.md).
+- ``shard-legacy``: **for the study only** (the "before the fix" row of benchmarks/handoff_value.py): the
+  rule before issue 15, a *uniform* draw (:func:`ftmpi.handoff.random_choice` ignores the weights under
+  this rule) with ``mass / k`` for every row. The total is kept, but rows that weighed more than 1 are
+  drawn no more often than the others, so the mass of the rows handed at an earlier loss falls to about
+  ``k' / n'`` of it at the next.
 - ``damped``: ``min(base, max(cap, own))`` with ``cap`` = :func:`remaining_draws` (how many times a row of
   weight 1 is still drawn before the end of training). Never below ``own``, never above ``base``: biased
   towards the survivors like ``one``, less so the more training is left; the handed mass is
   :func:`kept_fraction` of the unbiased one (about 3.6 / 20 = 18 % at 30 % of 800 iterations of 128 rows on
   a 20 000-row shard at 5 %).
-- ``sqrt``: ``sqrt(own * base)`` (``own * sqrt(n / k)`` for a uniform choice): the geometric mean of ``one``
-  and ``shard``; the lost shard keeps ``sqrt(k / n)`` of its mass (22 % at 5 %).
-- ``classmix``: every class keeps its share of the whole objective (survivors' rows plus handed rows) that it
-  had before the loss, with the least handed mass at which each class's handed rows together keep at least
-  their ``own`` mass (every row keeps its own weight when ``base / own`` is the same for all of them, as
-  under a uniform choice). With ``S_c`` the survivors' mass of class ``c``, ``M_c`` the lost shard's and
-  ``a_c`` the chosen rows' own mass: ``lam = max_c (S_c + a_c) / (S_c + M_c)`` (<= 1), class ``c``'s handed mass is
-  ``H_c = lam (S_c + M_c) - S_c`` (between ``a_c`` and ``M_c``), shared among its chosen rows in proportion
-  to ``base``. On an iid split (every class's ``S_c / M_c`` alike) ``lam`` is about ``(S + k) / (S + n)``
-  and each row weighs about ``own``; when the survivors hold a class the lost worker did not, ``lam = 1``
-  and ``H_c = M_c`` (per-class exact ``shard``). Bias: the class mix of the objective is exactly the one
-  before the loss (for classes with a handed row), but within a class the lost worker's rows weigh less than
-  the survivors' (by ``lam``): unbiased when a class's rows look alike on every worker (label skew), biased
-  when they do not (feature skew). A class of the lost shard with no handed row loses its mass in every rule.
+- ``sqrt``: ``sqrt(own * base)``: the geometric mean of ``one`` and ``shard``; the lost shard keeps about
+  ``sqrt(k / n)`` of its mass (22 % at 5 %).
+- ``classmix`` (the default): every class keeps its share of the whole objective (survivors' rows plus handed
+  rows) that it had before the loss, with the least handed mass at which each class's handed rows together keep at least
+  their ``own`` mass. With ``S_c`` the survivors' mass of class ``c``, ``M_c`` the lost shard's and
+  ``a_c`` the chosen rows' own mass: ``lam = max_c (S_c + a_c) / (S_c + M_c)`` (<= 1), class ``c``'s handed
+  mass is ``H_c = lam (S_c + M_c) - S_c`` (between ``a_c`` and ``M_c``), shared among its chosen rows in
+  proportion to ``base``. On an iid split (every class's ``S_c / M_c`` alike) ``lam`` is about
+  ``(S + k) / (S + n)`` and each row weighs about ``own``; when the survivors hold a class the lost worker did
+  not, ``lam = 1`` and ``H_c = M_c`` (per-class exact ``shard``). Bias: the class mix of the objective is
+  exactly the one before the loss (for classes with a handed row), but within a class the lost worker's rows
+  weigh less than the survivors' (by ``lam``): unbiased when a class's rows look alike on every worker (label
+  skew), biased when they do not (feature skew). A class of the lost shard with no handed row loses its mass
+  in every rule. Measured (two losses, 5 seeds, logreg and MLP): as good as ``shard`` on label-skew shards and
+  without its iid cost, hence the default.
 """
 from __future__ import annotations
 
@@ -48,24 +53,9 @@ import math
 
 import numpy as np
 
-RULES = ("one", "shard", "shard-legacy", "damped", "sqrt", "classmix")
-
-
-def unbiased(w_owned: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """``w_i * n / k`` for rows ``chosen`` (local indices, distinct) drawn uniformly from ``n`` owned rows.
-
-    Args:
-        w_owned: Weights of every row the lost worker owned, shape ``(n,)``.
-        chosen: Local indices of the ``k`` handed rows.
-
-    Returns:
-        Float64 weights aligned with ``chosen`` (empty when nothing is handed).
-    """
-    w_owned = np.asarray(w_owned, np.float64)
-    chosen = np.asarray(chosen, np.int64)
-    if len(chosen) == 0:
-        return np.zeros(0, np.float64)
-    return w_owned[chosen] * (len(w_owned) / len(chosen))
+RULES = ("one", "shard", "shard-legacy", "damped", "sqrt", "classmix")  # optimizer.rep_weight
+SCORED = ("loss", "stratified")  # selections the workers make by scoring their rows (biased)
+SELECTIONS = ("random", "coreset") + SCORED  # optimizer.rep_selection; random and coreset are rank 0's
 
 
 def remaining_draws(remaining_iterations: int, batch_size: int, shard_mass: float) -> float:
@@ -131,7 +121,7 @@ def handed_weights(rule: str, own: np.ndarray, base: np.ndarray, *, mass: float 
     Args:
         rule: The rule's name.
         own: The chosen rows' weights before the loss.
-        base: Their unbiased weights (:func:`unbiased`, or a coreset's cluster masses).
+        base: Their unbiased weights (``M/k`` per draw, or a coreset's cluster masses).
         mass: ``shard-legacy``: the lost shard's total weight.
         cap: ``damped``: the cap (:func:`remaining_draws`).
         y: ``classmix``: the chosen rows' labels.
@@ -177,52 +167,3 @@ def kept_fraction(weights: np.ndarray, base: np.ndarray) -> float:
     others, in one number)."""
     total = float(np.sum(base))
     return float(np.sum(weights)) / total if total > 0 else math.nan
-
-
-def choose_and_weigh(selection: str, rule: str, y_owned: np.ndarray, w_owned: np.ndarray, k: int, n_classes: int,
-                     seed: int, *, X_owned: np.ndarray | None = None, local: np.ndarray | None = None,
-                     cap: float | None = None,
-                     survivor_class_mass: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Which of a lost worker's rows to hand over, and what each weighs: the whole policy in one call.
-
-    ``selection``: ``random`` (a uniform choice: ``local`` if given, say rank 0's staged choice as positions
-    in the owned rows, else :func:`ftmpi.kernels.select_random`), ``coreset``
-    (:func:`ftmpi.kernels.select_coreset` on ``X_owned``; ``base`` = the cluster masses) or a score rule
-    whose rows the caller passes as ``local`` (``loss``, ``stratified``: not a uniform choice, so ``w·n/k`` is
-    biased there, towards whatever the rule prefers).
-
-    Args:
-        selection: ``random``, ``coreset``, or any other name with ``local`` given.
-        rule: One of :data:`RULES`.
-        y_owned: Labels of every owned row.
-        w_owned: Weights of every owned row.
-        k: Number of rows to hand over.
-        n_classes: Number of classes.
-        seed: Seed of the choice.
-        X_owned: Features of every owned row (``coreset``).
-        local: Positions of the chosen rows in the owned ones (skips the choice).
-        cap: ``damped``: :func:`remaining_draws`.
-        survivor_class_mass: ``classmix``: the survivors' mass per class.
-
-    Returns:
-        ``(local, weights)``: int64 positions in the owned rows and float64 weights aligned with them.
-    """
-    from . import kernels as K
-
-    y_owned = np.asarray(y_owned, np.int64)
-    w_owned = np.asarray(w_owned, np.float64)
-    if local is None and selection == "coreset":
-        if X_owned is None:
-            raise ValueError("rep_selection 'coreset' needs the owned rows' features")
-        local, base = K.select_coreset(X_owned, y_owned, w_owned, k, n_classes, seed)
-    else:
-        if local is None:
-            if selection != "random":
-                raise ValueError(f"rep_selection {selection!r}: pass the chosen rows as local")
-            local = K.select_random(len(w_owned), k, seed)
-        local = np.asarray(local, np.int64)
-        base = unbiased(w_owned, local)
-    weights = handed_weights(rule, w_owned[local], base, mass=float(w_owned.sum()), cap=cap, y=y_owned[local],
-                             dead_class_mass=class_mass(y_owned, w_owned, n_classes),
-                             survivor_class_mass=survivor_class_mass)
-    return local, weights

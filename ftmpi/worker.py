@@ -34,7 +34,7 @@ from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
 from .config import Config
 from .errors import CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
 from .failover import Change, DatasetAhead, Promoted, ReplicaKeeper
-from .handoff import rep_count, select_representative
+from .handoff import SCORED, rep_count, select_representative
 from .localshard import LocalShard
 from .models import Model, warmup
 from .optim import Optimizer, clip
@@ -395,10 +395,10 @@ class Worker:
     def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
         """Global ids of this worker's representative rows under ``loss`` or ``stratified`` (scored on its
         shard); nothing when they would not be used (``remap`` is not ``representative``) or when rank 0
-        chooses them itself (``random``, staged before any failure)."""
+        chooses them itself (``random``, staged before any failure; ``coreset``, at the loss)."""
         o = self.cfg.optimizer
         k = rep_count(o.n_most_rep, len(self.shard))
-        if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection == "random":
+        if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection not in SCORED:
             return np.zeros(0, np.int64)
         self._rescore(params, rnd)
         assert self.scores is not None

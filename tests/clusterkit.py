@@ -12,7 +12,7 @@ from ftmpi.cluster import Chosen, ClusterState, Heard, Lost, SendHandoff, Stage,
 from ftmpi.config import Config, load_config
 from ftmpi.data import Dataset
 from ftmpi.files import write_handoff_file
-from ftmpi.handoff import make_policy, rep_count, select_representative
+from ftmpi.handoff import Schedule, make_policy, rep_count, select_representative
 from ftmpi.models import Model
 from ftmpi.partition import partition
 from ftmpi.saver import BackgroundWriter
@@ -97,7 +97,8 @@ def make_cluster(tmp_path: Path, remap: str, n_most_rep: float = 10, selection: 
                                     rep_count(n_most_rep, len(owned)), n_classes, seed + rank)
         return owned[loc]
 
-    policy = make_policy(remap, selection, n_most_rep, weight, standby if standby.active else None, score)
+    policy = make_policy(remap, selection, n_most_rep, weight, standby if standby.active else None, score, data=data,
+                         schedule=Schedule(cfg.model.n_iterations, cfg.executor.comm_period, cfg.model.batch_size))
     state = ClusterState(len(y), list(workers), policy, seed, 0.0, lambda e: str(handoff_path(run_dir, e)))
     state.deal(dict(zip(workers, partition(y, len(workers), partition_kind, seed=seed), strict=True)))
     return Kit(state, data, standby, writer, cfg, run_dir)

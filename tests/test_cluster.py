@@ -14,7 +14,7 @@ from ftmpi.handoff import make_policy, pps_systematic
 from .clusterkit import Kit, make_cluster
 
 POLICIES = [("none", "loss"), ("full", "loss"), ("representative", "random"), ("representative", "loss"),
-            ("representative", "stratified")]
+            ("representative", "stratified"), ("representative", "coreset")]
 
 
 def check_ownership(s: ClusterState, orphans_ok: bool = False) -> None:
@@ -257,10 +257,11 @@ def _origin_mass(s: ClusterState, origin: np.ndarray, n_origins: int) -> np.ndar
     return np.bincount(origin[owned], weights=s.weight[owned], minlength=n_origins)
 
 
-def _scenario(tmp_path, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _scenario(tmp_path, name: str, seed: int, weight: str = "shard", selection: str = "random",
+              n_most_rep: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Per-class and per-origin mass after the losses of one scenario, minus what they should be."""
-    c = make_cluster(tmp_path, "representative", n_most_rep=0.1, selection="random", weight="shard", seed=seed,
-                     n=600, sub="x")
+    c = make_cluster(tmp_path, "representative", n_most_rep=n_most_rep, selection=selection, weight=weight,
+                     seed=seed, n=600, sub="x")
     c.standby = None  # type: ignore[assignment]  (no staging: the draw at the loss, nothing written)
     s, y = c.state, c.data.y_train
     origin = s.ownership.owner_array().astype(np.int64)
@@ -296,6 +297,91 @@ def test_expected_mass_per_class_and_per_origin_survives_the_losses(tmp_path, na
         d = np.array([x[k] for x in diffs])
         mean, se = d.mean(axis=0), d.std(axis=0, ddof=1) / np.sqrt(len(d))
         assert np.all(np.abs(mean) <= 4 * se + 1e-6), (what, mean.round(2), se.round(2))
+
+
+def test_the_rule_before_the_fix_loses_the_mass_of_rows_handed_twice(tmp_path):
+    """``rep_weight: shard-legacy`` (kept for the study's "before" row: a uniform draw, ``M/k`` each): the
+    same check as above fails it, on the origin whose rows were handed twice."""
+    diffs = [_scenario(tmp_path, "sequence", seed, "shard-legacy") for seed in range(300)]
+    d = np.array([x[1] for x in diffs])
+    mean, se = d.mean(axis=0), d.std(axis=0, ddof=1) / np.sqrt(len(d))
+    assert mean[2] < -8 * se[2], (mean.round(1), se.round(1))  # origin 2: its rows went to 3, then on
+
+
+@pytest.mark.parametrize("name", ["sequence", "one-round", "after-resume", "receiver"])
+def test_the_coreset_keeps_every_class_mass_exactly(tmp_path, name):
+    """``rep_selection: coreset``, ``rep_weight: shard``: every centre weighs its cluster's mass, so each class
+    keeps its mass exactly (not only in expectation) through every sequence of losses, as long as every lost
+    shard's budget has a row for each of its classes (30 %: a 29-row shard of 4 classes gets 9)."""
+    for seed in range(3):
+        d_class, _ = _scenario(tmp_path, name, seed, selection="coreset", n_most_rep=0.3)
+        assert np.allclose(d_class, 0.0, atol=1e-6), (seed, d_class)
+
+
+def _two_sequential(tmp_path, weight: str, selection: str, late: bool = False) -> tuple[Kit, list[np.ndarray]]:
+    c = make_cluster(tmp_path, "representative", n_most_rep=0.3, selection=selection, weight=weight, n=600,
+                     sub=f"{weight}-{selection}")
+    s, y = c.state, c.data.y_train
+    masses = [class_mass(s, y, 4)]
+    for r in (2, 3):  # 3 holds some of 2's rows when it is lost
+        if late:  # near the end of training: the damped cap binds
+            s.round = 28
+        c.lose(r)
+        check_ownership(s)
+        masses.append(class_mass(s, y, 4))
+    return c, masses
+
+
+@pytest.mark.parametrize("weight", ["one", "damped", "sqrt", "classmix", "shard"])
+def test_each_weight_rule_after_two_sequential_losses(tmp_path, weight):
+    """Under the coreset (each class's unbiased handed mass is exact) every rule keeps each class's mass between
+    its survivors' own part and its mass before (``shard``: exactly its mass; ``classmix``: exactly its share
+    of the whole); ``one`` loses mass; late in training ``damped`` loses some, early it is ``shard``."""
+    c, masses = _two_sequential(tmp_path, weight, "coreset", late=True)
+    s, y = c.state, c.data.y_train
+    kept = np.zeros(len(y), bool)
+    for r in (1, 4):
+        kept[np.flatnonzero(s.ownership.owner_array() == r)] = True
+    floor = np.bincount(y[kept & (s.weight == 1.0)], minlength=4)  # rows of 1 and 4 never handed: weight 1
+    for before, after in zip(masses[:-1], masses[1:], strict=True):
+        assert np.all(after <= before + 1e-6), (weight, before, after)
+    assert np.all(masses[-1] >= floor - 1e-6)
+    if weight == "shard":
+        assert np.allclose(masses[-1], masses[0])
+    elif weight == "classmix":
+        assert np.allclose(masses[-1] / masses[-1].sum(), masses[0] / masses[0].sum())
+        assert masses[-1].sum() < masses[0].sum()
+    else:
+        assert masses[-1].sum() < masses[0].sum() - 1, weight
+    if weight == "damped":
+        _, early = _two_sequential(tmp_path, "damped", "coreset")
+        assert np.allclose(early[-1], masses[0]), "cap above M/k early in training: damped is shard"
+
+
+@pytest.mark.parametrize("weight", ["damped", "sqrt", "classmix", "one"])
+def test_random_choice_with_each_weight_rule(tmp_path, weight):
+    """The staged random choice under every rule: ownership exact, every handed row weighs at least its own
+    weight and at most what ``shard`` would give it, the failure log names the mean weight of a draw."""
+    c, masses = _two_sequential(tmp_path, weight, "random", late=True)
+    s = c.state
+    assert np.all(masses[-1] <= masses[0] * 1.5)  # no class gains much (random: only in expectation)
+    for f in s.failures:
+        assert f.rows_handed > 0
+        assert (f.row_weight is None) == (weight == "one")
+
+
+def test_coreset_policy_needs_the_rows_and_workers_do_not_score_for_it():
+    with pytest.raises(ValueError, match="coreset"):
+        make_policy("representative", "coreset", 0.1, "shard")
+    with pytest.raises(ValueError, match="rep_weight"):
+        make_policy("representative", "random", 0.1, "bogus")
+    with pytest.raises(ValueError, match="classmix"):
+        make_policy("representative", "random", 0.1, "classmix")
+    with pytest.raises(ValueError, match="damped"):
+        make_policy("representative", "loss", 0.1, "damped")
+    from ftmpi.handoff import SCORED
+
+    assert "coreset" not in SCORED and "random" not in SCORED and set(SCORED) == {"loss", "stratified"}
 
 
 def test_loss_and_stratified_are_biased_and_say_so():

@@ -35,7 +35,7 @@ def test_defaults():
     assert cfg.model.batch_size == 128 and cfg.model.shuffle is True and cfg.model.seed == 0
     o = cfg.optimizer
     assert (o.name, o.learning_rate, o.mu_g, o.n_most_rep, o.rep_selection) == ("sgd", 0.05, 0.0, 0.05, "random")
-    assert o.rep_weight == "shard"  # measured best (benchmarks/results/handoff_value.md)
+    assert o.rep_weight == "classmix"  # measured best (benchmarks/results/handoff_value.md)
     assert (o.clip_norm, o.clip_val, o.momentum, o.beta1, o.beta2, o.eps) == (0, 0, 0, 0.9, 0.999, 1e-8)
     e = cfg.executor
     assert (e.comm_period, e.delta_switch, e.send_gradients, e.aggregate) == (10, 0.0, False, "uniform")
@@ -158,6 +158,18 @@ def test_mlp_needs_a_hidden_layer():
     cfg = load_config(None, ["model.type=mlp", "model.hidden=[64, 32]"], env=NO_ENV)
     assert cfg.model.hidden == (64, 32)
     assert load_config(None, ["model.hidden=16"], env=NO_ENV).model.hidden == (16,)
+
+
+def test_the_handoff_rules_and_their_combinations():
+    for sel in ("random", "coreset", "loss", "stratified"):
+        for rule in ("one", "shard", "damped", "sqrt", "classmix"):
+            o = load_config(None, [f"optimizer.rep_selection={sel}", f"optimizer.rep_weight={rule}"], env=NO_ENV)
+            assert (o.optimizer.rep_selection, o.optimizer.rep_weight) == (sel, rule)
+    assert load_config(None, ["optimizer.rep_weight=shard-legacy"], env=NO_ENV).optimizer.rep_weight == "shard-legacy"
+    msg = error_of(None, ["optimizer.rep_selection=coreset", "optimizer.rep_weight=shard-legacy"])
+    assert msg.startswith("--set: optimizer.rep_weight:") and "rep_selection: random" in msg
+    assert "optimizer.rep_selection: expected one of random, coreset, loss, stratified" in error_of(
+        None, ["optimizer.rep_selection=kcenter"])
 
 
 def test_override_parsing_errors():

@@ -180,7 +180,7 @@ def test_two_lost_at_once_fall_back_to_reading_the_standby_files(tmp_path):
     Either way every handed row arrives, with the weight of the shard it stands for."""
     # the timeout detector: both are declared dead at the same deadline (ULFM may report them a moment apart)
     job = run_job(4, SMOKE, tmp_path / "two", "--inject", "kill:1@8", "--inject", "kill:2@8", "--detector",
-                  "timeout", *FAST)
+                  "timeout", *FAST, "--set", "optimizer.rep_weight=shard")
     assert job.rc == 0, job.err
     s, f = job.summary, _failures(job)
     assert sorted(f) == [1, 2] and s["alive_workers"] == 2 and s["rep_weight"] == "shard"
@@ -204,3 +204,27 @@ def test_worker_dies_while_its_handoff_is_in_progress(tmp_path):
     # worker 2's own rows plus its share of worker 1's, never loaded, were handed on again
     assert f[2]["rows_handed"] > s["initial_shards"]["2"]
     assert s["points_handed"] == f[1]["rows_handed"] + f[2]["rows_handed"]
+
+
+def test_coreset_handoff_keeps_every_class_mass_through_two_losses(tmp_path):
+    """``rep_selection: coreset``, ``rep_weight: shard`` (rank 0's per-class k-means++ at each loss): worker 2
+    is lost, then worker 3, which holds some of 2's rows; in the final checkpoint every class still weighs
+    exactly the rows it had."""
+    import numpy as np
+
+    from ftmpi.config import load_config
+    from ftmpi.data import load_dataset
+
+    sets = ["optimizer.rep_selection=coreset", "optimizer.rep_weight=shard", "optimizer.n_most_rep=0.1",
+            "data.partition=label-skew"]
+    job = run_job(4, SMOKE, tmp_path / "c", "--inject", "kill:2@5", "--inject", "kill:3@10", *FAST,
+                  *(a for s in sets for a in ("--set", s)))
+    assert job.rc == 0, job.err
+    f = _failures(job)
+    assert sorted(f) == [2, 3] and f[3]["rows_handed"] > 0.1 * job.summary["initial_shards"]["3"]
+    y = load_dataset(load_config(SMOKE, sets, env={}).data, 0).y_train
+    final = load(list_checkpoints(tmp_path / "c")[-1])
+    owned = final.owner >= 0
+    assert final.weight is not None and set(np.unique(final.owner[owned])) == {1, 4}
+    np.testing.assert_allclose(np.bincount(y[owned], weights=final.weight[owned], minlength=4),
+                               np.bincount(y, minlength=4), rtol=1e-9)

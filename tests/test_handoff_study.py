@@ -163,3 +163,24 @@ def test_the_legacy_row_can_come_from_a_study_run_with_the_old_code(hv, tmp_path
     assert [r["final_acc"] for r in legacy] == [0.79, 0.79] and legacy[0]["name"].endswith("-random-legacy")
     assert "7db911f" in res["policies"]["random-legacy"] and "random-legacy" not in res["rows_left_out"]
     assert [r["row"] for r in res["runs"]].count("random-w") == 1
+
+
+def test_merge_adds_another_studys_runs_and_refuses_a_different_study(hv):
+    def study(setting, seeds, runs):
+        return {"losses": [[2, 0.3], [3, 0.6]], "size": "0.05", "share": 0.75, "first_share": 0.5, "workers": 4,
+                "rows": ["none", "random-w"], "policies": {"none": "x", "random-w": "y"}, "seeds": seeds,
+                "models": [setting], "settings": {setting: {"model": setting, "partitions": ["label-skew"]}},
+                "n_jobs": len(runs), "study_wall_seconds": 60.0, "code": {"start": {"commit": "abc", "digest": "d"}},
+                "quick": True, "runs": runs}
+
+    a = study("logreg", [0, 1], [_rec("none", 0, 0.7, 0.5), _rec("random-w", 0, 0.8, 0.7)])
+    b = study("mlp", [0, 1, 2], [_rec("none", 2, 0.7, 0.5, setting="mlp"), _rec("none", 0, 0.1, 0.1)])
+    hv.merge(a, b, "b.json")
+    assert [(r["setting"], r["seed"], r["row"]) for r in a["runs"]] == [
+        ("logreg", 0, "none"), ("logreg", 0, "random-w"), ("mlp", 2, "none")], "a run in both keeps the first's"
+    assert a["seeds"] == [0, 1, 2] and a["models"] == ["logreg", "mlp"] and set(a["settings"]) == {"logreg", "mlp"}
+    assert a["n_jobs"] == 4 and not a["quick"] and [p.get("file") for p in a["parts"]] == [None, "b.json"]
+    c = study("mlp", [0], [])
+    c["size"] = "0.1"
+    with pytest.raises(SystemExit, match="size"):
+        hv.merge(a, c, "c.json")

@@ -29,11 +29,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, name: str, *, rounds: int = 20, kill_at: int | None = None, quantize: int = 0,
-             status: str | None = "completed", partition: str = "iid") -> Path:
+             status: str | None = "completed", partition: str = "iid", extra: tuple[str, ...] = ()) -> Path:
     """A run dir like the one a real 4-worker smoke run leaves (4 workers, 4 classes); nothing is launched."""
     run = root / name
     run.mkdir(parents=True)
-    sets = [f"executor.quantize={quantize}", f"data.partition={partition}"]
+    sets = [f"executor.quantize={quantize}", f"data.partition={partition}", *extra]
     if kill_at is not None:
         sets.append(f"faults=['kill:2@{kill_at}']")
     cfg = load_config(SMOKE, sets, env={})
@@ -105,6 +105,17 @@ def by_run(rows: list[dict]) -> dict[str, dict]:
     return {r["run"]: r for r in rows}
 
 
+def test_the_rep_column_names_the_selection_and_the_weight_rule(tmp_path):
+    want = {("random", "shard"): "random+w", ("random", "one"): "random", ("coreset", "shard"): "coreset+w",
+            ("random", "damped"): "random+damped", ("random", "classmix"): "random+classmix",
+            ("random", "sqrt"): "random+sqrt", ("random", "shard-legacy"): "random+shard-legacy",
+            ("coreset", "damped"): "coreset+damped", ("loss", "shard"): "loss+w"}
+    dirs = [make_run(tmp_path, f"{sel}-{w}", kill_at=5, extra=(f"optimizer.rep_selection={sel}",
+                                                               f"optimizer.rep_weight={w}")) for sel, w in want]
+    got = by_run(collect(dirs))
+    assert {(sel, w): got[f"{sel}-{w}"]["rep_selection"] for sel, w in want} == want
+
+
 def test_collect_statuses_and_values(runs):
     rows = collect(list(runs.values()))
     assert [r["run"] for r in rows] == [p.name for p in runs.values()], "one row per run dir, in order"
@@ -117,7 +128,7 @@ def test_collect_statuses_and_values(runs):
     assert (k["workers"], k["comm_period"], k["quantize"], k["remap"], k["detector"]) == (4, 10, 0, "representative",
                                                                                          "ulfm")
     o = load_config(None, env={}).optimizer  # smoke.yaml leaves the rule and the weighting to the defaults
-    default_rule = o.rep_selection + ("+w" if o.rep_weight == "shard" else "")
+    default_rule = o.rep_selection + {"shard": "+w", "one": ""}.get(o.rep_weight, f"+{o.rep_weight}")
     assert (k["partition"], k["rep_selection"], k["faults"], k["detected"]) == ("iid", default_rule, "kill:2@5", 1)
     assert k["final_acc"] == 0.86 and k["wall_s"] == 5.93 and k["rounds"] == 20
     assert k["max_recovery_s"] == pytest.approx(0.0604) and k["coverage"] == 0.765625 and k["points_handed"] == 50

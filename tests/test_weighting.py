@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 
 from ftmpi import weighting as W
+from ftmpi.handoff import pps_systematic
 
 N_CLASSES = 4
+
+
+def _draw(rule: str, w: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The policy's choice (:func:`ftmpi.handoff.pps_systematic` over a random order; a uniform one under
+    ``shard-legacy``) and the chosen rows' weights under ``rule``."""
+    order = rng.permutation(len(w))
+    pos, hits = pps_systematic(np.ones(len(w)) if rule == "shard-legacy" else w[order], k, rng)
+    chosen = order[pos]
+    base = hits * (w.sum() / hits.sum())
+    return chosen, W.handed_weights(rule, w[chosen], base, mass=w.sum())
 
 
 def _two_losses(rule: str, seed: int, k_frac: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -18,17 +29,12 @@ def _two_losses(rule: str, seed: int, k_frac: float = 0.05) -> tuple[np.ndarray,
     rng = np.random.default_rng(seed)
     ya = np.repeat([0, 1], [3000, 2000])
     yb = np.repeat([1, 2, 3], [5000, 6000, 4000])
-    wa = np.ones(len(ya))
-    ka = int(round(k_frac * len(ya)))
-    ca = np.sort(rng.choice(len(ya), ka, replace=False))
-    w_handed = W.handed_weights(rule, wa[ca], W.unbiased(wa, ca), mass=wa.sum())
+    ca, w_handed = _draw(rule, np.ones(len(ya)), int(round(k_frac * len(ya))), rng)
     # B now owns its own rows and A's handed ones
     y = np.concatenate([yb, ya[ca]])
     w = np.concatenate([np.ones(len(yb)), w_handed])
-    origin = np.concatenate([np.ones(len(yb), np.int64), np.zeros(ka, np.int64)])
-    kb = int(round(k_frac * len(y)))
-    cb = np.sort(rng.choice(len(y), kb, replace=False))
-    wb = W.handed_weights(rule, w[cb], W.unbiased(w, cb), mass=w.sum())
+    origin = np.concatenate([np.ones(len(yb), np.int64), np.zeros(len(ca), np.int64)])
+    cb, wb = _draw(rule, w, int(round(k_frac * len(y))), rng)
     return W.class_mass(y[cb], wb, N_CLASSES), np.bincount(origin[cb], weights=wb, minlength=2)
 
 
@@ -56,14 +62,12 @@ def test_the_rule_before_the_fix_loses_the_first_shard_at_the_second_loss():
     assert cls[0] < 0.2 * TRUE_CLASS[0]  # class 0 lived only on A
 
 
-def test_unbiased_weights_and_the_legacy_ones():
-    w = np.array([1.0, 1.0, 20.0, 20.0, 1.0, 1.0, 1.0, 1.0])
-    chosen = np.array([0, 2, 5, 7])
-    np.testing.assert_allclose(W.unbiased(w, chosen), [2.0, 40.0, 2.0, 2.0])
-    np.testing.assert_allclose(W.handed_weights("shard-legacy", w[chosen], W.unbiased(w, chosen), mass=w.sum()),
-                               np.full(4, 46.0 / 4))
-    assert W.unbiased(w, np.zeros(0, np.int64)).shape == (0,)
-    np.testing.assert_array_equal(W.handed_weights("one", w[chosen], W.unbiased(w, chosen)), w[chosen])
+def test_the_legacy_and_one_rules():
+    w = np.array([1.0, 20.0, 1.0, 1.0])
+    base = np.full(4, 46.0 / 4)
+    np.testing.assert_allclose(W.handed_weights("shard-legacy", w, base, mass=46.0), np.full(4, 46.0 / 4))
+    np.testing.assert_array_equal(W.handed_weights("one", w, base), w)
+    np.testing.assert_array_equal(W.handed_weights("shard", w, base), base)
 
 
 def test_remaining_draws():
@@ -97,7 +101,7 @@ def test_classmix_on_an_iid_split_is_about_one_and_keeps_the_shares():
     S, M = np.full(4, 4500.0), np.full(4, 1500.0)  # three survivors and the lost worker hold alike
     y = np.repeat(np.arange(4), 75)  # 5 % of each class handed
     own = np.ones(len(y))
-    out = W.classmix(own, W.unbiased(np.ones(6000), np.arange(300)), y, M, S)
+    out = W.classmix(own, np.full(300, 20.0), y, M, S)
     np.testing.assert_allclose(out, 1.0)
 
 
@@ -142,31 +146,3 @@ def test_bad_calls_name_what_is_missing():
         kw = {"mass": 0.0, "cap": 2.0, "y": np.zeros(0, np.int64), "dead_class_mass": np.zeros(2),
               "survivor_class_mass": np.zeros(2)}
         assert W.handed_weights(rule, np.zeros(0), np.zeros(0), **kw).shape == (0,)
-
-
-def test_choose_and_weigh_is_the_choice_plus_the_rule():
-    from ftmpi import kernels as K
-
-    rng = np.random.default_rng(5)
-    y = rng.integers(0, N_CLASSES, 3000)
-    w = rng.choice([1.0, 20.0], 3000, p=[0.95, 0.05])
-    X = rng.standard_normal((3000, 12)).astype(np.float32) + y[:, None]
-    local, wts = W.choose_and_weigh("random", "shard", y, w, 150, N_CLASSES, seed=3)
-    np.testing.assert_array_equal(local, K.select_random(3000, 150, 3))
-    np.testing.assert_allclose(wts, w[local] * 20)
-    given = np.array([4, 8, 15, 16, 23, 42])
-    _, wts = W.choose_and_weigh("loss", "shard-legacy", y, w, 6, N_CLASSES, seed=0, local=given)
-    np.testing.assert_allclose(wts, np.full(6, w.sum() / 6))
-    local, wts = W.choose_and_weigh("coreset", "shard", y, w, 150, N_CLASSES, seed=3, X_owned=X)
-    ref = K.select_coreset(X, y, w, 150, N_CLASSES, 3)
-    np.testing.assert_array_equal(local, ref[0])
-    np.testing.assert_allclose(W.class_mass(y[local], wts, N_CLASSES), W.class_mass(y, w, N_CLASSES))
-    _, damped = W.choose_and_weigh("coreset", "damped", y, w, 150, N_CLASSES, seed=3, X_owned=X, cap=4.0)
-    np.testing.assert_allclose(damped, np.minimum(ref[1], np.maximum(4.0, w[local])))
-    S = W.class_mass(y, np.ones(3000), N_CLASSES) * 3
-    _, mix = W.choose_and_weigh("random", "classmix", y, w, 150, N_CLASSES, seed=3, survivor_class_mass=S)
-    assert np.all(mix >= w[K.select_random(3000, 150, 3)] * (1 - 1e-12))
-    with pytest.raises(ValueError, match="features"):
-        W.choose_and_weigh("coreset", "shard", y, w, 10, N_CLASSES, seed=0)
-    with pytest.raises(ValueError, match="pass the chosen rows"):
-        W.choose_and_weigh("loss", "shard", y, w, 10, N_CLASSES, seed=0)
