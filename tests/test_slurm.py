@@ -137,10 +137,11 @@ def test_scancel_usr1_checkpoints_requeues_and_completes(slurm, reference, tmp_p
 
 
 def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp_path):
-    # --signal=B:USR1@45 with a 1-minute limit: SLURM signals the batch shell only (the launcher), ~15 s in
+    # --signal=B:USR1@50 with a 1-minute limit: SLURM signals the batch shell only (the launcher), ~10 s in;
+    # 200 000 iterations take ~40 s on an idle 2-core machine (100 000 finished before a warning at 15 s)
     run_dir = tmp_path / "sub" / "runs" / "t"
-    job = submit(tmp_path / "sub", "runs/t", "--set", "model.n_iterations=100000", "--set",
-                 "executor.checkpoint_every=1000", extra=("--time=1", "--signal=B:USR1@45"))
+    job = submit(tmp_path / "sub", "runs/t", "--set", "model.n_iterations=200000", "--set",
+                 "executor.checkpoint_every=1000", extra=("--time=1", "--signal=B:USR1@50"))
     wait(job, lambda: summary(run_dir).get("status") == "preempted" if (run_dir / "summary.json").exists() else False,
          120, "preempted by the time-limit warning")
     stopped = summary(run_dir)["preempted"]["round"]
@@ -150,7 +151,7 @@ def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp
     requeued_runs_again(job)
     wait(job, lambda: state(job) == "", 150, "done after the requeue")
     s = summary(run_dir)
-    assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 10000, s
+    assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 20000, s
 
 
 MPICH_PY = Path(os.environ.get("FTMPI_MPICH_PYTHON", ROOT / ".venv-mpich" / "bin" / "python"))
