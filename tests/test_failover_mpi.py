@@ -139,3 +139,15 @@ def test_a_stopped_rank_0_that_wakes_up_after_the_takeover_writes_nothing(tmp_pa
     assert "this coordinator (rank 0) hung and was replaced by rank 1" in job.err, job.err[-3000:]
     assert [r["round"] for r in job.metrics()] == [str(r) for r in range(1200)], "every row once"
     assert "every worker is lost" not in job.err
+
+
+def test_rank_0_and_a_worker_lost_in_the_same_round(tmp_path):
+    """Rank 0 and worker 3 both SIGKILLed at round 8: the deputy takes over, and the worker's loss is handled
+    by the new coordinator (ULFM reports it to the deputy's receives too); every row still has an owner."""
+    job = run_job(3, SMOKE, tmp_path / "same", "--inject", "kill:3@8", "--inject", "kill:0@8", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coordinator"] == 1
+    assert sorted((f["rank"], f["how"]) for f in s["failures"]) == [(1, "promoted"), (3, "ulfm")]
+    assert s["coverage"] == 1.0 and s["alive_workers"] == 1
+    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]

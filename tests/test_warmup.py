@@ -49,7 +49,11 @@ def test_lock_dir_is_next_to_the_kernels_or_private(monkeypatch: pytest.MonkeyPa
     folder = models._lock_dir()
     assert folder is not None
     assert models._private(folder)
-    assert Path(tempfile.gettempdir()).resolve() not in folder.resolve().parents
+    # next to numba's cache of the kernels, or the user's own cache dir: never a name in the shared temp dir
+    kernels_cache = Path(models.K.__file__).resolve().parent / "__pycache__"
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ftmpi"
+    assert folder.resolve() in (kernels_cache, user_cache.resolve()), folder
+    assert folder.resolve().parent != Path(tempfile.gettempdir()).resolve()
     # a folder others can write is not private, nor is a symlink to a private one
     open_dir = tmp_path / "open"
     open_dir.mkdir()
