@@ -2,6 +2,7 @@
 time limit."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -75,3 +76,12 @@ def run_launch(*args: str, cwd: Path = ROOT, env: dict | None = None, limit: flo
         return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=limit + 30)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"launch overran its hard limit of {limit}s: {' '.join(cmd)}\n{exc.stderr}")
+
+
+def metrics_rows(run_dir: Path) -> int:
+    """How many rounds a run has written to its metrics.csv so far (0 before the file exists)."""
+    try:
+        with open(Path(run_dir) / "metrics.csv") as fh:
+            return len(list(csv.DictReader(fh)))
+    except OSError:
+        return 0

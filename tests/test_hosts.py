@@ -5,7 +5,6 @@ tests/hosts/rsh_agent.sh, with nodeA/nodeB in /etc/hosts (added here when missin
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .mpirun import ROOT, needs_mpi, run_launch
+from .mpirun import ROOT, metrics_rows, needs_mpi, run_launch
 
 AGENT = ROOT / "tests" / "hosts" / "rsh_agent.sh"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -94,14 +93,6 @@ def kill_host(launcher: int, host: str) -> list[int]:
     return victims
 
 
-def _rounds(run_dir: Path) -> int:
-    try:
-        with open(run_dir / "metrics.csv") as fh:
-            return len(list(csv.DictReader(fh)))
-    except OSError:
-        return 0
-
-
 def test_node_lost_at_40_percent_run_completes_on_the_other_host(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("nodeA slots=3\nnodeB slots=2\n")
@@ -114,9 +105,9 @@ def test_node_lost_at_40_percent_run_completes_on_the_other_host(tmp_path):
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while _rounds(run_dir) < total * 2 // 5 and p.poll() is None and time.monotonic() < deadline:
+        while metrics_rows(run_dir) < total * 2 // 5 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        at = _rounds(run_dir)
+        at = metrics_rows(run_dir)
         assert p.poll() is None and kill_host(p.pid, "nodeB"), "the run ended before nodeB could be lost"
         _, err = p.communicate(timeout=150)
     finally:

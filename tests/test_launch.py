@@ -2,7 +2,6 @@
 summary.json, stop signals become a checkpoint and exit 6 (real mpirun, real signals)."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -16,7 +15,7 @@ import pytest
 
 from ftmpi import signals
 
-from .mpirun import ROOT, needs_mpi, run_launch
+from .mpirun import ROOT, metrics_rows, needs_mpi, run_launch
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -84,14 +83,6 @@ def test_no_verdict_is_written_into_summary_by_the_launcher(tmp_path):
     assert "rank 0 left no verdict" in s["error"] and s["exit_code"] == job.returncode
 
 
-def _rounds(run_dir: Path) -> int:
-    try:
-        with open(run_dir / "metrics.csv") as fh:
-            return len(list(csv.DictReader(fh)))
-    except OSError:
-        return 0
-
-
 @needs_mpi
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_to_the_launcher_checkpoints_the_round_and_resume_completes(tmp_path, sig):
@@ -103,7 +94,7 @@ def test_stop_signal_to_the_launcher_checkpoints_the_round_and_resume_completes(
                          text=True)
     try:
         deadline = time.monotonic() + 90
-        while _rounds(run_dir) < 5 and p.poll() is None and time.monotonic() < deadline:
+        while metrics_rows(run_dir) < 5 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert p.poll() is None, f"the run ended before it could be signalled:\n{p.communicate()[1][-3000:]}"
         p.send_signal(sig)

@@ -6,7 +6,6 @@ A requeued job waits ~120 s (EligibleTime) before it runs again; the tests make 
 requeue (measured: it then starts at once)."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .mpirun import ROOT, needs_mpi
+from .mpirun import ROOT, metrics_rows, needs_mpi
 
 SBATCH = ROOT / "jobs" / "slurm.sbatch"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -68,14 +67,6 @@ def wait(job: str, until, limit: float, what: str) -> None:
     pytest.fail(f"job {job}: {what} not within {limit:.0f}s (state {state(job)!r})")
 
 
-def rounds(run_dir: Path) -> int:
-    try:
-        with open(run_dir / "metrics.csv") as fh:
-            return len(list(csv.DictReader(fh)))
-    except OSError:
-        return 0
-
-
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -108,7 +99,7 @@ def reference(tmp_path_factory) -> float:
 def test_scontrol_requeue_resumes_from_its_checkpoints(slurm, reference, tmp_path):
     run_dir = tmp_path / "sub" / "runs" / "q"
     job = submit(tmp_path / "sub", "runs/q", *LONG)
-    wait(job, lambda: rounds(run_dir) > 1000, 120, "1000 rounds")
+    wait(job, lambda: metrics_rows(run_dir) > 1000, 120, "1000 rounds")
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     requeued_runs_again(job)
     wait(job, lambda: state(job) == "", 150, "done after the requeue")
@@ -123,7 +114,7 @@ def test_scontrol_requeue_resumes_from_its_checkpoints(slurm, reference, tmp_pat
 def test_scancel_usr1_checkpoints_requeues_and_completes(slurm, reference, tmp_path):
     run_dir = tmp_path / "sub" / "runs" / "u"
     job = submit(tmp_path / "sub", "runs/u", *LONG)
-    wait(job, lambda: rounds(run_dir) > 1000, 120, "1000 rounds")
+    wait(job, lambda: metrics_rows(run_dir) > 1000, 120, "1000 rounds")
     subprocess.run(["scancel", "--full", "--signal=USR1", job], check=True, capture_output=True)
     wait(job, lambda: summary(run_dir).get("status") == "preempted", 60, "preempted")
     stopped = summary(run_dir)["preempted"]["round"]
