@@ -98,7 +98,7 @@ class Replication:
         staged = {r: (ids, hits, str(path)) for r, (ids, hits, path) in dict(self.standby.staged).items()} \
             if self.standby.active else None
         self._replicated_key = state_key(self.state)
-        rep = self.sender.build(self.deputy, self.state, self.gm.checkpoint_fields(), self.out.pending,
+        rep = self.sender.build(self.deputy, self.state, self.gm.replica_fields(), self.out.pending,
                                 self._outputs_state(), self.identity, time.time(), staged)
         n = self.ch.send(self.deputy, TAG_REPLICA, rep)
         # counted apart: bytes_total stays the training traffic (comparable with and without a deputy)

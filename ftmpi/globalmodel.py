@@ -108,6 +108,15 @@ class GlobalModel:
                                     self.cfg.model.seed + rank)
         return owned[loc]
 
+    def replica_fields(self) -> dict[str, Any]:
+        """What the deputy needs of the model each round: as a checkpoint, but the optimizer's state only when
+        rank 0 steps it (``send_gradients``); under model averaging it never changes from its initial state,
+        which a deputy's own fresh optimizer already has (``restore`` skips an optimizer without a name)."""
+        f = self.checkpoint_fields()
+        if not self.cfg.executor.send_gradients:
+            f["optim"] = {}
+        return f
+
     def checkpoint_fields(self) -> dict[str, Any]:
         """Copies of what a checkpoint holds of the model and the counters."""
         return {"iters_done": self.iters_done, "period": self.period, "switched_at": self.switched_at,
