@@ -347,10 +347,11 @@ class ClusterState:
         self._receivers[self.epoch] = receivers
         self._awaiting += failures
         n_fresh = sum(len(v) for v in plan.fresh.values())
-        scales = [f"{f.row_weight:.1f}" for f in failures if f.row_weight is not None]
+        # what the handed rows weigh now, after the rep_weight rule (f.row_weight is the draw's M/k)
+        means = [f"{float(self.weight[plan.chosen[r].ids].mean()):.1f}" for r in dead if len(plan.chosen[r].ids)]
         out.append(Log(f"epoch {self.epoch}: handed {n_handed} rows of worker(s) {dead} to {survivors} "
-                       f"(remap={self.policy.name}, {n_handed - n_fresh} of them staged before the failure"
-                       + (f", each weighing {'/'.join(scales)} rows" if scales else "")
+                       f"({self.policy.name} rows, {n_handed - n_fresh} of them staged before the failure"
+                       + (f", weighing {'/'.join(means)} rows each on average" if means else "")
                        + f"; coverage {self.ownership.coverage():.4f})" if n_handed else
                        f"epoch {self.epoch}: nothing handed ({len(self.orphaned())} rows orphaned, coverage "
                        f"{self.ownership.coverage():.4f})",

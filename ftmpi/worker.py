@@ -109,7 +109,7 @@ class Worker:
         t0 = time.monotonic()
         deputy = self.deputy == self.rank
         out = self.ch.poll([self.coord], TAG_CTRL, t0 + timeout, until=lambda o: bool(o.messages),
-                           on_tick=self._take_replicas if deputy else None, tick_every=0.05)
+                           on_tick=self._take_replicas if deputy else None, tick_every=0.005)
         if out.messages:
             return out.messages[self.coord][0]
         hint = f"is the coordinator (rank {self.coord}) alive?"
