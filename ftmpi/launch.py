@@ -30,6 +30,8 @@ from .hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write
 from .mpicmd import Launch, build, flavour
 from .record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
 
+START_RETRIES = 2  # launches again when mpirun fails before rank 0 ran at all (not counted as restarts)
+
 USAGE = ("usage: ftmpi launch -n W CONFIG [--max-restarts N] [--hostfile FILE] [--mpi auto|openmpi|mpich|srun] "
          "[train args...]")
 
@@ -126,6 +128,7 @@ class Outcome:
     overran: bool
     output_tail: str
     seconds: float
+    started: float = 0.0  # wall clock at the launch
 
 
 @dataclass
@@ -219,7 +222,7 @@ class Launcher:
             verdict = _summary_verdict(self.opts.run_dir, started)
         rc = 128 - rc if rc < 0 else rc
         code = verdict if verdict is not None else (rc or EXIT_COORDINATOR_LOST)
-        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0)
+        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started)
 
     def run(self) -> int:
         o = self.opts
@@ -252,7 +255,7 @@ class Launcher:
         workers = o.workers
         mode_args = {"resume": ["--resume", str(o.run_dir)], "auto": ["--resume", "auto"],
                      "overwrite": ["--overwrite"], "fresh": []}[o.mode]
-        restarts = 0
+        restarts = start_failures = 0
         while True:
             hostfile = write_hostfile(tmp / f"hosts.{restarts}", hosts, kind) if hosts else None
             spec = Launch(kind, mpirun, self.env.get("PYTHON") or sys.executable, workers + 1,
@@ -270,6 +273,15 @@ class Launcher:
                 if out.verdict != EXIT_CRASH or self.stop:
                     return self._done(out.verdict)
             lost = lost_hosts(out.output_tail, hosts) if hosts else []
+            if (out.verdict is None and not lost and not self.stop and start_failures < START_RETRIES
+                    and _never_started(o.run_dir, out.started)):
+                # mpirun failed before rank 0 ran at all (measured, rarely, under load: "The PMIx server's
+                # listener thread failed to start", exit 213): nothing of the run happened, launch it again
+                start_failures += 1
+                _say(f"mpirun failed before rank 0 started (exit {out.rc}); launching again "
+                     f"({start_failures} of {START_RETRIES})")
+                time.sleep(1.0)
+                continue
             why = (f"host(s) {', '.join(lost)} lost" if lost else "rank 0 crashed" if out.verdict == EXIT_CRASH
                    else f"rank 0 left no verdict (mpirun exit {out.rc})")
             if self.stop:
@@ -333,6 +345,15 @@ class Launcher:
 
 def _requeue_signals(env: dict[str, str]) -> set[str]:
     return {s.strip() for s in env.get("FTMPI_REQUEUE_SIGNALS", "SIGUSR1").split(",") if s.strip()}
+
+
+def _never_started(run_dir: Path, since: float) -> bool:
+    """Whether rank 0 of the launch that began at ``since`` never got as far as its "running" marker (it writes
+    summary.json before the first round, or its verdict for bad input): a failure of the MPI start-up."""
+    try:
+        return (run_dir / "summary.json").stat().st_mtime < since
+    except OSError:
+        return True
 
 
 def _summary_verdict(run_dir: Path, since: float) -> int | None:

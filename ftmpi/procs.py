@@ -25,6 +25,30 @@ def start_time(pid: int) -> int:
         return 0
 
 
+def running(pid: int, started: int = 0) -> bool:
+    """Whether ``pid`` is a live process (not a zombie) and, when ``started`` is known, still the one that
+    started then (a reused pid is not). Without /proc: whether the pid exists."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    rest = stat[stat.rfind(")") + 2:].split()
+    if not rest or rest[0] in ("Z", "X"):  # a zombie (killed, not reaped yet) or dead
+        return False
+    return not started or start_time(pid) == started
+
+
 def kill_if_same(pid: int, started: int) -> bool:
     """SIGKILL ``pid`` only if it is still the process that started at ``started`` (never when unknown);
     True if signalled."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .procs import running, start_time
 
 AUTO = "auto"
 LOCK = "ftmpi.lock"
@@ -96,16 +97,6 @@ def clear_for(run_dir: Path, mode: str) -> None:
         (run_dir / "relaunches.json").unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def acquire(run_dir: Path) -> Path:
     """Take the run dir's lock for this process (creates the run dir).
 
@@ -115,7 +106,7 @@ def acquire(run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-          "launch": os.environ.get("FTMPI_LAUNCH_ID", "")}
+          "launch": os.environ.get("FTMPI_LAUNCH_ID", ""), "start_time": start_time(os.getpid())}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -125,7 +116,8 @@ def acquire(run_dir: Path) -> Path:
                 time.sleep(0.2)
                 other = read_lock(path)
             ours = bool(me["launch"]) and other is not None and other.get("launch") == me["launch"]
-            if other is not None and not ours and (other.get("host") != me["host"] or _alive(int(other.get("pid", 0)))):
+            live = other is not None and running(int(other.get("pid", 0)), int(other.get("start_time", 0)))
+            if other is not None and not ours and (other.get("host") != me["host"] or live):
                 who = f"pid {other.get('pid')} on {other.get('host')} since {other.get('started')}"
                 raise ConfigError(f"run dir {run_dir} is in use by {who} (lock {path}; delete it if that job "
                                   "is gone)") from None

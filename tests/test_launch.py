@@ -20,8 +20,8 @@ from .mpirun import ROOT, metrics_rows, needs_mpi, run_launch
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
-def launch(*args: str, cwd: Path = ROOT, limit: float = 120) -> subprocess.CompletedProcess:
-    return run_launch(*args, cwd=cwd, limit=limit)
+def launch(*args: str, cwd: Path = ROOT, limit: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_launch(*args, cwd=cwd, limit=limit, env=env)
 
 
 def _files(d: Path) -> dict[str, str]:
@@ -150,3 +150,28 @@ def test_without_a_status_file_rank0s_summary_of_this_launch_is_the_verdict(tmp_
     assert _summary_verdict(tmp_path, time.time() + 5) is None  # an earlier launch's summary
     (tmp_path / "summary.json").write_text(json.dumps({"status": "failed", "exit_code": 4, "written_by": "x"}))
     assert _summary_verdict(tmp_path, since) is None  # the launcher's own words are no verdict of rank 0
+
+
+@needs_mpi
+def test_an_mpi_start_up_failure_before_rank_0_ran_is_launched_again(tmp_path):
+    """Seen under load: mpirun exits 213 ("The PMIx server's listener thread failed to start") before any rank
+    ran. Nothing of the run happened, so the launcher starts it again instead of giving up with no verdict."""
+    import shutil
+
+    real = shutil.which(os.environ.get("MPIRUN", "mpirun"))
+    fake = tmp_path / "mpirun"
+    fake.write_text(f"""#!/bin/sh
+if [ ! -e {tmp_path}/failed-once ]; then
+  touch {tmp_path}/failed-once
+  echo "The PMIx server's listener thread failed to start. We cannot continue." >&2
+  exit 213
+fi
+exec {real} "$@"
+""")
+    fake.chmod(0o755)
+    run_dir = tmp_path / "r"
+    p = launch("-n", "2", str(SMOKE), "--quiet", "--mpi", "openmpi", "--run-dir", str(run_dir),
+               "--set", "model.n_iterations=100", limit=90, env={"FTMPI_MPIRUN": str(fake)})
+    assert p.returncode == 0, p.stderr
+    assert "mpirun failed before rank 0 started (exit 213); launching again" in p.stderr
+    assert _summary(run_dir)["status"] == "completed"

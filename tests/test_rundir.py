@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -83,3 +84,28 @@ def test_slurm_tasks_per_node_and_hostfiles():
     msg = "PRTE has lost communication with a remote daemon.\n  HNP daemon   : [prterun-vm-1@0,0] on node vm\n" \
           "  Remote daemon: [prterun-vm-1@0,2] on node nodeB\n"
     assert lost_hosts(msg, hosts) == ["nodeB"] and lost_hosts("all fine", hosts) == []
+
+
+def test_lock_of_a_killed_job_not_yet_reaped_or_of_a_reused_pid_is_taken_over(tmp_path):
+    """A job SIGKILLed a moment ago can leave rank 0 a zombie (its pid still answers kill(0)), and a pid can be
+    reused by an unrelated process: neither is the job that took the lock."""
+    from ftmpi.procs import start_time
+
+    run = tmp_path / "r"
+    zombie = subprocess.Popen(["sleep", "30"])
+    zombie.kill()
+    for _ in range(100):  # killed, not reaped: a zombie until wait()
+        if open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.01)
+    acquire(run)
+    (run / LOCK).write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname(), "started": "x",
+                                        "start_time": start_time(zombie.pid)}))
+    acquire(run)  # taken over
+    assert read_lock(run / LOCK)["pid"] == os.getpid()
+    zombie.wait()
+    # this very process, but with another start time: a reused pid, not the lock's job
+    (run / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "x",
+                                        "start_time": start_time(os.getpid()) + 1, "launch": "other"}))
+    acquire(run)
+    assert read_lock(run / LOCK)["start_time"] == start_time(os.getpid())
