@@ -178,6 +178,10 @@ class ExecutorConfig:
     progress: bool = _f(True, _bool)
     deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
     standby_coordinator: bool = _f(False, _bool)  # rank 1 trains nothing: it is the deputy (needs 3+ ranks)
+    # ULFM: rebuild the survivors' communicator (Ack_failed, Shrink, Agree) at each epoch change, in a helper
+    # thread. Off by default: the star traffic never needs it, and Open MPI 5.0.11 segfaulted (twice in a few
+    # hundred runs here) in its failure handler while a rebuild ran beside the main thread's probes
+    alive_comm: bool = _f(False, _bool)
 
 
 @dataclass(frozen=True)

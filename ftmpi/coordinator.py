@@ -88,7 +88,8 @@ class Coordinator(Replication, Lifecycle):
         self.changes: list[dict[str, Any]] = []  # earlier coordinator changes of this run
         self.change: Change | None = None  # the one this process took over in
         self.takeover = takeover
-        self.rebuilds = takeover is None  # after a takeover the alive communicator is not rebuilt (see failover)
+        # the alive communicator: only when asked (executor.alive_comm), and not after a takeover (see failover)
+        self.rebuilds = takeover is None and cfg.executor.alive_comm
         if takeover is None:
             self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r not in (self.me,
                                                                                                   self.spare)],

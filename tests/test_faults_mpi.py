@@ -25,7 +25,7 @@ def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp
     # the survivors sleep 0.5 s at the start of the failure round: the loss is known long before they train
     job = run_job(4, SMOKE, tmp_path / "r", "--inject", "kill:2@5", "--detector", "ulfm",
                   *(a for r in (1, 3, 4) for a in ("--inject", f"slow:{r}@5:0.5")),
-                  "--set", "executor.remap=full", *FAST)
+                  "--set", "executor.remap=full", "--set", "executor.alive_comm=true", *FAST)
     assert job.rc == 0, job.err
     s = job.summary
     f = _failures(job)[2]
