@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +87,27 @@ def metrics_rows(run_dir: Path) -> int:
             return len(list(csv.DictReader(fh)))
     except OSError:
         return 0
+
+
+@contextmanager
+def launched(*args: str, env: dict | None = None, limit: float = 120,
+             python: str = sys.executable) -> Iterator[subprocess.Popen]:
+    """``python -m ftmpi launch args...`` in the background (FTMPI_JOB_TIMEOUT=limit, stderr piped), for tests
+    that signal or kill something while it runs; killed on the way out if it is still running."""
+    e = dict(os.environ, FTMPI_JOB_TIMEOUT=str(int(limit)))
+    e.update(env or {})
+    p = subprocess.Popen([python, "-m", "ftmpi", "launch", *args], cwd=ROOT, env=e, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def ended(p: subprocess.Popen, sig: int | None = None, timeout: float = 60) -> str:
+    """Send ``sig`` (if any) to a :func:`launched` job and wait, bounded, for it to end; returns its stderr."""
+    if sig is not None:
+        p.send_signal(sig)
+    return p.communicate(timeout=timeout)[1]

@@ -10,13 +10,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .mpirun import ROOT, metrics_rows, needs_mpi, run_launch
+from .mpirun import ROOT, ended, launched, metrics_rows, needs_mpi, run_launch
 
 AGENT = ROOT / "tests" / "hosts" / "rsh_agent.sh"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -98,21 +97,16 @@ def test_node_lost_at_40_percent_run_completes_on_the_other_host(tmp_path):
     hostfile.write_text("nodeA slots=3\nnodeB slots=2\n")
     run_dir = tmp_path / "r"
     total = 2000
-    env = dict(os.environ, FTMPI_JOB_TIMEOUT="150", FTMPI_MPIRUN_ARGS=f"--mca plm_rsh_agent {AGENT}")
-    cmd = [sys.executable, "-m", "ftmpi", "launch", "-n", "4", str(SMOKE), "--hostfile", str(hostfile),
-           "--max-restarts", "2", "--quiet", "--run-dir", str(run_dir), "--set", f"model.n_iterations={total * 10}",
-           "--set", "executor.checkpoint_every=100"]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
+    with launched("-n", "4", str(SMOKE), "--hostfile", str(hostfile), "--max-restarts", "2", "--quiet",
+                  "--run-dir", str(run_dir), "--set", f"model.n_iterations={total * 10}",
+                  "--set", "executor.checkpoint_every=100",
+                  env={"FTMPI_MPIRUN_ARGS": f"--mca plm_rsh_agent {AGENT}"}, limit=150) as p:
         deadline = time.monotonic() + 120
         while metrics_rows(run_dir) < total * 2 // 5 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         at = metrics_rows(run_dir)
         assert p.poll() is None and kill_host(p.pid, "nodeB"), "the run ended before nodeB could be lost"
-        _, err = p.communicate(timeout=150)
-    finally:
-        if p.poll() is None:
-            p.kill()
+        err = ended(p, timeout=150)
     assert p.returncode == 0, err
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "completed" and s["rounds"] == total, s

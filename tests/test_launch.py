@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from ftmpi import signals
 
-from .mpirun import ROOT, metrics_rows, needs_mpi, run_launch
+from .mpirun import ROOT, ended, launched, metrics_rows, needs_mpi, run_launch
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -88,20 +87,12 @@ def test_no_verdict_is_written_into_summary_by_the_launcher(tmp_path):
 def test_stop_signal_to_the_launcher_checkpoints_the_round_and_resume_completes(tmp_path, sig):
     run_dir = tmp_path / "r"
     long = ("--set", "model.n_iterations=3000", "--set", "executor.checkpoint_every=1000")
-    cmd = [sys.executable, "-m", "ftmpi", "launch", "-n", "2", str(SMOKE), "--quiet", "--run-dir", str(run_dir),
-           *long]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, FTMPI_JOB_TIMEOUT="120"), stderr=subprocess.PIPE,
-                         text=True)
-    try:
+    with launched("-n", "2", str(SMOKE), "--quiet", "--run-dir", str(run_dir), *long, limit=120) as p:
         deadline = time.monotonic() + 90
         while metrics_rows(run_dir) < 5 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert p.poll() is None, f"the run ended before it could be signalled:\n{p.communicate()[1][-3000:]}"
-        p.send_signal(sig)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+        err = ended(p, sig)
     assert p.returncode == 6, err
     s = _summary(run_dir)
     assert s["status"] == "preempted" and s["preempted"]["signal"] == "SIGUSR1", s
@@ -120,20 +111,13 @@ def test_stop_signal_while_the_ranks_start_waits_for_them_then_checkpoints(tmp_p
     # SIGUSR1 kills a Python process that has not installed its handler yet: the launcher holds the request
     # until rank 0 says every rank is up, then the run stops at its first round boundary
     run_dir = tmp_path / "r"
-    p = subprocess.Popen([sys.executable, "-m", "ftmpi", "launch", "-n", "2", str(SMOKE), "--quiet", "--run-dir",
-                          str(run_dir)], cwd=ROOT, env=dict(os.environ, FTMPI_JOB_TIMEOUT="60"),
-                         stderr=subprocess.PIPE, text=True)
-    try:
+    with launched("-n", "2", str(SMOKE), "--quiet", "--run-dir", str(run_dir), limit=60) as p:
         deadline = time.monotonic() + 30
         while p.poll() is None and time.monotonic() < deadline:
             if subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True).stdout.split():
                 break  # mpirun is up; the ranks are still starting
             time.sleep(0.01)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+        err = ended(p, signal.SIGTERM)
     assert p.returncode == 6, err
     s = _summary(run_dir)
     assert s["status"] == "preempted" and s["preempted"]["signal"] == "SIGUSR1", s

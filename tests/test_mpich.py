@@ -5,17 +5,15 @@ Needs a second venv with the `mpich` wheel (.ci/mpich-venv.sh makes ROOT/.venv-m
 FTMPI_MPICH_PYTHON to such an interpreter); skipped otherwise."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .mpirun import ROOT, run_launch
+from .mpirun import ROOT, ended, launched, metrics_rows, run_launch
 
 PY = Path(os.environ.get("FTMPI_MPICH_PYTHON", ROOT / ".venv-mpich" / "bin" / "python"))
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -40,24 +38,12 @@ def test_worker_killed_under_mpich_is_survived_by_relaunch(tmp_path):
 
 def test_sigterm_to_the_launcher_under_mpich_checkpoints_and_exits_6(tmp_path):
     run_dir = tmp_path / "r"
-    p = subprocess.Popen([str(PY), "-m", "ftmpi", "launch", "-n", "2", str(SMOKE), "--run-dir", str(run_dir),
-                          "--quiet", "--set", "model.n_iterations=40000"], env=_env(), cwd=ROOT,
-                         stderr=subprocess.PIPE, text=True)
-    try:
+    with launched("-n", "2", str(SMOKE), "--run-dir", str(run_dir), "--quiet", "--set", "model.n_iterations=40000",
+                  env=_env(), python=str(PY), limit=120) as p:
         deadline = time.monotonic() + 90
-        while p.poll() is None and time.monotonic() < deadline:
-            try:
-                with open(run_dir / "metrics.csv") as fh:
-                    if len(list(csv.DictReader(fh))) >= 50:
-                        break
-            except OSError:
-                pass
+        while metrics_rows(run_dir) < 50 and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+        err = ended(p, signal.SIGTERM)
     assert p.returncode == 6, err
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "preempted" and (run_dir / "ckpt" / f"round-{s['rounds']:06d}.h5").exists()

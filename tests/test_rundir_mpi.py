@@ -22,7 +22,7 @@ def _files(d: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("fin") / "r"
-    job = run_job(2, SMOKE, run_dir, *SHORT)
+    job = run_job(2, SMOKE, run_dir, *SHORT, limit=90)
     assert job.rc == 0 and job.summary["status"] == "completed", job.err
     return run_dir
 
@@ -55,12 +55,12 @@ def test_a_second_job_in_a_locked_run_dir_is_refused(finished):
 
 
 def test_resume_auto_continues_and_overwrite_starts_over(finished, tmp_path):
-    job = run_job(2, SMOKE, finished, "--resume", "auto", *SHORT)
+    job = run_job(2, SMOKE, finished, "--resume", "auto", *SHORT, limit=90)
     assert job.rc == 0 and job.summary["resumed_from"]["round"] == 10, job.err
     assert not (finished / "ftmpi.lock").exists()
-    job = run_job(2, SMOKE, finished, "--overwrite", *SHORT)
+    job = run_job(2, SMOKE, finished, "--overwrite", *SHORT, limit=90)
     assert job.rc == 0 and job.summary["resumed_from"] is None, job.err
-    fresh = run_job(2, SMOKE, tmp_path / "new", "--resume", "auto", *SHORT)
+    fresh = run_job(2, SMOKE, tmp_path / "new", "--resume", "auto", *SHORT, limit=90)
     assert fresh.rc == 0 and fresh.summary["resumed_from"] is None, fresh.err
 
 
@@ -77,10 +77,10 @@ def test_bad_inject_rank_and_a_file_as_run_dir_are_one_line_exit_2(tmp_path):
 def test_resume_with_the_same_workers_writes_no_shard(tmp_path):
     """Issue 16: a resume whose ownership did not change reuses the workers' shard files."""
     run_dir = tmp_path / "r"
-    job = run_job(2, SMOKE, run_dir, *SHORT)
+    job = run_job(2, SMOKE, run_dir, *SHORT, limit=90)
     assert job.rc == 0 and job.summary["shard_bytes_written"] > 0, job.err
     shards = {p.name: p.stat().st_mtime_ns for p in (run_dir / "shards").glob("worker-*.h5")}
-    job = run_job(2, SMOKE, run_dir, "--resume", str(run_dir), "--set", "model.n_iterations=150")
+    job = run_job(2, SMOKE, run_dir, "--resume", str(run_dir), "--set", "model.n_iterations=150", limit=90)
     assert job.rc == 0 and job.summary["status"] == "completed", job.err
     assert job.summary["resumed_from"] is not None and job.summary["shard_bytes_written"] == 0
     assert shards == {p.name: p.stat().st_mtime_ns for p in (run_dir / "shards").glob("worker-*.h5")}

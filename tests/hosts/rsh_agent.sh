@@ -5,4 +5,10 @@
 while [ $# -gt 0 ]; do case "$1" in -*) shift;; *) break;; esac; done
 host=$1; shift
 case ",${FTMPI_TEST_DOWN_HOSTS:-}," in *",$host,"*) echo "ssh: connect to host $host: No route to host" >&2; exit 255;; esac
+# A hard limit on every daemon it starts (the launcher's own limit plus a margin): a watchdog outside the
+# daemon's signal path SIGKILLs it if it is still there (timeout(1) in the path forwards mpirun's SIGTERM at
+# a node loss to the surviving host's ranks, measured: they took it for a preemption).
+limit=$(( ${FTMPI_JOB_TIMEOUT:-300} + 30 ))
+me=$$
+( exec >/dev/null 2>&1 </dev/null; sleep "$limit"; kill -KILL "$me" ) &
 exec unshare --uts bash -c "hostname $host; $*"
