@@ -5,9 +5,16 @@ recorded in summary.json. A coordinator that raises tells its workers (``Abdicat
 over at once. Each job runs under a hard time limit (tests/mpirun.py)."""
 from __future__ import annotations
 
+import csv
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
-from .mpirun import ROOT, needs_mpi, run_job
+from .mpirun import ROOT, launched, metrics_rows, needs_mpi, run_job
 
 pytestmark = [pytest.mark.mpi, needs_mpi]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -151,3 +158,47 @@ def test_rank_0_and_a_worker_lost_in_the_same_round(tmp_path):
     assert sorted((f["rank"], f["how"]) for f in s["failures"]) == [(1, "promoted"), (3, "ulfm")]
     assert s["coverage"] == 1.0 and s["alive_workers"] == 1
     assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
+
+
+def _rank_pids(run_dir) -> dict[int, int]:
+    """The pids of a running job's ranks (by OMPI_COMM_WORLD_RANK in their environment), found through /proc."""
+    pids: dict[int, int] = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+            if b"train" not in cmd or str(run_dir).encode() not in cmd:
+                continue
+            env = dict(kv.split(b"=", 1) for kv in (p / "environ").read_bytes().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"OMPI_COMM_WORLD_RANK" in env:
+            pids[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(p.name)
+    assert os.getpid() not in pids.values()
+    return pids
+
+
+def test_rank_0_and_its_deputy_killed_at_once_a_relaunch_resumes(tmp_path):
+    """Rank 0 and the deputy (rank 1) SIGKILLed at the same instant, from outside: nobody else holds a replica,
+    so the run ends without a verdict (the other workers do not wait for a deputy that is gone) and
+    ``--max-restarts`` relaunches it from the newest checkpoint, in the run dir the first launch used."""
+    run_dir = tmp_path / "r"
+    args = ("-n", "3", str(SMOKE), "--quiet", "--run-dir", str(run_dir), "--max-restarts", "1",
+            "--set", "model.n_iterations=600", *ARGS)
+    with launched(*args, limit=150) as p:
+        deadline = time.monotonic() + 90
+        while metrics_rows(run_dir) < 12 and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pids = _rank_pids(run_dir)
+        assert p.poll() is None and {0, 1} <= set(pids), f"not running as expected: {pids}"
+        killed_at = metrics_rows(run_dir)
+        os.kill(pids[0], signal.SIGKILL)
+        os.kill(pids[1], signal.SIGKILL)
+        err = p.communicate(timeout=140)[1]
+    assert p.returncode == 0, err[-3000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and len(s["relaunches"]) == 1, s.get("relaunches")
+    assert s["resumed_from"] is not None and s["resumed_from"]["round"] <= killed_at
+    assert [r["round"] for r in csv.DictReader(open(run_dir / "metrics.csv"))] == [str(r) for r in range(60)]
+    assert s["iterations"] == 600 and s["coverage"] == 1.0
