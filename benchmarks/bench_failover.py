@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs with and without a deputy for the overhead")
     ap.add_argument("--kinds", default="kill,exit,raise,hang", help="rank 0 faults, comma separated ('' for none)")
     ap.add_argument("--name", help="results file name (default failover, or failover-<config>)")
+    ap.add_argument("--overhead-workers", type=int, default=4,
+                    help="workers in the overhead runs (1: two ranks, a core each on this machine)")
     ap.add_argument("--standby", type=int, default=1, help="also rank 0 killed with executor.standby_coordinator")
     args = ap.parse_args()
     from ftmpi.config import load_config
@@ -77,10 +79,11 @@ def main() -> int:
         for deputy in ("true", "false"):
             med = over[f"deputy_{deputy}"]
             d = tmp / f"over-{deputy}-{i}"
-            s = run(4, args.config, d, "--set", f"executor.deputy={deputy}", *common)
+            s = run(args.overhead_workers, args.config, d, "--set", f"executor.deputy={deputy}", *common)
             times = [float(x["round_time"]) for x in _rows(d)[1:]]  # round 0 includes the start-up
             if times:
                 med.append(statistics.median(times))
+                over.setdefault(f"rounds_{deputy}", []).extend(times)
             if deputy == "true":
                 dep = s.get("deputy") or {}
                 over.setdefault("replica_bytes", []).append(dep.get("bytes"))
@@ -91,6 +94,14 @@ def main() -> int:
     m_on = statistics.median(over["deputy_true"]) if over["deputy_true"] else float("nan")
     m_off = statistics.median(over["deputy_false"]) if over["deputy_false"] else float("nan")
     over["overhead_pct"] = 100 * (m_on - m_off) / m_off if m_off else None
+    # less noisy: every round of every run pooled, and the runs taken in pairs (one with, one without, back to
+    # back), so that a change of the machine's load between pairs cancels
+    pooled = {k: statistics.median(over.pop(f"rounds_{k}", []) or [float("nan")]) for k in ("true", "false")}
+    over["pooled_ms"] = {k: 1000 * v for k, v in pooled.items()}
+    over["pooled_pct"] = 100 * (pooled["true"] / pooled["false"] - 1)
+    pairs = [100 * (a / b - 1) for a, b in zip(over["deputy_true"], over["deputy_false"], strict=False)]
+    over["paired_pct"] = pairs
+    over["paired_median_pct"] = statistics.median(pairs) if pairs else None
     res["overhead"] = over
 
     md = [f"# Coordinator failover ({args.config}, 4 workers, ULFM, timeout {args.timeout:g} s, fault at round "
@@ -104,10 +115,15 @@ def main() -> int:
         dp = "—" if r["delta_points"] is None else f"{r['delta_points']:+.2f}"
         md.append(f"| {kind} | {r['rc']} | {r['status']} | {r['rows_ok']} | {r['how']} | {tt} | <= {r['bound']:.1f} "
                   f"| {r['rounds_redone']} | {acc} | {dp} | {r['wall']:.1f} |")
-    md += ["", f"Replication overhead: median round time {1000 * m_on:.2f} ms with a deputy, {1000 * m_off:.2f} ms "
+    md += ["", f"Replication overhead ({args.overhead_workers} worker(s)): median round time {1000 * m_on:.2f} ms "
+           f"with a deputy, {1000 * m_off:.2f} ms "
            f"without ({args.repeats} runs each; per-run medians {[round(1000 * x, 2) for x in over['deputy_true']]} "
            f"vs {[round(1000 * x, 2) for x in over['deputy_false']]} ms): "
            + (f"{over['overhead_pct']:+.1f} %" if over["overhead_pct"] is not None else "—")
+           + (f"; all rounds pooled: {over['pooled_ms']['true']:.2f} vs {over['pooled_ms']['false']:.2f} ms, "
+              f"{over['pooled_pct']:+.1f} %; median of the paired runs' differences "
+              f"{over['paired_median_pct']:+.1f} % (pairs {[round(x, 1) for x in over['paired_pct']]})"
+              if over["paired_pct"] else "")
            + f"; replica bytes per run {over.get('replica_bytes')}; rank 0's time per replica (build, pickle, "
            f"isend; after the broadcast, while the workers train) "
            f"{[round(x, 3) for x in over.get('replica_ms_per_round', [])]} ms.", ""]
