@@ -42,7 +42,7 @@ from .config import Config
 from .data import Dataset, load_dataset
 from .deputy import Replaced, Replication
 from .errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, FtmpiError, WriteFailed
-from .failover import Change, ReplicaSender, choose_deputy, takeover_state
+from .failover import Change, ReplicaSender, takeover_state
 from .files import HandoffWrite
 from .globalmodel import GlobalModel
 from .handoff import Schedule, make_policy
@@ -287,7 +287,7 @@ class Coordinator(Replication, Lifecycle):
             self.out.progress.warn(f"warning: the standby coordinator (rank {self.spare}) is lost; the lowest "
                                    "alive worker is the deputy from now on")
             self.spare = -1
-        self.deputy = self.spare if self.spare >= 0 else choose_deputy(s.alive) if self.cfg.executor.deputy else -1
+        self.deputy = self.spare if self.spare >= 0 else self._choose_deputy() if self.cfg.executor.deputy else -1
         for r in s.alive:
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup else None

@@ -48,6 +48,7 @@ class Replication:
     _replicated_key: tuple | None = None
     _unflushed = False  # a replica of a changed state went out this round
     _next_fence_check = 0.0
+    identity: tuple[int, str, int, int]
 
     def _from_replica(self, rep: P.Replica, change: Change) -> None:
         """Take over: model, counters and outputs as the lost coordinator had them after round ``rep.round - 1``;
@@ -107,6 +108,10 @@ class Replication:
         self.replica_bytes += n
         self.replica_seconds += time.monotonic() - t0
 
+    def _choose_deputy(self) -> int:
+        s = self.state
+        return choose_deputy(s.alive, {r: s.members[r].host for r in s.alive}, self.identity[1])
+
     def _replicate_changes(self) -> None:
         """Mid-round, once a loss was handled and every handoff message went out: the deputy gets the new state
         at once (with the model of the last round, which is what a takeover redoes this round from), so that
@@ -116,7 +121,7 @@ class Replication:
         if state_key(self.state) == self._replicated_key:
             return
         if self.deputy not in self.state.alive and self.deputy != self.spare:  # type: ignore[attr-defined]
-            self.deputy = choose_deputy(self.state.alive) if self.cfg.executor.deputy else -1
+            self.deputy = self._choose_deputy() if self.cfg.executor.deputy else -1
             self._ping(self.state.alive, force=True)  # type: ignore[attr-defined]
         self._replicate()
         self._unflushed = True

@@ -62,9 +62,13 @@ class DatasetAhead:
         return self.data
 
 
-def choose_deputy(alive: list[int]) -> int:
-    """The deputy: the lowest alive worker rank, or -1 when there is none."""
-    return min(alive) if alive else -1
+def choose_deputy(alive: list[int], hosts: dict[int, str] | None = None, coordinator_host: str | None = None) -> int:
+    """The deputy: the lowest alive worker rank on another host than the coordinator's, where there is one
+    (a lost node then does not take the coordinator and its deputy together), else the lowest alive worker;
+    -1 when there is none."""
+    away = [r for r in alive if hosts is not None and hosts.get(r) not in (None, "?", coordinator_host)]
+    pool = away or alive
+    return min(pool) if pool else -1
 
 
 def state_key(s: ClusterState) -> tuple:

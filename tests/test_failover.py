@@ -41,6 +41,14 @@ def test_the_snapshot_goes_out_only_when_the_state_or_the_deputy_changed(tmp_pat
     assert choose_deputy(c.state.alive) == 1 and choose_deputy([]) == -1
 
 
+def test_the_deputy_is_on_another_host_than_the_coordinator_where_there_is_one():
+    hosts = {1: "a", 2: "a", 3: "b", 4: "b"}
+    assert choose_deputy([1, 2, 3, 4], hosts, "a") == 3, "rank 0's node lost must not take its deputy too"
+    assert choose_deputy([1, 2, 4], hosts, "b") == 1
+    assert choose_deputy([1, 2], hosts, "a") == 1, "every worker on the coordinator's host: the lowest"
+    assert choose_deputy([2, 3], {2: "?", 3: "?"}, "a") == 2, "hosts not known yet (before the join)"
+
+
 def test_the_deputy_keeps_the_newest_complete_replica(tmp_path):
     c = make_cluster(tmp_path, "full")
     sender, keeper = ReplicaSender(), ReplicaKeeper()
