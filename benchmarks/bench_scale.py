@@ -190,11 +190,14 @@ def grid_data(tmp: Path, quick: bool) -> list[dict]:
         extra = [] if path is None else ["--set", f"data.path={path}"]
         common = ["--set", "model.n_iterations=100", "--set", "executor.startup_timeout=600",
                   "--set", "executor.timeout=60", "--set", "executor.checkpoint_every=5", *extra]
-        modes = [("shared", {})] + ([("rows", {"FTMPI_SHARED_DATA": "0"})] if k == 1 or not quick else [])
-        for mode, env in modes:
-            rd = tmp / f"data-x{k}-{mode}"
-            first = watched(4, LOGREG, rd, *common, env=env)
-            again = watched(4, LOGREG, rd, "--resume", str(rd), *common, env=env, keep=True)
+        rows = {"FTMPI_SHARED_DATA": "0"}
+        plain = ["--set", "data.compress_shards=false"]
+        modes = [("shared", {}, [])] + ([("rows", rows, []), ("rows, plain", rows, plain)] if k == 1 or not quick
+                                        else [])
+        for mode, env, more in modes:
+            rd = tmp / f"data-x{k}-{mode.replace(', ', '-')}"
+            first = watched(4, LOGREG, rd, *common, *more, env=env)
+            again = watched(4, LOGREG, rd, "--resume", str(rd), *common, *more, env=env, keep=True)
             n = 60000 * k
             out.append({"scale": k, "mode": mode, "train_rows": n, "dataset_mb": n * 784 / 1e6,
                         "status": first.get("status"), "resume_status": again.get("status"),
@@ -232,7 +235,8 @@ def markdown(res: dict) -> str:
                   f"{r['rank0_hwm_mb']:.0f} | {r['worker_hwm_mb']:.0f} | {ratio:.2f} | {r['launch_shards_mb']:.1f} | "
                   f"{r['launch_other_mb']:.1f} | {r['launch_rank0_wchar_mb']:.1f} | {r['resume_shards_mb']:.1f} |")
     mk += ["", "`shared`: workers read their rows from the prepared copy by id (all ranks on one host, or "
-           "FTMPI_SHARED_DATA=1); `rows`: rank 0 writes each worker's rows as uint8 (FTMPI_SHARED_DATA=0). "
+           "FTMPI_SHARED_DATA=1); `rows`: rank 0 writes each worker's rows as uint8 (FTMPI_SHARED_DATA=0), deflate-compressed "
+           "(`data.compress_shards`, the default), `rows, plain`: the same uncompressed. "
            "Shard MB per resume counts the shard files a `--resume` of the finished run wrote (ownership unchanged: "
            "the launcher keeps `shards/worker-*.h5` and rank 0 reuses every shard that holds the same rows). "
            "Other MB: standby and handoff files; rank 0 write() MB: every byte rank 0 wrote (/proc wchar), "

@@ -198,6 +198,8 @@ class DataConfig:
     n_features: int = _f(20, _int(1))
     n_classes: int = _f(4, _int(2))
     test_fraction: float = _f(0.2, _num(0, 1, lo_open=True, hi_open=True))  # synthetic only
+    # shards of uint8 rows that rank 0 writes (workers that cannot read the prepared copy): deflate level 1
+    compress_shards: bool = _f(True, _bool)
 
 
 _FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow):(\d+)@(\d+)(?::([^:]+))?$")

@@ -37,14 +37,15 @@ def fail_for_tests(kind: str) -> None:
 
 
 def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], weight: np.ndarray,
-                 by_ref: bool) -> int:
+                 by_ref: bool, compress: bool = True) -> int:
     """Write each worker's shard file (its rows of the training set and their weights); returns the bytes
     written. Rows are stored in the source's own type (uint8 + scale for images), or, with ``by_ref``, only
     by reference to the prepared copy every worker can read itself (:func:`shards_by_reference`); a file
-    that already holds exactly that shard (a resume whose ownership did not change) is not rewritten."""
+    that already holds exactly that shard (a resume whose ownership did not change) is not rewritten;
+    ``compress`` (``data.compress_shards``): uint8 rows deflate-compressed, ~0.6 of their size for images."""
     return sum(ensure_shard(shard_path(run_dir, r), data.X_train, data.y_train, ids,
                             {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids],
-                            by_ref=by_ref)
+                            by_ref=by_ref, compress=compress)
                for r, ids in parts.items())
 
 

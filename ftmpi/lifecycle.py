@@ -84,7 +84,7 @@ class Lifecycle:
         self.histogram = class_histogram(d.y_train, list(parts.values()), d.n_classes)
         by_ref = shards_by_reference(d, [s.members[r].host for r in s.alive])
         self.standby.by_ref = by_ref  # standby files likewise: ids only, or uint8 rows
-        self.shard_bytes = write_shards(self.run_dir, d, parts, s.weight, by_ref)
+        self.shard_bytes = write_shards(self.run_dir, d, parts, s.weight, by_ref, cfg.data.compress_shards)
         self.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
         self.dealt = True
 

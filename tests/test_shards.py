@@ -225,6 +225,32 @@ def test_uint8_shard_is_a_quarter_of_float32_and_reads_back_as_the_same_floats(t
     assert np.array_equal(part.X, store[ids[5:9]])
 
 
+def test_uint8_shard_compressed_holds_the_same_rows_in_fewer_bytes(tmp_path):
+    """compress (data.compress_shards): a standard deflate dataset any HDF5 reader reads, smaller for
+    image-like rows, every row read back exactly, whole, by range and into a buffer with room."""
+    from ftmpi.shards import ensure_shard
+
+    n, d = 4001, 784  # not a whole number of chunks: the edge chunk is padded
+    store, img = _store(tmp_path, n, d)
+    img[:, : d // 2] = 0  # half of every image blank, as in MNIST-like data
+    store.path.write_bytes(store.path.read_bytes()[:12] + img.tobytes())
+    y = np.arange(n, dtype=np.int32) % 10
+    ids = np.random.default_rng(1).permutation(n)[:3500]
+    packed = ensure_shard(tmp_path / "z.h5", store, y, ids, {"rank": 1}, compress=True)
+    plain = ensure_shard(tmp_path / "p.h5", store, y, ids, {"rank": 1})
+    with h5py.File(tmp_path / "z.h5", "r") as f:
+        assert f["X"].compression == "gzip" and f["X"].chunks[1] == d
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert f["X"].compression is None
+    assert packed < 0.75 * plain
+    whole = read_shard(tmp_path / "z.h5")
+    assert np.array_equal(whole.X, store[ids]) and np.array_equal(whole.ids, ids)
+    assert np.array_equal(read_shard(tmp_path / "z.h5", (333, 3411)).X, store[ids[333:3411]])
+    roomy = read_shard(tmp_path / "z.h5", room=lambda k: 7)
+    assert roomy.buf.shape == (3507, d) and np.array_equal(roomy.X, store[ids])
+    assert ensure_shard(tmp_path / "z.h5", store, y, ids, {"rank": 1}, compress=True) == 0, "kept on resume"
+
+
 def test_version_1_float32_shard_still_reads(tmp_path):
     X, y, ids = rows()
     p = tmp_path / "old.h5"
