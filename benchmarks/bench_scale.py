@@ -235,8 +235,8 @@ def markdown(res: dict) -> str:
                   f"{r['rank0_hwm_mb']:.0f} | {r['worker_hwm_mb']:.0f} | {ratio:.2f} | {r['launch_shards_mb']:.1f} | "
                   f"{r['launch_other_mb']:.1f} | {r['launch_rank0_wchar_mb']:.1f} | {r['resume_shards_mb']:.1f} |")
     mk += ["", "`shared`: workers read their rows from the prepared copy by id (all ranks on one host, or "
-           "FTMPI_SHARED_DATA=1); `rows`: rank 0 writes each worker's rows as uint8 (FTMPI_SHARED_DATA=0), deflate-compressed "
-           "(`data.compress_shards`, the default), `rows, plain`: the same uncompressed. "
+           "FTMPI_SHARED_DATA=1); `rows`: rank 0 writes each worker's rows as uint8 (FTMPI_SHARED_DATA=0), "
+           "deflate-compressed (`data.compress_shards`, the default), `rows, plain`: the same uncompressed. "
            "Shard MB per resume counts the shard files a `--resume` of the finished run wrote (ownership unchanged: "
            "the launcher keeps `shards/worker-*.h5` and rank 0 reuses every shard that holds the same rows). "
            "Other MB: standby and handoff files; rank 0 write() MB: every byte rank 0 wrote (/proc wchar), "
