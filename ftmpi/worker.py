@@ -39,6 +39,7 @@ from .localshard import LocalShard
 from .models import Model, warmup
 from .optim import Optimizer, clip
 from .procs import start_time
+from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
 
 
@@ -118,16 +119,14 @@ class Worker:
         raise PeerTimeout([self.coord], phase, time.monotonic() - t0, hint)
 
     def _named(self, deputy: int) -> None:
-        """The coordinator announced its deputy (round messages, pings); named, this worker reads the dataset
-        ahead in a thread (a takeover needs it)."""
+        """The coordinator announced its deputy (round messages, pings); named, this worker reads the test set
+        and indexes the shards of the run dir ahead, in a thread (a takeover needs them; see ftmpi.rundata)."""
         if deputy < 0:
             return
         self.deputy = deputy
         if deputy == self.rank and self._data_ahead is None:
-            from .data import load_dataset
-
-            cfg = self.cfg
-            self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
+            run_dir = self.run_dir
+            self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
 
     def _take_replicas(self) -> None:
         """The deputy keeps the coordinator's newest replica (complete messages only)."""
@@ -167,7 +166,13 @@ class Worker:
         if mark is not None and int(mark.get("pid", -1)) == rep.coord[2]:
             change.injected_at, change.kind = float(mark["time"]), str(mark["kind"])
             change.detection_latency = max(0.0, detected - change.injected_at)
-        raise Promoted(rep, change, self._data_ahead.get())
+        try:
+            data = takeover_dataset(self._data_ahead.get(), rep.state["owner"])  # type: ignore[index]
+        except DataError as exc:  # cli.py then tells the other workers, who wait for this rank, to leave
+            self.ch.coordinator = self.rank
+            raise CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
+                                  f"take over: {exc}") from None
+        raise Promoted(rep, change, data)
 
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
