@@ -32,7 +32,7 @@ from . import protocol as P
 from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
 from .config import Config
-from .errors import CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
+from .errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
 from .failover import Change, DatasetAhead, Promoted, ReplicaKeeper
 from .handoff import SCORED, rep_count, select_representative
 from .localshard import LocalShard
@@ -168,10 +168,14 @@ class Worker:
             change.detection_latency = max(0.0, detected - change.injected_at)
         try:
             data = takeover_dataset(self._data_ahead.get(), rep.state["owner"])  # type: ignore[index]
-        except DataError as exc:  # cli.py then tells the other workers, who wait for this rank, to leave
-            self.ch.coordinator = self.rank
-            raise CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
-                                  f"take over: {exc}") from None
+        except DataError as exc:  # the others wait for this rank: they leave now (no verdict: a relaunch resumes)
+            lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
+                                   f"take over: {exc}")
+            for r in range(self.ch.size):
+                if r not in (self.rank, old):
+                    self.ch.send(r, TAG_CTRL, P.Exit(str(lost), EXIT_COORDINATOR_LOST, True))
+            self.ch.flush(time.monotonic() + 2.0)
+            raise lost from None
         raise Promoted(rep, change, data)
 
     # --------------------------------------------------------------- the loop
