@@ -352,10 +352,15 @@ def open_run_data(run_dir: str | os.PathLike[str]) -> RunData:
     return RunData(run_dir, rows, t.X, t.y, nc, tuple(str(c) for c in classes))
 
 
-def takeover_dataset(rd: RunData, owner: np.ndarray) -> Dataset:
-    """The dataset a deputy coordinates from: the run dir's rows and test set. Every row a worker owns
-    (``owner``: the replica's owner per row, -1 for none) must be in a file: the shards first, then (only for
-    rows they lack) new shards, handoff and standby files; DataError with one line otherwise."""
+def takeover_dataset(ahead: Any, run_dir: str | os.PathLike[str], owner: np.ndarray) -> Dataset:
+    """The dataset a deputy coordinates from: the run dir's rows and test set, as read ahead (``ahead.get()``:
+    a :class:`RunData`; read again now if that failed). Every row a worker owns (``owner``: the replica's owner
+    per row, -1 for none) must be in a file: the shards first, then (only for rows they lack) new shards,
+    handoff and standby files; DataError with one line otherwise."""
+    try:
+        rd = ahead.get()
+    except DataError:  # read before the files were there (or a file came since): once more, now
+        rd = open_run_data(run_dir)
     rows, owner = rd.rows, np.asarray(owner)
     if len(owner) != rows.n:
         raise DataError(f"{eval_set_path(rd.run_dir)}: {rows.n} training rows, but the replica's state has "

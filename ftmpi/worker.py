@@ -167,7 +167,7 @@ class Worker:
             change.injected_at, change.kind = float(mark["time"]), str(mark["kind"])
             change.detection_latency = max(0.0, detected - change.injected_at)
         try:
-            data = takeover_dataset(self._data_ahead.get(), rep.state["owner"])  # type: ignore[index]
+            data = takeover_dataset(self._data_ahead, self.run_dir, rep.state["owner"])  # type: ignore[index]
         except DataError as exc:  # the others wait for this rank: they leave now (no verdict: a relaunch resumes)
             lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
                                    f"take over: {exc}")
@@ -212,12 +212,9 @@ class Worker:
 
     def _standby(self) -> int:
         """``executor.standby_coordinator``: train nothing, keep the coordinator's replicas, take over if it is
-        lost (:class:`Promoted`); leave when told to stop."""
-        from .data import load_dataset
-
+        lost (:class:`Promoted`); leave when told to stop. It reads its data ahead once the first ping names it
+        (after the shards and the test set are written)."""
         cfg = self.cfg
-        self.deputy = self.rank
-        self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
         timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
         while True:
             try:

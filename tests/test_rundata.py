@@ -16,9 +16,10 @@ from ftmpi.cluster import WriteHandoff
 from ftmpi.config import DataConfig, load_config
 from ftmpi.data import Dataset, load_dataset
 from ftmpi.errors import DataError
+from ftmpi.failover import DatasetAhead
 from ftmpi.files import shards_by_reference, write_handoff_file, write_shards
 from ftmpi.partition import Ownership
-from ftmpi.rundata import RunRows, eval_set_path, open_run_data, takeover_dataset, write_eval_set
+from ftmpi.rundata import RunData, RunRows, eval_set_path, open_run_data, takeover_dataset, write_eval_set
 from ftmpi.rundir import clear_for
 from ftmpi.saver import BackgroundWriter
 from ftmpi.shards import ensure_shard, handoff_path, read_shard, shard_path, standby_path
@@ -36,6 +37,11 @@ def src(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Dataset, Datas
     monkeypatch.delenv("FTMPI_SHARED_DATA", raising=False)
     cfg = DataConfig(dataset="mnist", path=str(_mnist(hidden / "m", n=N)))
     return load_dataset(cfg, 0), load_dataset(cfg, 0, lazy=False), hidden
+
+
+def _take(run: Path, owner: np.ndarray, rd: RunData | None = None) -> Dataset:
+    """A takeover's dataset, from what was read ahead (``rd``) or read now."""
+    return takeover_dataset(DatasetAhead(lambda: rd if rd is not None else open_run_data(run)), run, owner)
 
 
 def _parts() -> dict[int, np.ndarray]:
@@ -71,7 +77,7 @@ def test_rows_by_id_equal_the_source_once_it_is_gone(src, tmp_path: Path, same_h
     assert np.array_equal(rd.X_test, eager.X_test) and np.array_equal(rd.y_test, eager.y_test)
     assert rd.X_test.dtype == np.float32 and rd.classes == eager.classes and rd.n_classes == 10
     owner = np.zeros(N, np.int32)
-    d = takeover_dataset(rd, owner)
+    d = _take(run, rd=rd, owner=owner)
     assert isinstance(d.X_train, RunRows), "rows stay in the files, read by id"
     assert d.name == "mnist" and d.X_train.shape == (N, 784) and len(d.X_train) == N and d.n_features == 784
     ids = np.array([89, 0, 7, 7, 12, 38, 1, 50])
@@ -99,7 +105,7 @@ def test_rows_only_in_handoff_and_standby_files_are_found_and_held(src, tmp_path
     rd = open_run_data(run)
     owner = np.full(N, 1, np.int32)
     assert not rd.rows.has(two).any(), "at read-ahead only the shards are indexed"
-    d = takeover_dataset(rd, owner)
+    d = _take(run, rd=rd, owner=owner)
     assert np.array_equal(d.X_train[two], eager.X_train[two]) and np.array_equal(d.y_train[two], eager.y_train[two])
     # held open: a file deleted (or replaced) after it was indexed reads as it was
     standby.unlink()
@@ -109,13 +115,13 @@ def test_rows_only_in_handoff_and_standby_files_are_found_and_held(src, tmp_path
     # a row in no file: the takeover names it and its owner
     standby.unlink()
     with pytest.raises(DataError) as e:
-        takeover_dataset(open_run_data(run), owner)
+        _take(run, owner)
     msg = str(e.value)
     assert f"{len(two)} training row(s) owned by worker(s) [1]" in msg and "\n" not in msg
     assert f"e.g. row {int(two[0])}" in msg and str(run / "shards") in msg
     dropped = owner.copy()
     dropped[two] = -1  # rows nobody owns are not needed
-    assert takeover_dataset(open_run_data(run), dropped).X_train.has(np.arange(N)).sum() == N - len(two)
+    assert _take(run, dropped).X_train.has(np.arange(N)).sum() == N - len(two)
 
 
 def test_a_file_of_another_dataset_or_a_missing_test_set_is_said(src, tmp_path: Path) -> None:
@@ -125,9 +131,9 @@ def test_a_file_of_another_dataset_or_a_missing_test_set_is_said(src, tmp_path: 
         f.attrs["dataset"] = "fashion-mnist"
     rd = open_run_data(run)
     with pytest.raises(DataError, match="written for dataset 'fashion-mnist'"):
-        takeover_dataset(rd, np.full(N, 1, np.int32))
+        _take(run, rd=rd, owner=np.full(N, 1, np.int32))
     with pytest.raises(DataError, match="replica's state has 5"):
-        takeover_dataset(rd, np.zeros(5, np.int32))
+        _take(run, rd=rd, owner=np.zeros(5, np.int32))
     eval_set_path(run).unlink()
     with pytest.raises(DataError, match=r"test\.h5: no test set in the run dir"):
         open_run_data(run)
@@ -154,7 +160,7 @@ def test_a_float32_test_set_stays_float32(tmp_path: Path) -> None:
     write_eval_set(run, data)
     with h5py.File(eval_set_path(run), "r") as f:
         assert f["X"].dtype == np.float32
-    d = takeover_dataset(open_run_data(run), np.ones(len(data.y_train), np.int32))
+    d = _take(run, np.ones(len(data.y_train), np.int32))
     assert np.array_equal(d.X_test, data.X_test) and np.array_equal(d.X_train[parts[1]], data.X_train)
 
 
@@ -163,7 +169,7 @@ def test_the_new_coordinators_standby_files_are_uint8_and_read_back(src, tmp_pat
     data, eager, hidden = src
     run = _run(tmp_path, data, by_ref=False)
     shutil.rmtree(hidden)
-    d = takeover_dataset(open_run_data(run), np.full(N, 1, np.int32))
+    d = _take(run, np.full(N, 1, np.int32))
     cfg = load_config(None, ["data.dataset=mnist", "optimizer.n_most_rep=0.5"], env={})
     writer = BackgroundWriter()
     sb = Standby(cfg, run, writer)
@@ -177,3 +183,15 @@ def test_the_new_coordinators_standby_files_are_uint8_and_read_back(src, tmp_pat
     s = read_shard(path)
     assert np.array_equal(s.ids, ids) and np.array_equal(s.X, eager.X_train[ids])
     assert os.path.basename(path).startswith("standby-e0004")
+
+
+def test_read_ahead_before_the_files_exist_is_read_again_at_the_takeover(src, tmp_path: Path) -> None:
+    """A deputy named before rank 0 wrote the files (it should not be) reads them again when it takes over."""
+    data, eager, _ = src
+    run = tmp_path / "run"
+    early = DatasetAhead(lambda: open_run_data(run))
+    with pytest.raises(DataError):
+        early.get()
+    run = _run(tmp_path, data, by_ref=False)
+    d = takeover_dataset(early, run, np.ones(N, np.int32))
+    assert np.array_equal(d.X_train[np.arange(N)], eager.X_train)
