@@ -155,7 +155,7 @@ class RunRows:
         self._pos = np.zeros(self.n, np.int64)  # id -> row in that store
         self._stores: list[RowStore] = []
         self._refs: dict[str, int] = {}  # a prepared copy named by shards by reference -> its store
-        self._seen: set[tuple[int, int]] = set()  # (device, inode) of the files looked at
+        self._seen: set[tuple[int, ...]] = set()  # (device, inode, size, mtime) of the files looked at
         self.notes: list[str] = []
 
     # ------------------------------------------------------------------ the array interface
@@ -246,9 +246,10 @@ class RunRows:
             return 0  # gone since it was listed
         try:
             st = os.fstat(fh.fileno())
-            if (st.st_dev, st.st_ino) in self._seen:
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # an inode freed and reused is another file
+            if key in self._seen:
                 return 0
-            self._seen.add((st.st_dev, st.st_ino))
+            self._seen.add(key)
             return self._add(fh, path)
         finally:
             fh.close()  # a store holds its own mapping
