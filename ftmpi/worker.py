@@ -215,6 +215,7 @@ class Worker:
         lost (:class:`Promoted`); leave when told to stop. It reads its data ahead once the first ping names it
         (after the shards and the test set are written)."""
         cfg = self.cfg
+        self.deputy = self.rank
         timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
         while True:
             try:
