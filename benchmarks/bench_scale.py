@@ -130,7 +130,9 @@ def watched(workers: int, config: str, run_dir: Path, *args: str, env: dict | No
         "worker_hwm_mb": max((rec["hwm_kb"] for rec in wk), default=0) / 1024,
         "rank0_wchar_mb": r0.get("wchar", 0) / 1e6,
         "shard_files_mb": sum(p.stat().st_size for p in shards if p.name.startswith("worker-")) / 1e6,
-        "other_shard_files_mb": sum(p.stat().st_size for p in shards if not p.name.startswith("worker-")) / 1e6,
+        "other_shard_files_mb": sum(p.stat().st_size for p in shards
+                                    if not p.name.startswith("worker-") and p.name != "test.h5") / 1e6,
+        "test_set_mb": sum(p.stat().st_size for p in shards if p.name == "test.h5") / 1e6,
         "ranks_seen": len(ranks),
     })
     return s
@@ -204,6 +206,7 @@ def grid_data(tmp: Path, quick: bool) -> list[dict]:
                         "startup_s": first["startup_rank0"], "outer_wall": first["outer_wall"],
                         "rank0_hwm_mb": first["rank0_hwm_mb"], "worker_hwm_mb": first["worker_hwm_mb"],
                         "launch_shards_mb": first["shard_files_mb"], "launch_other_mb": first["other_shard_files_mb"],
+                        "launch_test_set_mb": first["test_set_mb"], "resume_test_set_mb": again["test_set_mb"],
                         "launch_rank0_wchar_mb": first["rank0_wchar_mb"],
                         "resume_shards_mb": again["shard_files_mb"], "resume_rank0_wchar_mb": again["rank0_wchar_mb"],
                         "resume_outer_wall": again["outer_wall"], "test_acc": first.get("final_test_acc")})
@@ -227,18 +230,20 @@ def markdown(res: dict) -> str:
                   f" | {r['rank0_hwm_mb']:.0f} / {r['worker_hwm_mb']:.0f} |")
     mk += ["", "## (b) Training set size (4 workers, logreg)", "",
            "| train rows | uint8 MB | shards | start-up s | rank 0 peak MB | worker peak MB | rank 0 / worker |"
-           " shard MB per launch | other MB (standby) | rank 0 write() MB | shard MB per resume |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           " shard MB per launch | other MB (standby) | test set MB | rank 0 write() MB | shard MB per resume |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["data"]:
         ratio = r["rank0_hwm_mb"] / r["worker_hwm_mb"] if r["worker_hwm_mb"] else float("nan")
         mk.append(f"| {r['train_rows']} | {r['dataset_mb']:.0f} | {r['mode']} | {_f(r['startup_s'], '.2f')} | "
                   f"{r['rank0_hwm_mb']:.0f} | {r['worker_hwm_mb']:.0f} | {ratio:.2f} | {r['launch_shards_mb']:.1f} | "
-                  f"{r['launch_other_mb']:.1f} | {r['launch_rank0_wchar_mb']:.1f} | {r['resume_shards_mb']:.1f} |")
+                  f"{r['launch_other_mb']:.1f} | {_f(r.get('launch_test_set_mb'), '.1f')} | "
+                  f"{r['launch_rank0_wchar_mb']:.1f} | {r['resume_shards_mb']:.1f} |")
     mk += ["", "`shared`: workers read their rows from the prepared copy by id (all ranks on one host, or "
            "FTMPI_SHARED_DATA=1); `rows`: rank 0 writes each worker's rows as uint8 (FTMPI_SHARED_DATA=0), "
            "deflate-compressed (`data.compress_shards`, the default), `rows, plain`: the same uncompressed. "
            "Shard MB per resume counts the shard files a `--resume` of the finished run wrote (ownership unchanged: "
            "the launcher keeps `shards/worker-*.h5` and rank 0 reuses every shard that holds the same rows). "
+           "Test set MB: `shards/test.h5`, written once per run dir when a deputy may take over (0 on resume). "
            "Other MB: standby and handoff files; rank 0 write() MB: every byte rank 0 wrote (/proc wchar), "
            "checkpoints and outputs included. "
            "Peak RSS is VmHWM polled from /proc. Command: `python benchmarks/bench_scale.py"

@@ -77,7 +77,7 @@ class Dataset:
     source: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.X_train, RowStore):
+        if not hasattr(self.X_train, "rows"):  # rows read by id (a RowStore, a run dir's RunRows) stay there
             self.X_train = np.ascontiguousarray(self.X_train, dtype=np.float32)
         self.X_test = np.ascontiguousarray(self.X_test, dtype=np.float32)
         self.y_train = np.ascontiguousarray(self.y_train, dtype=np.int32)

@@ -63,6 +63,7 @@ class Replication:
         self.t_start = time.monotonic() - (o["wall_launch"] + max(0.0, time.time() - rep.sent_at))
         self.histogram = None if o["histogram"] is None else np.asarray(o["histogram"])
         self.initial_shards, self.resumed_from, self.alive_comm = o["initial_shards"], o["resumed_from"], None
+        self.shard_bytes, self.test_set_bytes = o.get("shard_bytes", 0), o.get("test_set_bytes", 0)
         self.changes = list(o["changes"])
         self.dealt = True
         self.change = change
@@ -83,6 +84,7 @@ class Replication:
                 "last_per_class": np.asarray(self.out.last_per_class).tolist(),
                 "histogram": None if self.histogram is None else self.histogram.tolist(),
                 "initial_shards": self.initial_shards, "resumed_from": self.resumed_from,
+                "shard_bytes": self.shard_bytes, "test_set_bytes": self.test_set_bytes,  # type: ignore[attr-defined]
                 "changes": self._all_changes()}
 
     def _all_changes(self) -> list[dict[str, Any]]:

@@ -38,8 +38,9 @@ class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coor
 
 
 class DatasetAhead:
-    """The deputy reads the dataset in a thread as soon as it is named (a takeover needs the test set, and
-    the training rows of the handoffs it will write): the first round message then waits for nothing."""
+    """The deputy reads its data in a thread as soon as it is named (a takeover needs the test set, and the
+    training rows of the handoffs it will write: from the run dir, see :mod:`ftmpi.rundata`): the first round
+    message then waits for next to nothing."""
 
     def __init__(self, load: Callable[[], Any]) -> None:
         import threading

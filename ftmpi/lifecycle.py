@@ -22,6 +22,7 @@ from .metrics import write_json_atomic, write_status
 from .outputs import summary
 from .partition import class_histogram, partition
 from .procs import kill_if_same
+from .rundata import EvalSetWrite
 
 
 class Lifecycle:
@@ -46,8 +47,13 @@ class Lifecycle:
     histogram: np.ndarray | None
     initial_shards: dict[int, int] | None
     shard_bytes: int
+    _test_write: EvalSetWrite | None = None
+    test_set_bytes = 0  # bytes of the test set written into the run dir at this launch (0: kept or not needed)
 
     def _join(self) -> None:
+        ex = self.cfg.executor
+        if ex.deputy or ex.standby_coordinator:  # a takeover reads the test set from the run dir
+            self._test_write = EvalSetWrite(self.run_dir, self.data, self.cfg.data.compress_shards)
         ranks = list(self.state.members)
         # startup_timeout, not timeout: a worker says hello once its kernels are loaded (or compiled, on a
         # cold numba cache: seconds) so that round 0 is as quick as any other
@@ -86,6 +92,10 @@ class Lifecycle:
         self.standby.by_ref = by_ref  # standby files likewise: ids only, or uint8 rows
         self.shard_bytes = write_shards(self.run_dir, d, parts, s.weight, by_ref, cfg.data.compress_shards)
         self.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
+        if self._test_write is not None:  # before the first round message names a deputy
+            self.test_set_bytes, why = self._test_write.result()
+            if why:
+                self.out.progress.warn(f"warning: {why}; a deputy could not take over if rank 0 were lost")
         self.dealt = True
 
     def _checkpoint(self, wait: bool = False) -> None:
@@ -149,6 +159,7 @@ class Lifecycle:
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
         doc["coordinator"] = self.me
+        doc["test_set_bytes_written"] = self.test_set_bytes
         if self.cfg.executor.standby_coordinator and self.ch.size >= 3:  # rank 1 never trained
             doc["workers"], doc["standby_coordinator"] = self.ch.size - 2, 1
         doc["deputy"] = {"rank": self.deputy, "replicas": self.sender.sent, "bytes": self.replica_bytes,

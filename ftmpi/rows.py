@@ -14,6 +14,7 @@ one is decompressed once (streamed, never whole in memory) into ``$FTMPI_PREPARE
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import itertools
@@ -22,6 +23,7 @@ import mmap
 import os
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,7 @@ class RowStore:
         cuts = np.concatenate([[0], np.flatnonzero(np.diff(window)) + 1, [len(sids)]])
         scale = np.float32(self.scale)
         try:
-            with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with self._mapped() as mm:
                 whole = np.frombuffer(mm, self.stored, count=self.n * self.d, offset=self.offset)
                 mat = whole.reshape(self.n, self.d)
                 for a, b in itertools.pairwise(cuts.tolist()):
@@ -134,6 +136,12 @@ class RowStore:
                 del mat, whole
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read the training rows: {exc}") from None
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[mmap.mmap]:
+        """The file, memory-mapped read-only for one read (a subclass may hold one open instead)."""
+        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            yield mm
 
     # ------------------------------------------------------------------ by reference
     def ref(self) -> dict[str, Any]:

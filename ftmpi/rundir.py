@@ -84,14 +84,14 @@ def decide(run_dir: Path, mode: str) -> str:
 
 def clear_for(run_dir: Path, mode: str) -> None:
     """Delete what the new launch replaces: only ``--overwrite`` deletes checkpoints, fault records and the
-    launcher's relaunch records. Otherwise the workers' shard files stay (rank 0 rewrites only those whose rows
-    changed: ``shards.ensure_shard``; a resume with unchanged ownership writes none) and the epoch's handoff and
-    standby files go."""
+    launcher's relaunch records. Otherwise the workers' shard files and the test set for a takeover stay (rank 0
+    rewrites only those whose rows changed: ``shards.ensure_shard``; a resume with unchanged ownership writes
+    none) and the epoch's handoff and standby files go."""
     for name in ("faults", "shards", "ckpt") if mode == "overwrite" else ():
         shutil.rmtree(run_dir / name, ignore_errors=True)
     if mode != "overwrite" and (run_dir / "shards").is_dir():
         for p in (run_dir / "shards").iterdir():
-            if not (p.name.startswith("worker-") and p.suffix == ".h5") and p.is_file():
+            if not ((p.name.startswith("worker-") and p.suffix == ".h5") or p.name == "test.h5") and p.is_file():
                 p.unlink(missing_ok=True)
     if mode == "overwrite":  # the launcher's record of relaunches and requeues of the old run
         (run_dir / "relaunches.json").unlink(missing_ok=True)

@@ -374,7 +374,7 @@ def ensure_shard(path: str | os.PathLike[str], X_train: Any, y_train: np.ndarray
         ref = X_train.ref_json()
         full["rows_from"] = ref
     else:
-        if isinstance(X_train, RowStore):
+        if hasattr(X_train, "raw"):  # rows kept in their own type (a RowStore, a run dir's RunRows)
             X = X_train.raw(ids)
             if X.dtype == np.uint8:
                 scale = X_train.scale

@@ -32,13 +32,14 @@ from . import protocol as P
 from .codec import ErrorFeedback, decode
 from .comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
 from .config import Config
-from .errors import CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
+from .errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
 from .failover import Change, DatasetAhead, Promoted, ReplicaKeeper
 from .handoff import SCORED, rep_count, select_representative
 from .localshard import LocalShard
 from .models import Model, warmup
 from .optim import Optimizer, clip
 from .procs import start_time
+from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
 
 
@@ -118,16 +119,14 @@ class Worker:
         raise PeerTimeout([self.coord], phase, time.monotonic() - t0, hint)
 
     def _named(self, deputy: int) -> None:
-        """The coordinator announced its deputy (round messages, pings); named, this worker reads the dataset
-        ahead in a thread (a takeover needs it)."""
+        """The coordinator announced its deputy (round messages, pings); named, this worker reads the test set
+        and indexes the shards of the run dir ahead, in a thread (a takeover needs them; see ftmpi.rundata)."""
         if deputy < 0:
             return
         self.deputy = deputy
         if deputy == self.rank and self._data_ahead is None:
-            from .data import load_dataset
-
-            cfg = self.cfg
-            self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
+            run_dir = self.run_dir
+            self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
 
     def _take_replicas(self) -> None:
         """The deputy keeps the coordinator's newest replica (complete messages only)."""
@@ -167,7 +166,17 @@ class Worker:
         if mark is not None and int(mark.get("pid", -1)) == rep.coord[2]:
             change.injected_at, change.kind = float(mark["time"]), str(mark["kind"])
             change.detection_latency = max(0.0, detected - change.injected_at)
-        raise Promoted(rep, change, self._data_ahead.get())
+        try:
+            data = takeover_dataset(self._data_ahead, self.run_dir, rep.state["owner"])  # type: ignore[index]
+        except DataError as exc:  # the others wait for this rank: they leave now (no verdict: a relaunch resumes)
+            lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
+                                   f"take over: {exc}")
+            for r in range(self.ch.size):
+                if r not in (self.rank, old):
+                    self.ch.send(r, TAG_CTRL, P.Exit(str(lost), EXIT_COORDINATOR_LOST, True))
+            self.ch.flush(time.monotonic() + 2.0)
+            raise lost from None
+        raise Promoted(rep, change, data)
 
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -203,12 +212,10 @@ class Worker:
 
     def _standby(self) -> int:
         """``executor.standby_coordinator``: train nothing, keep the coordinator's replicas, take over if it is
-        lost (:class:`Promoted`); leave when told to stop."""
-        from .data import load_dataset
-
+        lost (:class:`Promoted`); leave when told to stop. It reads its data ahead once the first ping names it
+        (after the shards and the test set are written)."""
         cfg = self.cfg
         self.deputy = self.rank
-        self._data_ahead = DatasetAhead(lambda: load_dataset(cfg.data, cfg.model.seed))
         timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
         while True:
             try:

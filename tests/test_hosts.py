@@ -5,6 +5,7 @@ tests/hosts/rsh_agent.sh, with nodeA/nodeB in /etc/hosts (added here when missin
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .mpirun import ROOT, ended, launched, metrics_rows, needs_mpi, run_launch
@@ -129,3 +131,64 @@ def test_a_host_that_does_not_start_is_left_out_of_the_relaunch(tmp_path):
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["status"] == "completed" and s["workers"] == 1 and s["resumed_from"] is None, s
     assert s["relaunches"][0]["lost_hosts"] == ["nodeB"] and s["relaunches"][0]["hosts"] == ["nodeA"]
+
+
+def _blind_ready(folder: Path) -> str | None:
+    """None when a host can be made blind to ``folder`` (a tmpfs over it in a mount namespace), else why not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "probe").write_text("seen")
+    script = f"mount -t tmpfs ftmpi-blind '{folder}' && ls -A '{folder}'"
+    p = subprocess.run(["unshare", "--mount", "bash", "-c", script], capture_output=True, text=True, timeout=10)
+    (folder / "probe").unlink()
+    if p.returncode != 0 or p.stdout.strip():
+        why = p.stderr.strip() or p.stdout.strip()
+        return f"cannot hide a folder from a simulated host (unshare --mount, tmpfs: {why})"
+    return None
+
+
+def _learnable_mnist(folder: Path, n_train: int = 1200, n_test: int = 300) -> None:
+    """MNIST-format (IDX, gzip) images: one noisy prototype per class, so that accuracy means something."""
+    from .test_data import write_idx
+
+    rng = np.random.default_rng(3)
+    protos = rng.integers(0, 256, (10, 28, 28))
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.permutation(np.arange(n) % 10)
+        X = np.clip(protos[y] + rng.normal(0, 70, (n, 28, 28)), 0, 255).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", X, gz=True)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y, gz=True)
+
+
+def test_a_deputy_on_a_host_without_the_dataset_takes_over(tmp_path):
+    """Rank 0 alone on nodeA, which holds the dataset (source and prepared copy); the workers on nodeB, which
+    sees neither (an empty tmpfs over their folder). Rank 0 SIGKILLed at round 8: the deputy (rank 1, on nodeB)
+    coordinates from the run dir's files (shards, test set) and the run completes in the same job."""
+    hidden = tmp_path / "hidden"
+    why = _blind_ready(hidden)
+    if why:
+        pytest.skip(why)
+    _learnable_mnist(hidden / "mnist")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=3\n")
+    run_dir = tmp_path / "r"
+    p = run_launch("-n", "3", str(SMOKE), "--hostfile", str(hostfile), "--quiet", "--run-dir", str(run_dir),
+                   "--set", "data.dataset=mnist", "--set", f"data.path={hidden / 'mnist'}",
+                   "--set", "executor.timeout=3", "--set", "executor.remap=full", "--inject", "kill:0@8",
+                   env={"FTMPI_MPIRUN_ARGS": f"--mca plm_rsh_agent {AGENT}", "FTMPI_PREPARED": str(hidden / "prep"),
+                        "FTMPI_TEST_BLIND_HOSTS": "nodeB", "FTMPI_TEST_BLIND_DIR": str(hidden)}, limit=150)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert list((hidden / "prep").iterdir()), "rank 0 read the training rows from a prepared copy in the folder"
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and s["coordinator"] == 1 and s["rounds"] == 20, s
+    (c,) = s["coordinator_changes"]
+    assert (c["lost"], c["new"], c["how"], c["lost_id"][0]) == (0, 1, "ulfm", "nodeA"), c
+    with open(run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["round"]) for r in rows] == list(range(20)), "one row per round, none twice"
+    assert s["coverage"] == 1.0 and s["alive_workers"] == 2, "remap full: the deputy's rows went to 2 and 3"
+    assert s["final_test_acc"] > 0.8, s["final_test_acc"]
+    import h5py
+
+    with h5py.File(run_dir / "shards" / "worker-0002.h5", "r") as f:  # not by reference: the hosts differ
+        assert f["X"].dtype == np.uint8

@@ -11,4 +11,10 @@ case ",${FTMPI_TEST_DOWN_HOSTS:-}," in *",$host,"*) echo "ssh: connect to host $
 limit=$(( ${FTMPI_JOB_TIMEOUT:-300} + 30 ))
 me=$$
 ( exec >/dev/null 2>&1 </dev/null; sleep "$limit"; kill -KILL "$me" ) &
+# A host listed in $FTMPI_TEST_BLIND_HOSTS does not see the folder $FTMPI_TEST_BLIND_DIR: it runs in a mount
+# namespace of its own too, with an empty tmpfs mounted over that folder (a dataset on rank 0's host only).
+case ",${FTMPI_TEST_BLIND_HOSTS:-}," in
+  *",$host,"*) exec unshare --uts --mount bash -c \
+      "mount -t tmpfs -o size=1m ftmpi-blind '${FTMPI_TEST_BLIND_DIR:?}' || exit 97; hostname $host; $*";;
+esac
 exec unshare --uts bash -c "hostname $host; $*"
