@@ -261,8 +261,8 @@ class Coordinator(Replication, Lifecycle):
         while not self.gm.done:
             if not self.state.alive:
                 code = EXIT_NO_WORKERS
-                sys.stderr.write(f"ftmpi: rank 0: error: every worker is lost (round {self.state.round}); metrics "
-                                 f"and summary saved in {self.run_dir}\n")
+                sys.stderr.write(f"ftmpi: rank {self.me}: error: every worker is lost (round {self.state.round}); "
+                                 f"metrics and summary saved in {self.run_dir}\n")
                 break
             sig = stop_requested()
             if sig is not None:  # preempted: this round is checkpointed by _finish; resume continues from it

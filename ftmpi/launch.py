@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_PREEMPTED, FtmpiError
+from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_NO_WORKERS, EXIT_PREEMPTED, FtmpiError
 from .hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write_hostfile
 from .mpicmd import Launch, build, flavour
 from .record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
@@ -270,7 +270,7 @@ class Launcher:
                 if out.rc != 0 and out.verdict != out.rc:
                     _say(f"{Path(spec.mpirun if kind != 'srun' else 'srun').name} exited {out.rc}; ftmpi's outcome: "
                          f"exit {out.verdict}")
-                if out.verdict != EXIT_CRASH or self.stop:
+                if out.verdict not in (EXIT_CRASH, EXIT_NO_WORKERS) or self.stop:
                     return self._done(out.verdict)
             lost = lost_hosts(out.output_tail, hosts) if hosts else []
             if (out.verdict is None and not lost and not self.stop and start_failures < START_RETRIES
@@ -283,6 +283,7 @@ class Launcher:
                 time.sleep(1.0)
                 continue
             why = (f"host(s) {', '.join(lost)} lost" if lost else "rank 0 crashed" if out.verdict == EXIT_CRASH
+                   else "every worker was lost" if out.verdict == EXIT_NO_WORKERS
                    else f"rank 0 left no verdict (mpirun exit {out.rc})")
             if self.stop:
                 _say(f"{why} after {self.stop}; not restarting")

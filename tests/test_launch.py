@@ -74,6 +74,21 @@ def test_max_restarts_resumes_the_shared_folder_of_the_override_and_no_other(tmp
 
 
 @needs_mpi
+def test_every_worker_lost_is_relaunched_from_the_newest_checkpoint(tmp_path):
+    """Both workers SIGKILLed in the same round: the coordinator checkpoints and exits 3; with
+    --max-restarts the launcher resumes the run (before, exit 3 ended it)."""
+    run_dir = tmp_path / "r"
+    job = launch("-n", "2", str(SMOKE), "--quiet", "--run-dir", str(run_dir), "--inject", "kill:1@12",
+                 "--inject", "kill:2@12", "--max-restarts", "1", "--set", "executor.timeout=2", limit=90)
+    assert job.returncode == 0, job.stderr
+    s = _summary(run_dir)
+    assert s["status"] == "completed" and s["rounds"] == 20 and s["resumed_from"]["round"] >= 10, s
+    (rel,) = s["relaunches"]
+    assert rel["reason"] == "every worker was lost" and rel["exit_code"] == 3
+    assert "rank 0: error: every worker is lost" in job.stderr
+
+
+@needs_mpi
 def test_no_verdict_is_written_into_summary_by_the_launcher(tmp_path):
     job = launch("-n", "2", str(SMOKE), "--quiet", "--run-dir", str(tmp_path / "r"), "--inject", "kill:0@4",
                  "--set", "executor.deputy=false", limit=60)  # nobody takes over: the job ends without a verdict
