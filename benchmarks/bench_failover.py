@@ -115,18 +115,19 @@ def main() -> int:
         dp = "—" if r["delta_points"] is None else f"{r['delta_points']:+.2f}"
         md.append(f"| {kind} | {r['rc']} | {r['status']} | {r['rows_ok']} | {r['how']} | {tt} | <= {r['bound']:.1f} "
                   f"| {r['rounds_redone']} | {acc} | {dp} | {r['wall']:.1f} |")
-    md += ["", f"Replication overhead ({args.overhead_workers} worker(s)): median round time {1000 * m_on:.2f} ms "
-           f"with a deputy, {1000 * m_off:.2f} ms "
-           f"without ({args.repeats} runs each; per-run medians {[round(1000 * x, 2) for x in over['deputy_true']]} "
-           f"vs {[round(1000 * x, 2) for x in over['deputy_false']]} ms): "
-           + (f"{over['overhead_pct']:+.1f} %" if over["overhead_pct"] is not None else "—")
-           + (f"; all rounds pooled: {over['pooled_ms']['true']:.2f} vs {over['pooled_ms']['false']:.2f} ms, "
-              f"{over['pooled_pct']:+.1f} %; median of the paired runs' differences "
-              f"{over['paired_median_pct']:+.1f} % (pairs {[round(x, 1) for x in over['paired_pct']]})"
-              if over["paired_pct"] else "")
-           + f"; replica bytes per run {over.get('replica_bytes')}; rank 0's time per replica (build, pickle, "
-           f"isend; after the broadcast, while the workers train) "
-           f"{[round(x, 3) for x in over.get('replica_ms_per_round', [])]} ms.", ""]
+    if args.repeats:
+        md += ["", f"Replication overhead ({args.overhead_workers} worker(s)): median round time "
+               f"{1000 * m_on:.2f} ms with a deputy, {1000 * m_off:.2f} ms without ({args.repeats} runs each; "
+               f"per-run medians {[round(1000 * x, 2) for x in over['deputy_true']]} "
+               f"vs {[round(1000 * x, 2) for x in over['deputy_false']]} ms): "
+               + (f"{over['overhead_pct']:+.1f} %" if over["overhead_pct"] is not None else "—")
+               + (f"; all rounds pooled: {over['pooled_ms']['true']:.2f} vs {over['pooled_ms']['false']:.2f} ms, "
+                  f"{over['pooled_pct']:+.1f} %; median of the paired runs' differences "
+                  f"{over['paired_median_pct']:+.1f} % (pairs {[round(x, 1) for x in over['paired_pct']]})"
+                  if over["paired_pct"] else "")
+               + f"; replica bytes per run {over.get('replica_bytes')}; rank 0's time per replica (build, pickle, "
+               f"isend; after the broadcast, while the workers train) "
+               f"{[round(x, 3) for x in over.get('replica_ms_per_round', [])]} ms.", ""]
     name = args.name or ("failover" if args.config == "configs/fashion_mnist.yaml"
                          else f"failover-{Path(args.config).stem}")
     write(name, res, "\n".join(md))
