@@ -46,6 +46,7 @@ class Lifecycle:
     histogram: np.ndarray | None
     initial_shards: dict[int, int] | None
     shard_bytes: int
+    target_stop: bool
 
     def _join(self) -> None:
         ranks = list(self.state.members)
@@ -145,7 +146,8 @@ class Lifecycle:
                "alive_comm": self.alive_comm, "preempted": self.preempted, "detector": self.ch.detector.value,
                "switched_at": self.gm.switched_at, "dataset": self.data.name, "dealt": self.dealt,
                "class_histogram": None if self.histogram is None else self.histogram.tolist(),
-               "initial_shards": self.initial_shards, "shard_bytes": self.shard_bytes}
+               "initial_shards": self.initial_shards, "shard_bytes": self.shard_bytes,
+               "target_stop": self.target_stop}
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
         doc["coordinator"] = self.me

@@ -97,7 +97,7 @@ def test_gradient_finite_differences(sizes):
 
 @pytest.mark.parametrize("sizes", MODELS)
 def test_sample_loss_and_predict_chunked(sizes, monkeypatch):
-    monkeypatch.setattr(K.model, "CHUNK_ROWS", 7)  # several chunks and a partial one
+    monkeypatch.setattr(K.layout, "CHUNK_ROWS", 7)  # several chunks and a partial one
     X, y = _data(sizes, 45)
     params = _params(sizes)
     _, _, ref_per_sample, ref_logits = _reference(params, sizes, X, y)
