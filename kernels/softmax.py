@@ -1,12 +1,12 @@
 """Softmax regression (a model with no hidden layer): loss, gradient and per-sample loss in numpy alone.
 
 The numba kernels of :mod:`ftmpi.kernels.model` fuse the row loops of any model; for one layer they buy
-nothing measurable (a step on 128 rows of Fashion-MNIST: 90 us in numba, 98 us here, same machine, same
+nothing measurable (a step on 128 rows of Fashion-MNIST: 96 us in numba, ~100 us here, same machine, same
 BLAS), while importing numba and loading the first kernel from its cache costs every process ~0.3 s of
 CPU, on cores that the ranks of a job share while they start (4 workers: over 1 s of CPU in all). So a
 softmax regression never loads numba; :func:`ftmpi.kernels.loss_grad` and :func:`ftmpi.kernels.sample_loss`
 dispatch here when ``sizes`` has two entries. Same contract as the numba versions (shapes and dtypes
-checked, ValueError on a label outside ``[0, k)``); the arithmetic is float64 per row, as there.
+checked, ValueError on a label outside ``[0, k)``); float32 arithmetic, sums of rows in float64.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def _labels_ok(y: np.ndarray, k: int) -> None:
 
 
 def _logits(W: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """``X @ W + b`` in float64, shifted so that every row's maximum is 0."""
-    z = (X @ W).astype(np.float64)
+    """``X @ W + b``, shifted so that every row's maximum is 0 (float32)."""
+    z = X @ W
     z += b
     z -= z.max(axis=1, keepdims=True)
     return z
@@ -47,12 +47,12 @@ def loss_grad(params: np.ndarray, sizes: np.ndarray, X: np.ndarray, y: np.ndarra
     z = _logits(W, b, X)
     e = np.exp(z)
     s = e.sum(axis=1)
-    loss = float(np.sum(np.log(s) - z[rows, y]) / n)
+    loss = float(np.sum(np.log(s) - z[rows, y], dtype=np.float64) / n)
     e /= s[:, None]
     e[rows, y] -= 1.0  # (softmax - onehot): an exact zero where p == 1
-    g = (e / n).astype(np.float32)
-    gW[...] = (g.T @ X).T  # g.T @ X, then transposed: faster than X.T @ g for a narrow g (model.py)
-    gb[...] = g.sum(axis=0, dtype=np.float64)
+    e *= np.float32(1.0 / n)
+    gW[...] = (e.T @ X).T  # e.T @ X, then transposed: faster than X.T @ e for a narrow e (model.py)
+    gb[...] = e.sum(axis=0, dtype=np.float64)
     return loss
 
 
