@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from ftmpi.timeline import read as read_timeline
+
 from .mpirun import ROOT, needs_mpi, run_job
 
 pytestmark = [pytest.mark.mpi, needs_mpi]
@@ -34,8 +36,9 @@ def test_three_ranks_train_and_write_outputs(tmp_path):
 def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_path):
     """executor.target_accuracy: the rounds end after the round during which rank 0 evaluated (one round late,
     while the next trained) the first model at or above the target; summary.json says why and when."""
+    timeline = tmp_path / "timeline.txt"
     job = run_job(2, SMOKE, tmp_path / "t", "--set", "executor.target_accuracy=0.8",
-                  "--set", "executor.checkpoint_every=0")
+                  "--set", "executor.checkpoint_every=0", env={"FTMPI_TIMELINE": str(timeline)})
     assert job.rc == 0, job.err
     s = job.summary
     rows = job.metrics()
@@ -48,6 +51,15 @@ def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_pa
     assert s["rounds"] == len(rows) == first + 2 < 20  # the round it was evaluated in, then stop
     assert s["iterations"] == 10 * s["rounds"]
     assert s["final_test_acc"] == pytest.approx(accs[-1])
+    # FTMPI_TIMELINE: every process wrote its phases, in order
+    phases: dict[str, list[str]] = {}
+    for _, who, phase, _ in read_timeline(timeline):
+        phases.setdefault(who, []).append(phase)
+    assert phases["L"] == ["start", "mpirun", "mpirun-exit"]
+    assert phases["0"] == ["start", "mpi-init", "config", "data", "joined", "dealt", "round-0", "rounds-done",
+                           "finished", "exit"]
+    for w in ("1", "2"):
+        assert phases[w] == ["start", "mpi-init", "config", "imports", "kernels", "shard", "first-reply", "exit"]
     # evaluated every 4 rounds only: the first evaluated round at or above the target stops it
     every4 = run_job(2, SMOKE, tmp_path / "e4", "--set", "executor.target_accuracy=0.8",
                      "--set", "executor.checkpoint_every=0", "--set", "executor.eval_every=4")
