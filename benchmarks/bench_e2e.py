@@ -71,9 +71,10 @@ def clear_numba_cache() -> int:
     return gone
 
 
-def cold_runs(tmp: Path) -> dict:
-    """The first run after jobs/setup.sh (cache emptied, kernels compiled by `python -m ftmpi.models`, the
-    data's prepared copy not made yet), and a first run with no set-up step at all."""
+def cold_runs(tmp: Path, repeats: int) -> dict:
+    """The first run after jobs/setup.sh (cache emptied, kernels compiled by `python -m ftmpi.models` once, the
+    data's prepared copy not made yet: a fresh one for each run), and a first run with no set-up step at all
+    (numba's cache emptied before each); medians of ``repeats`` runs."""
     out: dict = {}
     saved = os.environ.get("FTMPI_PREPARED")
     try:
@@ -81,13 +82,16 @@ def cold_runs(tmp: Path) -> dict:
         t0 = time.monotonic()
         subprocess.run([sys.executable, "-m", "ftmpi.models"], cwd=ROOT, check=True, capture_output=True)
         out["setup_compile_seconds"] = time.monotonic() - t0
-        os.environ["FTMPI_PREPARED"] = str(tmp / "prepared-cold")
-        r = run(4, LOGREG, tmp / "cold")
-        out["after_setup"] = {"outer_wall": r["outer_wall"], "test_acc": r.get("final_test_acc")}
-        clear_numba_cache()
-        os.environ["FTMPI_PREPARED"] = str(tmp / "prepared-cold2")
-        r = run(4, LOGREG, tmp / "cold-nosetup")
-        out["no_setup"] = {"outer_wall": r["outer_wall"], "test_acc": r.get("final_test_acc")}
+        for key, clear in (("after_setup", False), ("no_setup", True)):
+            walls, accs = [], []
+            for i in range(repeats):
+                if clear:
+                    clear_numba_cache()
+                os.environ["FTMPI_PREPARED"] = str(tmp / f"prepared-{key}-{i}")
+                r = run(4, LOGREG, tmp / f"cold-{key}-{i}")
+                walls.append(r["outer_wall"])
+                accs.append(r.get("final_test_acc"))
+            out[key] = {"outer_wall": statistics.median(walls), "walls": walls, "test_acc": accs}
     finally:
         if saved is None:
             os.environ.pop("FTMPI_PREPARED", None)
@@ -119,7 +123,7 @@ def main() -> int:
     tmp = scratch()
     res: dict = {"machine": machine(), "load_at_start": loadavg()}
     sk = res["sklearn"] = sklearn_fit()
-    cold = res["cold"] = cold_runs(tmp)
+    cold = res["cold"] = cold_runs(tmp, args.repeats)
     sgd = res["numpy_sgd"] = baselines()
     floor = res["floor"] = {"mpi5": mpi_floor(5, "from mpi4py import MPI"),
                             "mpi2": mpi_floor(2, "from mpi4py import MPI"),
@@ -220,7 +224,8 @@ def main() -> int:
            "accuracy checked every 200 steps; as its own process timed from outside like ftmpi, the best of "
            "three learning rates, median of 3, with numpy's default BLAS threads and with one (the faster "
            "counts). Floors: no work at all, only what the line says, median of 3. Cold: numba's cache emptied "
-           "and no prepared copy of the data (the OS page cache is not dropped); a softmax regression that "
+           f"and no prepared copy of the data (the OS page cache is not dropped), median of {args.repeats}; a "
+           "softmax regression that "
            "quantizes nothing loads no numba kernel at all (kernels/softmax.py). Command: "
            "`python benchmarks/bench_e2e.py`.", "",
            "## Where a warm full run's time goes (`FTMPI_TIMELINE`)", "",
