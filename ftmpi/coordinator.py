@@ -282,10 +282,7 @@ class Coordinator(Replication, Lifecycle):
                 break
             first = False
             if self.out.reached is not None and not self.gm.done:  # executor.target_accuracy
-                r = self.out.reached
-                prog.event(f"test accuracy {r['test_acc']:.4f} reached executor.target_accuracy="
-                           f"{self.cfg.executor.target_accuracy:g} at round {r['round']}; stopping after round "
-                           f"{self.state.round - 1}")
+                prog.event(self.out.target_note(self.state.round - 1))
                 self.target_stop = True
                 break
             if self.state.round == 1:

@@ -64,6 +64,11 @@ class Outputs:
                              f"{row['alive_workers']} epoch {row['epoch']} failures {row['failures']} "
                              f"{(row['bytes_sent'] + row['bytes_recv']) / 1e6:.1f} MB", force=event or last)
 
+    def target_note(self, last_round: int) -> str:
+        r = self.reached or {}
+        return (f"test accuracy {r.get('test_acc', float('nan')):.4f} reached executor.target_accuracy="
+                f"{self.cfg.executor.target_accuracy} at round {r.get('round')}; stopping after round {last_round}")
+
     def close(self) -> None:
         self.metrics.close()
         if self.tb is not None:
@@ -95,12 +100,12 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
         "points_handed": state.rows_handed, "stale_dropped": state.stale,
         "class_histogram": run["class_histogram"], "initial_shards": run["initial_shards"],
         "shard_bytes_written": run["shard_bytes"],
-        "stopped_by": _stopped_by(code, run, out), "target_accuracy": ex.target_accuracy,
+        "stopped_by": _stopped_by(code, run), "target_accuracy": ex.target_accuracy,
         "target_reached": out.reached,
     }
 
 
-def _stopped_by(code: int, run: dict[str, Any], out: Outputs) -> str:
+def _stopped_by(code: int, run: dict[str, Any]) -> str:
     """Why the rounds ended: ``rounds`` (model.n_iterations done), ``target_accuracy``, ``preempted``, or
     ``error`` (exit code ``code``: no worker left, a disk that failed, ...)."""
     if code == EXIT_PREEMPTED:
