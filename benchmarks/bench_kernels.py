@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/bench_kernels.py [--out benchmarks/results] [--quick]``
 
-Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Targets: ``loss_grad`` at least as fast as
+Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Targets: numba's ``loss_grad`` (kernels/model.py; a
+training run's softmax regression uses the numpy one of kernels/softmax.py, see there) at least as fast as
 the numpy reference (batch of 128 rows and a full shard of 15000 rows, softmax regression 784x10 and
 MLP 784-256-128-10); ``quantize_pack`` / ``unpack_dequantize`` at >= 0.40x the bandwidth of
 ``np.copyto`` on the same float32 vector (bandwidth = float32 bytes of the tensor / time).
@@ -82,12 +83,13 @@ def bench_grad(quick):
             X = rng.standard_normal((n, sizes[0]), dtype=np.float32)
             y = rng.integers(0, sizes[-1], n).astype(np.int32)
             g_nb, g_np = np.empty_like(params), np.empty_like(params)
-            loss_nb = K.loss_grad(params, sizes, X, y, g_nb)  # also compiles
+            # the numba kernel itself (K.loss_grad runs a softmax regression in numpy: kernels/softmax.py)
+            loss_nb = K.model.loss_grad(params, sizes, X, y, g_nb)  # also compiles
             loss_np = numpy_loss_grad(params, sizes, X, y, g_np)
             assert abs(loss_nb - loss_np) <= 1e-4 * abs(loss_np), (loss_nb, loss_np)
             assert np.allclose(g_nb, g_np, rtol=1e-3, atol=1e-5 * np.abs(g_np).max())
             repeats = (50 if n == 128 else 5) if quick else (400 if n == 128 else 15)
-            t_nb, t_np = interleaved_medians([functools.partial(K.loss_grad, params, sizes, X, y, g_nb),
+            t_nb, t_np = interleaved_medians([functools.partial(K.model.loss_grad, params, sizes, X, y, g_nb),
                                               functools.partial(numpy_loss_grad, params, sizes, X, y, g_np)],
                                              repeats)
             rows.append({"kernel": "loss_grad", "case": f"{name}, n={n}", "kernel_ms": t_nb * 1e3,

@@ -19,7 +19,7 @@ Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func
     /metrics/per_class_acc         float64
 
 The parameters are stored per layer so a user sees matrices, not one long vector; :func:`load` puts them
-back into the flat layout of :func:`ftmpi.kernels.model.layer_slices`.
+back into the flat layout of :func:`ftmpi.kernels.layout.layer_slices`.
 
 Integrity, in two layers. (1) Every dataset carries an attribute ``crc32``: ``zlib.crc32`` of its
 little-endian C-order bytes (HDF5 has no checksum on contiguous raw data; its Fletcher32 filter needs chunked
@@ -63,7 +63,7 @@ import yaml
 
 from ftmpi.errors import CheckpointError
 from ftmpi.fsutil import TEMP_RE, fsync_dir, temp_beside, write_error
-from ftmpi.kernels.model import layer_slices
+from ftmpi.kernels.layout import layer_slices
 from ftmpi.partition import coverage as _coverage
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SET_ASIDE", "Snapshot", "ckpt_path", "format_summary", "intact",

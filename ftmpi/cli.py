@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
-from .plot import add_plot_args, run_plot
-from .report import add_report_args, run_report
+from .timeline import mark
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(full: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``full``: the subcommand whose own arguments are added; ``report`` and ``plot`` take
+    theirs from their modules, imported only then (every rank of a training run parses its command line,
+    and those modules and what they import cost each rank ~25 ms of CPU)."""
     p = argparse.ArgumentParser(prog="ftmpi", description="Fault-tolerant distributed trainer (MPI SPMD).")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("launch", help="start a job: launch -n W CONFIG [--max-restarts N] [--hostfile F] [train args]")
@@ -43,8 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise an HDF5 checkpoint")
     i.add_argument("file", help="a checkpoint, e.g. runs/x/ckpt/round-000080.h5")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    add_report_args(sub.add_parser("report", help="results table of run dirs")).set_defaults(run=run_report)
-    add_plot_args(sub.add_parser("plot", help="accuracy/loss curves of run dirs as PNG")).set_defaults(run=run_plot)
+    r = sub.add_parser("report", help="results table of run dirs")
+    g = sub.add_parser("plot", help="accuracy/loss curves of run dirs as PNG")
+    if full == "report":
+        from .report import add_report_args, run_report
+
+        add_report_args(r).set_defaults(run=run_report)
+    elif full == "plot":
+        from .plot import add_plot_args, run_plot
+
+        add_plot_args(g).set_defaults(run=run_plot)
     return p
 
 
@@ -54,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .launch import main as launch
 
         return launch(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser(argv[0] if argv else None).parse_args(argv)
     if getattr(args, "run", None):
         return args.run(args)
     if args.cmd == "train":
@@ -96,6 +106,7 @@ def _end(code: int, rank: int = -1, coordinator: int = 0) -> None:
         write_status(code)
         for d in _LOCKED:
             release(d)
+    mark("exit")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -162,6 +173,7 @@ def _train(args: argparse.Namespace) -> int:
     mpi4py.rc.finalize = False
     from mpi4py import MPI
 
+    mark("mpi-init")
     rank = MPI.COMM_WORLD.Get_rank()
     size = MPI.COMM_WORLD.Get_size()
     if rank == 0 and os.environ.get("FTMPI_STATUS_FILE"):
@@ -192,6 +204,7 @@ def _train(args: argparse.Namespace) -> int:
             _say(rank, f"error: {exc}")
         _end(exc.exit_code, rank)
     ch = Channel(MPI.COMM_WORLD, detector)
+    mark("config")
     code = EXIT_CRASH
     try:
         if rank == 0:
@@ -201,6 +214,7 @@ def _train(args: argparse.Namespace) -> int:
             from .rundir import worker_resuming
             from .worker import run_worker
 
+            mark("imports")
             try:
                 code = run_worker(ch, cfg, run_dir, worker_resuming(run_dir, mode))
             except Promoted as p:  # the coordinator was lost and this rank is its deputy: it coordinates now

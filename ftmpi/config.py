@@ -31,7 +31,12 @@ import yaml
 
 from ftmpi.errors import ConfigError
 from ftmpi.fsutil import replace_atomic
-from ftmpi.weighting import RULES, SELECTIONS
+
+# Names of ftmpi.weighting's rules and selections, here so that loading a config imports no numpy (the
+# launcher loads it before mpirun starts).
+RULES = ("one", "shard", "shard-legacy", "damped", "sqrt", "classmix")  # optimizer.rep_weight
+SCORED = ("loss", "stratified")  # selections the workers make by scoring their rows (biased)
+SELECTIONS = ("random", "coreset") + SCORED  # optimizer.rep_selection; random and coreset are rank 0's
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
@@ -112,6 +117,14 @@ def _n_most_rep(v: Any) -> int | float:
     raise _Bad("an integer >= 0 (a count) or a number in (0, 1) (a fraction of the shard)")
 
 
+def _target(v: Any) -> float | None:
+    if v is None:
+        return None
+    if not (_is_num(v) and 0 < v <= 1):
+        raise _Bad("null (off) or a test accuracy in (0, 1]")
+    return float(v)
+
+
 def _f(default: Any, check: Callable[[Any], Any]) -> Any:
     return field(default=default, metadata={"check": check})
 
@@ -173,6 +186,9 @@ class ExecutorConfig:
     tensorboard: bool = _f(False, _bool)
     shared_folder: str = _f("runs/{name}", _nonempty_str)  # the run dir; {name} = Config.name
     eval_every: int = _f(1, _int(1))
+    # time to target quality: stop once an evaluated test accuracy (every eval_every rounds) reaches it; the
+    # row is evaluated while the next round trains, so the run ends after that next round. null = off
+    target_accuracy: float | None = _f(None, _target)
     score_every: int = _f(5, _int(1))  # rounds over which a worker re-scores its whole shard
     scenario: str = _f("", _str)  # a free label for result tables
     progress: bool = _f(True, _bool)

@@ -55,6 +55,7 @@ from .saver import BackgroundWriter
 from .shards import handoff_path, shard_path
 from .signals import stop_requested
 from .staging import Standby
+from .timeline import mark
 
 
 class Coordinator(Replication, Lifecycle):
@@ -125,6 +126,7 @@ class Coordinator(Replication, Lifecycle):
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
+        self.target_stop = False  # the rounds ended at executor.target_accuracy
 
     # -------------------------------------------------------------------------------- helpers
     def _mark(self, rank: int) -> dict[str, Any] | None:
@@ -238,12 +240,14 @@ class Coordinator(Replication, Lifecycle):
             return self._run_rounds(takeover=True)
         ex, t0 = self.cfg.executor, time.monotonic()
         self._join()
+        mark("joined")
         t1 = time.monotonic()
         if not self.state.alive:
             sys.stderr.write("ftmpi: rank 0: error: no worker joined within executor.startup_timeout "
                              f"({ex.startup_timeout:g}s)\n")
             return self._finish(EXIT_NO_WORKERS)
         self._deal()
+        mark("dealt")
         t2 = time.monotonic()
         prog = self.out.progress
         prog.event(f"start-up: join {t1 - t0:.2f}s, shards {t2 - t1:.2f}s ({t2 - self.t_start:.2f}s since launch "
@@ -277,7 +281,16 @@ class Coordinator(Replication, Lifecycle):
                 code = EXIT_DISK
                 break
             first = False
-        return self._finish(code)
+            if self.out.reached is not None and not self.gm.done:  # executor.target_accuracy
+                prog.event(self.out.target_note(self.state.round - 1))
+                self.target_stop = True
+                break
+            if self.state.round == 1:
+                mark("round-0")
+        mark("rounds-done")
+        code = self._finish(code)
+        mark("finished")
+        return code
 
     def _broadcast(self, rnd: int, iters: int, first: bool, setup: bool) -> None:
         s = self.state
@@ -380,6 +393,7 @@ def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress,
 
         tb = TBWriter(Path(run_dir) / "tb")
     data = prefetch.get() if prefetch is not None else load_dataset(cfg.data, cfg.model.seed)
+    mark("data")
     return Coordinator(ch, cfg, run_dir, progress, t_start, data, resume, tb).run()
 
 

@@ -29,6 +29,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_NO_W
 from .hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write_hostfile
 from .mpicmd import Launch, build, flavour
 from .record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
+from .timeline import mark
 
 START_RETRIES = 2  # launches again when mpirun fails before rank 0 ran at all (not counted as restarts)
 
@@ -181,6 +182,7 @@ class Launcher:
             status.write_text("0\n")
             return Outcome(0, 0, 0, False, "", 0.0)
         t0, started = time.monotonic(), time.time()
+        mark("mpirun")
         tail: list[str] = []  # both streams: mpirun prints its own help messages (a lost host) on stdout
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
@@ -213,6 +215,7 @@ class Launcher:
                 rc = -9
             _killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        mark("mpirun-exit")
         for th in threads:
             th.join(timeout=5)
         self.proc = None

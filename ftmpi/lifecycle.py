@@ -49,6 +49,7 @@ class Lifecycle:
     shard_bytes: int
     _test_write: EvalSetWrite | None = None
     test_set_bytes = 0  # bytes of the test set written into the run dir at this launch (0: kept or not needed)
+    target_stop: bool
 
     def _join(self) -> None:
         ex = self.cfg.executor
@@ -155,7 +156,8 @@ class Lifecycle:
                "alive_comm": self.alive_comm, "preempted": self.preempted, "detector": self.ch.detector.value,
                "switched_at": self.gm.switched_at, "dataset": self.data.name, "dealt": self.dealt,
                "class_histogram": None if self.histogram is None else self.histogram.tolist(),
-               "initial_shards": self.initial_shards, "shard_bytes": self.shard_bytes}
+               "initial_shards": self.initial_shards, "shard_bytes": self.shard_bytes,
+               "target_stop": self.target_stop}
         doc = summary(code, self.cfg, s, self.out, run)
         doc["write_errors"] = self.writer.error_summary()
         doc["coordinator"] = self.me

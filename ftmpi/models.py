@@ -85,8 +85,10 @@ def warmup(quantize_bits: int = 0, mlp: bool = True, selection: str = "all") -> 
     temp dir could be taken first by another user and make every rank crash at start-up. Without such a
     directory the ranks warm up side by side, unlocked (slower, never an error).
     """
-    sig = _kernels_signature()
     need = _parts(quantize_bits, mlp, selection)
+    if not need:  # softmax regression, no quantization, nothing scored: numpy only (kernels/softmax.py)
+        return
+    sig = _kernels_signature()
     folder = _lock_dir()
     if folder is None:
         _warm(quantize_bits, mlp, selection)
@@ -120,9 +122,10 @@ _MARKER = "ftmpi-warmup.ok"
 
 
 def _parts(quantize_bits: int, mlp: bool, selection: str) -> set[str]:
-    """The groups of kernels a warm-up with these arguments loads."""
-    parts = {"model"} | ({"mlp"} if mlp else set()) | ({"quant"} if quantize_bits else set())
-    rules = ("loss", "stratified", "random") if selection == "all" else (selection,)
+    """The groups of numba kernels a warm-up with these arguments loads: none for a softmax regression (numpy,
+    :mod:`ftmpi.kernels.softmax`) that quantizes nothing and selects ``random`` (rank 0's draw, numpy)."""
+    parts = ({"mlp"} if mlp else set()) | ({"quant"} if quantize_bits else set())
+    rules = ("loss", "stratified", "random") if selection == "all" else () if selection == "random" else (selection,)
     return parts | {f"select-{r}" for r in rules}
 
 
@@ -189,14 +192,14 @@ def _kernels_signature() -> str:
 
 
 def _warm(quantize_bits: int, mlp: bool, selection: str) -> None:
-    sizes = np.array([3, 2, 2], np.int64) if mlp else np.array([3, 2], np.int64)
-    p = K.init_params(sizes, 0)
     X = np.zeros((4, 3), np.float32)
     y = np.zeros(4, np.int32)
-    K.loss_grad(p, sizes, X, y, np.zeros_like(p))
     out = np.zeros(4, np.float32)
-    K.sample_loss(p, sizes, X, y, out)
-    K.predict(p, sizes, X)
+    if mlp:  # a softmax regression's are numpy (kernels/softmax.py)
+        sizes = np.array([3, 2, 2], np.int64)
+        p = K.init_params(sizes, 0)
+        K.loss_grad(p, sizes, X, y, np.zeros_like(p))
+        K.sample_loss(p, sizes, X, y, out)
     if selection in ("loss", "all"):
         K.select_loss(out, 2)
     if selection in ("stratified", "all"):

@@ -33,6 +33,8 @@ class Outputs:
         self.last_loss = float("nan")
         self.last_acc = float("nan")
         self.last_per_class = np.zeros(0)
+        # executor.target_accuracy: the first evaluated row that reached it (round, test_acc, wall), else None
+        self.reached: dict[str, Any] | None = None
 
     def log(self, e: Log, rnd: int) -> None:
         (self.progress.warn if e.text.startswith("warning:") else self.progress.event)(e.text)
@@ -47,6 +49,9 @@ class Outputs:
         rnd = row["round"]
         if rnd % self.cfg.executor.eval_every == 0 or last:
             self.last_acc, self.last_per_class = evaluate()
+            target = self.cfg.executor.target_accuracy
+            if target is not None and self.reached is None and self.last_acc >= target:
+                self.reached = {"round": rnd, "test_acc": self.last_acc, "wall_seconds": row["wall"]}
         event = row.pop("_event")
         row["test_acc"] = self.last_acc
         row.update({f"acc_class{c}": float(v) for c, v in enumerate(self.last_per_class)})
@@ -58,6 +63,11 @@ class Outputs:
         self.progress.update(rnd, f"loss {row['train_loss']:.4f} acc {self.last_acc:.4f} workers "
                              f"{row['alive_workers']} epoch {row['epoch']} failures {row['failures']} "
                              f"{(row['bytes_sent'] + row['bytes_recv']) / 1e6:.1f} MB", force=event or last)
+
+    def target_note(self, last_round: int) -> str:
+        r = self.reached or {}
+        return (f"test accuracy {r.get('test_acc', float('nan')):.4f} reached executor.target_accuracy="
+                f"{self.cfg.executor.target_accuracy} at round {r.get('round')}; stopping after round {last_round}")
 
     def close(self) -> None:
         self.metrics.close()
@@ -90,4 +100,16 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
         "points_handed": state.rows_handed, "stale_dropped": state.stale,
         "class_histogram": run["class_histogram"], "initial_shards": run["initial_shards"],
         "shard_bytes_written": run["shard_bytes"],
+        "stopped_by": _stopped_by(code, run), "target_accuracy": ex.target_accuracy,
+        "target_reached": out.reached,
     }
+
+
+def _stopped_by(code: int, run: dict[str, Any]) -> str:
+    """Why the rounds ended: ``rounds`` (model.n_iterations done), ``target_accuracy``, ``preempted``, or
+    ``error`` (exit code ``code``: no worker left, a disk that failed, ...)."""
+    if code == EXIT_PREEMPTED:
+        return "preempted"
+    if code != EXIT_OK:
+        return "error"
+    return "target_accuracy" if run.get("target_stop") else "rounds"

@@ -53,9 +53,7 @@ import math
 
 import numpy as np
 
-RULES = ("one", "shard", "shard-legacy", "damped", "sqrt", "classmix")  # optimizer.rep_weight
-SCORED = ("loss", "stratified")  # selections the workers make by scoring their rows (biased)
-SELECTIONS = ("random", "coreset") + SCORED  # optimizer.rep_selection; random and coreset are rank 0's
+from .config import RULES, SCORED, SELECTIONS  # noqa: F401  (names kept here; config.py needs them without numpy)
 
 
 def remaining_draws(remaining_iterations: int, batch_size: int, shard_mass: float) -> float:

@@ -41,6 +41,7 @@ from .optim import Optimizer, clip
 from .procs import start_time
 from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
+from .timeline import mark
 
 
 class Worker:
@@ -185,11 +186,13 @@ class Worker:
         if cfg.executor.standby_coordinator and self.rank == 1 and self.ch.size >= 3:
             return self._standby()
         warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
+        mark("kernels")
         pid = os.getpid()
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, socket.gethostname(), pid, start_time(pid)))
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if isinstance(msg, P.Round) and msg.setup is not None:
             self._setup(msg.setup)
+            mark("shard")
         while True:
             if isinstance(msg, P.Stop):
                 self.ch.send(self.coord, TAG_REPLY, P.Bye(self.rank))
@@ -381,6 +384,8 @@ class Worker:
                         self._unreadable, time.monotonic() - t0)
         self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
         self.ch.send(self.coord, TAG_REPLY, reply)
+        if rnd == 0:
+            mark("first-reply")
         self._take_replicas()  # the deputy: once a round, after its reply (the replica went out with the round)
         if self._plan is not None:  # off the critical path: rank 0 is collecting the others' replies
             self._read_ahead(self._plan)

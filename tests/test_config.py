@@ -43,6 +43,7 @@ def test_defaults():
     assert (e.failure_detector, e.remap, e.checkpoint_every, e.keep) == ("auto", "representative", 0, 3)
     assert (e.tensorboard, e.shared_folder, e.eval_every, e.scenario, e.progress) == (
         False, "runs/{name}", 1, "", True)
+    assert e.target_accuracy is None  # off: every round of model.n_iterations runs
     d = cfg.data
     assert (d.dataset, d.path, d.partition, d.alpha, d.classes_per_worker, d.power) == (
         "fashion-mnist", None, "iid", 0.3, 0, 1.5)
@@ -85,7 +86,9 @@ BAD_VALUES = [
     ("executor.remap", "some"),
     ("executor.checkpoint_every", "-1"), ("executor.keep", "0"), ("executor.tensorboard", "2"),
     ("executor.shared_folder", "''"), ("executor.eval_every", "0"), ("executor.scenario", "[1]"),
-    ("executor.progress", "null"), ("data.dataset", "cifar"), ("data.path", "3"),
+    ("executor.progress", "null"), ("executor.target_accuracy", "0"), ("executor.target_accuracy", "1.5"),
+    ("executor.target_accuracy", "'high'"), ("executor.target_accuracy", "true"), ("data.dataset", "cifar"),
+    ("data.path", "3"),
     ("data.partition", "noniid"),
     ("data.alpha", "0"), ("data.classes_per_worker", "-1"), ("data.power", "0"), ("data.n_samples", "9"),
     ("data.n_features", "0"), ("data.n_classes", "1"), ("data.test_fraction", "1"),
@@ -121,6 +124,9 @@ def test_ints_are_accepted_as_floats_and_floats_kept():
     assert cfg.executor.timeout == 5.0 and isinstance(cfg.executor.timeout, float)
     assert cfg.optimizer.n_most_rep == 0.25 and cfg.optimizer.eps == 1e-6
     assert load_config(None, ["optimizer.n_most_rep=0"], env=NO_ENV).optimizer.n_most_rep == 0
+    for given, kept in (("1", 1.0), ("0.84", 0.84), ("null", None)):
+        target = load_config(None, [f"executor.target_accuracy={given}"], env=NO_ENV).executor.target_accuracy
+        assert target == kept and (kept is None or isinstance(target, float))
 
 
 @pytest.mark.parametrize("text,fragment", [

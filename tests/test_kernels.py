@@ -97,7 +97,7 @@ def test_gradient_finite_differences(sizes):
 
 @pytest.mark.parametrize("sizes", MODELS)
 def test_sample_loss_and_predict_chunked(sizes, monkeypatch):
-    monkeypatch.setattr(K.model, "CHUNK_ROWS", 7)  # several chunks and a partial one
+    monkeypatch.setattr(K.layout, "CHUNK_ROWS", 7)  # several chunks and a partial one
     X, y = _data(sizes, 45)
     params = _params(sizes)
     _, _, ref_per_sample, ref_logits = _reference(params, sizes, X, y)
@@ -121,13 +121,36 @@ def test_zero_rows(sizes):
     assert K.predict(params, sizes, X).shape == (0,)
 
 
-def test_one_class_model():
-    sizes = [4, 3, 1]
+@pytest.mark.parametrize("sizes", [[4, 3, 1], [4, 1]])
+def test_one_class_model(sizes):
     X, y = _data(sizes, 9)
     params = _params(sizes)
     grad = np.full_like(params, np.nan)
     assert K.loss_grad(params, sizes, X, y, grad) == 0.0 and not grad.any()
     assert not K.predict(params, sizes, X).any()
+
+
+@pytest.mark.parametrize("n", [1, 37, 300])
+def test_softmax_regression_in_numpy_matches_the_numba_kernels(n, monkeypatch):
+    """K.loss_grad / K.sample_loss of a [d, k] model run kernels/softmax.py (no numba); the numba kernels of
+    kernels/model.py compute the same thing."""
+    monkeypatch.setattr(K.layout, "CHUNK_ROWS", 64)  # several chunks
+    sizes = [30, 7]
+    X, y = _data(sizes, n, seed=n)
+    params = _params(sizes, seed=n)
+    g_np, g_nb = np.empty_like(params), np.empty_like(params)
+    loss_np = K.loss_grad(params, sizes, X, y, g_np)
+    loss_nb = K.model.loss_grad(params, sizes, X, y, g_nb)
+    assert loss_np == pytest.approx(loss_nb, rel=1e-6)
+    np.testing.assert_allclose(g_np, g_nb, rtol=1e-5, atol=1e-7)
+    s_np, s_nb = np.empty(n, np.float32), np.empty(n, np.float32)
+    K.sample_loss(params, sizes, X, y, s_np)
+    K.model.sample_loss(params, sizes, X, y, s_nb)
+    np.testing.assert_allclose(s_np, s_nb, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="label"):
+        K.sample_loss(params, sizes, X, np.full(n, 7, np.int32), s_np)
+    with pytest.raises(ValueError, match="softmax regression"):
+        K.softmax.loss_grad(_params([30, 4, 7]), [30, 4, 7], X, y, np.empty(K.n_params([30, 4, 7]), np.float32))
 
 
 def test_bad_inputs():

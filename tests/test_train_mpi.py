@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from ftmpi.timeline import read as read_timeline
+
 from .mpirun import ROOT, needs_mpi, run_job
 
 pytestmark = [pytest.mark.mpi, needs_mpi]
@@ -28,6 +30,42 @@ def test_three_ranks_train_and_write_outputs(tmp_path):
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["executor"]["comm_period"] == 10 and resolved["data"]["dataset"] == "synthetic"
     assert s["coverage"] == 1.0
+    assert s["stopped_by"] == "rounds" and s["target_accuracy"] is None and s["target_reached"] is None
+
+
+def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_path):
+    """executor.target_accuracy: the rounds end after the round during which rank 0 evaluated (one round late,
+    while the next trained) the first model at or above the target; summary.json says why and when."""
+    timeline = tmp_path / "timeline.txt"
+    job = run_job(2, SMOKE, tmp_path / "t", "--set", "executor.target_accuracy=0.8",
+                  "--set", "executor.checkpoint_every=0", env={"FTMPI_TIMELINE": str(timeline)})
+    assert job.rc == 0, job.err
+    s = job.summary
+    rows = job.metrics()
+    accs = [float(r["test_acc"]) for r in rows]
+    first = next(i for i, a in enumerate(accs) if a >= 0.8)
+    assert s["status"] == "completed" and s["exit_code"] == 0 and s["stopped_by"] == "target_accuracy"
+    assert s["target_accuracy"] == 0.8
+    assert s["target_reached"]["round"] == first and s["target_reached"]["test_acc"] == pytest.approx(accs[first])
+    assert s["target_reached"]["wall_seconds"] == pytest.approx(float(rows[first]["wall"]))
+    assert s["rounds"] == len(rows) == first + 2 < 20  # the round it was evaluated in, then stop
+    assert s["iterations"] == 10 * s["rounds"]
+    assert s["final_test_acc"] == pytest.approx(accs[-1])
+    # FTMPI_TIMELINE: every process wrote its phases, in order
+    phases: dict[str, list[str]] = {}
+    for _, who, phase, _ in read_timeline(timeline):
+        phases.setdefault(who, []).append(phase)
+    assert phases["L"] == ["start", "mpirun", "mpirun-exit"]
+    assert phases["0"] == ["start", "mpi-init", "config", "data", "joined", "dealt", "round-0", "rounds-done",
+                           "finished", "exit"]
+    for w in ("1", "2"):
+        assert phases[w] == ["start", "mpi-init", "config", "imports", "kernels", "shard", "first-reply", "exit"]
+    # evaluated every 4 rounds only: the first evaluated round at or above the target stops it
+    every4 = run_job(2, SMOKE, tmp_path / "e4", "--set", "executor.target_accuracy=0.8",
+                     "--set", "executor.checkpoint_every=0", "--set", "executor.eval_every=4")
+    assert every4.rc == 0, every4.err
+    r4 = every4.summary["target_reached"]
+    assert r4["round"] % 4 == 0 and r4["round"] >= first and every4.summary["rounds"] == r4["round"] + 2
 
 
 def test_same_seed_same_result(tmp_path):
@@ -72,6 +110,7 @@ def test_quantization_shrinks_the_wire(tmp_path):
 @pytest.mark.parametrize("bad, expect", [
     (["--set", "executor.timeout=-1"], "executor.timeout"),
     (["--set", "model.typo=3"], "model.typo"),
+    (["--set", "executor.target_accuracy=84"], "executor.target_accuracy: expected null (off) or a test accuracy"),
 ])
 def test_bad_config_one_line_exit_2_on_every_rank(tmp_path, bad, expect):
     job = run_job(2, SMOKE, tmp_path / "bad", *bad, limit=60)

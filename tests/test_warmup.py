@@ -34,7 +34,7 @@ def test_names_taken_in_the_shared_temp_dir_do_not_crash_the_warm_up(tmp_path: P
     victim.write_text("keep me")
     os.symlink(victim, f"{base}.ok")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
-    models.warmup(0, False, "random")
+    models.warmup(0, True, "random")
     assert calls, "the kernels were not warmed up"
     assert victim.read_text() == "keep me"
     assert sorted(p.name for p in shared.iterdir()) == sorted([f"{base.name}.lock", f"{base.name}.ok"])
@@ -71,19 +71,31 @@ def test_cold_warm_up_compiles_what_the_run_needs_under_the_lock_then_loads_side
     locked: list[int] = []
     real_flock = models.fcntl.flock
     monkeypatch.setattr(models.fcntl, "flock", lambda fd, op: (locked.append(op), real_flock(fd, op)))
-    models.warmup(0, False, "random")
-    assert calls == [(0, False, "random")] and len(locked) == 1  # cold: under the lock, only what is needed
+    models.warmup(0, True, "random")
+    assert calls == [(0, True, "random")] and len(locked) == 1  # cold: under the lock, only what is needed
     marker = folder / models._MARKER
-    assert marker.read_text() == models._kernels_signature() + "\nmodel select-random"
+    assert marker.read_text() == models._kernels_signature() + "\nmlp"
     assert marker.stat().st_mode & 0o777 == 0o600
-    models.warmup(0, False, "random")
-    assert calls[-1] == (0, False, "random") and len(locked) == 1  # warm: side by side, no lock
-    models.warmup(8, True, "random")  # needs more: the lock again, and the marker grows
+    models.warmup(0, True, "random")
+    assert calls[-1] == (0, True, "random") and len(locked) == 1  # warm: side by side, no lock
+    models.warmup(8, True, "loss")  # needs more: the lock again, and the marker grows
     assert len(locked) == 2
-    assert marker.read_text().split("\n")[1].split() == ["mlp", "model", "quant", "select-random"]
-    marker.write_text("another signature\nmlp model quant select-random")  # the kernels changed: cold again
-    models.warmup(0, False, "random")
+    assert marker.read_text().split("\n")[1].split() == ["mlp", "quant", "select-loss"]
+    marker.write_text("another signature\nmlp quant select-loss")  # the kernels changed: cold again
+    models.warmup(0, True, "random")
     assert len(locked) == 3
+
+
+def test_a_softmax_regression_that_scores_nothing_needs_no_numba(calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its loss and gradient are numpy (kernels/softmax.py) and rank 0 draws the random rows: no warm-up, not
+    even numba's import (the signature of the kernels imports numba)."""
+    monkeypatch.setattr(models, "_kernels_signature", lambda: pytest.fail("numba was consulted"))
+    models.warmup(0, False, "random")
+    assert calls == []
+    assert models._parts(0, False, "random") == set()
+    assert models._parts(4, False, "random") == {"quant"}
+    assert models._parts(0, False, "loss") == {"select-loss"}
+    assert models._parts(0, True, "coreset") == {"mlp", "select-coreset"}
 
 
 def test_a_symlinked_marker_or_lock_is_not_followed(tmp_path: Path, calls: list,
