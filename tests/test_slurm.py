@@ -128,21 +128,23 @@ def test_scancel_usr1_checkpoints_requeues_and_completes(slurm, reference, tmp_p
 
 
 def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp_path):
-    # --signal=B:USR1@50 with a 1-minute limit: SLURM signals the batch shell only (the launcher), ~10 s in;
-    # 200 000 iterations take ~40 s on an idle 2-core machine (100 000 finished before a warning at 15 s)
+    # --signal=B:USR1@110 with a 2-minute limit: SLURM signals the batch shell only (the launcher), ~10 s in,
+    # but slurmctld looks at time limits only every ~30 s, so the warning may come ~40 s in. 400 000
+    # iterations take ~65 s on an idle 2-core machine (200 000, 33 s since session 5's faster rounds,
+    # finished before a late warning once)
     run_dir = tmp_path / "sub" / "runs" / "t"
-    job = submit(tmp_path / "sub", "runs/t", "--set", "model.n_iterations=200000", "--set",
-                 "executor.checkpoint_every=1000", extra=("--time=1", "--signal=B:USR1@50"))
+    job = submit(tmp_path / "sub", "runs/t", "--set", "model.n_iterations=400000", "--set",
+                 "executor.checkpoint_every=1000", extra=("--time=2", "--signal=B:USR1@110"))
     wait(job, lambda: summary(run_dir).get("status") == "preempted" if (run_dir / "summary.json").exists() else False,
          120, "preempted by the time-limit warning")
     stopped = summary(run_dir)["preempted"]["round"]
     assert (run_dir / "ckpt" / f"round-{stopped:06d}.h5").exists()
-    # the requeued job gets a longer limit (else it would be warned and requeued again, 15 s in)
+    # the requeued job gets a longer limit (else it would be warned and requeued again, 10 s in)
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=5"], check=True, capture_output=True)
     requeued_runs_again(job)
     wait(job, lambda: state(job) == "", 150, "done after the requeue")
     s = summary(run_dir)
-    assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 20000, s
+    assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 40000, s
 
 
 MPICH_PY = Path(os.environ.get("FTMPI_MPICH_PYTHON", ROOT / ".venv-mpich" / "bin" / "python"))
