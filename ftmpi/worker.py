@@ -43,6 +43,9 @@ from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
 from .timeline import mark
 
+# the deputy reads the run dir ahead from this round on (not during every rank's start-up)
+READ_AHEAD_ROUND = 2
+
 
 class Worker:
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> None:
@@ -121,13 +124,18 @@ class Worker:
 
     def _named(self, deputy: int) -> None:
         """The coordinator announced its deputy (round messages, pings); named, this worker reads the test set
-        and indexes the shards of the run dir ahead, in a thread (a takeover needs them; see ftmpi.rundata)."""
+        and indexes the shards of the run dir ahead, in a thread (a takeover needs them; see ftmpi.rundata),
+        once the start-up rush is over (from round :data:`READ_AHEAD_ROUND` on: where ranks share cores, the
+        read competes with every rank's start; a takeover before then reads at once)."""
         if deputy < 0:
             return
         self.deputy = deputy
-        if deputy == self.rank and self._data_ahead is None:
-            run_dir = self.run_dir
-            self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
+        if deputy == self.rank and self._data_ahead is None and self._last_round >= READ_AHEAD_ROUND:
+            self._read_run_dir_ahead()
+
+    def _read_run_dir_ahead(self) -> None:
+        run_dir = self.run_dir
+        self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
 
     def _take_replicas(self) -> None:
         """The deputy keeps the coordinator's newest replica (complete messages only)."""
@@ -157,6 +165,8 @@ class Worker:
                 raise CoordinatorLost(f"worker {self.rank}: the deputy (rank {self.deputy}) did not take over "
                                       f"after rank {old} was lost: {exc}") from None
         rep = self.keeper.complete()
+        if rep is not None and self._data_ahead is None:  # lost before the read-ahead began: read now
+            self._read_run_dir_ahead()
         if rep is None or self._data_ahead is None:
             raise CoordinatorLost(f"worker {self.rank}: lost the coordinator and, as its deputy, holds no complete "
                                   f"replica yet ({lost})")

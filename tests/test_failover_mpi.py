@@ -42,6 +42,16 @@ def test_the_deputy_takes_over_when_rank_0_is_lost(tmp_path, kind, how):
     assert s["iterations"] == 200
 
 
+def test_rank_0_lost_before_the_deputy_read_ahead_the_takeover_reads_then(tmp_path):
+    """The deputy reads the run dir ahead only from round 2 on (worker.READ_AHEAD_ROUND: not while every rank
+    starts); rank 0 killed at round 1 is still taken over, the data read at the takeover."""
+    job = run_job(3, SMOKE, tmp_path / "early", "--inject", "kill:0@1", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coordinator"] == 1 and s["coverage"] == 1.0
+    assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
+
+
 def test_takeover_trains_to_the_fault_free_accuracy(tmp_path):
     ref = run_job(3, SMOKE, tmp_path / "ref", *ARGS, limit=120)
     job = run_job(3, SMOKE, tmp_path / "kill", "--inject", "kill:0@10", *ARGS, limit=120)
