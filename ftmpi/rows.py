@@ -37,16 +37,61 @@ _CHUNK_BYTES = 8 << 20  # bytes of the file per read window (its pages are given
 _PAGE = mmap.PAGESIZE
 
 
-class RowStore:
+class RowMatrix:
+    """What the trainer asks of a training matrix whose rows are read by id on demand (:class:`RowStore`, a
+    run dir's ``RunRows``): ``m[ids]`` (an int, a slice, int or bool arrays; negative ids count from the
+    end) -> float32 rows, ``.shape``, ``len()``, ``.ndim``, ``.dtype`` (float32, the type rows come back in).
+    A subclass sets ``n`` and ``d`` and reads rows with ``rows(ids)``."""
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+    n: int
+    d: int
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.d)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self.rows(self._ids(np.array([key])))[0]
+        return self.rows(self._ids(key))
+
+    def _ids(self, key: Any) -> np.ndarray:
+        """Row ids of an index, as int64 in ``[0, n)`` (IndexError otherwise)."""
+        if isinstance(key, slice):
+            return np.arange(self.n)[key]
+        if isinstance(key, tuple):
+            raise IndexError(f"{type(self).__name__} supports row selection only")
+        arr = np.asarray(key)
+        if arr.size == 0 and arr.dtype != bool:  # [] (float64 to numpy): no rows
+            return np.zeros(0, np.int64)
+        if arr.dtype == bool:
+            if arr.shape != (self.n,):
+                raise IndexError(f"boolean index of shape {arr.shape} for {self.n} rows")
+            return np.flatnonzero(arr)
+        if arr.dtype.kind not in "iu":
+            raise IndexError(f"row ids must be integers, got {arr.dtype}")
+        arr = arr.astype(np.int64).reshape(-1)
+        arr = np.where(arr < 0, arr + self.n, arr)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.n):
+            raise IndexError(f"row ids outside [0, {self.n})")
+        return arr
+
+
+class RowStore(RowMatrix):
     """An ``(n, d)`` matrix in a file (``dtype`` rows at byte ``offset``), read by row id as float32.
 
     Supports what the trainer asks of a training matrix: ``store[ids]`` (an int, a slice, int or bool
     arrays) -> float32 rows times ``scale``, ``.shape``, ``len()``, ``.ndim``, ``.dtype`` (float32, the type
     rows come back in) and ``np.asarray(store)`` (everything, for tools that want the whole matrix).
     """
-
-    ndim = 2
-    dtype = np.dtype(np.float32)
 
     def __init__(self, path: str | os.PathLike[str], offset: int, n: int, d: int, stored: Any,
                  scale: float = 1.0) -> None:
@@ -64,21 +109,8 @@ class RowStore:
                             f"{self.d} {self.stored}")
         self.size, self.mtime_ns = int(st.st_size), int(st.st_mtime_ns)
 
-    # ------------------------------------------------------------------ the array interface
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.d)
-
-    def __len__(self) -> int:
-        return self.n
-
     def __repr__(self) -> str:
         return f"RowStore({str(self.path)!r}, {self.n}x{self.d} {self.stored}, scale={self.scale:g})"
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self.rows(self._ids(np.array([key])))[0]
-        return self.rows(self._ids(key))
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.rows(np.arange(self.n))
@@ -167,23 +199,6 @@ class RowStore:
         if (store.size, store.mtime_ns) != (int(r["size"]), int(r["mtime_ns"])):
             raise DataError(f"{where}: {store.path} changed since rank 0 opened it (size or modification time)")
         return store
-
-    def _ids(self, key: Any) -> np.ndarray:
-        if isinstance(key, slice):
-            return np.arange(self.n)[key]
-        if isinstance(key, tuple):
-            raise IndexError("RowStore supports row selection only")
-        arr = np.asarray(key)
-        if arr.size == 0 and arr.dtype != bool:  # [] (float64 to numpy): no rows
-            return np.zeros(0, np.int64)
-        if arr.dtype == bool:
-            if arr.shape != (self.n,):
-                raise IndexError(f"boolean index of shape {arr.shape} for {self.n} rows")
-            return np.flatnonzero(arr)
-        if arr.dtype.kind not in "iu":
-            raise IndexError(f"row ids must be integers, got {arr.dtype}")
-        arr = arr.astype(np.int64).reshape(-1)
-        return np.where(arr < 0, arr + self.n, arr)
 
 
 # ----------------------------------------------------------------------------- the prepared copy

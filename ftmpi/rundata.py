@@ -36,7 +36,7 @@ import numpy as np
 
 from .data import PIXEL_SCALE, Dataset
 from .errors import DataError
-from .rows import RowStore
+from .rows import RowMatrix, RowStore
 from .shards import ensure_shard, read_shard
 
 __all__ = ["RunData", "RunRows", "EvalSetWrite", "open_run_data", "takeover_dataset", "eval_set_path", "write_eval_set"]
@@ -160,7 +160,7 @@ def _plain(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
 
 
-class RunRows:
+class RunRows(RowMatrix):
     """The training rows of a run, read by global row id from its shard, handoff and standby files.
 
     Args:
@@ -173,8 +173,6 @@ class RunRows:
         notes: Files that could not be used, and why (for the error that names missing rows).
     """
 
-    ndim = 2
-    dtype = np.dtype(np.float32)
 
     def __init__(self, n: int, d: int, dataset: str) -> None:
         self.n, self.d, self.dataset = int(n), int(d), dataset
@@ -186,21 +184,8 @@ class RunRows:
         self._seen: set[tuple[int, ...]] = set()  # (device, inode, size, mtime) of the files looked at
         self.notes: list[str] = []
 
-    # ------------------------------------------------------------------ the array interface
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.d)
-
-    def __len__(self) -> int:
-        return self.n
-
     def __repr__(self) -> str:
         return f"RunRows({self.n}x{self.d}, {len(self._stores)} files, {int(np.count_nonzero(self._src >= 0))} found)"
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self.rows(np.array([key]))[0]
-        return self.rows(self._ids(key))
 
     def has(self, ids: np.ndarray) -> np.ndarray:
         """Whether each row of ``ids`` is in a file indexed so far."""
@@ -237,23 +222,6 @@ class RunRows:
             sel = np.flatnonzero(src == s)
             out[sel] = self._stores[s].raw(self._pos[ids[sel]])
         return out
-
-    def _ids(self, key: Any) -> np.ndarray:
-        if isinstance(key, slice):
-            return np.arange(self.n)[key]
-        arr = np.asarray(key)
-        if arr.dtype == bool:
-            if arr.shape != (self.n,):
-                raise IndexError(f"boolean index of shape {arr.shape} for {self.n} rows")
-            return np.flatnonzero(arr)
-        if arr.size == 0:
-            return np.zeros(0, np.int64)
-        if arr.dtype.kind not in "iu":
-            raise IndexError(f"row ids must be integers, got {arr.dtype}")
-        arr = arr.astype(np.int64).reshape(-1)
-        if arr.min() < 0 or arr.max() >= self.n:
-            raise IndexError(f"row ids outside [0, {self.n})")
-        return arr
 
     # ------------------------------------------------------------------ indexing the files
     def scan(self, run_dir: str | os.PathLike[str], kind: str) -> int:
