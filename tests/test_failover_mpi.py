@@ -42,9 +42,9 @@ def test_the_deputy_takes_over_when_rank_0_is_lost(tmp_path, kind, how):
     assert s["iterations"] == 200
 
 
-def test_rank_0_lost_before_the_deputy_read_ahead_the_takeover_reads_then(tmp_path):
-    """The deputy reads the run dir ahead only from round 2 on (worker.READ_AHEAD_ROUND: not while every rank
-    starts); rank 0 killed at round 1 is still taken over, the data read at the takeover."""
+def test_rank_0_lost_at_round_1_is_taken_over(tmp_path):
+    """Rank 0 killed right after the start (a deputy that trains reads the run dir at the takeover, and the
+    test set and shards are there from round 0 on)."""
     job = run_job(3, SMOKE, tmp_path / "early", "--inject", "kill:0@1", *ARGS, limit=120)
     assert job.rc == 0, job.err[-3000:]
     s = job.summary
