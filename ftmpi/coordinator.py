@@ -127,8 +127,19 @@ class Coordinator(Replication, Lifecycle):
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
         self.target_stop = False  # the rounds ended at executor.target_accuracy
+        # (parameters, test accuracy, per class) of the first model evaluated at or above the target
+        self.target_model: tuple[np.ndarray, float, np.ndarray] | None = None
 
     # -------------------------------------------------------------------------------- helpers
+    def _evaluate(self) -> tuple[float, np.ndarray]:
+        """The global model's test accuracy; the first model at or above ``executor.target_accuracy`` is kept,
+        so that a run stopped by the target ends on it (it is evaluated while the next round trains)."""
+        acc, per = self.gm.evaluate()
+        target = self.cfg.executor.target_accuracy
+        if target is not None and self.target_model is None and acc >= target:
+            self.target_model = (self.gm.W.copy(), acc, np.asarray(per).copy())
+        return acc, per
+
     def _mark(self, rank: int) -> dict[str, Any] | None:
         return F.read_marks(self.run_dir).get(rank)
 
@@ -357,7 +368,7 @@ class Coordinator(Replication, Lifecycle):
         s.begin_round()
         self._broadcast(rnd, iters, first, setup)
         self._replicate()  # the state after the previous round, with its row not written yet
-        self.out.write_row(self.gm.evaluate)  # the previous round's row, evaluated while the workers train
+        self.out.write_row(self._evaluate)  # the previous round's row, evaluated while the workers train
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         replies = self._collect()

@@ -50,6 +50,8 @@ class Lifecycle:
     _test_write: EvalSetWrite | None = None
     test_set_bytes = 0  # bytes of the test set written into the run dir at this launch (0: kept or not needed)
     target_stop: bool
+    target_model: tuple[np.ndarray, float, np.ndarray] | None
+    _evaluate: Any
 
     def _join(self) -> None:
         ex = self.cfg.executor
@@ -104,7 +106,7 @@ class Lifecycle:
     def _checkpoint(self, wait: bool = False) -> None:
         """Take a consistent snapshot (after the round's row is written) and have it saved in the background
         (old ones pruned); ``wait``: until it is on disk. Rank 0 pings the workers while it waits."""
-        self.out.write_row(self.gm.evaluate)
+        self.out.write_row(self._evaluate)
         t0 = time.monotonic()
         snap = self._snapshot()
         self._wait_writer()  # one checkpoint in flight at a time; raises a write that failed
@@ -136,6 +138,10 @@ class Lifecycle:
         self._wait_busy(lambda: bool(self._writes))
         self._check_replaced()
         self.out.write_row(self.gm.evaluate, last=True)
+        if self.target_stop and self.target_model is not None:
+            # stopped by executor.target_accuracy: the run ends on the model that reached it, not on the one
+            # of the round trained while it was evaluated (that round's row keeps its own accuracy)
+            self.gm.W[...], self.out.last_acc, self.out.last_per_class = self.target_model
         if self.dealt:
             if not np.isfinite(self.out.last_acc):  # e.g. resumed a run that had finished
                 self.out.last_acc, self.out.last_per_class = self.gm.evaluate()

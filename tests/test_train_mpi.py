@@ -35,7 +35,13 @@ def test_three_ranks_train_and_write_outputs(tmp_path):
 
 def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_path):
     """executor.target_accuracy: the rounds end after the round during which rank 0 evaluated (one round late,
-    while the next trained) the first model at or above the target; summary.json says why and when."""
+    while the next trained) the first model at or above the target; summary.json says why and when, and the
+    run ends on that model (final accuracy and final checkpoint), not on the one trained one round later."""
+    from ftmpi.checkpoint import newest_valid
+    from ftmpi.config import load_config
+    from ftmpi.data import load_dataset
+    from ftmpi.models import Model
+
     timeline = tmp_path / "timeline.txt"
     job = run_job(2, SMOKE, tmp_path / "t", "--set", "executor.target_accuracy=0.8",
                   "--set", "executor.checkpoint_every=0", env={"FTMPI_TIMELINE": str(timeline)})
@@ -52,7 +58,14 @@ def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_pa
     assert s["target_reached"]["wall_seconds"] == pytest.approx(float(rows[first]["wall"]), rel=1e-5)
     assert s["rounds"] == len(rows) == first + 2 < 20  # the round it was evaluated in, then stop
     assert s["iterations"] == 10 * s["rounds"]
-    assert s["final_test_acc"] == pytest.approx(accs[-1])
+    # the run ends on the model that reached the target: the summary's accuracy and the final checkpoint's
+    # model are those of round `first` (the last row keeps the accuracy of the round trained meanwhile)
+    assert s["final_test_acc"] == s["target_reached"]["test_acc"] >= 0.8
+    cfg = load_config(SMOKE)
+    d = load_dataset(cfg.data, cfg.model.seed)
+    model = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes)
+    params = newest_valid(tmp_path / "t")[1].params
+    assert model.evaluate(params, d.X_test, d.y_test, d.n_classes)[0] == pytest.approx(accs[first], rel=1e-5)
     # FTMPI_TIMELINE: every process wrote its phases, in order
     phases: dict[str, list[str]] = {}
     for _, who, phase, _ in read_timeline(timeline):
