@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .handoff import expand_weights
+from .membuf import populated
 from .shards import Shard
 
 
@@ -23,7 +24,7 @@ class LocalShard:
         if shard.buf is not None:  # read_shard(room=...) already put the rows in a buffer with room
             self._buf = shard.buf
         else:
-            self._buf = np.empty((n + max(n // 2, 1024), d), np.float32)
+            self._buf = populated((n + max(n // 2, 1024), d))
             self._buf[:n] = shard.X
         self.X = self._buf[:n]
         self.y, self.ids = shard.y, shard.ids
@@ -42,7 +43,7 @@ class LocalShard:
         returns how many."""
         n, m = len(self.y), len(s.ids)
         if n + m > len(self._buf):  # out of room: grow geometrically (one copy)
-            grown = np.empty((max(n + m, 2 * len(self._buf)), s.X.shape[1]), np.float32)
+            grown = populated((max(n + m, 2 * len(self._buf)), s.X.shape[1]))
             grown[:n] = self.X
             self._buf = grown
         self._buf[n:n + m] = s.X

@@ -36,6 +36,7 @@ import numpy as np
 
 from ftmpi.errors import DataError
 from ftmpi.h5zip import write_deflated
+from ftmpi.membuf import populated
 from ftmpi.rows import RowStore
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
@@ -255,6 +256,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     if not path.is_file():
         raise DataError(f"{path}: shard file not found")
     arrays: dict[str, np.ndarray] = {}
+    room_buf: np.ndarray | None = None  # the buffer X is the first rows of, when room was asked
     x_u8 = False
     try:
         with h5py.File(path, "r") as f:
@@ -280,7 +282,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
                 if room is None:
                     arrays["X"] = xd[r0:r1]
                 else:
-                    buf = np.empty((max(r1 - r0, 0) + max(int(room(r1 - r0)), 0), xd.shape[1]), np.float32)
+                    buf = room_buf = populated((max(r1 - r0, 0) + max(int(room(r1 - r0)), 0), xd.shape[1]))
                     if xd.dtype == np.float32 and r1 > r0:
                         xd.read_direct(buf, np.s_[r0:r1], np.s_[0:r1 - r0])
                     elif r1 > r0:
@@ -310,7 +312,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
         store = RowStore.from_ref(str(attrs["rows_from"]), str(path)) if len(ids) else None
         d = store.d if store is not None else int(json.loads(str(attrs["rows_from"])).get("d", 0))
         n = len(ids)
-        buf = np.empty((n + (max(int(room(n)), 0) if room is not None else 0), d), np.float32)
+        buf = room_buf = populated((n + (max(int(room(n)), 0) if room is not None else 0), d))
         X = buf[:n]
         if store is not None:
             store.rows(ids, out=X)
@@ -319,7 +321,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     w = arrays.get("w")
     if w is not None and not _weights_ok(w, len(ids)):
         raise DataError(f"{path}: /w holds weights that are not positive numbers")
-    return Shard(X, y, ids, attrs, w, X.base if room is not None and X.base is not None else None)
+    return Shard(X, y, ids, attrs, w, room_buf if room is not None else None)
 
 
 def _umask() -> int:
