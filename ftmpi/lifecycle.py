@@ -56,9 +56,7 @@ class Lifecycle:
     def _join(self) -> None:
         ex = self.cfg.executor
         if ex.deputy or ex.standby_coordinator:  # a takeover reads the test set from the run dir
-            # uncompressed: it is written while every rank starts (CPU-bound where ranks share cores), and is
-            # small next to the shards (8 MB for Fashion-MNIST, 4.7 MB deflated)
-            self._test_write = EvalSetWrite(self.run_dir, self.data, compress=False)
+            self._test_write = EvalSetWrite(self.run_dir, self.data)
         ranks = list(self.state.members)
         # startup_timeout, not timeout: a worker says hello once its kernels are loaded (or compiled, on a
         # cold numba cache: seconds) so that round 0 is as quick as any other

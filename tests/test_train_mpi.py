@@ -44,7 +44,7 @@ def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_pa
 
     timeline = tmp_path / "timeline.txt"
     job = run_job(2, SMOKE, tmp_path / "t", "--set", "executor.target_accuracy=0.8",
-                  "--set", "executor.checkpoint_every=0", env={"FTMPI_TIMELINE": str(timeline)})
+                  "--set", "executor.checkpoint_every=0", env={"FTMPI_TIMELINE": str(timeline)}, limit=60)
     assert job.rc == 0, job.err
     s = job.summary
     rows = job.metrics()
@@ -77,7 +77,7 @@ def test_target_accuracy_stops_the_run_once_an_evaluated_round_reaches_it(tmp_pa
         assert phases[w] == ["start", "mpi-init", "config", "imports", "kernels", "shard", "first-reply", "exit"]
     # evaluated every 4 rounds only: the first evaluated round at or above the target stops it
     every4 = run_job(2, SMOKE, tmp_path / "e4", "--set", "executor.target_accuracy=0.8",
-                     "--set", "executor.checkpoint_every=0", "--set", "executor.eval_every=4")
+                     "--set", "executor.checkpoint_every=0", "--set", "executor.eval_every=4", limit=60)
     assert every4.rc == 0, every4.err
     r4 = every4.summary["target_reached"]
     assert r4["round"] % 4 == 0 and r4["round"] >= first and every4.summary["rounds"] == r4["round"] + 2
