@@ -24,7 +24,7 @@ class LocalShard:
         if shard.buf is not None:  # read_shard(room=...) already put the rows in a buffer with room
             self._buf = shard.buf
         else:
-            self._buf = populated((n + max(n // 2, 1024), d))
+            self._buf = populated((n + max(n // 2, 1024), d), ready=n)
             self._buf[:n] = shard.X
         self.X = self._buf[:n]
         self.y, self.ids = shard.y, shard.ids
@@ -43,7 +43,7 @@ class LocalShard:
         returns how many."""
         n, m = len(self.y), len(s.ids)
         if n + m > len(self._buf):  # out of room: grow geometrically (one copy)
-            grown = populated((max(n + m, 2 * len(self._buf)), s.X.shape[1]))
+            grown = populated((max(n + m, 2 * len(self._buf)), s.X.shape[1]), ready=n + m)
             grown[:n] = self.X
             self._buf = grown
         self._buf[n:n + m] = s.X

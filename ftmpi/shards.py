@@ -282,7 +282,8 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
                 if room is None:
                     arrays["X"] = xd[r0:r1]
                 else:
-                    buf = room_buf = populated((max(r1 - r0, 0) + max(int(room(r1 - r0)), 0), xd.shape[1]))
+                    buf = room_buf = populated((max(r1 - r0, 0) + max(int(room(r1 - r0)), 0), xd.shape[1]),
+                                               ready=r1 - r0)
                     if xd.dtype == np.float32 and r1 > r0:
                         xd.read_direct(buf, np.s_[r0:r1], np.s_[0:r1 - r0])
                     elif r1 > r0:
@@ -312,7 +313,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
         store = RowStore.from_ref(str(attrs["rows_from"]), str(path)) if len(ids) else None
         d = store.d if store is not None else int(json.loads(str(attrs["rows_from"])).get("d", 0))
         n = len(ids)
-        buf = room_buf = populated((n + (max(int(room(n)), 0) if room is not None else 0), d))
+        buf = room_buf = populated((n + (max(int(room(n)), 0) if room is not None else 0), d), ready=n)
         X = buf[:n]
         if store is not None:
             store.rows(ids, out=X)
