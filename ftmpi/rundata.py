@@ -69,13 +69,18 @@ def _packed(data: Dataset) -> Any:
     if scale is None and data.name in ("mnist", "fashion-mnist"):
         scale = PIXEL_SCALE
     X = data.X_test
-    if scale and X.size:
-        q = np.rint(X / np.float32(scale))
-        if q.min() >= 0 and q.max() <= 255:
-            u = q.astype(np.uint8)
-            if np.array_equal(u * np.float32(scale), X):
-                return _Packed(u, scale)
-    return X
+    if not scale or not X.size:
+        return X
+    f = np.float32(scale)
+    u = np.empty(X.shape, np.uint8)
+    for a in range(0, len(X), 1024):  # a block at a time: no float32 temporaries of the whole set on rank 0
+        q = np.rint(X[a:a + 1024] / f)
+        if q.min() < 0 or q.max() > 255:
+            return X
+        u[a:a + 1024] = q
+        if not np.array_equal(u[a:a + 1024] * f, X[a:a + 1024]):
+            return X
+    return _Packed(u, scale)
 
 
 def write_eval_set(run_dir: str | os.PathLike[str], data: Dataset) -> int:
