@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 import traceback
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
+from .procs import hostname
 from .timeline import mark
 
 
@@ -230,7 +230,7 @@ def _train(args: argparse.Namespace) -> int:
             _failed_summary(run_dir, str(exc), code)
     except BaseException as exc:  # a real crash: tell rank 0 who, where and why, then leave
         tb = traceback.format_exc()
-        _say(rank, f"crashed on {socket.gethostname()}: {type(exc).__name__}: {exc}\n{tb}")
+        _say(rank, f"crashed on {hostname()}: {type(exc).__name__}: {exc}\n{tb}")
         code = EXIT_CRASH
         if getattr(exc, "handed_over", None) is not None:  # its deputy takes over: no verdict from this rank
             _say(rank, f"the deputy (rank {exc.handed_over}) takes over")  # type: ignore[attr-defined]
@@ -243,7 +243,7 @@ def _train(args: argparse.Namespace) -> int:
         else:
             from .comm import TAG_REPLY
 
-            ch.send(ch.coordinator, TAG_REPLY, {"t": "error", "rank": rank, "host": socket.gethostname(),
+            ch.send(ch.coordinator, TAG_REPLY, {"t": "error", "rank": rank, "host": hostname(),
                                    "error": f"{type(exc).__name__}: {exc}"})
             ch.flush(time.monotonic() + 2.0)
     _end(code, rank, ch.coordinator)

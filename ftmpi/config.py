@@ -18,7 +18,6 @@ than a silent overwrite.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -46,6 +45,13 @@ __all__ = [
 
 class _Bad(Exception):
     """A value failed its check; the message says what was expected."""
+
+
+def _close(word: str, options: Sequence[str], n: int, cutoff: float) -> list[str]:
+    """difflib's close matches, for "did you mean" hints (imported only when a key is wrong)."""
+    import difflib
+
+    return difflib.get_close_matches(word, options, n, cutoff)
 
 
 def _is_int(v: Any) -> bool:
@@ -321,11 +327,11 @@ def _suggest(path: str) -> str:
     key = _ALIASES.get(key, key)
     leaves = {k: k.rpartition(".")[2] for k in _KEYS}
     same = {leaf: k for k, leaf in leaves.items() if k.startswith(section + ".")}
-    hits = [same[m] for m in difflib.get_close_matches(key, same, 1, 0.6)]
+    hits = [same[m] for m in _close(key, same, 1, 0.6)]
     hits = hits or [k for k, leaf in leaves.items() if leaf == key]
     if not hits:
         every = {leaf: k for k, leaf in leaves.items()}
-        hits = [every[m] for m in difflib.get_close_matches(key, every, 1, 0.75)]
+        hits = [every[m] for m in _close(key, every, 1, 0.75)]
     return f" (did you mean '{hits[0]}'?)" if hits else ""
 
 
@@ -391,7 +397,7 @@ def _flatten(tree: Mapping[Any, Any], where: str) -> _Sourced:
             flat[section] = (body, where)
             continue
         if section not in _SECTIONS:
-            hits = difflib.get_close_matches(section, [*_SECTIONS, *_TOP], 1, 0.6)
+            hits = _close(section, [*_SECTIONS, *_TOP], 1, 0.6)
             hint = f" (did you mean '{hits[0]}'?)" if hits else ""
             raise ConfigError(f"{where}: {section}: unknown section{hint}")
         if body is None:  # "model:" with nothing under it

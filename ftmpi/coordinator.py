@@ -12,7 +12,6 @@ worker gives up on rank 0 while it is busy. At the deadline the silent workers a
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from .lifecycle import Lifecycle
 from .metrics import Progress, truncate_metrics
 from .models import warmup
 from .outputs import Outputs
-from .procs import start_time
+from .procs import hostname, start_time
 from .saver import BackgroundWriter
 from .shards import handoff_path, shard_path
 from .signals import stop_requested
@@ -117,7 +116,7 @@ class Coordinator(Replication, Lifecycle):
         self.replica_seconds = 0.0  # rank 0's time building and sending them
         self.deputy = -1
         pid = os.getpid()
-        self.identity = (self.me, socket.gethostname(), pid, start_time(pid))
+        self.identity = (self.me, hostname(), pid, start_time(pid))
         if takeover is not None:
             self._from_replica(*takeover)
         self.pending_rebuild: list[int] | None = None

@@ -6,7 +6,6 @@ starting (the lost coordinator ended if it hangs on this host) and ending. The d
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from .comm import TAG_DEPOSED, TAG_REPLICA, Detector
 from .errors import EXIT_COORDINATOR_LOST
 from .failover import Change, choose_deputy, state_key
 from .metrics import write_json_atomic
-from .procs import kill_if_same
+from .procs import hostname, kill_if_same
 
 
 class Replaced(Exception):  # noqa: N818 (control flow, not an error)
@@ -187,7 +186,7 @@ class Replication:
         except OSError:
             pass
         host, pid, started = self.change.lost_id
-        if self.ch.detector is Detector.ULFM and host == socket.gethostname():
+        if self.ch.detector is Detector.ULFM and host == hostname():
             self.change.killed = kill_if_same(int(pid), int(started))
         if not self.change.killed:  # should it wake up (stopped, or on another host): it must write nothing
             self.ch.send(self.change.lost, TAG_DEPOSED, P.Deposed(self.ch.rank, self.change.round))
@@ -198,7 +197,7 @@ class Replication:
     def _end_lost_coordinators(self) -> None:
         """A lost coordinator that hangs (stopped, spinning) on this host keeps mpirun alive: SIGKILL it, only
         if its pid still has the start time it reported. One that woke up waits for leave to go."""
-        me = socket.gethostname()
+        me = hostname()
         for c in self._all_changes():
             if not c["killed"]:
                 self.ch.send(int(c["lost"]), TAG_DEPOSED, P.Deposed(self.ch.rank, self.state.round, True))

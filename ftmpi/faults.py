@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,6 +69,8 @@ def inject(f: FaultSpec, run_dir: Path) -> None:
         while True:  # resumed by someone after all: still never answer
             time.sleep(3600)
     elif f.kind == "pause":
+        import subprocess
+
         subprocess.Popen(["sh", "-c", f"sleep {f.seconds}; kill -CONT {pid} 2>/dev/null"], start_new_session=True)
         os.kill(pid, signal.SIGSTOP)
     elif f.kind == "slow":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from .checkpoint import Snapshot, prune, save
 from .cluster import WriteHandoff
 from .data import Dataset
+from .procs import hostname
 from .shards import ensure_shard, rows_by_reference, shard_path, write_handoff
 
 
@@ -52,7 +52,7 @@ def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], wei
 def shards_by_reference(data: Dataset, hosts: list[str]) -> bool:
     """Whether shard and standby files can hold row ids only: every worker is on this host (or
     ``FTMPI_SHARED_DATA=1`` says the prepared copy is on a filesystem they all see)."""
-    return rows_by_reference(data.X_train, hosts, socket.gethostname())
+    return rows_by_reference(data.X_train, hosts, hostname())
 
 
 def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +53,8 @@ def temp_beside(dest: str | os.PathLike[str]) -> tuple[int, Path]:
 
     The name is ``.<dest name>.<random>.tmp`` (see :data:`TEMP_RE`), the mode follows the umask.
     """
+    import tempfile  # here: a worker that never writes a file does not import it (~3 ms)
+
     d = Path(dest)
     fd, tmp = tempfile.mkstemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent)
     try:

@@ -4,7 +4,6 @@ workers are stopped and hung ones reaped). The round loop stays in :mod:`ftmpi.c
 """
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from .files import save_and_prune, shards_by_reference, write_shards
 from .metrics import write_json_atomic, write_status
 from .outputs import summary
 from .partition import class_histogram, partition
-from .procs import kill_if_same
+from .procs import hostname, kill_if_same
 from .rundata import EvalSetWrite
 
 
@@ -195,7 +194,7 @@ class Lifecycle:
         """SIGKILL ranks declared dead by deadline that still exist on this host (a stopped or hung process
         keeps mpirun from ever returning), but only the very process that said hello: a pid reused since by
         another process is left alone (the start time recorded at hello must match)."""
-        me = socket.gethostname()
+        me = hostname()
         for r in sorted(self.state.suspects):
             m = self.state.members[r]
             if m.host == me:

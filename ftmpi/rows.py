@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import itertools
 import json
 import mmap
 import os
-import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ftmpi.errors import DataError
+from ftmpi.fsutil import temp_beside
 
 __all__ = ["RowStore", "idx_store", "prepared_dir"]
 
@@ -244,7 +243,7 @@ def _plain_idx(path: Path) -> tuple[int, tuple[int, ...]] | None:
 def _decompress(src: Path, dest: Path) -> None:
     """Stream a gzip-compressed IDX file into ``dest`` (atomically), checking its length against the header."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = temp_beside(dest)
     try:
         with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz, os.fdopen(fd, "wb") as out:
             _, dims, header = idx_header(gz, src)
@@ -279,6 +278,8 @@ def idx_store(path: Path, scale: float) -> RowStore | None:
     plain = _plain_idx(path)
     if plain is None:
         st = path.stat()
+        import hashlib
+
         key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
         src = prepared_dir() / f"{path.name.removesuffix('.gz')}-{key}"
         try:

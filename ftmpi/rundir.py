@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .procs import running, start_time
+from .procs import hostname, running, start_time
 
 AUTO = "auto"
 LOCK = "ftmpi.lock"
@@ -105,7 +104,7 @@ def acquire(run_dir: Path) -> Path:
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    me = {"pid": os.getpid(), "host": hostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
           "launch": os.environ.get("FTMPI_LAUNCH_ID", ""), "start_time": start_time(os.getpid())}
     for _ in range(3):
         try:
@@ -144,7 +143,7 @@ def release(run_dir: Path) -> None:
     """Drop the lock if this process holds it."""
     path = run_dir / LOCK
     d = read_lock(path)
-    if d is not None and d.get("pid") == os.getpid() and d.get("host") == socket.gethostname():
+    if d is not None and d.get("pid") == os.getpid() and d.get("host") == hostname():
         try:
             path.unlink()
         except OSError:

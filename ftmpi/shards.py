@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import h5py
 import numpy as np
 
 from ftmpi.errors import DataError
+from ftmpi.fsutil import temp_beside
 from ftmpi.h5zip import write_deflated
 from ftmpi.membuf import populated
 from ftmpi.rows import RowStore
@@ -179,7 +179,7 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarra
         if np.any(w != 1.0):
             extra = {**(extra or {}), "w": w}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = temp_beside(dest)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:

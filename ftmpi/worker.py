@@ -19,7 +19,6 @@ loss rather than a round later; the wall time at which it did is reported in its
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from .handoff import SCORED, rep_count, select_representative
 from .localshard import LocalShard
 from .models import Model, warmup
 from .optim import Optimizer, clip
-from .procs import start_time
+from .procs import hostname, start_time
 from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
 from .timeline import mark
@@ -197,7 +196,7 @@ class Worker:
         warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
         mark("kernels")
         pid = os.getpid()
-        self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, socket.gethostname(), pid, start_time(pid)))
+        self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if isinstance(msg, P.Round) and msg.setup is not None:
             self._setup(msg.setup)
