@@ -11,12 +11,13 @@ final checkpoint, teardown; warm: the prepared data copy in place):
   same scaling; the faster of two fits; data already in memory);
 - time to 84 % test accuracy: the same command with `--set executor.target_accuracy=0.84`, against the numpy
   Adam minibatch SGD of benchmarks/numpy_sgd.py run as its own process to 84 % (interpreter, imports, data,
-  training; the best of three learning rates and of numpy's default BLAS threads or one), and for information
+  training; the best of three learning rates and of numpy's default BLAS threads or one; then the two in
+  interleaved pairs), and for information
   against that SGD timed inside this benchmark's running Python (data loading and training only);
 - the floor: `mpirun -n 5` / `-n 2 python -c "from mpi4py import MPI"` with ftmpi's mpirun flags, and with
   numpy, h5py and yaml imported too (what ftmpi's ranks import at the least);
 - where a warm run's time goes (FTMPI_TIMELINE: when each phase ended, CPU per process);
-- the cold first run (numba's cache emptied, `python -m ftmpi.models` run as jobs/setup.sh does, no prepared
+- the cold first run (numba's cache and ftmpi's bytecode emptied, then compiled as jobs/setup.sh does, no prepared
   copy of the data) against a warm one, and for information a cold run without the set-up step; the MLP
   config's accuracy; 8-bit and 4-bit quantization and comm_period 10 against their baselines, with bytes;
   the same seed three times.
@@ -60,33 +61,41 @@ def sklearn_fit(tries: int = 2) -> dict:
     return {"fit_seconds": min(fits), "fits": fits, "test_acc": acc}
 
 
-def clear_numba_cache() -> int:
-    """Empty numba's cache of the kernels (and the warm-up's marker); returns how many files went."""
+def clear_caches() -> int:
+    """Empty numba's cache of the kernels (and the warm-up's marker) and ftmpi's bytecode, as on a fresh
+    checkout; returns how many files went."""
     gone = 0
-    folder = ROOT / "kernels" / "__pycache__"
-    for p in folder.glob("*"):
-        if p.suffix in (".nbi", ".nbc") or p.name.startswith("ftmpi-warmup.ok"):
-            p.unlink()
-            gone += 1
+    for folder in (ROOT / "kernels" / "__pycache__", ROOT / "ftmpi" / "__pycache__"):
+        for p in folder.glob("*"):
+            if p.suffix in (".nbi", ".nbc", ".pyc") or p.name.startswith("ftmpi-warmup.ok"):
+                p.unlink()
+                gone += 1
     return gone
+
+
+def setup_step() -> None:
+    """What jobs/setup.sh does after installing: byte-compile ftmpi, compile the numba kernels."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "ftmpi", "kernels"], cwd=ROOT, check=True,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "ftmpi.models"], cwd=ROOT, check=True, capture_output=True)
 
 
 def cold_runs(tmp: Path, repeats: int) -> dict:
     """The first run after jobs/setup.sh (cache emptied, kernels compiled by `python -m ftmpi.models` once, the
     data's prepared copy not made yet: a fresh one for each run), and a first run with no set-up step at all
-    (numba's cache emptied before each); medians of ``repeats`` runs."""
+    (numba's cache and ftmpi's bytecode emptied before each); medians of ``repeats`` runs."""
     out: dict = {}
     saved = os.environ.get("FTMPI_PREPARED")
     try:
-        clear_numba_cache()
+        clear_caches()
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "ftmpi.models"], cwd=ROOT, check=True, capture_output=True)
+        setup_step()
         out["setup_compile_seconds"] = time.monotonic() - t0
         for key, clear in (("after_setup", False), ("no_setup", True)):
             walls, accs = [], []
             for i in range(repeats):
                 if clear:
-                    clear_numba_cache()
+                    clear_caches()
                 os.environ["FTMPI_PREPARED"] = str(tmp / f"prepared-{key}-{i}")
                 r = run(4, LOGREG, tmp / f"cold-{key}-{i}")
                 walls.append(r["outer_wall"])
@@ -97,7 +106,7 @@ def cold_runs(tmp: Path, repeats: int) -> dict:
             os.environ.pop("FTMPI_PREPARED", None)
         else:
             os.environ["FTMPI_PREPARED"] = saved
-        subprocess.run([sys.executable, "-m", "ftmpi.models"], cwd=ROOT, capture_output=True)  # warm again
+        setup_step()  # warm again
     return out
 
 
@@ -119,6 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the MLP and comm_period 1 runs")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=7, help="interleaved pairs of ftmpi and numpy SGD runs for B")
     args = ap.parse_args()
     tmp = scratch()
     res: dict = {"machine": machine(), "load_at_start": loadavg()}
@@ -129,8 +139,18 @@ def main() -> int:
                             "mpi2": mpi_floor(2, "from mpi4py import MPI"),
                             "imports5": mpi_floor(5, "import numpy, h5py, yaml; from mpi4py import MPI")}
     base = [run(4, LOGREG, tmp / f"base{i}") for i in range(args.repeats)]
-    ttt = [run(4, LOGREG, tmp / f"target{i}", "--set", f"executor.target_accuracy={TARGET}")
-           for i in range(args.repeats)]
+    ttt, paired = [], []  # B: ftmpi to the target and the numpy SGD process, in interleaved pairs
+    best = sgd["fresh"]["best"]
+    for i in range(args.pairs):
+        time.sleep(1.0)  # what the previous run left (teardown, write-back) settles before each timed run
+        ttt.append(run(4, LOGREG, tmp / f"target{i}", "--set", f"executor.target_accuracy={TARGET}"))
+        if best is not None:
+            time.sleep(1.0)
+            paired.append(numpy_fresh(best["lr"], None if best["blas_threads"] == "default" else
+                                      best["blas_threads"], repeats=1)["median"])
+    if paired:
+        best["interleaved_walls"] = paired
+        best["median"] = statistics.median(paired)
     walls, twalls = [b["outer_wall"] for b in base], [t["outer_wall"] for t in ttt]
     b0, t0 = base[0], ttt[0]
     res["logreg"] = {"outer_wall": walls, "median_wall": statistics.median(walls),
@@ -222,9 +242,13 @@ def main() -> int:
            "sklearn: `fit` alone on the arrays already in memory, the faster of two fits (its own BLAS "
            "threads). numpy SGD (benchmarks/numpy_sgd.py): the same softmax regression, Adam, batch 128, "
            "accuracy checked every 200 steps; as its own process timed from outside like ftmpi, the best of "
-           "three learning rates, median of 3, with numpy's default BLAS threads and with one (the faster "
-           "counts). Floors: no work at all, only what the line says, median of 3. Cold: numba's cache emptied "
-           f"and no prepared copy of the data (the OS page cache is not dropped), median of {args.repeats}; a "
+           "three learning rates and of numpy's default BLAS threads or one (median of 3 each) chosen first. **B** "
+           f"is then measured in {args.pairs} interleaved pairs (an ftmpi run to 84 %, then a numpy SGD run, each "
+           "after a 1 s pause), the median of each side: the machine's speed drifts by 20 % over minutes, and "
+           "pairs see the same drift. Floors: no work at all, only what the line says, median of 3. Cold: "
+           "numba's cache and ftmpi's bytecode emptied "
+           f"and no prepared copy of the data (the OS page cache is not dropped), median of {args.repeats}; after "
+           "set-up means after what jobs/setup.sh does (byte-compile ftmpi, compile the numba kernels); a "
            "softmax regression that "
            "quantizes nothing loads no numba kernel at all (kernels/softmax.py). Command: "
            "`python benchmarks/bench_e2e.py`.", "",

@@ -127,10 +127,14 @@ class RowStore(RowMatrix):
         self._gather(ids, out, True)
         return out
 
-    def raw(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` in the stored type, in the order given (each id in ``[0, n)``)."""
+    def raw(self, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``ids`` in the stored type, in the order given (each id in ``[0, n)``); into ``out`` (an array
+        of the stored type and shape ``(len(ids), d)``) if given."""
         ids = np.asarray(ids, np.int64).reshape(-1)
-        out = np.empty((len(ids), self.d), self.stored)
+        if out is None:
+            out = np.empty((len(ids), self.d), self.stored)
+        elif out.shape != (len(ids), self.d) or out.dtype != self.stored:
+            raise ValueError(f"out must be {self.stored} of shape {(len(ids), self.d)}, got {out.dtype} {out.shape}")
         self._gather(ids, out, False)
         return out
 

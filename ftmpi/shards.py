@@ -61,7 +61,9 @@ class Shard:
         w: ``(n,)`` float64 row weights (how many training rows each row stands for), or None: all 1. Rows
             handed over as a dead worker's representatives under ``rep_weight: shard`` weigh more than 1.
         attrs: The file's attributes (plain Python values), including ``format`` and ``format_version``.
-        buf: With :func:`read_shard`'s ``room``: the float32 buffer whose first ``n`` rows are ``X``.
+        buf: With :func:`read_shard`'s ``room``: the buffer whose first ``n`` rows are ``X``.
+        scale: None when ``X`` holds the features as float32; else ``X`` holds them in their stored type
+            (uint8, read with ``raw=True``) and the features are ``X.astype(float32) * float32(scale)``.
     """
 
     X: np.ndarray
@@ -70,6 +72,7 @@ class Shard:
     attrs: dict[str, Any] = field(default_factory=dict)
     w: np.ndarray | None = None
     buf: np.ndarray | None = None
+    scale: float | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -236,7 +239,7 @@ def handoff_slices(path: str | os.PathLike[str]) -> dict[int, tuple[int, int]]:
 
 
 def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None,
-               room: Callable[[int], int] | None = None) -> Shard:
+               room: Callable[[int], int] | None = None, raw: bool = False) -> Shard:
     """Read and validate a shard (or handoff) file, or only rows ``start:stop`` of it.
 
     Args:
@@ -245,6 +248,8 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
         room: Given the number of rows ``n``, how many more rows of room to leave after them: the features
             are then read straight into a float32 buffer of ``n + room(n)`` rows (``Shard.buf``; ``X`` is its
             first ``n`` rows), so a worker that wants room for handed rows holds one copy, not two.
+        raw: Rows stored as uint8 with a scale (in the file or the file it refers to) stay uint8, with
+            ``Shard.scale`` set: a quarter of the memory, converted a batch at a time by the reader.
 
     Returns:
         The :class:`Shard`, arrays loaded into memory.
@@ -279,12 +284,13 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
                     raise DataError(f"{path}: rows {rows and f'{rows[0]}:{rows[1]} '}do not fit /X {xd.shape}")
                 r0, r1 = rows if rows is not None else (0, xd.shape[0])
                 x_u8 = xd.dtype == np.uint8
+                keep = raw and x_u8  # rows stay in their stored type
                 if room is None:
                     arrays["X"] = xd[r0:r1]
                 else:
                     buf = room_buf = populated((max(r1 - r0, 0) + max(int(room(r1 - r0)), 0), xd.shape[1]),
-                                               ready=r1 - r0)
-                    if xd.dtype == np.float32 and r1 > r0:
+                                               np.uint8 if keep else np.float32, ready=r1 - r0)
+                    if (xd.dtype == np.float32 or keep) and r1 > r0:
                         xd.read_direct(buf, np.s_[r0:r1], np.s_[0:r1 - r0])
                     elif r1 > r0:
                         buf[:r1 - r0] = xd[r0:r1]
@@ -303,26 +309,47 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
         reason = " ".join(str(exc).split())
         raise DataError(f"{path}: unreadable HDF5 shard (corrupt or truncated?): {reason}") from None
     y, ids = arrays["y"], arrays["ids"]
+    scale: float | None = None
     if "X" in arrays:
         X = arrays["X"]
-        if x_u8:  # stored uint8: float32 times the scale (already in the float32 buffer when room was asked)
+        if x_u8:
+            scale = _scale(attrs["x_scale"], path)
+        if x_u8 and not raw:  # float32 times the scale (already in the float32 buffer when room was asked)
             if X.dtype == np.uint8:
                 X = X.astype(np.float32)
-            X *= np.float32(attrs["x_scale"])
+            X *= np.float32(scale)
+            scale = None
     else:
         store = RowStore.from_ref(str(attrs["rows_from"]), str(path)) if len(ids) else None
         d = store.d if store is not None else int(json.loads(str(attrs["rows_from"])).get("d", 0))
         n = len(ids)
-        buf = room_buf = populated((n + (max(int(room(n)), 0) if room is not None else 0), d), ready=n)
+        keep = raw and store is not None and store.stored == np.uint8
+        buf = room_buf = populated((n + (max(int(room(n)), 0) if room is not None else 0), d),
+                                   np.uint8 if keep else np.float32, ready=n)
         X = buf[:n]
-        if store is not None:
+        if keep:
+            assert store is not None
+            store.raw(ids, out=X)
+            scale = store.scale
+        elif store is not None:
             store.rows(ids, out=X)
     if X.ndim != 2 or y.ndim != 1 or ids.ndim != 1 or not len(X) == len(y) == len(ids):
         raise DataError(f"{path}: inconsistent shapes X {X.shape}, y {y.shape}, ids {ids.shape}")
     w = arrays.get("w")
     if w is not None and not _weights_ok(w, len(ids)):
         raise DataError(f"{path}: /w holds weights that are not positive numbers")
-    return Shard(X, y, ids, attrs, w, room_buf if room is not None else None)
+    return Shard(X, y, ids, attrs, w, room_buf if room is not None else None, scale)
+
+
+def _scale(v: Any, path: Path) -> float:
+    """A shard's ``x_scale`` attribute as a positive float; DataError naming the file otherwise."""
+    try:
+        scale = float(v)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not (np.isfinite(scale) and scale > 0):
+        raise DataError(f"{path}: x_scale is {v!r}, expected a positive number")
+    return scale
 
 
 def _umask() -> int:

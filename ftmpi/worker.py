@@ -42,6 +42,8 @@ from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
 from .timeline import mark
 
+_SCORE_ROWS = 4096  # rows whose features are converted at once when a worker scores its shard (uint8 rows)
+
 
 class Worker:
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> None:
@@ -249,7 +251,7 @@ class Worker:
     def _load_shard(self, path: str) -> Shard:
         """Read this worker's shard file (rows, labels, global ids, weights)."""
         # room for handed rows (see LocalShard), read straight into that buffer
-        return read_shard(path, room=lambda n: max(n // 2, 1024))
+        return read_shard(path, room=lambda n: max(n // 2, 1024), raw=True)
 
     def _setup(self, setup: P.Setup) -> None:
         cfg = self.cfg
@@ -308,7 +310,7 @@ class Worker:
         many."""
         s = self._cache.pop((str(path), int(rows[0]), int(rows[1])), None)
         if s is None:
-            s = read_shard(path, rows)
+            s = read_shard(path, rows, raw=True)
         else:
             self._prefetched[epoch] = self._prefetched.get(epoch, 0) + len(s)
         m = self.shard.append(s, weight)
@@ -324,7 +326,7 @@ class Worker:
                 keep[key] = self._cache[key]
                 continue
             try:
-                keep[key] = read_shard(path, (a, b))
+                keep[key] = read_shard(path, (a, b), raw=True)
             except DataError:
                 continue
         self._cache = keep
@@ -368,7 +370,7 @@ class Worker:
         batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.shard)))
         for i in range(len(batches)):
             b = batches[i]
-            losses.append(self.model.loss_grad(local, self.shard.X[b], self.shard.y[b], self.grad))
+            losses.append(self.model.loss_grad(local, self.shard.rows(b), self.shard.y[b], self.grad))
             if acc is not None:
                 acc += self.grad
             else:
@@ -405,18 +407,24 @@ class Worker:
     def _rescore(self, params: np.ndarray, rnd: int) -> None:
         """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
         that every row is re-scored every ``executor.score_every`` rounds at 1/score_every of the cost."""
-        X, y = self.shard.X, self.shard.y
-        n = len(y)
+        n = len(self.shard)
         if self.scores is None:
-            self.scores = self.model.sample_loss(params, X, y)
+            self.scores = self._sample_loss(params, 0, n)
             return
         if len(self.scores) < n:  # rows handed over since: score them now
-            fresh = self.model.sample_loss(params, X[len(self.scores):], y[len(self.scores):])
-            self.scores = np.concatenate([self.scores, fresh])
+            self.scores = np.concatenate([self.scores, self._sample_loss(params, len(self.scores), n)])
         every = self.cfg.executor.score_every
         lo, hi = (rnd % every) * n // every, (rnd % every + 1) * n // every
         if hi > lo:
-            self.scores[lo:hi] = self.model.sample_loss(params, X[lo:hi], y[lo:hi])
+            self.scores[lo:hi] = self._sample_loss(params, lo, hi)
+
+    def _sample_loss(self, params: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Per-row losses of rows ``lo:hi``, their features converted a block at a time (not all at once)."""
+        out = np.empty(hi - lo, np.float32)
+        for a in range(lo, hi, _SCORE_ROWS):
+            b = min(hi, a + _SCORE_ROWS)
+            out[a - lo:b - lo] = self.model.sample_loss(params, self.shard.rows(slice(a, b)), self.shard.y[a:b])
+        return out
 
     def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
         """Global ids of this worker's representative rows under ``loss`` or ``stratified`` (scored on its

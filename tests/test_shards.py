@@ -369,3 +369,52 @@ def test_handoff_by_reference_gives_each_receiver_its_rows(tmp_path):
     assert sl == {2: (0, 3), 4: (3, 5)}
     part = read_shard(p, sl[4])
     assert np.array_equal(part.ids, ids[3:]) and np.array_equal(part.X, store[ids[3:]])
+
+
+@pytest.mark.parametrize("kind", ["uint8", "compressed", "ref", "float32"])
+def test_a_worker_keeps_uint8_rows_and_converts_each_batch_to_the_same_floats(tmp_path, kind):
+    """read_shard(raw=True) keeps an image dataset's uint8 rows (a quarter of the memory) with their scale;
+    LocalShard.rows gives exactly the float32 features a float32 read gives, for any indices or slice, and
+    handed rows of the same dataset are appended as uint8 too. Rows of another kind turn it into float32."""
+    from ftmpi.localshard import LocalShard
+    from ftmpi.shards import ensure_shard
+
+    store, _ = _store(tmp_path, 90, 20)
+    y = np.arange(90, dtype=np.int32) % 4
+    ids = np.array([5, 70, 1, 33, 9, 10, 88, 41])
+    p = tmp_path / "s.h5"
+    ensure_shard(p, np.asarray(store) if kind == "float32" else store, y, ids, by_ref=kind == "ref",
+                 compress=kind == "compressed")
+    floats = read_shard(p).X
+    s = read_shard(p, room=lambda n: 4, raw=True)
+    assert s.X.dtype == (np.float32 if kind == "float32" else np.uint8) and s.buf.dtype == s.X.dtype
+    assert s.scale == (None if kind == "float32" else pytest.approx(1 / 255))
+    assert np.array_equal(read_shard(p, (2, 6), raw=True).X, s.X[2:6])
+    local = LocalShard(s)
+    pick = np.array([7, 0, 3, 3])
+    assert local.rows(pick).dtype == np.float32 and np.array_equal(local.rows(pick), floats[pick])
+    assert np.array_equal(local.rows(slice(2, 7)), floats[2:7])
+    more = np.array([2, 3, 60])  # a handoff from the same dataset
+    h = handoff_path(tmp_path, 3)
+    write_handoff(h, store.raw(more), y[more], more, {1: 3}, scale=store.scale)
+    local.append(read_shard(h, (0, 3), raw=True))
+    assert local.X.dtype == s.X.dtype and len(local) == 11
+    assert np.array_equal(local.rows(np.arange(8, 11)), store[more])
+    assert np.array_equal(local.rows(slice(0, 8)), floats)
+    odd = Shard(np.full((2, 20), 0.5, np.float32), np.zeros(2, np.int32), np.array([0, 1]))
+    local.append(odd)  # float32 rows onto uint8 ones: everything becomes float32 features, unchanged
+    assert local.X.dtype == np.float32 and local.scale is None
+    assert np.array_equal(local.rows(slice(0, 8)), floats) and np.array_equal(local.rows(slice(11, 13)), odd.X)
+    empty = LocalShard()
+    empty.append(read_shard(p, raw=True))  # nothing held yet: takes the rows' own type
+    assert empty.X.dtype == s.X.dtype and np.array_equal(empty.rows(slice(None)), floats)
+
+
+def test_a_shard_with_a_bad_scale_is_refused_naming_the_file(tmp_path):
+    p = tmp_path / "s.h5"
+    write_shard(p, np.ones((3, 4), np.uint8), np.zeros(3, np.int32), np.arange(3), scale=0.5)
+    with h5py.File(p, "r+") as f:
+        f.attrs["x_scale"] = -1.0
+    for raw in (False, True):
+        with pytest.raises(DataError, match=re.escape(str(p)) + ": x_scale is -1.0, expected a positive number"):
+            read_shard(p, raw=raw)
