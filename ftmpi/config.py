@@ -18,6 +18,7 @@ than a silent overwrite.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -25,8 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from ftmpi.errors import ConfigError
 from ftmpi.fsutil import replace_atomic
@@ -335,30 +334,36 @@ def _suggest(path: str) -> str:
     return f" (did you mean '{hits[0]}'?)" if hits else ""
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-8`` as a float and refuses duplicate keys."""
+@functools.cache
+def _loader() -> Any:
+    """A SafeLoader that reads ``1e-8`` as a float and refuses duplicate keys (yaml is imported here, when a
+    config is read from YAML: a rank given the launcher's config never imports it, ~8 ms a rank)."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
-        return super().construct_mapping(node, deep)
+    class _Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
+            return super().construct_mapping(node, deep)
 
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return _Loader
 
 
 def _yaml_value(text: str, where: str) -> Any:
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml.load(text, Loader=_loader())
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         problem = " ".join(problem.split())
@@ -373,8 +378,10 @@ def _read_yaml(path: str) -> dict[Any, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"{path}: cannot read config file: {reason}") from None
+    import yaml
+
     try:
-        tree = yaml.load(text, Loader=_Loader)
+        tree = yaml.load(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
@@ -484,6 +491,46 @@ def _faults(value: Any, where: str) -> tuple[FaultSpec, ...]:
     return tuple(_checked(f"faults[{i}]", _fault, spec, where) for i, spec in enumerate(value))
 
 
+PASSED = "FTMPI_RESOLVED_CONFIG"  # the launcher's validated config, for the ranks (see pass_on)
+
+
+def _identity(source: str | None, overrides: Sequence[str], env: Mapping[str, str]) -> tuple:
+    """What a config is loaded from: the file (absolute path, size, modification time), the overrides and the
+    ``FTMPI_*`` variables that set keys."""
+    try:
+        st = os.stat(source) if source is not None else None
+    except OSError:  # no such file: nothing was passed for it (load_config then says so)
+        return (object(),)
+    names = {"FTMPI_" + p.replace(".", "_").upper() for p in (*_TOP, *_KEYS)}
+    return (None if source is None else os.path.abspath(source), st and st.st_size, st and st.st_mtime_ns,
+            tuple(overrides), tuple(sorted((k, v) for k, v in env.items() if k in names)))
+
+
+def pass_on(cfg: Config, path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
+            env: Mapping[str, str] | None = None) -> str:
+    """``cfg`` (what :func:`load_config` returned for these arguments) as the value of :data:`PASSED`, which the
+    launcher exports to the ranks: a rank whose own arguments, file and ``FTMPI_*`` keys are the same takes it
+    instead of reading the YAML again, so that it neither imports yaml nor parses the file (~10 ms of CPU per
+    rank, while every rank of the job starts on shared cores), and every rank runs the config the launcher
+    checked. Anything else (another file, a file changed since, other overrides) is read as usual."""
+    import pickle
+
+    env = os.environ if env is None else env
+    source = None if path is None else os.fspath(path)
+    return pickle.dumps((_identity(source, list(overrides), env), cfg), protocol=5).hex()
+
+
+def _passed(value: str, identity: tuple) -> Config | None:
+    """The config in a :func:`pass_on` value if it was made for ``identity``; None otherwise or if unreadable."""
+    import pickle
+
+    try:
+        ident, cfg = pickle.loads(bytes.fromhex(value))
+    except Exception:  # noqa: BLE001 - not ours, or from another version: read the config as usual
+        return None
+    return cfg if ident == identity and isinstance(cfg, Config) else None
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
                 env: Mapping[str, str] | None = None) -> Config:
     """Load, merge and validate a configuration.
@@ -501,9 +548,14 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     """
     if isinstance(overrides, str):
         overrides = [overrides]
-    warnings: list[str] = []
-    sources = [_from_env(os.environ if env is None else env)]
+    env = os.environ if env is None else env
     source = None if path is None else os.fspath(path)
+    if env.get(PASSED):  # the launcher's own result for these same arguments (see pass_on)
+        passed = _passed(env[PASSED], _identity(source, overrides, env))
+        if passed is not None:
+            return passed
+    warnings: list[str] = []
+    sources = [_from_env(env)]
     if source is not None:
         sources.append(_flatten(_read_yaml(source), source))
     sources.append(_from_overrides(overrides))
@@ -561,5 +613,7 @@ def dump_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     header = f"# resolved ftmpi configuration (from {cfg.source or 'defaults'})\n"
+    import yaml
+
     text = header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     return replace_atomic(dest, lambda fh: fh.write(text))  # mode from the umask, like the other outputs

@@ -58,6 +58,7 @@ class Options:
     mpi: str = "auto"
     run_dir: Path = Path()
     mode: str = "fresh"
+    config_passed: str = ""  # the checked config for the ranks (ftmpi.config.pass_on)
 
 
 def parse(argv: Sequence[str]) -> Options:
@@ -97,14 +98,15 @@ def parse(argv: Sequence[str]) -> Options:
     if not config.is_file():
         raise ConfigError(f"config file {rest[0]!r} not found")
     from .cli import _overrides, _parser
-    from .config import load_config
+    from .config import load_config, pass_on
     from .rundir import resolve
 
     try:
         targs = _parser().parse_args(["train", str(config), *rest[1:]])
     except SystemExit:
         raise ConfigError(f"bad train arguments: {' '.join(rest[1:])} (see python -m ftmpi train -h)") from None
-    cfg = load_config(str(config), _overrides(targs))
+    overrides = _overrides(targs)
+    cfg = load_config(str(config), overrides)
     run_dir, mode = resolve(targs.resume, targs.run_dir, cfg.run_dir, targs.overwrite)
     train: list[str] = []
     skip = False
@@ -118,7 +120,7 @@ def parse(argv: Sequence[str]) -> Options:
             train.append(a)
     return Options(int(own["workers"]), config, train, int(own.get("max_restarts", 0)),
                    Path(own["hostfile"]).absolute() if "hostfile" in own else None, own.get("mpi", "auto"),
-                   run_dir, mode)
+                   run_dir, mode, pass_on(cfg, str(config), overrides))
 
 
 @dataclass
@@ -237,6 +239,10 @@ class Launcher:
         job = self.env.get("SLURM_JOB_ID")
         me = f"{socket.gethostname()}-{os.getpid()}-{time.time():.0f}"
         self.env["FTMPI_LAUNCH_ID"] = f"slurm-{job}" if job else me
+        if o.config_passed:
+            from .config import PASSED
+
+            self.env[PASSED] = o.config_passed
         for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             self.env.setdefault(v, "1")  # one BLAS/numba thread per rank: W+1 ranks share the cores
         tmp = Path(tempfile.mkdtemp(prefix="ftmpi-hosts."))

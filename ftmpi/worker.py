@@ -38,7 +38,6 @@ from .localshard import LocalShard
 from .models import Model, warmup
 from .optim import Optimizer, clip
 from .procs import hostname, start_time
-from .rundata import open_run_data, takeover_dataset
 from .shards import Shard, read_shard
 from .timeline import mark
 
@@ -134,6 +133,8 @@ class Worker:
             self._read_run_dir_ahead()
 
     def _read_run_dir_ahead(self) -> None:
+        from .rundata import open_run_data  # a deputy's or a standby's: the others never import it
+
         run_dir = self.run_dir
         self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
 
@@ -177,6 +178,8 @@ class Worker:
         if mark is not None and int(mark.get("pid", -1)) == rep.coord[2]:
             change.injected_at, change.kind = float(mark["time"]), str(mark["kind"])
             change.detection_latency = max(0.0, detected - change.injected_at)
+        from .rundata import takeover_dataset
+
         try:
             data = takeover_dataset(self._data_ahead, self.run_dir, rep.state["owner"])  # type: ignore[index]
         except DataError as exc:  # the others wait for this rank: they leave now (no verdict: a relaunch resumes)

@@ -301,3 +301,48 @@ def test_shipped_config_loads(path):
     cfg = load_config(path, env=NO_ENV)
     assert cfg.warnings == ()
     assert cfg.model.n_iterations >= cfg.executor.comm_period
+
+
+_RANK = """
+import json, sys
+from ftmpi.config import config_to_dict, load_config
+cfg = load_config(sys.argv[1], sys.argv[2:])
+print(json.dumps({"yaml": "yaml" in sys.modules, "cfg": config_to_dict(cfg)}, default=str))
+"""
+
+
+def _as_rank(env: dict, path: Path, *overrides: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _RANK, str(path), *overrides], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(p.stdout)
+
+
+def test_a_rank_takes_the_launchers_checked_config_and_reads_no_yaml(tmp_path):
+    """The launcher exports the config it checked (ftmpi.launch.parse -> pass_on); a rank started with the same
+    file, overrides and FTMPI_* keys takes it without importing yaml; anything different is read afresh."""
+    import os
+
+    from ftmpi.config import PASSED
+    from ftmpi.launch import parse
+
+    path = write(tmp_path, "model:\n  n_iterations: 30\nexecutor:\n  timeout: 7.0\n")
+    opts = parse(["-n", "2", str(path), "--set", "optimizer.learning_rate=0.5", "--run-dir", str(tmp_path / "r")])
+    env = {PASSED: opts.config_passed}
+    want = config_to_dict(load_config(path, ["optimizer.learning_rate=0.5"]))
+    got = _as_rank(env, path, "optimizer.learning_rate=0.5")
+    assert got == {"yaml": False, "cfg": want}
+    other = _as_rank(env, path, "optimizer.learning_rate=0.25")  # other overrides: read, and they count
+    assert other["yaml"] and other["cfg"]["optimizer"]["learning_rate"] == 0.25
+    keyed = _as_rank({**env, "FTMPI_EXECUTOR_COMM_PERIOD": "3"}, path, "optimizer.learning_rate=0.5")
+    assert keyed["yaml"] and keyed["cfg"]["executor"]["comm_period"] == 3
+    assert _as_rank({PASSED: "not hex"}, path, "optimizer.learning_rate=0.5") == {"yaml": True, "cfg": want}
+    path.write_text("model:\n  n_iterations: 31\nexecutor:\n  timeout: 7.0\n")  # edited since the launcher read it
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    edited = _as_rank(env, path, "optimizer.learning_rate=0.5")
+    assert edited["yaml"] and edited["cfg"]["model"]["n_iterations"] == 31
