@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_NO_WORKERS, EXIT_PREEMPTED, FtmpiError
 from .hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write_hostfile
-from .mpicmd import Launch, build, flavour
+from .mpicmd import Launch, build, flavour, rank_env
 from .record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
 from .timeline import mark
 
@@ -267,6 +267,7 @@ class Launcher:
         restarts = start_failures = 0
         while True:
             hostfile = write_hostfile(tmp / f"hosts.{restarts}", hosts, kind) if hosts else None
+            self.env.update(rank_env(kind, self.env))
             spec = Launch(kind, mpirun, self.env.get("PYTHON") or sys.executable, workers + 1,
                           [str(o.config), *o.train, "--run-dir", str(o.run_dir), *mode_args], hostfile,
                           self.env.get("FTMPI_MPIRUN_ARGS", "").split(), self.env)

@@ -74,3 +74,27 @@ def test_local_sh_reports_a_real_overrun(tmp_path):
     p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), "2", "configs/smoke.yaml"], capture_output=True,
                        text=True, timeout=30, env=dict(env, FTMPI_JOB_TIMEOUT="1"), cwd=ROOT)
     assert p.returncode == 124 and "overran FTMPI_JOB_TIMEOUT=1s" in p.stderr
+
+
+def test_ranks_over_ob1_skip_ucx_memory_hooks_and_get_the_checked_config(tmp_path):
+    """Open MPI over ob1 uses no UCX, yet loading its libmpi installs UCX's memory hooks (~40 ms of CPU a rank):
+    the launcher sets UCX_MEM_EVENTS=no for the ranks (and forwards it with -x), unless the user set it or
+    chose Open MPI's own transport (UCX may then carry the traffic). The ranks also get the config the launcher
+    checked (FTMPI_RESOLVED_CONFIG)."""
+    body = ('echo "$UCX_MEM_EVENTS|$*|${#FTMPI_RESOLVED_CONFIG}" > "' + str(tmp_path / "seen") + '"; '
+            'echo 0 > "$FTMPI_STATUS_FILE"')
+    env = _fake_mpirun(tmp_path, body)
+    env.pop("UCX_MEM_EVENTS", None)
+
+    def seen(extra: dict) -> list[str]:
+        p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), "2", "configs/smoke.yaml"], capture_output=True,
+                           text=True, timeout=30, env={**env, "FTMPI_JOB_TIMEOUT": "20", **extra}, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        return (tmp_path / "seen").read_text().strip().split("|")
+
+    value, args, passed = seen({})
+    assert value == "no" and "-x UCX_MEM_EVENTS" in args and "--mca pml ob1" in args and int(passed) > 100
+    value, args, _ = seen({"UCX_MEM_EVENTS": "yes"})
+    assert value == "yes" and "-x UCX_MEM_EVENTS" in args
+    value, args, _ = seen({"FTMPI_MPI_TRANSPORT": "default"})
+    assert value == "" and "UCX_MEM_EVENTS" not in args
