@@ -26,7 +26,7 @@ import numpy as np
 
 from ftmpi.config import DataConfig
 from ftmpi.errors import DataError
-from ftmpi.rows import RowStore, idx_header, idx_store
+from ftmpi.rows import PackedRows, RowStore, idx_header, idx_store
 
 __all__ = ["SYSTEM_DATA_DIR", "Dataset", "find_dataset_dir", "load_dataset", "read_idx"]
 
@@ -60,7 +60,8 @@ class Dataset:
         X_train: ``(n, d)`` float32, C-contiguous; or, for image datasets, a :class:`~ftmpi.rows.RowStore`
             that keeps the rows on disk as uint8 and returns float32 rows by id (``X_train[ids]``).
         y_train: ``(n,)`` int32 in ``[0, n_classes)``.
-        X_test: ``(m, d)`` float32, C-contiguous.
+        X_test: ``(m, d)`` float32, C-contiguous; or, for image datasets (unless loaded with ``lazy=False``), a
+            :class:`~ftmpi.rows.PackedRows` holding the uint8 pixels (``X_test[a:b]`` -> float32 rows).
         y_test: ``(m,)`` int32.
         n_classes: Number of classes.
         classes: One human-readable name per class.
@@ -70,7 +71,7 @@ class Dataset:
     name: str
     X_train: np.ndarray | RowStore
     y_train: np.ndarray
-    X_test: np.ndarray
+    X_test: np.ndarray | PackedRows
     y_test: np.ndarray
     n_classes: int
     classes: tuple[str, ...]
@@ -79,7 +80,8 @@ class Dataset:
     def __post_init__(self) -> None:
         if not hasattr(self.X_train, "rows"):  # rows read by id (a RowStore, a run dir's RunRows) stay there
             self.X_train = np.ascontiguousarray(self.X_train, dtype=np.float32)
-        self.X_test = np.ascontiguousarray(self.X_test, dtype=np.float32)
+        if not hasattr(self.X_test, "rows"):
+            self.X_test = np.ascontiguousarray(self.X_test, dtype=np.float32)
         self.y_train = np.ascontiguousarray(self.y_train, dtype=np.int32)
         self.y_test = np.ascontiguousarray(self.y_test, dtype=np.int32)
         for X, y, part in ((self.X_train, self.y_train, "train"), (self.X_test, self.y_test, "test")):
@@ -207,7 +209,7 @@ def find_dataset_dir(name: str, files: tuple[str, ...], path: str | None = None)
 
 def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None, lazy: bool = True) -> Dataset:
     directory, (tr_x, tr_y, te_x, te_y) = find_dataset_dir(name, IDX_FILES, path)
-    parts: list[tuple[np.ndarray | RowStore, np.ndarray]] = []
+    parts: list[tuple[np.ndarray | RowStore | PackedRows, np.ndarray]] = []
     for img_path, lab_path in ((tr_x, tr_y), (te_x, te_y)):
         labels = read_idx(lab_path)
         # the training images stay on disk as uint8 (see ftmpi.rows); the test images are scored by rank 0
@@ -225,6 +227,9 @@ def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None, laz
             parts.append((store, labels.astype(np.int32)))
             continue
         assert images is not None
+        if lazy and img_path == te_x:  # the test images stay uint8 (rank 0 evaluates them a chunk at a time): 8 MB, not 31
+            parts.append((PackedRows(images.reshape(len(images), -1), PIXEL_SCALE), labels.astype(np.int32)))
+            continue
         X = images.reshape(len(images), -1).astype(np.float32)
         X *= np.float32(PIXEL_SCALE)
         parts.append((X, labels.astype(np.int32)))
@@ -321,7 +326,8 @@ def load_dataset(cfg: DataConfig, seed: int, lazy: bool = True) -> Dataset:
     Args:
         cfg: The ``data`` section of the config.
         seed: Seeds the synthetic generator (file datasets ignore it).
-        lazy: Image datasets keep their training rows on disk (``X_train`` a RowStore); False loads them.
+        lazy: Image datasets keep their training rows on disk (``X_train`` a RowStore) and their test rows as
+            uint8 (``X_test`` a PackedRows); False loads both as float32 arrays.
 
     Returns:
         The :class:`Dataset`.

@@ -7,6 +7,7 @@ import numpy as np
 
 from .handoff import expand_weights
 from .membuf import populated
+from .rows import features
 from .shards import Shard
 
 
@@ -47,7 +48,7 @@ class LocalShard:
 
     def rows(self, idx: np.ndarray | slice) -> np.ndarray:
         """The features of rows ``idx`` (indices or a slice) as float32 (a view for a slice of float32 rows)."""
-        return _features(self.X[idx], self.scale)
+        return features(self.X[idx], self.scale)
 
     def append(self, s: Shard, weight: np.ndarray | float | None = None) -> int:
         """Append rows, weighing ``weight`` (one per row, or one for all; else the rows' own ``w``, else 1);
@@ -63,7 +64,7 @@ class LocalShard:
             grown[:n] = self.rows(slice(0, n))
             self._buf, self.scale = grown, None
             self.X = grown[:n]
-            X = _features(X, s.scale)
+            X = features(X, s.scale)
         if n + m > len(self._buf):  # out of room: grow geometrically (one copy)
             grown = populated((max(n + m, 2 * len(self._buf)), X.shape[1]), self._buf.dtype, ready=n + m)
             grown[:n] = self.X
@@ -96,12 +97,3 @@ class LocalShard:
             order = np.tile(np.roll(base, -((rnd * need) % n)), -(-need // n))
         return [np.sort(order[i * bs:(i + 1) * bs]) for i in range(iters)]
 
-
-def _features(X: np.ndarray, scale: float | None) -> np.ndarray:
-    """float32 features of stored rows: ``X`` itself when ``scale`` is None, else ``X * float32(scale)`` computed
-    in float32 exactly as :func:`ftmpi.shards.read_shard` computes a whole shard."""
-    if scale is None:
-        return X
-    out = X.astype(np.float32)
-    out *= np.float32(scale)
-    return out

@@ -36,7 +36,7 @@ import numpy as np
 
 from .data import PIXEL_SCALE, Dataset
 from .errors import DataError
-from .rows import RowMatrix, RowStore
+from .rows import PackedRows, RowMatrix, RowStore
 from .shards import ensure_shard, read_shard
 
 __all__ = ["RunData", "RunRows", "EvalSetWrite", "open_run_data", "takeover_dataset", "eval_set_path", "write_eval_set"]
@@ -65,6 +65,8 @@ class _Packed:
 def _packed(data: Dataset) -> Any:
     """The test rows as uint8 and a scale when ``uint8 * float32(scale)`` gives them back bit for bit (image
     datasets), else the float32 rows."""
+    if hasattr(data.X_test, "raw"):  # held as uint8 already (PackedRows)
+        return data.X_test
     scale = getattr(data.X_train, "scale", None)
     if scale is None and data.name in ("mnist", "fashion-mnist"):
         scale = PIXEL_SCALE
@@ -331,7 +333,7 @@ class RunData:
 
     run_dir: Path
     rows: RunRows
-    X_test: np.ndarray
+    X_test: np.ndarray | PackedRows
     y_test: np.ndarray
     n_classes: int
     classes: tuple[str, ...]
@@ -344,7 +346,7 @@ def open_run_data(run_dir: str | os.PathLike[str]) -> RunData:
     if not path.is_file():
         raise DataError(f"{path}: no test set in the run dir (rank 0 writes it at start-up when executor.deputy "
                         "or executor.standby_coordinator is on)")
-    t = read_shard(path)
+    t = read_shard(path, raw=True)
     a = t.attrs
     try:
         n, nc, name, classes = int(a["n_train"]), int(a["n_classes"]), str(a["dataset"]), json.loads(a["classes"])
@@ -352,7 +354,8 @@ def open_run_data(run_dir: str | os.PathLike[str]) -> RunData:
         raise DataError(f"{path}: not a test set file (attribute {exc})") from None
     rows = RunRows(n, t.X.shape[1], name)
     rows.scan(run_dir, "worker")
-    return RunData(run_dir, rows, t.X, t.y, nc, tuple(str(c) for c in classes))
+    X_test = PackedRows(t.X, t.scale) if t.scale is not None else t.X
+    return RunData(run_dir, rows, X_test, t.y, nc, tuple(str(c) for c in classes))
 
 
 def takeover_dataset(ahead: Any, run_dir: str | os.PathLike[str], owner: np.ndarray) -> Dataset:

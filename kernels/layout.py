@@ -16,6 +16,10 @@ import math
 import numpy as np
 
 CHUNK_ROWS = 4096  # rows per forward chunk in sample_loss / predict (bounds activation memory)
+# rows per chunk when predict converts stored rows (uint8) to float32 first: a chunk that stays in a core's
+# cache between the conversion and the product (measured: 10000 Fashion-MNIST rows in 5.6 ms at 256 rows a
+# chunk against 10.8 ms at 4096, and 4.4-6.5 ms for float32 rows already in memory)
+PACKED_CHUNK_ROWS = 256
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -121,16 +125,22 @@ def predict(params: np.ndarray, sizes: np.ndarray, X: np.ndarray) -> np.ndarray:
     Args:
         params: Flat float32 parameters.
         sizes: Layer widths ``[d, h1, ..., k]``.
-        X: Features, float32 ``(n, d)``.
+        X: Features, float32 ``(n, d)``, or a row matrix of :mod:`ftmpi.rows` (converted a chunk at a time).
 
     Returns:
         Int32 labels ``(n,)``.
     """
-    params, sizes, X, _ = _check_batch(params, sizes, X)
+    packed = hasattr(X, "rows")  # a row matrix (ftmpi.rows, e.g. uint8 pixels): float32 a chunk at a time
+    params, sizes, head, _ = _check_batch(params, sizes, X[:0] if packed else X)
+    if not packed:
+        X = head
+    elif X.ndim != 2 or X.shape[1] != sizes[0]:
+        raise ValueError(f"X has shape {X.shape}, expected (n, {sizes[0]})")
     layers = _layers(params, sizes)
     out = np.empty(X.shape[0], np.int32)
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        rows = slice(start, start + CHUNK_ROWS)
+    step = PACKED_CHUNK_ROWS if packed else CHUNK_ROWS
+    for start in range(0, X.shape[0], step):
+        rows = slice(start, start + step)
         a = X[rows]
         for W, b in layers[:-1]:
             a = a @ W

@@ -165,3 +165,40 @@ def test_sparse_rows_of_a_big_file_do_not_make_it_resident(tmp_path: Path) -> No
     out = np.zeros((len(ids), d), np.float32)
     assert store.rows(ids, out) is out and np.array_equal(out[:5], store[ids[:5]])
     assert np.array_equal(got[:5].astype(np.float32) * np.float32(1 / 255), out[:5])
+
+
+def test_the_test_images_stay_uint8_and_evaluate_exactly_as_float32(tmp_path: Path, prep: Path) -> None:
+    """An image dataset's test rows are held as uint8 (PackedRows: a quarter of the memory on rank 0); every
+    way of indexing them gives exactly the float32 features of the eager loader, a prediction over them (a
+    chunk converted at a time) is the float32 one, and the test-set file a takeover needs is written from
+    the uint8 rows as they are."""
+    from ftmpi.kernels.layout import PACKED_CHUNK_ROWS
+    from ftmpi.models import Model
+    from ftmpi.rows import PackedRows
+    from ftmpi.rundata import eval_set_path, open_run_data, write_eval_set
+    from ftmpi.shards import read_shard
+
+    folder = _mnist(tmp_path / "m", gz=False)
+    big = np.random.default_rng(3).integers(0, 256, (PACKED_CHUNK_ROWS * 2 + 5, 28, 28))  # several chunks
+    (folder / "t10k-images-idx3-ubyte").write_bytes(_idx(big))
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.arange(len(big)) % 10))
+    cfg = DataConfig(dataset="mnist", path=str(folder))
+    lazy, eager = load_dataset(cfg, 0), load_dataset(cfg, 0, lazy=False)
+    T, X = lazy.X_test, eager.X_test
+    assert isinstance(T, PackedRows) and T.X.dtype == np.uint8 and isinstance(X, np.ndarray)
+    assert T.shape == X.shape and T.dtype == np.float32 and T.X.nbytes * 4 == X.nbytes
+    ids = np.array([len(X) - 1, 0, 7, 7])
+    assert np.array_equal(T[ids], X[ids]) and np.array_equal(T[3:300:7], X[3:300:7])
+    assert np.array_equal(T[5], X[5]) and np.array_equal(np.asarray(T), X)
+    model = Model.build("mlp", (16,), 784, 10)
+    params = np.random.default_rng(0).normal(0, 0.05, model.n_params).astype(np.float32)
+    assert np.array_equal(model.predict(params, T), model.predict(params, X))
+    assert model.evaluate(params, T, lazy.y_test, 10)[0] == model.evaluate(params, X, eager.y_test, 10)[0]
+    with pytest.raises(ValueError, match="expected"):
+        Model.build("logreg", (), 783, 10).predict(np.zeros(7840, np.float32), T)
+    run = tmp_path / "run"
+    assert write_eval_set(run, lazy) > 0
+    s = read_shard(eval_set_path(run), raw=True)
+    assert s.X.dtype == np.uint8 and np.array_equal(s.X, T.X)
+    got = open_run_data(run).X_test  # a takeover's test set: uint8 again, the same features
+    assert isinstance(got, PackedRows) and np.array_equal(np.asarray(got), X)
