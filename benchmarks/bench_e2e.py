@@ -11,8 +11,8 @@ final checkpoint, teardown; warm: the prepared data copy in place):
   same scaling; the faster of two fits; data already in memory);
 - time to 84 % test accuracy: the same command with `--set executor.target_accuracy=0.84`, against the numpy
   Adam minibatch SGD of benchmarks/numpy_sgd.py run as its own process to 84 % (interpreter, imports, data,
-  training; the best of three learning rates and of numpy's default BLAS threads or one; then the two in
-  interleaved pairs), and for information
+  training; the best of three learning rates and of numpy's default BLAS threads or one; then the two
+  alternating, each run right after a process touched and freed 400 MB: see prime_memory), and for information
   against that SGD timed inside this benchmark's running Python (data loading and training only);
 - the floor: `mpirun -n 5` / `-n 2 python -c "from mpi4py import MPI"` with ftmpi's mpirun flags, and with
   numpy, h5py and yaml imported too (what ftmpi's ranks import at the least);
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _e2e_parts import mpi_floor, numpy_fresh, scratch, timeline, timeline_markdown  # noqa: E402
+from _e2e_parts import mpi_floor, numpy_fresh, prime_memory, scratch, timeline, timeline_markdown  # noqa: E402
 from _runs import ROOT, machine, run, write  # noqa: E402
 from numpy_sgd import numpy_sgd  # noqa: E402
 
@@ -128,7 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the MLP and comm_period 1 runs")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--pairs", type=int, default=5, help="alternations of ftmpi and numpy SGD runs for B")
+    ap.add_argument("--pairs", type=int, default=7, help="alternations of ftmpi and numpy SGD runs for B")
     args = ap.parse_args()
     tmp = scratch()
     res: dict = {"machine": machine(), "load_at_start": loadavg()}
@@ -139,24 +139,17 @@ def main() -> int:
                             "mpi2": mpi_floor(2, "from mpi4py import MPI"),
                             "imports5": mpi_floor(5, "import numpy, h5py, yaml; from mpi4py import MPI")}
     base = [run(4, LOGREG, tmp / f"base{i}") for i in range(args.repeats)]
-    # B: ftmpi to the target and the numpy SGD process, alternating, each run twice in a row and the second
-    # timed (each program in its own steady state: on this VM a process's page faults cost up to 6x more
-    # system time right after another program freed its memory, and the numpy SGD faults in 188 MB)
-    ttt, paired, settle = [], [], {"ftmpi": [], "numpy": []}
+    # B: ftmpi to the target and the numpy SGD process, alternating, each timed right after prime_memory()
+    ttt, paired = [], []
     best = sgd["fresh"]["best"]
     threads = None if best is None or best["blas_threads"] == "default" else best["blas_threads"]
-    target = ("--set", f"executor.target_accuracy={TARGET}")
     for i in range(args.pairs):
-        for k in range(2):
-            time.sleep(0.5)
-            r = run(4, LOGREG, tmp / f"target{i}-{k}", *target)
-            (ttt.append(r) if k else settle["ftmpi"].append(r["outer_wall"]))
-        for k in range(2 if best is not None else 0):
-            time.sleep(0.5)
-            w = numpy_fresh(best["lr"], threads, repeats=1)["median"]
-            (paired.append(w) if k else settle["numpy"].append(w))
+        prime_memory()
+        ttt.append(run(4, LOGREG, tmp / f"target{i}", "--set", f"executor.target_accuracy={TARGET}"))
+        if best is not None:  # primed by numpy_fresh
+            paired.append(numpy_fresh(best["lr"], threads, repeats=1)["median"])
     if paired:
-        best["steady_walls"], best["settling_walls"] = paired, settle["numpy"]
+        best["primed_walls"] = paired
         best["median"] = statistics.median(paired)
     walls, twalls = [b["outer_wall"] for b in base], [t["outer_wall"] for t in ttt]
     b0, t0 = base[0], ttt[0]
@@ -192,7 +185,7 @@ def main() -> int:
                      f"{fresh['blas_threads']}) = **{r2:.2f}**; ftmpi reached {t_round.get('test_acc', 0):.4f} at "
                      f"round {t_round.get('round')}, stopped after {t0['rounds']} rounds", "<= 2.0",
                      r2 <= 2.0 and reached))
-        fastest = min(w for f in sgd["fresh"]["all"] for w in f["walls"] + f.get("steady_walls", []))
+        fastest = min(w for f in sgd["fresh"]["all"] for w in f["walls"] + f.get("primed_walls", []))
         rows.append(("B against the fastest numpy SGD process seen in this run (pessimistic: its page faults at "
                      "their cheapest)", f"{tt:.2f} s / {fastest:.2f} s = {tt / fastest:.2f}", "(information)", None))
         rows.append(("full run (80 rounds) / numpy SGD to 84 % as its own process", f"{warm:.2f} s / "
@@ -253,11 +246,12 @@ def main() -> int:
            "threads). numpy SGD (benchmarks/numpy_sgd.py): the same softmax regression, Adam, batch 128, "
            "accuracy checked every 200 steps; as its own process timed from outside like ftmpi, the best of "
            "three learning rates and of numpy's default BLAS threads or one (median of 3 each) chosen first. **B** "
-           f"is then measured in {args.pairs} alternations: ftmpi to 84 % twice in a row, then the numpy SGD twice "
-           "in a row, the second run of each timed (each program in its own steady state: on this VM a process's "
-           "page faults cost up to 6x more system time right after another program freed its memory, and the "
-           "numpy SGD faults in its 188 MB of float32 rows), the median of each side; alternating makes both see "
-           "the same drift of the machine's speed (20 % over minutes). Floors: no work at all, only what the line "
+           f"is then measured in {args.pairs} alternations of an ftmpi run to 84 % and a numpy SGD run, each run "
+           "right after a separate process touched and freed 400 MB (on this VM, memory the host took back after "
+           "another program freed it costs up to 6x more system time to fault in again: the numpy SGD, which "
+           "faults in 188 MB, took 0.53 s or 1.06 s depending on it; primed, both run as on a machine without a "
+           "hypervisor, within 2-5 %), the median of each side; alternating makes both see the same drift of "
+           "the machine's speed. Floors: no work at all, only what the line "
            "says, median of 3. Cold: "
            "numba's cache and ftmpi's bytecode emptied "
            f"and no prepared copy of the data (the OS page cache is not dropped), median of {args.repeats}; after "
