@@ -227,7 +227,7 @@ def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None, laz
             parts.append((store, labels.astype(np.int32)))
             continue
         assert images is not None
-        if lazy and img_path == te_x:  # the test images stay uint8 (rank 0 evaluates them a chunk at a time): 8 MB, not 31
+        if lazy and img_path == te_x:  # the test images stay uint8 (8 MB, not 31), evaluated a chunk at a time
             parts.append((PackedRows(images.reshape(len(images), -1), PIXEL_SCALE), labels.astype(np.int32)))
             continue
         X = images.reshape(len(images), -1).astype(np.float32)

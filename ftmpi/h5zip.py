@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import h5py
 import numpy as np
@@ -23,19 +24,21 @@ MIN_BYTES = 1 << 20  # below this, compression is not worth a thread pool
 LEVEL = 1  # zlib level 1: most of level 9's gain on images at a fraction of its time
 
 
-def write_deflated(f: h5py.File, name: str, X: np.ndarray, threads: int | None = None) -> h5py.Dataset:
-    """Create ``f[name]`` holding the 2-D uint8 array ``X``: deflate-compressed chunks of whole rows when ``X``
-    is at least :data:`MIN_BYTES`, else stored plainly."""
-    X = np.ascontiguousarray(X)
+def write_deflated(f: h5py.File, name: str, X: Any, threads: int | None = None) -> h5py.Dataset:
+    """Create ``f[name]`` holding the 2-D uint8 rows ``X`` (an array, or a block source such as
+    :class:`ftmpi.rows.RowBlocks`: ``shape``, ``dtype``, ``nbytes``, ``block(a, b)``, read a chunk at a time):
+    deflate-compressed chunks of whole rows when ``X`` is at least :data:`MIN_BYTES`, else stored plainly."""
+    if not hasattr(X, "block"):
+        X = np.ascontiguousarray(X)
     if X.dtype != np.uint8 or X.ndim != 2 or X.nbytes < MIN_BYTES or X.shape[1] == 0:
-        return f.create_dataset(name, data=X)
+        return f.create_dataset(name, data=X.block(0, len(X)) if hasattr(X, "block") else X)
     n, d = X.shape
     rows = max(1, min(n, CHUNK_BYTES // d))
     ds = f.create_dataset(name, shape=X.shape, dtype=np.uint8, chunks=(rows, d), compression="gzip",
                           compression_opts=LEVEL)
 
     def pack(start: int) -> tuple[int, bytes]:
-        block = X[start:start + rows]
+        block = X.block(start, start + rows) if hasattr(X, "block") else X[start:start + rows]
         if len(block) < rows:  # HDF5 stores an edge chunk at full size
             block = np.concatenate([block, np.zeros((rows - len(block), d), np.uint8)])
         return start, zlib.compress(memoryview(block).cast("B"), LEVEL)

@@ -124,6 +124,46 @@ class PackedRows(RowMatrix):
         return super().__getitem__(key)
 
 
+class RowBlocks:
+    """Rows ``ids`` of a row source (a :class:`RowStore`, :class:`PackedRows` or a run dir's ``RunRows``), read
+    a block at a time when they are written out: a shard file of 15000 Fashion-MNIST rows made rank 0 hold
+    all of them at once (12 MB, and as much again in the allocator afterwards); blocks bound that to
+    ``rows * d`` bytes. The rows keep the source's stored type (uint8, with ``scale``) where it has one."""
+
+    def __init__(self, source: Any, ids: np.ndarray, rows: int = 2048) -> None:
+        self.source, self.ids, self.step = source, np.asarray(ids, np.int64), max(1, int(rows))
+        probe = source.raw(self.ids[:1])
+        self.stored = probe.dtype == np.uint8
+        self.dtype = np.dtype(np.uint8 if self.stored else np.float32)
+        self.scale: float | None = float(source.scale) if self.stored else None
+        self.shape = (len(self.ids), int(source.shape[1]))
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    def block(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` (positions in ``ids``), C-contiguous, in :attr:`dtype`."""
+        part = self.ids[a:b]
+        X = self.source.raw(part) if self.stored else self.source.rows(part)
+        return np.ascontiguousarray(X, dtype=self.dtype)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for a in range(0, self.shape[0], self.step):
+            yield a, self.block(a, a + self.step)
+
+    def crc32(self) -> int:
+        """zlib's CRC-32 of all the rows' bytes, in order (the same as of the whole array at once)."""
+        crc = 0
+        for _, X in self.blocks():
+            crc = zlib.crc32(memoryview(X).cast("B"), crc)
+        return crc
+
+
 class RowStore(RowMatrix):
     """An ``(n, d)`` matrix in a file (``dtype`` rows at byte ``offset``), read by row id as float32.
 

@@ -37,7 +37,7 @@ from ftmpi.errors import DataError
 from ftmpi.fsutil import temp_beside
 from ftmpi.h5zip import write_deflated
 from ftmpi.membuf import populated
-from ftmpi.rows import RowStore
+from ftmpi.rows import RowBlocks, RowStore
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
            "read_shard", "rows_by_reference", "shard_path", "standby_path", "stale_standbys", "write_handoff",
@@ -132,7 +132,7 @@ def _weights_ok(w: np.ndarray, n: int) -> bool:
     return w.shape == (n,) and bool(np.all(np.isfinite(w))) and not np.any(w <= 0)
 
 
-def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarray, ids: np.ndarray,
+def write_shard(path: str | os.PathLike[str], X: np.ndarray | RowBlocks | None, y: np.ndarray, ids: np.ndarray,
                 attrs: Mapping[str, Any] | None = None, extra: Mapping[str, np.ndarray] | None = None,
                 w: np.ndarray | None = None, scale: float | None = None, rows_from: str | None = None,
                 compress: bool = False) -> Path:
@@ -140,8 +140,8 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarra
 
     Args:
         path: Destination; missing parent directories are created.
-        X: ``(n, d)`` features: uint8 (with ``scale``) stored as they are, anything else as float32; None
-            with ``rows_from``.
+        X: ``(n, d)`` features: uint8 (with ``scale``) stored as they are, anything else as float32; or a
+            :class:`~ftmpi.rows.RowBlocks`, read and written a block at a time; None with ``rows_from``.
         y: ``(n,)`` labels, stored as int32.
         ids: ``(n,)`` global row ids, stored as int64.
         attrs: Extra HDF5 attributes (strings, numbers, small arrays), e.g. ``n_classes``, ``dataset``.
@@ -161,7 +161,11 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarra
     dest = Path(path)
     if (X is None) == (rows_from is None):
         raise ValueError(f"{dest}: give the rows X or a reference rows_from, not both or neither")
-    if X is not None:
+    if isinstance(X, RowBlocks):  # read and written a block at a time
+        if X.stored and (scale is None or not np.isfinite(scale) or scale <= 0):
+            raise ValueError(f"{dest}: uint8 rows need a positive scale")
+        scale = scale if X.stored else None
+    elif X is not None:
         X = np.asarray(X)
         if X.dtype == np.uint8:
             if scale is None or not np.isfinite(scale) or scale <= 0:
@@ -186,8 +190,12 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | None, y: np.ndarra
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            if X is not None and compress:
+            if X is not None and compress and X.dtype == np.uint8:
                 write_deflated(f, "X", X)
+            elif isinstance(X, RowBlocks):
+                ds = f.create_dataset("X", shape=X.shape, dtype=X.dtype)
+                for a, block in X.blocks():
+                    ds[a:a + len(block)] = block
             elif X is not None:
                 f.create_dataset("X", data=X)
             f.create_dataset("y", data=y)
@@ -395,7 +403,7 @@ def ensure_shard(path: str | os.PathLike[str], X_train: Any, y_train: np.ndarray
     if w is not None and not np.any(np.asarray(w) != 1.0):
         w = None
     full = dict(attrs or {})
-    X: np.ndarray | None = None
+    X: np.ndarray | RowBlocks | None = None
     scale: float | None = None
     ref: str | None = None
     if by_ref:
@@ -404,15 +412,13 @@ def ensure_shard(path: str | os.PathLike[str], X_train: Any, y_train: np.ndarray
         ref = X_train.ref_json()
         full["rows_from"] = ref
     else:
-        if hasattr(X_train, "raw"):  # rows kept in their own type (a RowStore, a run dir's RunRows)
-            X = X_train.raw(ids)
-            if X.dtype == np.uint8:
-                scale = X_train.scale
-            else:
-                X = X_train.rows(ids)
+        if hasattr(X_train, "raw"):  # rows kept in their own type (a RowStore, PackedRows, a run dir's RunRows)
+            X = RowBlocks(X_train, ids)  # checked, then written, a block at a time
+            scale = X.scale
+            full["rows_crc"] = X.crc32() if len(X) else 0
         else:
             X = np.ascontiguousarray(X_train[ids], dtype=np.float32)
-        full["rows_crc"] = zlib.crc32(memoryview(X).cast("B")) if X.size else 0
+            full["rows_crc"] = zlib.crc32(memoryview(X).cast("B")) if X.size else 0
         if scale is not None:
             full["x_scale"] = float(scale)
     if _holds(path, ids, y, w, full, None if X is None else X.shape, None if X is None else X.dtype):

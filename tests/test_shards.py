@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from pathlib import Path
 
 import h5py
@@ -418,3 +419,32 @@ def test_a_shard_with_a_bad_scale_is_refused_naming_the_file(tmp_path):
     for raw in (False, True):
         with pytest.raises(DataError, match=re.escape(str(p)) + ": x_scale is -1.0, expected a positive number"):
             read_shard(p, raw=raw)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_rank_0_copies_a_shards_rows_a_block_at_a_time(tmp_path, compress):
+    """Rows read by id (a RowStore) are checked and written a block at a time: rank 0 never holds a whole
+    shard's rows (it held 12 MB per Fashion-MNIST shard, and as much again in the allocator), the file holds
+    exactly the rows, and its checksum is the whole-array one (a file written before is still kept)."""
+    from ftmpi.rows import RowBlocks
+    from ftmpi.shards import ensure_shard
+
+    store, _ = _store(tmp_path, 5000, 784)
+    asked: list[int] = []
+    raw = store.raw
+
+    def counting(ids, out=None):
+        asked.append(len(ids))
+        return raw(ids, out)
+
+    store.raw = counting  # type: ignore[method-assign]
+    y = np.arange(5000, dtype=np.int32) % 10
+    ids = np.random.default_rng(2).permutation(5000)[:4500]
+    p = tmp_path / "s.h5"
+    assert ensure_shard(p, store, y, ids, {"rank": 1}, compress=compress) > 0
+    assert max(asked) <= 2048 < len(ids)
+    assert np.array_equal(read_shard(p).X, store[ids])
+    with h5py.File(p, "r") as f:
+        assert f.attrs["rows_crc"] == zlib.crc32(memoryview(raw(ids)).cast("B"))
+    assert RowBlocks(store, ids, rows=333).crc32() == zlib.crc32(memoryview(raw(ids)).cast("B"))
+    assert ensure_shard(p, store, y, ids, {"rank": 1}, compress=compress) == 0
