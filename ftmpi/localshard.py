@@ -96,4 +96,3 @@ class LocalShard:
         else:
             order = np.tile(np.roll(base, -((rnd * need) % n)), -(-need // n))
         return [np.sort(order[i * bs:(i + 1) * bs]) for i in range(iters)]
-
