@@ -31,7 +31,7 @@ from .mpicmd import Launch, build, flavour, rank_env
 from .record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
 from .timeline import mark
 
-START_RETRIES = 2  # launches again when mpirun fails before rank 0 ran at all (not counted as restarts)
+START_RETRIES = 2  # launches again when mpirun fails, or hangs, before rank 0 ran at all (not counted as restarts)
 
 USAGE = ("usage: ftmpi launch -n W CONFIG [--max-restarts N] [--hostfile FILE] [--mpi auto|openmpi|mpich|srun] "
          "[train args...]")
@@ -132,6 +132,7 @@ class Outcome:
     output_tail: str
     seconds: float
     started: float = 0.0  # wall clock at the launch
+    start_hung: bool = False  # rank 0 never ran within FTMPI_START_TIMEOUT: mpirun was killed
 
 
 @dataclass
@@ -201,15 +202,19 @@ class Launcher:
                    for src, dst in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))]
         for th in threads:
             th.start()
-        overran = False
+        overran = hung = False
         rc = None
+        start_limit = _start_limit(self.env)
         while rc is None and time.monotonic() - t0 < limit:
             try:
                 rc = self.proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 self._pass_on()  # a stop signal that came while the ranks were starting
+                if time.monotonic() - t0 > start_limit and not _rank0_ran(status):
+                    hung = True  # mpirun never got rank 0 through MPI_Init: launched again by _loop
+                    break
         if rc is None:
-            overran = True  # mpirun and everything it started on this host (its own session) go
+            overran = not hung  # mpirun and everything it started on this host (its own session) go
             _killpg(self.proc.pid, signal.SIGTERM)
             try:
                 rc = self.proc.wait(timeout=10)
@@ -227,7 +232,7 @@ class Launcher:
             verdict = _summary_verdict(self.opts.run_dir, started)
         rc = 128 - rc if rc < 0 else rc
         code = verdict if verdict is not None else (rc or EXIT_COORDINATOR_LOST)
-        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started)
+        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started, hung)
 
     def run(self) -> int:
         o = self.opts
@@ -282,6 +287,16 @@ class Launcher:
                          f"exit {out.verdict}")
                 if out.verdict not in (EXIT_CRASH, EXIT_NO_WORKERS) or self.stop:
                     return self._done(out.verdict)
+            if out.start_hung:  # mpirun hung before rank 0 ran: nothing of the run happened
+                why = (f"rank 0 did not start within FTMPI_START_TIMEOUT={_start_limit(self.env):g}s (mpirun hung "
+                       "while starting the ranks)")
+                if start_failures < START_RETRIES and not self.stop:
+                    start_failures += 1
+                    _say(f"{why}; launching again ({start_failures} of {START_RETRIES})")
+                    time.sleep(1.0)
+                    continue
+                _say(f"{why}; {start_failures + 1} launches, giving up")
+                return self._done(EXIT_OVERRAN, why)
             lost = lost_hosts(out.output_tail, hosts) if hosts else []
             if (out.verdict is None and not lost and not self.stop and start_failures < START_RETRIES
                     and _never_started(o.run_dir, out.started)):
@@ -356,6 +371,23 @@ class Launcher:
 
 def _requeue_signals(env: dict[str, str]) -> set[str]:
     return {s.strip() for s in env.get("FTMPI_REQUEUE_SIGNALS", "SIGUSR1").split(",") if s.strip()}
+
+
+def _start_limit(env: dict[str, str]) -> float:
+    """``FTMPI_START_TIMEOUT``: seconds mpirun may take to get rank 0 through MPI_Init (default 120)."""
+    try:
+        return max(1.0, float(env.get("FTMPI_START_TIMEOUT", "120")))
+    except ValueError:
+        return 120.0
+
+
+def _rank0_ran(status: Path) -> bool:
+    """Whether rank 0 wrote anything to the launch's status file ("running" right after MPI_Init, or its
+    verdict); the launcher empties it before each launch."""
+    try:
+        return bool(status.read_text().strip())
+    except OSError:
+        return True  # cannot tell: never kill on a guess
 
 
 def _never_started(run_dir: Path, since: float) -> bool:

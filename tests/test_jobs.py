@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ftmpi.mpicmd import Launch, build
@@ -98,3 +99,26 @@ def test_ranks_over_ob1_skip_ucx_memory_hooks_and_get_the_checked_config(tmp_pat
     assert value == "yes" and "-x UCX_MEM_EVENTS" in args
     value, args, _ = seen({"FTMPI_MPI_TRANSPORT": "default"})
     assert value == "" and "UCX_MEM_EVENTS" not in args
+
+
+def test_local_sh_launches_again_when_mpirun_hangs_before_rank_0_runs(tmp_path):
+    """mpirun that never gets rank 0 through MPI_Init (rank 0 writes "running" to the status file right after
+    it) is killed after FTMPI_START_TIMEOUT and launched again, twice at most, then the job ends with 124
+    and says why; a launch whose rank 0 did start is never cut short by it."""
+    count = tmp_path / "launches"
+    version = '[ "$1" = --version ] && { echo "mpirun (Open MPI) 5.0.11"; exit 0; }; '
+    env = _fake_mpirun(tmp_path, version + f'echo x >> "{count}"; sleep 30')
+    t0 = time.monotonic()
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), "2", "configs/smoke.yaml", "--run-dir",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env=dict(env, FTMPI_JOB_TIMEOUT="50", FTMPI_START_TIMEOUT="1"))
+    assert p.returncode == 124, p.stderr
+    assert len(count.read_text().split()) == 3 and time.monotonic() - t0 < 30
+    assert "did not start within FTMPI_START_TIMEOUT=1s" in p.stderr and "launching again (2 of 2)" in p.stderr
+    assert "3 launches, giving up" in p.stderr and "overran" not in p.stderr
+    started = _fake_mpirun(tmp_path, version + 'echo running > "$FTMPI_STATUS_FILE"; sleep 3; '
+                           'echo 0 > "$FTMPI_STATUS_FILE"')
+    p = subprocess.run(["bash", str(ROOT / "jobs" / "local.sh"), "2", "configs/smoke.yaml", "--run-dir",
+                        str(tmp_path / "run2")], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env=dict(started, FTMPI_JOB_TIMEOUT="50", FTMPI_START_TIMEOUT="1"))
+    assert p.returncode == 0 and "did not start" not in p.stderr, p.stderr
