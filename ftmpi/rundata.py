@@ -51,17 +51,6 @@ def eval_set_path(run_dir: str | os.PathLike[str]) -> Path:
 
 # ------------------------------------------------------------------------------------------ the test set
 
-class _Packed:
-    """Rows in memory in the source's own type (uint8) with their scale: what ``ensure_shard`` asks of a
-    :class:`~ftmpi.rows.RowStore`."""
-
-    def __init__(self, X: np.ndarray, scale: float) -> None:
-        self.X, self.scale = X, float(scale)
-
-    def raw(self, ids: np.ndarray) -> np.ndarray:
-        return self.X[ids]
-
-
 def _packed(data: Dataset) -> Any:
     """The test rows as uint8 and a scale when ``uint8 * float32(scale)`` gives them back bit for bit (image
     datasets), else the float32 rows."""
@@ -82,7 +71,7 @@ def _packed(data: Dataset) -> Any:
         u[a:a + 1024] = q
         if not np.array_equal(u[a:a + 1024] * f, X[a:a + 1024]):
             return X
-    return _Packed(u, scale)
+    return PackedRows(u, scale)
 
 
 def write_eval_set(run_dir: str | os.PathLike[str], data: Dataset) -> int:

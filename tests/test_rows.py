@@ -202,3 +202,6 @@ def test_the_test_images_stay_uint8_and_evaluate_exactly_as_float32(tmp_path: Pa
     assert s.X.dtype == np.uint8 and np.array_equal(s.X, T.X)
     got = open_run_data(run).X_test  # a takeover's test set: uint8 again, the same features
     assert isinstance(got, PackedRows) and np.array_equal(np.asarray(got), X)
+    assert write_eval_set(tmp_path / "eager", eager) > 0  # float32 test rows: packed back to uint8, losslessly
+    s = read_shard(eval_set_path(tmp_path / "eager"), raw=True)
+    assert s.X.dtype == np.uint8 and np.array_equal(s.X, T.X)
