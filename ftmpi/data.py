@@ -26,7 +26,7 @@ import numpy as np
 
 from ftmpi.config import DataConfig
 from ftmpi.errors import DataError
-from ftmpi.rows import PackedRows, RowStore, idx_header, idx_store
+from ftmpi.rows import PackedRows, RowStore, features, idx_header, idx_store
 
 __all__ = ["SYSTEM_DATA_DIR", "Dataset", "find_dataset_dir", "load_dataset", "read_idx"]
 
@@ -230,9 +230,7 @@ def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None, laz
         if lazy and img_path == te_x:  # the test images stay uint8 (8 MB, not 31), evaluated a chunk at a time
             parts.append((PackedRows(images.reshape(len(images), -1), PIXEL_SCALE), labels.astype(np.int32)))
             continue
-        X = images.reshape(len(images), -1).astype(np.float32)
-        X *= np.float32(PIXEL_SCALE)
-        parts.append((X, labels.astype(np.int32)))
+        parts.append((features(images.reshape(len(images), -1), PIXEL_SCALE), labels.astype(np.int32)))
     (X_train, y_train), (X_test, y_test) = parts
     return Dataset(name, X_train, y_train, X_test, y_test, len(classes), classes, str(directory))
 

@@ -30,15 +30,16 @@ def write_deflated(f: h5py.File, name: str, X: Any, threads: int | None = None) 
     deflate-compressed chunks of whole rows when ``X`` is at least :data:`MIN_BYTES`, else stored plainly."""
     if not hasattr(X, "block"):
         X = np.ascontiguousarray(X)
+    rows_of = X.block if hasattr(X, "block") else lambda a, b: X[a:b]
     if X.dtype != np.uint8 or X.ndim != 2 or X.nbytes < MIN_BYTES or X.shape[1] == 0:
-        return f.create_dataset(name, data=X.block(0, len(X)) if hasattr(X, "block") else X)
+        return f.create_dataset(name, data=rows_of(0, len(X)))
     n, d = X.shape
     rows = max(1, min(n, CHUNK_BYTES // d))
     ds = f.create_dataset(name, shape=X.shape, dtype=np.uint8, chunks=(rows, d), compression="gzip",
                           compression_opts=LEVEL)
 
     def pack(start: int) -> tuple[int, bytes]:
-        block = X.block(start, start + rows) if hasattr(X, "block") else X[start:start + rows]
+        block = rows_of(start, start + rows)
         if len(block) < rows:  # HDF5 stores an edge chunk at full size
             block = np.concatenate([block, np.zeros((rows - len(block), d), np.uint8)])
         return start, zlib.compress(memoryview(block).cast("B"), LEVEL)

@@ -37,7 +37,7 @@ from ftmpi.errors import DataError
 from ftmpi.fsutil import temp_beside
 from ftmpi.h5zip import write_deflated
 from ftmpi.membuf import populated
-from ftmpi.rows import RowBlocks, RowStore
+from ftmpi.rows import RowBlocks, RowStore, features
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
            "read_shard", "rows_by_reference", "shard_path", "standby_path", "stale_standbys", "write_handoff",
@@ -161,18 +161,14 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | RowBlocks | None, 
     dest = Path(path)
     if (X is None) == (rows_from is None):
         raise ValueError(f"{dest}: give the rows X or a reference rows_from, not both or neither")
-    if isinstance(X, RowBlocks):  # read and written a block at a time
-        if X.stored and (scale is None or not np.isfinite(scale) or scale <= 0):
+    if X is not None:
+        if not isinstance(X, RowBlocks):  # (a RowBlocks is read and written a block at a time)
+            X = np.asarray(X)
+            X = np.ascontiguousarray(X, dtype=np.uint8 if X.dtype == np.uint8 else np.float32)
+        if X.dtype != np.uint8:
+            scale = None
+        elif scale is None or not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"{dest}: uint8 rows need a positive scale")
-        scale = scale if X.stored else None
-    elif X is not None:
-        X = np.asarray(X)
-        if X.dtype == np.uint8:
-            if scale is None or not np.isfinite(scale) or scale <= 0:
-                raise ValueError(f"{dest}: uint8 rows need a positive scale")
-        else:
-            X, scale = np.asarray(X, dtype=np.float32), None
-        X = np.ascontiguousarray(X)
     y = np.ascontiguousarray(y, dtype=np.int32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n_x = len(ids) if X is None else len(X)
@@ -324,8 +320,9 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
             scale = _scale(attrs["x_scale"], path)
         if x_u8 and not raw:  # float32 times the scale (already in the float32 buffer when room was asked)
             if X.dtype == np.uint8:
-                X = X.astype(np.float32)
-            X *= np.float32(scale)
+                X = features(X, scale)
+            else:
+                X *= np.float32(scale)
             scale = None
     else:
         store = RowStore.from_ref(str(attrs["rows_from"]), str(path)) if len(ids) else None
