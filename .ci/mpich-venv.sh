@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A second venv with MPICH (the `mpich` wheel, hydra's mpiexec) instead of Open MPI, for tests/test_mpich.py:
+# A second venv with MPICH (the `mpich` wheel, hydra's mpiexec) instead of Open MPI, for tests/mpi/test_mpich.py:
 # ftmpi under an MPI without ULFM, where a lost rank ends the job and `ftmpi launch` relaunches it.
 # Creates ROOT/.venv-mpich (editable install of this checkout). Exit 1 when pip cannot install it.
 set -eu

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from _runs import ROOT, run
 
-from ftmpi.timeline import read
+from ftmpi.observe.timeline import read
 
 LOGREG = "configs/fashion_mnist.yaml"
 

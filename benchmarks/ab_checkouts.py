@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ftmpi.timeline import read  # noqa: E402
+from ftmpi.observe.timeline import read  # noqa: E402
 
 DEFAULT = ["--set", "executor.target_accuracy=0.84"]
 

@@ -86,7 +86,7 @@ def _row(name: str, s: dict, wall: float, base: dict, hit: int | None) -> dict:
 
 def node_loss(tmp: Path, base: dict, at: int) -> dict | None:
     sys.path.insert(0, str(ROOT))
-    from tests.test_hosts import AGENT, kill_host, why_no_hosts
+    from tests.mpi.test_hosts import AGENT, kill_host, why_no_hosts
 
     why = why_no_hosts()
     if why:

@@ -49,7 +49,7 @@ def sklearn_fit(tries: int = 2) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     from ftmpi.config import load_config
-    from ftmpi.data import load_dataset
+    from ftmpi.storage.data import load_dataset
 
     d = load_dataset(load_config(LOGREG).data, 0, lazy=False)
     fits, acc = [], 0.0
@@ -77,11 +77,11 @@ def setup_step() -> None:
     """What jobs/setup.sh does after installing: byte-compile ftmpi, compile the numba kernels."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", "ftmpi", "kernels"], cwd=ROOT, check=True,
                    capture_output=True)
-    subprocess.run([sys.executable, "-m", "ftmpi.models"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "ftmpi.model.models"], cwd=ROOT, check=True, capture_output=True)
 
 
 def cold_runs(tmp: Path, repeats: int) -> dict:
-    """The first run after jobs/setup.sh (cache emptied, kernels compiled by `python -m ftmpi.models` once, the
+    """The first run after jobs/setup.sh (cache emptied, kernels compiled by `python -m ftmpi.model.models` once, the
     data's prepared copy not made yet: a fresh one for each run), and a first run with no set-up step at all
     (numba's cache and ftmpi's bytecode emptied before each); medians of ``repeats`` runs."""
     out: dict = {}

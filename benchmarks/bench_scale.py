@@ -148,7 +148,7 @@ def _metrics(path: Path) -> list[dict]:
 
 def tiled(k: int, dest: Path) -> Path:
     """Fashion-MNIST with its training set repeated ``k`` times, as plain IDX files (test set unchanged)."""
-    from ftmpi.data import IDX_FILES, find_dataset_dir, read_idx
+    from ftmpi.storage.data import IDX_FILES, find_dataset_dir, read_idx
 
     _, files = find_dataset_dir("fashion-mnist", IDX_FILES)
     dest.mkdir(parents=True, exist_ok=True)

@@ -181,8 +181,8 @@ def coreset_cost(k_frac: float, seeds: int = 3) -> dict:
     from ftmpi.kernels import select_coreset
 
     from ftmpi.config import load_config
-    from ftmpi.data import load_dataset
-    from ftmpi.partition import partition
+    from ftmpi.core.partition import partition
+    from ftmpi.storage.data import load_dataset
 
     cfg = load_config(ROOT / CONFIGS["logreg"], [], env={})
     d = load_dataset(cfg.data, 0)

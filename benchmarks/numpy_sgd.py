@@ -28,7 +28,7 @@ def numpy_sgd(lr: float, target: float = 0.84, batch: int = 128, max_epochs: int
     """Numpy Adam minibatch SGD of softmax regression, timed from loading the data until the test accuracy
     (checked every ``eval_every`` steps) reaches ``target``."""
     from ftmpi.config import load_config
-    from ftmpi.data import load_dataset
+    from ftmpi.storage.data import load_dataset
 
     t0 = time.monotonic()
     d = load_dataset(load_config(config).data, 0, lazy=False)

@@ -5,13 +5,13 @@ numpy loads; the user's own settings win).
 """
 import os
 
-from .timeline import mark
+from ftmpi.observe.timeline import mark
 
 mark("start")
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from .cli import main  # noqa: E402
+from ftmpi.cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
-from .procs import hostname
-from .timeline import mark
+from ftmpi.errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
+from ftmpi.observe.timeline import mark
+from ftmpi.procs import hostname
 
 
 def _parser(full: str | None = None) -> argparse.ArgumentParser:
@@ -48,11 +48,11 @@ def _parser(full: str | None = None) -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="results table of run dirs")
     g = sub.add_parser("plot", help="accuracy/loss curves of run dirs as PNG")
     if full == "report":
-        from .report import add_report_args, run_report
+        from ftmpi.observe.report import add_report_args, run_report
 
         add_report_args(r).set_defaults(run=run_report)
     elif full == "plot":
-        from .plot import add_plot_args, run_plot
+        from ftmpi.observe.plot import add_plot_args, run_plot
 
         add_plot_args(g).set_defaults(run=run_plot)
     return p
@@ -61,7 +61,7 @@ def _parser(full: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["launch"]:  # its own parser: everything it does not know goes to train
-        from .launch import main as launch
+        from ftmpi.launch.launcher import main as launch
 
         return launch(argv[1:])
     args = _parser(argv[0] if argv else None).parse_args(argv)
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     import json
 
-    from .checkpoint import format_summary, summarize
+    from ftmpi.storage.checkpoint import format_summary, summarize
 
     try:
         d = summarize(args.file)
@@ -100,8 +100,8 @@ def _end(code: int, rank: int = -1, coordinator: int = 0) -> None:
     """Leave without MPI_Finalize (see module docstring); the coordinator (rank 0, or the deputy that took
     over) leaves its verdict for the launcher."""
     if rank == coordinator:
-        from .metrics import write_status
-        from .rundir import release
+        from ftmpi.launch.rundir import release
+        from ftmpi.observe.metrics import write_status
 
         write_status(code)
         for d in _LOCKED:
@@ -127,8 +127,8 @@ class _Prefetch:
 
     def _run(self, path: str, overrides: list[str]) -> None:
         try:
-            from .config import load_config
-            from .data import load_dataset
+            from ftmpi.config import load_config
+            from ftmpi.storage.data import load_dataset
 
             cfg = load_config(path, overrides)
             self.data = load_dataset(cfg.data, cfg.model.seed)
@@ -164,7 +164,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
-    from .signals import install
+    from ftmpi.signals import install
 
     install()  # SIGTERM/SIGUSR1: checkpoint and stop at the next round boundary (see ftmpi/signals.py)
     prefetch = _Prefetch(args, _overrides(args)) if _launcher_rank() == "0" else None
@@ -184,19 +184,19 @@ def _train(args: argparse.Namespace) -> int:
         except OSError:
             pass
     try:
-        from .config import load_config
+        from ftmpi.config import load_config
 
         cfg = load_config(args.config, _overrides(args))
         if size < 2:
-            from .errors import ConfigError
+            from ftmpi.errors import ConfigError
 
             raise ConfigError(f"{args.config}: need at least 2 MPI ranks (1 coordinator + workers), got {size}; "
                               "launch with jobs/local.sh W CONFIG or mpirun -n 1+W")
         _check_faults(cfg, size)
-        from .rundir import resolve
+        from ftmpi.launch.rundir import resolve
 
         run_dir, mode = resolve(args.resume, args.run_dir, cfg.run_dir, args.overwrite)
-        from .comm import Channel, resolve_detector
+        from ftmpi.comm import Channel, resolve_detector
 
         detector = resolve_detector(cfg.executor.failure_detector)
     except FtmpiError as exc:
@@ -210,15 +210,15 @@ def _train(args: argparse.Namespace) -> int:
         if rank == 0:
             code = _run_rank0(ch, cfg, run_dir, t_start, mode, prefetch)
         else:
-            from .failover import Promoted
-            from .rundir import worker_resuming
-            from .worker import run_worker
+            from ftmpi.core.failover import Promoted
+            from ftmpi.launch.rundir import worker_resuming
+            from ftmpi.worker.loop import run_worker
 
             mark("imports")
             try:
                 code = run_worker(ch, cfg, run_dir, worker_resuming(run_dir, mode))
             except Promoted as p:  # the coordinator was lost and this rank is its deputy: it coordinates now
-                from .coordinator import take_over
+                from ftmpi.coordinator.driver import take_over
 
                 code = take_over(ch, cfg, run_dir, p.replica, p.change, p.data)
     except FtmpiError as exc:
@@ -241,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
             _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}", EXIT_CRASH)
             _failed_summary(run_dir, f"{type(exc).__name__}: {exc}", EXIT_CRASH)
         else:
-            from .comm import TAG_REPLY
+            from ftmpi.comm import TAG_REPLY
 
             ch.send(ch.coordinator, TAG_REPLY, {"t": "error", "rank": rank, "host": hostname(),
                                    "error": f"{type(exc).__name__}: {exc}"})
@@ -252,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _tell_workers_to_leave(ch, reason: str, code: int) -> None:
     """Rank 0 failed: every worker leaves at once with the same exit code, silently (rank 0 said why)."""
-    from .comm import TAG_CTRL
+    from ftmpi.comm import TAG_CTRL
 
     for r in range(ch.size):
         if r == ch.rank:
@@ -265,7 +265,7 @@ def _failed_summary(run_dir: Path, error: str, code: int) -> None:
     """Record rank 0's failure in summary.json (metrics and checkpoints already written stay as they are)."""
     import json
 
-    from .metrics import write_json_atomic
+    from ftmpi.observe.metrics import write_json_atomic
 
     path = run_dir / "summary.json"
     try:
@@ -281,7 +281,7 @@ def _failed_summary(run_dir: Path, error: str, code: int) -> None:
 
 def _check_faults(cfg, size: int) -> None:
     """An injected fault must name a rank of this job (else it would silently never fire)."""
-    from .errors import ConfigError
+    from ftmpi.errors import ConfigError
 
     for f in cfg.faults:
         if not 0 <= f.rank < size:
@@ -291,8 +291,8 @@ def _check_faults(cfg, size: int) -> None:
 
 def _check_resumable(snap, cfg, prefetch) -> None:
     """Refuse a checkpoint that this config cannot continue, before anything in the run dir changes."""
-    from .errors import CheckpointError
-    from .models import Model
+    from ftmpi.errors import CheckpointError
+    from ftmpi.model.models import Model
 
     old = snap.config if isinstance(snap.config, dict) else {}
     for section, key in (("model", "type"), ("model", "hidden"), ("data", "dataset")):
@@ -315,10 +315,10 @@ def _check_resumable(snap, cfg, prefetch) -> None:
 def _run_rank0(ch, cfg, run_dir: Path, t_start: float, mode: str = "fresh", prefetch=None) -> int:
     """Take the run dir's lock, decide what to do with it and check the checkpoint against the config, all
     before the first byte is written into it (a refused launch changes nothing); then train."""
-    from .config import dump_config
-    from .coordinator import run_coordinator
-    from .metrics import Progress, write_json_atomic
-    from .rundir import acquire, clear_for, decide
+    from ftmpi.config import dump_config
+    from ftmpi.coordinator.driver import run_coordinator
+    from ftmpi.launch.rundir import acquire, clear_for, decide
+    from ftmpi.observe.metrics import Progress, write_json_atomic
 
     acquire(run_dir)
     _LOCKED.append(run_dir)
@@ -326,7 +326,7 @@ def _run_rank0(ch, cfg, run_dir: Path, t_start: float, mode: str = "fresh", pref
     resume = None
     progress = Progress(cfg.executor.progress)
     if mode == "resume":
-        from .checkpoint import newest_valid
+        from ftmpi.storage.checkpoint import newest_valid
 
         path, resume, skipped = newest_valid(run_dir)
         _check_resumable(resume, cfg, prefetch)

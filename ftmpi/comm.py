@@ -29,11 +29,11 @@ from typing import Any
 
 from mpi4py import MPI
 
-from .errors import PeerFailed, PeerTimeout
+from ftmpi.errors import PeerFailed, PeerTimeout
 
 TAG_CTRL = 11  # coordinator -> worker: round, handoff, ping, stop, exit
 TAG_REPLY = 12  # worker -> coordinator: hello, reply, error, bye
-TAG_REPLICA = 13  # coordinator -> deputy: the replica of the coordinator's state (ftmpi.failover)
+TAG_REPLICA = 13  # coordinator -> deputy: the replica of the coordinator's state (ftmpi.core.failover)
 TAG_DEPOSED = 14  # a deputy that took over -> the coordinator it replaced (should that one wake up)
 
 _ULFM_CLASSES = {getattr(MPI, n, None) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
@@ -69,7 +69,7 @@ def resolve_detector(requested: str) -> Detector:
     det = Detector(requested)
     have = ulfm_in_force()
     if det is Detector.ULFM and not have:
-        from .errors import ConfigError
+        from ftmpi.errors import ConfigError
 
         raise ConfigError(
             "executor.failure_detector: 'ulfm' needs Open MPI 5 launched with `mpirun --with-ft ulfm` "

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ftmpi.errors import ConfigError
-from ftmpi.fsutil import replace_atomic
+from ftmpi.storage.fsutil import replace_atomic
 
-# Names of ftmpi.weighting's rules and selections, here so that loading a config imports no numpy (the
+# Names of ftmpi.core.weighting's rules and selections, here so that loading a config imports no numpy (the
 # launcher loads it before mpirun starts).
 RULES = ("one", "shard", "shard-legacy", "damped", "sqrt", "classmix")  # optimizer.rep_weight
 SCORED = ("loss", "stratified")  # selections the workers make by scoring their rows (biased)
@@ -159,7 +159,7 @@ class OptimizerConfig:
     # loss / stratified: the workers' own scoring (the original system's rule; biased). Measured:
     # benchmarks/results/handoff_value.md
     rep_selection: str = _f("random", _choice(*SELECTIONS))
-    # the handed rows' weights (ftmpi/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = the rule
+    # the handed rows' weights (ftmpi/core/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = the rule
     # before issue 15's fix, kept for the study only). classmix: every class keeps its share of the objective;
     # measured as good as shard (unbiased) on label-skew after two losses and without shard's iid cost
     # (benchmarks/results/handoff_value.md); biased under feature skew (not measured)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .config import FaultSpec
+from ftmpi.config import FaultSpec
 
 
 def due(faults: Iterable[FaultSpec], rank: int, round_: int) -> list[FaultSpec]:

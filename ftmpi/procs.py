@@ -1,7 +1,7 @@
 """Process identity on Linux: a pid plus its start time names one process, even after the pid is reused.
 No MPI.
 
-A worker sends its start time in its hello (:class:`ftmpi.protocol.Hello`); rank 0 signals a hung worker
+A worker sends its start time in its hello (:class:`ftmpi.core.protocol.Hello`); rank 0 signals a hung worker
 at the end of a run only if the pid still belongs to the process that said hello.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 source jobs/setup.sh test
 CONFIG=configs/fashion_mnist.yaml
-if ! python -c "from ftmpi.config import load_config; from ftmpi.data import load_dataset; c=load_config('$CONFIG'); load_dataset(c.data, 0)" 2>/dev/null; then
+if ! python -c "from ftmpi.config import load_config; from ftmpi.storage.data import load_dataset; c=load_config('$CONFIG'); load_dataset(c.data, 0)" 2>/dev/null; then
   echo "demo: Fashion-MNIST not found (see above); running the synthetic config instead" >&2
   CONFIG=configs/smoke.yaml
 fi

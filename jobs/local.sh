@@ -2,7 +2,7 @@
 # Run ftmpi on this machine: jobs/local.sh W CONFIG [--max-restarts N] [--hostfile F] [train args...]
 #   W       number of workers (the job has W+1 ranks: rank 0 coordinates)
 #   CONFIG  a YAML config (configs/*.yaml)
-# A thin wrapper around `python -m ftmpi launch -n W CONFIG ...` (ftmpi/launch.py), which adds the mpirun
+# A thin wrapper around `python -m ftmpi launch -n W CONFIG ...` (ftmpi/launch/launcher.py), which adds the mpirun
 # flags (--with-ft ulfm, error-nonzero-status=false, ob1 over sm/tcp, oversubscribe, one thread per rank),
 # reads rank 0's verdict, enforces FTMPI_JOB_TIMEOUT (seconds, default 3600), restarts after losing rank 0
 # or a host (--max-restarts), and turns SIGTERM/SIGUSR1/Ctrl-C into "checkpoint now and stop" (exit 6).

@@ -28,7 +28,7 @@ python -m pip install -q -e "$_here[$_extras]"
 # or PYTHONDONTWRITEBYTECODE is set (measured: ~57 ms of CPU per rank, 5 ranks sharing 2 cores)
 python -m compileall -q "$_here/ftmpi" "$_here/kernels" >/dev/null || echo "setup: byte-compiling ftmpi failed" >&2
 # compile the numba kernels into their cache now (~10-20 s, once), not in every worker of the first run
-python -m ftmpi.models || echo "setup: compiling the numba kernels failed; the first run will compile them" >&2
+python -m ftmpi.model.models || echo "setup: compiling the numba kernels failed; the first run will compile them" >&2
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   if [ -z "$_sudo" ] && [ "$(id -u)" != "0" ]; then
     echo "setup: Fashion-MNIST not installed and no root: run 'sudo apt-get install dataset-fashion-mnist'," \

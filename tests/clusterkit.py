@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ftmpi import protocol as P
-from ftmpi.cluster import Chosen, ClusterState, Heard, Lost, SendHandoff, Stage, WriteHandoff
 from ftmpi.config import Config, load_config
-from ftmpi.data import Dataset
-from ftmpi.files import write_handoff_file
-from ftmpi.handoff import Schedule, make_policy, rep_count, select_representative
-from ftmpi.models import Model
-from ftmpi.partition import partition
-from ftmpi.saver import BackgroundWriter
-from ftmpi.shards import handoff_path
-from ftmpi.staging import Standby
+from ftmpi.coordinator.files import write_handoff_file
+from ftmpi.coordinator.saver import BackgroundWriter
+from ftmpi.coordinator.staging import Standby
+from ftmpi.core import protocol as P
+from ftmpi.core.cluster import Chosen, ClusterState, Heard, Lost, SendHandoff, Stage, WriteHandoff
+from ftmpi.core.handoff import Schedule, make_policy, rep_count, select_representative
+from ftmpi.core.partition import partition
+from ftmpi.model.models import Model
+from ftmpi.storage.data import Dataset
+from ftmpi.storage.shards import handoff_path
 
 
 def labels(n: int = 4000, k: int = 10, seed: int = 0) -> np.ndarray:

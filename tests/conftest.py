@@ -9,6 +9,6 @@ def warm_numba_cache():
     """Compile the kernels once, in this process, before any MPI job: on a fresh checkout the jobs (each
     launched by tests/mpirun.py under a hard timeout) then load them from numba's cache instead of compiling
     them in every rank."""
-    from ftmpi.models import warmup
+    from ftmpi.model.models import warmup
 
     warmup(8, True, "all")

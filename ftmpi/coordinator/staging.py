@@ -1,0 +1,127 @@
+"""Rank 0's standby copies of every worker's representative rows, and the read-ahead plans. No MPI.
+
+Under ``remap: representative`` with ``rep_selection: random`` rank 0 chooses each worker's representative
+rows itself (the worker has nothing to report) and stages them, in a background thread, in a standby file of
+their own (``shards/standby-e0001-w0002.h5``, rows in random order) before anything fails. When the worker is
+lost, each survivor is handed one contiguous slice of that file (:func:`ftmpi.core.partition.deal_slices`), so the
+loss writes nothing. Each worker is also told, ahead of time, which slice of every other worker's file it
+would be handed if that worker alone were lost next (a *plan*); it reads those slices after its reply, and a
+loss is then served from memory.
+
+Rank 0's :class:`ftmpi.core.cluster.ClusterState` owns membership, ownership and weights and passes them in; the
+draw itself is :func:`ftmpi.core.handoff.random_choice`; this module owns the files and the plans.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftmpi.config import Config
+from ftmpi.coordinator.saver import BackgroundWriter
+from ftmpi.core.handoff import random_choice
+from ftmpi.core.partition import Ownership, deal_slices
+from ftmpi.storage.data import Dataset
+from ftmpi.storage.shards import ensure_shard, stale_standbys, standby_path
+
+Plan = list[tuple[str, int, int]]  # (standby file, start, stop) slices
+
+
+class Standby:
+    """Staged representative rows of every worker, and what each worker should read ahead.
+
+    Args:
+        cfg: The run's config (selection, ``n_most_rep``, seed).
+        run_dir: The run folder (standby files go to ``run_dir/shards``).
+        writer: The background writer that writes the files.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, writer: BackgroundWriter) -> None:
+        self.cfg, self.run_dir, self.writer = cfg, Path(run_dir), writer
+        # rank -> (ids in file order, hit counts, file); published by the writer thread once the file is complete
+        self.staged: dict[int, tuple[np.ndarray, np.ndarray, Path]] = {}
+        self._gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
+        self._plan_key: Any = None
+        self._hinted: dict[int, Plan] = {}  # what each worker was last told to read ahead
+        # standby files hold ids only (every rank reads the rows from the prepared copy), else rows in the
+        # source's own type; set by the coordinator once it knows where the workers are
+        self.by_ref = False
+
+    @property
+    def active(self) -> bool:
+        """Whether rank 0 chooses and stages the representative rows (remap representative, random rule)."""
+        return self.cfg.executor.remap == "representative" and self.cfg.optimizer.rep_selection == "random"
+
+    def deal_seed(self, epoch: int, rank: int) -> int:
+        """Seed of :func:`deal_slices` for the standby file of worker ``rank`` handed over in ``epoch``."""
+        return self.cfg.model.seed + epoch + rank
+
+    def choice(self, rank: int, ownership: Ownership, weight: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``rep_selection: random``, chosen by rank 0: rows of the worker drawn in proportion to their weight
+        (:func:`ftmpi.core.handoff.random_choice`), in random order, with their hit counts."""
+        return random_choice(self.cfg.model.seed, rank, epoch, ownership.owned(rank), weight,
+                             self.cfg.optimizer.n_most_rep, self.cfg.optimizer.rep_weight)
+
+    def get(self, rank: int) -> tuple[np.ndarray, np.ndarray, Path] | None:
+        """The worker's published standby rows, their hit counts and file, or None (none yet, or being
+        rewritten)."""
+        return self.staged.get(rank)
+
+    def stage(self, ranks: list[int], epoch: int, ownership: Ownership, weight: np.ndarray,
+              data: Dataset) -> dict[int, np.ndarray]:
+        """Choose each worker's representative rows and have them written to a standby file in the
+        background; returns the choices (rank -> ids)."""
+        chosen = {}
+        for r in ranks:
+            ids, hits = self.choice(r, ownership, weight, epoch)
+            chosen[r] = ids
+            self.unstage(r)  # until the new file is complete, a failure takes the slow path
+            if len(ids):
+                self.writer.submit("stage", self._write, r, ids, hits, standby_path(self.run_dir, epoch, r),
+                                   self._gen[r], data)
+        return chosen
+
+    def unstage(self, rank: int) -> None:
+        """The worker's rows changed: its staged file (and any still being written) no longer holds its choice."""
+        self._gen[rank] = self._gen.get(rank, 0) + 1
+        self.staged.pop(rank, None)
+
+    def _write(self, rank: int, ids: np.ndarray, hits: np.ndarray, path: Path, gen: int, data: Dataset) -> None:
+        """(Background thread.) Write a standby file, drop the worker's older ones (only a dead worker's
+        standby file is ever read, and a live worker's is superseded), then publish it unless the worker's
+        rows changed meanwhile."""
+        ensure_shard(path, data.X_train, data.y_train, ids,
+                     {"n_classes": data.n_classes, "dataset": data.name, "rank": rank, "staged": "representative"},
+                     by_ref=self.by_ref)
+        for old in stale_standbys(path):
+            old.unlink(missing_ok=True)
+        if self._gen.get(rank) == gen:
+            self.staged[rank] = (ids, hits, path)
+
+    def plans(self, epoch: int, alive: list[int]) -> dict[int, Plan] | None:
+        """For each alive worker, the slices of the other workers' standby files it would be handed if that
+        worker alone were lost next (the survivors and seed of the real deal, in epoch ``epoch + 1``); None
+        when nothing changed since the last call. Each worker holds about one representative set in all,
+        whatever the number of workers."""
+        staged = dict(self.staged)  # one copy (a C-level, atomic one): the writer thread publishes into it
+        key = (epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, _, p) in staged.items())))
+        if key == self._plan_key:
+            return None
+        self._plan_key = key
+        plans: dict[int, Plan] = {r: [] for r in alive}
+        for d, (ids, _, path) in sorted(staged.items()):
+            others = [r for r in alive if r != d]
+            if d not in alive or not others:
+                continue
+            for r, a, b in deal_slices(len(ids), others, self.deal_seed(epoch + 1, d)):
+                if b > a:
+                    plans[r].append((str(path), a, b))
+        return plans
+
+    def news_for(self, rank: int, plans: dict[int, Plan] | None) -> Plan | None:
+        """The plan to send ``rank`` with its next round message, or None when it already has it."""
+        if plans is None or plans.get(rank, []) == self._hinted.get(rank, []):
+            return None
+        self._hinted[rank] = plans.get(rank, [])
+        return self._hinted[rank]

@@ -1,0 +1,426 @@
+"""Rank 0's knowledge of the cluster, as one object with no MPI, no I/O and no clock of its own.
+
+:class:`ClusterState` holds the members and suspects, the membership epoch and the round, who owns each
+training row and how many rows each stands for, each worker's representative ids, the failure log and the
+recovery bookkeeping. The round driver (:mod:`ftmpi.coordinator.driver`) feeds it events (:class:`Heard` a
+message, :class:`Lost` a worker, :class:`Chosen` representatives) with the wall time, and carries out the
+effects it returns (:class:`SendHandoff`, :class:`WriteHandoff`, :class:`Stage`, :class:`Rebuild`,
+:class:`Expel`, :class:`Accept`, :class:`Log`). :meth:`ClusterState.snapshot` / :meth:`ClusterState.restore`
+give the whole of it as plain numpy arrays and small dicts (a checkpoint, or a deputy of rank 0).
+
+Phases, checked: ``joining`` (hellos; a loss is only recorded) → ``training`` (rows dealt; a loss hands
+rows over) → ``done``.
+
+Ownership invariant: every row is owned by exactly one alive worker, dropped, or orphaned (neither: the
+rows of the last worker of a run that lost every worker, kept so that a resume re-assigns them).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ftmpi.core import protocol as P
+from ftmpi.core.events import Accept, Chosen, Effect, Expel, Heard, Log, Lost, Rebuild, SendHandoff, Stage, WriteHandoff
+from ftmpi.core.handoff import Policy, Scored
+from ftmpi.core.partition import Ownership, assign_handoff
+
+__all__ = ["Accept", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "Log", "Lost", "Member",
+           "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
+
+JOINING, TRAINING, DONE = "joining", "training", "done"
+_NEXT = {JOINING: {TRAINING, DONE}, TRAINING: {DONE}, DONE: set()}
+
+
+@dataclass
+class Member:
+    rank: int
+    host: str = "?"
+    pid: int = 0
+    start_time: int = 0  # process start time (clock ticks since boot), from its hello
+    alive: bool = True
+    rep: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass
+class Failure:
+    """One worker lost: when, how it was noticed, and what it cost."""
+
+    rank: int
+    round: int
+    how: str  # ulfm | timeout | error | never-joined
+    detected_at: float  # wall clock (time.time())
+    injected_at: float | None = None  # wall clock of the injected fault, when one was injected
+    kind: str | None = None  # injected fault kind
+    detection_latency: float | None = None
+    recovery_time: float | None = None
+    handoff_time: float | None = None
+    rows_handed: int = 0
+    rows_dropped: int = 0
+    reason: str = ""
+    epoch: int | None = None  # the membership epoch this loss opened (its handoff files carry it)
+    recovered_round: int | None = None  # the round whose replies first held every receiver's work on the rows
+    rows_prefetched: int = 0  # of the rows handed, those the survivors had read ahead (in memory at the loss)
+    row_weight: float | None = None  # rep_weight shard: M/k, the weight of one draw of the dead shard's rows
+    rows_orphaned: int = 0  # rows kept unowned because no worker was left (a resume re-assigns them)
+
+
+class ClusterState:
+    """See the module docstring.
+
+    Args:
+        n_rows: Training rows (ids ``0 .. n_rows-1``).
+        workers: World ranks of the workers of this job.
+        policy: The handoff policy (:mod:`ftmpi.core.handoff`).
+        seed: The run's seed (deals are seeded from it and the epoch).
+        launch_time: Wall time this launch began: a fault mark older than it is never attributed.
+        handoff_file: Epoch -> the path of that epoch's handoff file (a name, nothing is opened).
+    """
+
+    def __init__(self, n_rows: int, workers: list[int], policy: Policy, seed: int = 0, launch_time: float = 0.0,
+                 handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5") -> None:
+        self.policy, self.seed, self.launch_time, self.handoff_file = policy, seed, launch_time, handoff_file
+        self.phase = JOINING
+        self.coordinator = 0  # the coordinator's rank (a deputy that took over: its own)
+        self.members = {r: Member(r) for r in workers}
+        self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
+        self.epoch = 0
+        self.round = 0
+        self.ownership = Ownership(n_rows)
+        self.weight = np.ones(n_rows)
+        self.failures: list[Failure] = []
+        self.stale = 0
+        self.rows_handed = 0
+        self.rows_unreadable = 0  # handed rows a survivor could not read (dropped)
+        self.rows_unwritten = 0  # rows whose handoff file could not be written (dropped)
+        self._awaiting: list[Failure] = []
+        self._receivers: dict[int, set[int]] = {}  # epoch -> survivors handed rows in it
+        self._ready: dict[int, dict[int, float]] = {}  # epoch -> {rank: wall time it trained on them}
+        self._prefetched: dict[int, int] = {}  # epoch -> handed rows the survivors had read ahead
+        self._sent: dict[int, dict[int, list[tuple[str, int, int, np.ndarray]]]] = {}  # epoch -> rank -> parts
+        self._restage: set[int] = set()
+        self._round_epoch = 0  # the epoch the current round began in
+        self._replied: set[int] = set()
+
+    # ------------------------------------------------------------------------------------------ views
+    @property
+    def alive(self) -> list[int]:
+        return [r for r, m in self.members.items() if m.alive]
+
+    def representative(self, rank: int) -> np.ndarray:
+        return self.members[rank].rep
+
+    def orphaned(self) -> np.ndarray:
+        """Rows neither owned nor dropped (kept for a resume when every worker was lost)."""
+        return self.ownership.unaccounted()
+
+    def _to(self, phase: str) -> None:
+        if phase not in _NEXT[self.phase]:
+            raise RuntimeError(f"cluster state: {self.phase} -> {phase} is not a transition")
+        self.phase = phase
+
+    # ------------------------------------------------------------------------------------------- start
+    def deal(self, parts: dict[int, np.ndarray]) -> None:
+        """A fresh run: each alive worker's rows (joining → training)."""
+        for r, ids in parts.items():
+            self.ownership.assign(r, ids)
+        self._to(TRAINING)
+
+    def resume(self, snap: dict[str, Any]) -> int:
+        """A resumed run: ownership, weights, counters and failure log from :meth:`snapshot` (or a checkpoint
+        in that shape); rows of ranks that are not in this job, and orphaned rows, are spread evenly over its
+        workers and a rank in both keeps its rows (a skewed partition stays skewed); if ranks joined that
+        owned nothing, every owned row is spread again. Dropped rows stay dropped. Returns how many rows
+        moved (joining → training)."""
+        own = Ownership.from_arrays(snap["owner"], np.flatnonzero(snap["dropped"]))
+        if own.n_total != self.ownership.n_total:
+            raise ValueError(f"checkpoint holds ownership of {own.n_total} samples but the dataset has "
+                             f"{self.ownership.n_total} training rows")
+        self.ownership = own
+        w = snap.get("weight")
+        self.weight = np.ones(own.n_total) if w is None else np.asarray(w, np.float64).copy()
+        self.epoch, self.round = int(snap["epoch"]) + 1, int(snap["round"])
+        self.stale, self.rows_handed = int(snap.get("stale", 0)), int(snap.get("rows_handed", 0))
+        self.failures = [Failure(**f) for f in snap.get("failures", [])]
+        alive = self.alive
+        newcomers = [r for r in alive if r not in own.ranks()]
+        for r in own.ranks():
+            if newcomers or r not in alive:
+                own.release(r)
+        ids = own.unaccounted()
+        if len(ids) and alive:
+            for r, part in assign_handoff(ids, alive, self.seed + int(snap["epoch"]) + 1).items():
+                own.assign(r, part)
+        for r, rep in snap.get("representative", {}).items():
+            if int(r) in self.members and self.members[int(r)].alive:
+                self.members[int(r)].rep = np.asarray(rep, np.int64)
+        self._to(TRAINING)
+        return int(len(ids))
+
+    def finish(self) -> None:
+        self._to(DONE)
+
+    # ------------------------------------------------------------------------------------------ rounds
+    def begin_round(self) -> None:
+        self._round_epoch = self.epoch
+        self._replied = set()
+
+    def waiting_for(self) -> list[int]:
+        """Alive workers that have not replied in this round."""
+        return [r for r in self.alive if r not in self._replied]
+
+    def end_round(self, now: float) -> list[Effect]:
+        """The round's replies are in (or its deadline passed, and :class:`Lost` was applied): note recoveries,
+        restage the shards that changed once no loss awaits recovery, and move to the next round."""
+        out: list[Effect] = []
+        if self._awaiting and self.alive and not self.waiting_for():
+            self._recovered(now)
+            if not self._awaiting and self._restage:
+                # not earlier: the writes would compete with the survivors' loading for the cores
+                out.append(Stage(sorted(self._restage & set(self.alive))))
+                self._restage.clear()
+        self.round += 1
+        return out
+
+    def apply(self, events: list[Heard | Lost | Chosen], now: float) -> list[Effect]:
+        """Consume events in order; every loss among them (announced, or found in an error report, even one
+        that came with the worker's reply) is handled together, in one new epoch."""
+        out: list[Effect] = []
+        lost: list[Lost] = []
+        for ev in events:
+            if isinstance(ev, Lost):
+                lost.append(ev)
+            elif isinstance(ev, Chosen):
+                self.members[ev.rank].rep = np.asarray(ev.ids, np.int64)
+            else:
+                out += self._heard(ev, P.coerce(ev.msg), lost)
+        if lost:
+            out += self._lose(lost, now)
+        return out
+
+    def _heard(self, ev: Heard, msg: Any, lost: list[Lost]) -> list[Effect]:
+        src = ev.src
+        m = self.members.get(src)
+        if m is None or not m.alive:  # a rank declared dead speaks: a zombie; it is told to leave
+            self.stale += 1
+            return [Expel(src, "declared dead earlier; its messages are ignored")]
+        if isinstance(msg, P.Hello):
+            if self.phase != JOINING:
+                self.stale += 1
+                return []
+            m.host, m.pid, m.start_time = msg.host, int(msg.pid), int(msg.start_time)
+            return []
+        if isinstance(msg, P.Error):
+            lost.append(Lost(src, "error", msg.error, ev.mark))
+            return []
+        if isinstance(msg, P.Reply) and msg.round == self.round and msg.epoch >= self._round_epoch \
+                and src not in self._replied:
+            # >= the round's epoch: a loss handled during the round moved rank 0 on
+            self._replied.add(src)
+            if isinstance(self.policy, Scored):
+                m.rep = np.asarray(msg.rep, np.int64)
+            for e, wall in msg.ready.items():
+                self._ready.setdefault(int(e), {})[src] = float(wall)
+            for e, n in msg.prefetched.items():
+                self._prefetched[int(e)] = self._prefetched.get(int(e), 0) + int(n)
+            return [Accept(src, msg)] + self._unreadable(src, msg.unreadable)
+        self.stale += 1
+        return []
+
+    def _unreadable(self, src: int, reports: list[tuple[int, str, int, int]]) -> list[Effect]:
+        """A survivor could not read rows handed to it: they are dropped, with a warning (handing them to
+        another survivor would most likely fail the same way, e.g. a folder not shared by every host)."""
+        out: list[Effect] = []
+        for epoch, path, a, b in reports:
+            for p, a0, b0, ids in self._sent.get(int(epoch), {}).get(src, []):
+                if (p, a0, b0) == (str(path), int(a), int(b)):
+                    gone = self.ownership.release_ids(src, ids)
+                    if len(gone):
+                        self.ownership.drop(gone)
+                        self.rows_unreadable += len(gone)
+                        out.append(Log(f"warning: worker {src} could not read rows {a}:{b} of {path} (epoch "
+                                       f"{epoch}); {len(gone)} handed rows dropped; coverage "
+                                       f"{self.ownership.coverage():.4f}"))
+        return out
+
+    def handoff_unwritten(self, epoch: int, why: str) -> list[Effect]:
+        """The handoff file of ``epoch`` could not be written (e.g. a full disk): the rows it was to carry are
+        dropped (orphaned when nobody is left to hold them), with a warning, and the run goes on. Returns the
+        handoffs still to send: each receiver's segments that lie in other files (standby rows)."""
+        path = self.handoff_file(epoch)
+        out: list[Effect] = []
+        n = 0
+        for src, parts in sorted(self._sent.get(epoch, {}).items()):
+            keep = []
+            for p, a, b, ids in parts:
+                if p != path:
+                    keep.append((p, a, b, ids))
+                    continue
+                gone = self.ownership.release_ids(src, ids)
+                if len(gone) and self.members[src].alive:
+                    self.ownership.drop(gone)
+                n += len(gone)
+            self._sent[epoch][src] = keep
+            if keep:
+                w = self.weight
+                out.append(SendHandoff(src, P.Handoff(epoch, [P.Segment(p, a, b, w[ids].copy())
+                                                              for p, a, b, ids in keep])))
+            else:
+                self._receivers.get(epoch, set()).discard(src)
+        self.rows_unwritten += n
+        out.append(Log(f"warning: the handoff file of epoch {epoch} could not be written ({why}); its {n} rows "
+                       f"are dropped and training goes on; coverage {self.ownership.coverage():.4f}",
+                       tb=f"epoch {epoch}: handoff file not written, {n} rows dropped"))
+        return out
+
+    # -------------------------------------------------------------------------------------------- loss
+    def _attribute(self, f: Failure, m: Member, mark: dict[str, Any] | None) -> None:
+        """Take the injection time from a fault mark only if this very process wrote it during this launch
+        (an older mark, e.g. from before a resume, belongs to another loss)."""
+        if mark is None or float(mark.get("time", 0.0)) < self.launch_time:
+            return
+        if m.pid and int(mark.get("pid", -1)) != m.pid:
+            return
+        f.injected_at, f.kind = float(mark["time"]), str(mark["kind"])
+        f.detection_latency = max(0.0, f.detected_at - f.injected_at)
+
+    def _lose(self, events: list[Lost], now: float) -> list[Effect]:
+        out: list[Effect] = []
+        dead: list[int] = []
+        failures: list[Failure] = []
+        for ev in events:
+            m = self.members.get(ev.rank)
+            if m is None or not m.alive or ev.rank in dead:
+                continue
+            m.alive = False
+            f = Failure(rank=ev.rank, round=self.round, how=ev.how, detected_at=now, reason=ev.reason)
+            self._attribute(f, m, ev.mark)
+            if ev.how in ("timeout", "never-joined"):
+                self.suspects.add(ev.rank)
+            self.failures.append(f)
+            dead.append(ev.rank)
+            failures.append(f)
+            out.append(Log(f"worker {ev.rank} declared dead at round {self.round} ({ev.how}"
+                           + (f", {f.detection_latency:.2f}s after the {f.kind}" if f.kind else "")
+                           + (f": {ev.reason}" if ev.reason else "") + f"); {len(self.alive)} workers left",
+                           tb=f"worker {ev.rank} lost ({ev.how}{', ' + f.kind if f.kind else ''})"))
+        if not dead or self.phase != TRAINING:
+            return out
+        return out + self._handoff(dead, failures)
+
+    def _handoff(self, dead: list[int], failures: list[Failure]) -> list[Effect]:
+        self.epoch += 1
+        survivors = self.alive
+        plan = self.policy.plan(dead, survivors, self)
+        owned_by = {r: self.ownership.owned(r) for r in dead}
+        for r, f in zip(dead, failures, strict=True):
+            c = plan.chosen[r]
+            f.epoch, f.row_weight = self.epoch, c.scale
+            f.rows_handed, f.rows_dropped = int(len(c.ids)), int(len(owned_by[r]) - len(c.ids))
+            self.ownership.release(r)
+            rest = np.setdiff1d(owned_by[r], c.ids, assume_unique=True)
+            if len(rest) and survivors:  # with nobody left the rows stay orphaned, for a resume
+                self.ownership.drop(rest)
+            if not survivors:
+                f.rows_dropped, f.rows_orphaned = 0, int(len(rest))
+        out: list[Effect] = []
+        path = self.handoff_file(self.epoch)
+        if plan.fresh:
+            out.append(WriteHandoff(self.epoch, path, dict(plan.fresh),
+                                    {s: next(p.weights for p in plan.parts[s] if p.path is None) for s in plan.fresh}))
+        sent = self._sent.setdefault(self.epoch, {})
+        for s in sorted(plan.parts):
+            segs = []
+            for p in plan.parts[s]:
+                seg = P.Segment(p.path if p.path is not None else path, p.start, p.stop, p.weights)
+                segs.append(seg)
+                sent.setdefault(s, []).append((seg.path, p.start, p.stop, p.ids))
+                self.ownership.assign(s, p.ids)
+                self.weight[p.ids] = p.weights
+            out.append(SendHandoff(s, P.Handoff(self.epoch, segs)))
+        n_handed = sum(len(c.ids) for c in plan.chosen.values())
+        self.rows_handed += n_handed
+        receivers = set(plan.parts)
+        self._restage |= receivers  # their choice changed with their shard: staged again once they train on it
+        self._receivers[self.epoch] = receivers
+        self._awaiting += failures
+        n_fresh = sum(len(v) for v in plan.fresh.values())
+        # what the handed rows weigh now, after the rep_weight rule (f.row_weight is the draw's M/k)
+        means = [f"{float(self.weight[plan.chosen[r].ids].mean()):.1f}" for r in dead if len(plan.chosen[r].ids)]
+        out.append(Log(f"epoch {self.epoch}: handed {n_handed} rows of worker(s) {dead} to {survivors} "
+                       f"({self.policy.name} rows, {n_handed - n_fresh} of them staged before the failure"
+                       + (f", weighing {'/'.join(means)} rows each on average" if means else "")
+                       + f"; coverage {self.ownership.coverage():.4f})" if n_handed else
+                       f"epoch {self.epoch}: nothing handed ({len(self.orphaned())} rows orphaned, coverage "
+                       f"{self.ownership.coverage():.4f})",
+                       tb=f"epoch {self.epoch}: {n_handed} rows of {dead} handed to {survivors}", kind="remap"))
+        if survivors:
+            out.append(Rebuild(sorted([self.coordinator] + survivors)))
+        return out
+
+    def _recovered(self, now: float) -> None:
+        """Every survivor answered this round: a loss is recovered from once every survivor that was handed
+        its rows (and is still alive) has reported training on them. ``handoff_time``: detection → the last of
+        them training on the rows; ``recovery_time``: the fault (or its detection) → this round's end."""
+        alive = set(self.alive)
+        waiting = []
+        for f in self._awaiting:
+            want = self._receivers.get(f.epoch, set()) & alive if f.epoch is not None else set()
+            got = self._ready.get(f.epoch, {}) if f.epoch is not None else {}
+            if not want <= set(got):
+                waiting.append(f)
+                continue
+            base = f.injected_at if f.injected_at is not None else f.detected_at
+            f.recovery_time = now - base
+            f.recovered_round = self.round
+            f.handoff_time = max(0.0, max(got[r] for r in want) - f.detected_at) if want else 0.0
+            f.rows_prefetched = self._prefetched.get(f.epoch, 0) if want and f.epoch is not None else 0
+        self._awaiting = waiting
+
+    # ---------------------------------------------------------------------------------------- snapshot
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this object knows, as numpy arrays and small dicts (copies)."""
+        return {
+            "phase": self.phase, "coordinator": self.coordinator, "epoch": self.epoch, "round": self.round,
+            "owner": self.ownership.owner_array(), "dropped": self.dropped_mask(), "weight": self.weight.copy(),
+            "members": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time, "alive": m.alive}
+                        for r, m in self.members.items()},
+            "representative": {r: m.rep.copy() for r, m in self.members.items() if m.alive},
+            "suspects": sorted(self.suspects), "failures": [asdict(f) for f in self.failures],
+            "awaiting": [self.failures.index(f) for f in self._awaiting], "stale": self.stale,
+            "rows_handed": self.rows_handed, "rows_unreadable": self.rows_unreadable,
+            "rows_unwritten": self.rows_unwritten,
+            "receivers": {e: sorted(v) for e, v in self._receivers.items()},
+            "ready": {e: dict(v) for e, v in self._ready.items()}, "prefetched": dict(self._prefetched),
+            "restage": sorted(self._restage),
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any], policy: Policy, seed: int = 0, launch_time: float = 0.0,
+                handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5") -> ClusterState:
+        """The object :meth:`snapshot` described (a deputy taking over, or a test)."""
+        s = cls(len(snap["owner"]), [int(r) for r in snap["members"]], policy, seed, launch_time, handoff_file)
+        s.ownership = Ownership.from_arrays(snap["owner"], np.flatnonzero(snap["dropped"]))
+        s.weight = np.asarray(snap["weight"], np.float64).copy()
+        s.phase, s.epoch, s.round = snap["phase"], int(snap["epoch"]), int(snap["round"])
+        s.coordinator = int(snap.get("coordinator", 0))
+        for r, d in snap["members"].items():
+            s.members[int(r)] = Member(int(r), d["host"], int(d["pid"]), int(d["start_time"]), bool(d["alive"]),
+                                       np.asarray(snap["representative"].get(r, np.zeros(0)), np.int64))
+        s.suspects = set(snap["suspects"])
+        s.failures = [Failure(**f) for f in snap["failures"]]
+        s._awaiting = [s.failures[i] for i in snap["awaiting"]]
+        s.stale, s.rows_handed, s.rows_unreadable = snap["stale"], snap["rows_handed"], snap["rows_unreadable"]
+        s.rows_unwritten = int(snap.get("rows_unwritten", 0))
+        s._receivers = {int(e): set(v) for e, v in snap["receivers"].items()}
+        s._ready = {int(e): dict(v) for e, v in snap["ready"].items()}
+        s._prefetched = dict(snap["prefetched"])
+        s._restage = set(snap["restage"])
+        return s
+
+    def dropped_mask(self) -> np.ndarray:
+        mask = np.zeros(self.ownership.n_total, bool)
+        mask[self.ownership.dropped()] = True
+        return mask

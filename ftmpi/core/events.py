@@ -1,0 +1,102 @@
+"""What :class:`ftmpi.core.cluster.ClusterState` consumes (events) and returns (effects): plain dataclasses. No MPI,
+no I/O. The round driver turns what MPI delivers into events and carries out the effects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ftmpi.core import protocol as P
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+@dataclass
+class Heard:
+    """A message from world rank ``src`` (a :mod:`ftmpi.core.protocol` dataclass); ``mark``: with an error report,
+    the worker's fault-injection record if one exists (see :class:`Lost`)."""
+
+    src: int
+    msg: Any
+    mark: dict[str, Any] | None = None
+
+
+@dataclass
+class Lost:
+    """Worker ``rank`` is gone: ``how`` ulfm | timeout | error | never-joined. ``mark``: its fault-injection
+    record if one exists (attributed only when written by this very process, see :meth:`ClusterState._lose`)."""
+
+    rank: int
+    how: str
+    reason: str = ""
+    mark: dict[str, Any] | None = None
+
+
+@dataclass
+class Chosen:
+    """Rank 0 chose (and is staging) ``ids`` as worker ``rank``'s representative rows."""
+
+    rank: int
+    ids: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------- effects
+@dataclass
+class Accept:
+    """Aggregate this reply into the global model."""
+
+    rank: int
+    reply: P.Reply
+
+
+@dataclass
+class WriteHandoff:
+    """Write this epoch's handoff file (``path``): receiver -> its ids (sorted) and their weights, in order."""
+
+    epoch: int
+    path: str
+    ids: dict[int, np.ndarray]
+    weights: dict[int, np.ndarray]
+
+
+@dataclass
+class SendHandoff:
+    """Send ``rank`` its segments (after ``WriteHandoff`` of the same epoch, if any, is on disk)."""
+
+    rank: int
+    msg: P.Handoff
+
+
+@dataclass
+class Stage:
+    """Stage these workers' representative rows (their shards changed)."""
+
+    ranks: list[int]
+
+
+@dataclass
+class Rebuild:
+    """Membership changed: rebuild the alive communicator with ``members`` (rank 0 first) if the transport
+    can."""
+
+    members: list[int]
+
+
+@dataclass
+class Expel:
+    rank: int
+    why: str
+
+
+@dataclass
+class Log:
+    """A line for the progress stream; ``tb``: also a tensorboard text event of this ``kind``."""
+
+    text: str
+    tb: str | None = None
+    kind: str = "event"
+
+
+Effect = Accept | WriteHandoff | SendHandoff | Stage | Rebuild | Expel | Log

@@ -1,0 +1,179 @@
+"""Coordinator failover, the parts without MPI: who the deputy is, what the coordinator replicates to it, what
+the deputy keeps, and the cluster state it coordinates from when it takes over (issue 12).
+
+The coordinator names a deputy every round (the lowest alive worker, announced in ``Round.deputy``) and sends
+it, after the next round's broadcast, a :class:`ftmpi.core.protocol.Replica`: the exact global model and optimizer
+state, the counters, the metrics row not written yet and the output counters, plus the ``ClusterState``
+snapshot whenever it changed (or the deputy did). The deputy keeps only the newest complete replica
+(:class:`ReplicaKeeper`). When the coordinator is lost, the announced deputy takes over in its own process:
+:func:`takeover_state` restores the state and hands the deputy's own rows to the survivors like a lost
+worker's (under ``executor.remap``); every other worker waits, bounded, for the deputy's first round message.
+
+Who takes over is decided by the announcement, not by a vote: a ULFM ``Agree`` on a communicator that still
+holds a *hung* coordinator never completes (the alive-communicator rebuild waits for it the same way), and the
+rule must also hold without ULFM, where only the deadline detects a lost coordinator.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftmpi.core import protocol as P
+from ftmpi.core.cluster import ClusterState, Effect, Lost
+from ftmpi.core.handoff import Policy
+
+__all__ = ["Change", "DatasetAhead", "Promoted", "ReplicaKeeper", "ReplicaSender", "choose_deputy", "state_key",
+           "takeover_state"]
+
+
+class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coordinator's code in cli.py)
+    """Raised by a deputy's worker loop when it is to become the coordinator: cli.py then runs
+    ``coordinator.take_over`` in the same process (a worker never imports the coordinator's modules)."""
+
+    def __init__(self, replica: P.Replica, change: Change, data: Any) -> None:
+        super().__init__(f"rank {change.new} takes over from rank {change.lost}")
+        self.replica, self.change, self.data = replica, change, data
+
+
+class DatasetAhead:
+    """The deputy reads its data in a thread as soon as it is named (a takeover needs the test set, and the
+    training rows of the handoffs it will write: from the run dir, see :mod:`ftmpi.storage.rundata`): the first round
+    message then waits for next to nothing."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        import threading
+
+        self.data: Any = None
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, args=(load,), name="ftmpi-deputy-data", daemon=True)
+        self._t.start()
+
+    def _run(self, load: Callable[[], Any]) -> None:
+        try:
+            self.data = load()
+        except BaseException as exc:  # raised by get() in the worker's thread
+            self.error = exc
+
+    def get(self) -> Any:
+        self._t.join()
+        if self.error is not None:
+            raise self.error
+        return self.data
+
+
+def choose_deputy(alive: list[int], hosts: dict[int, str] | None = None, coordinator_host: str | None = None) -> int:
+    """The deputy: the lowest alive worker rank on another host than the coordinator's, where there is one
+    (a lost node then does not take the coordinator and its deputy together), else the lowest alive worker;
+    -1 when there is none."""
+    away = [r for r in alive if hosts is not None and hosts.get(r) not in (None, "?", coordinator_host)]
+    pool = away or alive
+    return min(pool) if pool else -1
+
+
+def state_key(s: ClusterState) -> tuple:
+    """Changes whenever the parts of the state a takeover needs change: membership (epoch), the failure log,
+    the recovery bookkeeping and the rows dropped since. Representative ids chosen by the workers' scores are
+    refreshed with the next snapshot only (a takeover in between uses the previous ones)."""
+    return (s.epoch, len(s.failures), len(s._awaiting), sum(f.recovery_time is not None for f in s.failures),
+            s.rows_unreadable, s.rows_unwritten, s.phase)
+
+
+class ReplicaSender:
+    """Builds the replicas; the state snapshot goes out only when it changed or the deputy changed."""
+
+    def __init__(self) -> None:
+        self._sent: tuple[int, tuple] | None = None  # (deputy, state key) of the last snapshot sent
+        self.sent = 0  # replicas built
+
+    def build(self, deputy: int, state: ClusterState, model: dict[str, Any], pending: dict[str, Any] | None,
+              outputs: dict[str, Any], coord: tuple[int, str, int, int], now: float,
+              staged: dict[int, tuple[Any, Any, str]] | None = None) -> P.Replica:
+        """``staged``: the coordinator's standby files (rank -> ids, hits, path), sent with the snapshot and
+        whenever they change (in the snapshot's ``"staged"``)."""
+        staged = staged or {}
+        key = (*state_key(state), tuple(sorted((int(r), str(v[2]), len(v[0])) for r, v in staged.items())))
+        self.sent += 1
+        snap = None
+        if self._sent != (deputy, key):
+            snap, self._sent = state.snapshot(), (deputy, key)
+            snap["staged"] = dict(staged)
+        return P.Replica(state.round, state.epoch, model, snap, key, pending, outputs, coord, now)
+
+
+class ReplicaKeeper:
+    """The deputy's side: the newest replica whose state snapshot it holds (a replica that refers to a
+    snapshot it never got is ignored, the previous complete one is kept)."""
+
+    def __init__(self) -> None:
+        self._state: dict[str, Any] | None = None
+        self._key: tuple | None = None
+        self._newest: P.Replica | None = None
+        self.received = 0
+
+    def offer(self, r: P.Replica) -> None:
+        self.received += 1
+        if r.state is not None:
+            self._state, self._key = r.state, tuple(r.state_key)
+            self._newest = r
+        elif self._key == tuple(r.state_key) and (self._newest is None or r.round >= self._newest.round):
+            self._newest = r
+
+    def complete(self) -> P.Replica | None:
+        """The newest complete replica (its ``state`` filled in), or None."""
+        if self._newest is None or self._state is None:
+            return None
+        return dataclasses.replace(self._newest, state=self._state)
+
+
+@dataclass
+class Change:
+    """One coordinator change, as recorded in summary.json (``coordinator_changes``) and the failure lines."""
+
+    lost: int  # the coordinator rank lost
+    how: str  # ulfm | timeout
+    new: int  # the rank that took over
+    round: int  # the round redone first (the replica's)
+    rounds_redone: int  # rounds the lost coordinator had started that are run again
+    detected_at: float  # wall clock: the deputy noticed the loss
+    injected_at: float | None = None  # wall clock of an injected fault on the lost coordinator
+    kind: str | None = None
+    first_round_at: float | None = None  # wall clock: the new coordinator's first round message went out
+    detection_latency: float | None = None  # fault -> detection (when the fault was injected)
+    takeover_time: float | None = None  # fault (or detection) -> the first round message
+    replica_age: float = 0.0  # seconds between the replica being sent and the detection
+    reason: str = ""
+    lost_id: tuple[str, int, int] = ("?", 0, 0)  # host, pid, start time of the lost coordinator
+    killed: bool = False  # a hung lost coordinator on this host was ended
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def started(self, now: float) -> None:
+        """The new coordinator's first round message went out at ``now``."""
+        self.first_round_at = now
+        base = self.injected_at if self.injected_at is not None else self.detected_at
+        self.takeover_time = max(0.0, now - base)
+
+    def line(self) -> str:
+        lat = f", {self.detection_latency:.2f}s after the {self.kind}" if self.detection_latency is not None else ""
+        took = f"; takeover {self.takeover_time:.2f}s" if self.takeover_time is not None else ""
+        return (f"coordinator rank {self.lost} lost ({self.how}{lat}); rank {self.new} took over from its replica "
+                f"of round {self.round - 1}: round {self.round} is redone ({self.rounds_redone} round(s) redone)"
+                f"{took}")
+
+
+def takeover_state(rep: P.Replica, me: int, policy: Policy, seed: int, launch_time: float, now: float,
+                   handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5"
+                   ) -> tuple[ClusterState, list[Effect]]:
+    """The state the deputy ``me`` coordinates from: the replica's snapshot, with ``me`` as the coordinator
+    and its own rows handed to the other workers like a lost worker's (one new epoch). Returns the state and
+    the effects to carry out (handoff write and messages, log lines)."""
+    if rep.state is None:
+        raise ValueError("a replica without its state snapshot cannot be taken over from")
+    s = ClusterState.restore(rep.state, policy, seed, launch_time, handoff_file)
+    s.coordinator = me
+    s.round = int(rep.round)
+    effects: list[Effect] = []
+    if me in s.members and s.members[me].alive:
+        effects = s.apply([Lost(me, "promoted", f"became the coordinator (rank {rep.coord[0]} lost)")], now)
+    return s, effects

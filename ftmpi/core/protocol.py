@@ -1,0 +1,204 @@
+"""Every message between rank 0 and a worker, as a dataclass. No MPI, no I/O.
+
+Rank 0 sends on ``TAG_CTRL``: :class:`Round`, :class:`Handoff`, :class:`Ping`, :class:`Stop`, :class:`Exit`.
+A worker sends on ``TAG_REPLY``: :class:`Hello`, :class:`Reply`, :class:`Error`, :class:`Bye`.
+The wire format is pickle (:class:`ftmpi.comm.Channel`). Each message pickles as its class and the tuple of
+its fields (:class:`Wire`), not as a dict of field names: as small as the untyped dicts it replaced, and as
+quick (docs/ARCHITECTURE.md has the measurement).
+
+Every message that belongs to a round carries its membership ``epoch`` and ``round``; rank 0 drops any
+other (counted as stale). :func:`coerce` also accepts the two plain-dict messages that ``cli.py`` sends
+when a rank fails outside the loops (``{"t": "exit", ...}`` and ``{"t": "error", ...}``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Abdicate", "Bye", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round",
+           "Segment", "Setup", "Stop", "coerce"]
+
+
+class Wire:
+    """Pickle as ``(class, field values in order)``: no field names on the wire."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (self.__class__, tuple(self.__dict__.values()))
+
+
+# ------------------------------------------------------------------------------------- rank 0 -> worker
+@dataclass
+class Setup(Wire):
+    """What a worker needs once, with its first round: its shard file, the classes and the layer widths."""
+
+    shard: str
+    n_classes: int
+    sizes: list[int]
+
+
+@dataclass
+class Round(Wire):
+    """Train ``iters`` local steps from the global model (``params``: the model itself when ``full``, else
+    its quantized change since the last round)."""
+
+    epoch: int
+    round: int
+    iters: int
+    lr: float
+    full: bool
+    params: Any  # np.ndarray when full, else an encoded payload (ftmpi.model.codec)
+    setup: Setup | None = None
+    prefetch: list[tuple[str, int, int]] | None = None  # standby slices to read ahead after the reply
+    rebuild: list[int] | None = None  # ULFM: rebuild the alive communicator with these ranks after the reply
+    deputy: int = -1  # the worker that receives the replicas and takes over if the coordinator is lost
+
+
+@dataclass
+class Segment(Wire):
+    """Rows ``start:stop`` of an HDF5 file handed to one survivor. ``weights``: one per row (how many
+    training rows each stands for), or None: the file's ``/w``, else 1."""
+
+    path: str
+    start: int
+    stop: int
+    weights: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Handoff(Wire):
+    """Rows of lost workers for this survivor, opened by membership ``epoch``."""
+
+    epoch: int
+    segments: list[Segment]
+
+
+@dataclass
+class Ping(Wire):
+    """The coordinator is alive (a worker waiting for the next round extends its deadline); ``deputy``: the
+    current deputy (it changes mid-round when the deputy is lost)."""
+
+    epoch: int
+    round: int
+    deputy: int = -1
+
+
+@dataclass
+class Stop(Wire):
+    """The run is over: say bye and leave with exit code 0."""
+
+    epoch: int
+    round: int
+
+
+@dataclass
+class Exit(Wire):
+    """Leave now. ``code`` set: rank 0 itself failed and said why (leave with its code, ``quiet``ly)."""
+
+    reason: str
+    code: int | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Abdicate(Wire):
+    """The coordinator is leaving (it crashed): the deputy takes over at once, without waiting for a deadline."""
+
+    reason: str
+
+
+@dataclass
+class Deposed(Wire):
+    """To a coordinator that was replaced (it hung and may wake up): rank ``rank`` coordinates since round
+    ``round``; write nothing more. ``final``: the run is over, leave now."""
+
+    rank: int
+    round: int
+    final: bool = False
+
+
+@dataclass
+class Replica(Wire):
+    """What the deputy needs to become the coordinator (tag ``TAG_REPLICA``), as of the end of round
+    ``round - 1``: the exact global model and optimizer (``model``: ``GlobalModel.checkpoint_fields``), the
+    ``ClusterState`` snapshot (None when unchanged since the one sent with ``state_key``), the metrics row
+    not written yet (``pending``), the outputs' counters (``outputs``) and the coordinator's identity
+    (``coord``: rank, host, pid, start time) so that a hung one can be ended."""
+
+    round: int
+    epoch: int
+    model: dict[str, Any]
+    state: dict[str, Any] | None
+    state_key: tuple
+    pending: dict[str, Any] | None
+    outputs: dict[str, Any]
+    coord: tuple[int, str, int, int]
+    sent_at: float = 0.0
+
+
+# ------------------------------------------------------------------------------------- worker -> rank 0
+@dataclass
+class Hello(Wire):
+    """A worker is ready. ``start_time``: its process start time (``/proc/PID/stat`` field 22, clock ticks
+    since boot; 0 where unknown), so that rank 0 never signals a later process that reused the pid."""
+
+    rank: int
+    host: str
+    pid: int
+    start_time: int = 0
+
+
+@dataclass
+class Reply(Wire):
+    """A worker's round result."""
+
+    epoch: int
+    round: int
+    rank: int
+    update: Any  # np.ndarray or an encoded payload (ftmpi.model.codec)
+    loss: float
+    n: float  # the shard's mass: how many training rows its rows stand for
+    rows: int
+    rep: np.ndarray  # global ids of its representative rows (scored rules), else empty
+    handed_in: int = 0
+    ready: dict[int, float] = field(default_factory=dict)  # handoff epoch -> wall time training on it began
+    prefetched: dict[int, int] = field(default_factory=dict)  # handoff epoch -> rows served from read-ahead
+    unreadable: list[tuple[int, str, int, int]] = field(default_factory=list)  # (epoch, path, start, stop)
+    t_compute: float = 0.0
+
+
+@dataclass
+class Error(Wire):
+    """A worker crashed (an exception): who, where and why. It leaves after sending this."""
+
+    rank: int
+    host: str
+    error: str
+
+
+@dataclass
+class Bye(Wire):
+    """A worker acknowledges :class:`Stop`."""
+
+    rank: int
+
+
+Message = Round | Handoff | Ping | Stop | Exit | Abdicate | Deposed | Replica | Hello | Reply | Error | Bye
+
+
+def coerce(obj: Any) -> Any:
+    """The message as a dataclass: typed messages pass through; the plain dicts of ``cli.py`` (``exit`` and
+    ``error``) are converted; anything else is returned as is (the receiver counts it as stale)."""
+    if isinstance(obj, dict):
+        t = obj.get("t")
+        if t == "exit":
+            code = obj.get("code")
+            return Exit(str(obj.get("reason", "told to leave by rank 0")), None if code is None else int(code),
+                        bool(obj.get("quiet", False)))
+        if t == "error":
+            return Error(int(obj.get("rank", -1)), str(obj.get("host", "?")), str(obj.get("error", "crashed")))
+    return obj

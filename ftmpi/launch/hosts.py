@@ -1,0 +1,110 @@
+"""Hosts of a launch: Open MPI hostfiles, which host a failed job lost, and which ranks were on it. No MPI.
+
+Open MPI 5.0.x survives a dead *process* (ULFM) but not a dead *daemon*: when a host's ``prted`` is lost,
+mpirun prints "PRTE has lost communication with a remote daemon" (naming the host) and ends the job. The
+launcher then relaunches on the hosts that remain; this module holds the bookkeeping for that.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftmpi.errors import ConfigError
+
+#: mpirun's words for a lost or unreachable host (PRRTE 3.x in Open MPI 5.0.x)
+LOST_DAEMON = re.compile(r"lost communication with a remote daemon|unable to reliably start one or more daemons|"
+                         r"daemon failed to report back|daemon on node .* failed to start", re.I)
+_NODE = re.compile(r"(?:Remote daemon[^\n]*?\bon node|Remote host:)\s+([\w.\-]+)", re.I)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    slots: int
+
+
+def read_hostfile(path: str | Path) -> list[Host]:
+    """Parse an Open MPI hostfile (``name [slots=N] ...``; ``#`` comments; a name without slots has 1).
+
+    Raises:
+        ConfigError: a missing or empty file, or a malformed line (names the file and line).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"hostfile {p}: cannot read it ({exc.strerror or exc})") from None
+    hosts: list[Host] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, *opts = line.split()
+        slots = 1
+        for o in opts:
+            key, _, val = o.partition("=")
+            if key in ("slots", "max_slots", "max-slots"):
+                if not val.isdigit() or int(val) < 1:
+                    raise ConfigError(f"hostfile {p} line {n}: {o!r}: expected slots=N with N >= 1")
+                if key == "slots":
+                    slots = int(val)
+        hosts.append(Host(name, slots))
+    if not hosts:
+        raise ConfigError(f"hostfile {p}: no hosts in it (expected lines like 'nodeA slots=4')")
+    return hosts
+
+
+def write_hostfile(path: Path, hosts: list[Host], kind: str = "openmpi") -> Path:
+    """Open MPI's format (``name slots=N``), or hydra's (``name:N``) for MPICH."""
+    fmt = "{0}:{1}\n" if kind == "mpich" else "{0} slots={1}\n"
+    path.write_text("".join(fmt.format(h.name, h.slots) for h in hosts))
+    return path
+
+
+def lost_hosts(stderr: str, hosts: list[Host]) -> list[str]:
+    """The hosts mpirun's output names as lost (empty when it reported no daemon loss)."""
+    if not LOST_DAEMON.search(stderr):
+        return []
+    names = {h.name for h in hosts}
+    named = [m.group(1) for m in _NODE.finditer(stderr)]
+    return sorted({n for n in named if n in names} | {n.split(".")[0] for n in named if n.split(".")[0] in names})
+
+
+def ranks_on(hosts: list[Host], n_ranks: int) -> dict[str, list[int]]:
+    """Ranks per host under ``--map-by slot`` (hosts filled in order); oversubscribed ranks wrap around."""
+    out: dict[str, list[int]] = {h.name: [] for h in hosts}
+    order = [h.name for h in hosts for _ in range(h.slots)]
+    for r in range(n_ranks):
+        out[order[r % len(order)]].append(r)
+    return out
+
+
+def tasks_per_node(spec: str) -> list[int]:
+    """SLURM's ``SLURM_TASKS_PER_NODE`` (e.g. ``2(x3),1``) as one count per node."""
+    out: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            raise ValueError(f"SLURM_TASKS_PER_NODE: cannot read {spec!r}")
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
+def slurm_hosts(env: Mapping[str, str]) -> list[Host] | None:
+    """The hosts of a multi-node SLURM allocation with their task counts, or None (not in SLURM, one node,
+    or ``scontrol`` unavailable): the launcher then leaves the hosts to mpirun."""
+    nodelist, tasks = env.get("SLURM_JOB_NODELIST"), env.get("SLURM_TASKS_PER_NODE")
+    if not nodelist or not tasks:
+        return None
+    try:
+        names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=30, check=True).stdout.split()
+        counts = tasks_per_node(tasks)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if len(names) < 2 or len(names) != len(counts):
+        return None
+    return [Host(n, c) for n, c in zip(names, counts, strict=True)]

@@ -1,0 +1,447 @@
+"""A worker's life: say hello, train on its shard round after round, report, leave when told.
+
+It ends when told to stop (exit 0), when told to leave (declared dead earlier: :class:`Expelled`), or when
+rank 0 says nothing within ``executor.timeout`` (:class:`CoordinatorLost`). Messages are the dataclasses of
+:mod:`ftmpi.core.protocol`.
+
+Per round the worker applies the broadcast to its replica of the global model, takes ``iters`` local steps
+(minibatch SGD/Adam with the ``mu_g`` pull towards the global model), scores every sample of its shard, and
+sends back its update (delta or mean gradient, quantized with error feedback when asked), its mean loss,
+its shard size and the global ids of its ``n_most_rep`` most representative points.
+
+Rows of a lost worker arrive as a :class:`~ftmpi.core.protocol.Handoff` naming HDF5 file slices (and the rows'
+weights). A slice that cannot be read is reported in the next reply (rank 0 drops those rows) instead of
+ending the worker. Between two steps of a round the
+worker looks for one (a single nonblocking probe), appends the rows and draws the round's remaining
+minibatches from the grown shard, so that it trains on them a few milliseconds after rank 0 noticed the
+loss rather than a round later; the wall time at which it did is reported in its next reply (``ready``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftmpi import faults as F
+from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
+from ftmpi.config import Config
+from ftmpi.core import protocol as P
+from ftmpi.core.failover import Change, DatasetAhead, Promoted, ReplicaKeeper
+from ftmpi.core.handoff import SCORED, rep_count, select_representative
+from ftmpi.errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
+from ftmpi.model.codec import ErrorFeedback, decode
+from ftmpi.model.models import Model, warmup
+from ftmpi.model.optim import Optimizer, clip
+from ftmpi.observe.timeline import mark
+from ftmpi.procs import hostname, start_time
+from ftmpi.storage.shards import Shard, read_shard
+from ftmpi.worker.localshard import LocalShard
+
+_SCORE_ROWS = 4096  # rows whose features are converted at once when a worker scores its shard (uint8 rows)
+
+
+class Worker:
+    def __init__(self, ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> None:
+        self.ch, self.cfg, self.run_dir = ch, cfg, Path(run_dir)
+        self.rank = ch.rank
+        self.epoch = -1
+        self.coord = 0  # the coordinator's rank: 0, or the deputy that took over
+        self.deputy = -1  # announced in every round message
+        self.keeper = ReplicaKeeper()  # the deputy's newest replica of the coordinator
+        self._next_replica_poll = 0.0  # monotonic time of the next replica probe between two steps
+        self._data_ahead: DatasetAhead | None = None
+        self._last_round = -1  # the newest round the coordinator started
+        self._trains = True  # False: a standby coordinator
+        # faults that already fired in an earlier launch of this run (a resumed job does not replay them);
+        # a fresh run ignores old records (rank 0 is deleting them at this moment)
+        self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} if resuming \
+            else set()
+        self._stash: list[Any] = []  # control messages that arrived mid-round, for after the round
+        self._unstamped: list[int] = []  # handoff epochs loaded while idle: stamped when training resumes
+        self._ready: dict[int, float] = {}  # handoff epoch -> wall time training on its rows began
+        self._handed = 0  # rows taken since the last reply
+        # read ahead: the slices of the other workers' standby files this worker would be handed if one of them
+        # were lost next, (path, start, stop) -> rows; rank 0 says which (round message "prefetch")
+        self._cache: dict[tuple[str, int, int], Any] = {}
+        self._plan: list | None = None  # a new plan, read after this round's reply
+        self._prefetched: dict[int, int] = {}  # handoff epoch -> rows taken from the read-ahead copies
+        self._unreadable: list[tuple[int, str, int, int]] = []  # handed slices that could not be read
+        self.shard = LocalShard()  # read by _setup with the first round
+        self.n_classes = 0
+        self.model = Model(np.array([1, 1], np.int64))
+        self.tensors = self.model.tensors()
+        self.opt = Optimizer("sgd", 0, 0.0)
+        self.replica = np.zeros(0, np.float32)
+        self.grad = np.zeros(0, np.float32)
+        self.uplink = ErrorFeedback(0, self.tensors, 0, False)
+        self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
+
+    # ------------------------------------------------------------------ waits
+    def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
+        """Next control message from the coordinator (pings extend the deadline; ``then``: the deadline after
+        the first ping, if other than ``timeout``), or CoordinatorLost."""
+        while True:
+            if self._stash:
+                msg = self._stash.pop(0)
+            else:
+                self._take_replicas()
+                try:
+                    msg = self._recv_ctrl(timeout, phase)
+                except PeerError as exc:
+                    lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}")
+                    lost.how = "ulfm" if isinstance(exc, PeerFailed) else "timeout"  # type: ignore[attr-defined]
+                    raise lost from None
+                msg = P.coerce(msg)
+            if isinstance(msg, P.Abdicate):  # it crashed and said so: no deadline to wait for
+                lost = CoordinatorLost(f"worker {self.rank}: the coordinator (rank {self.coord}) left: {msg.reason}")
+                lost.how = "error"  # type: ignore[attr-defined]
+                raise lost
+            if not isinstance(msg, P.Ping):
+                return msg
+            self._named(msg.deputy)
+            if then is not None:  # after the first ping, the usual deadline
+                timeout = then
+
+    def _recv_ctrl(self, timeout: float, phase: str) -> Any:
+        """One control message from the coordinator within ``timeout`` (PeerFailed / PeerTimeout otherwise); the
+        deputy takes the replicas meanwhile (a large one is only complete once it is received)."""
+        t0 = time.monotonic()
+        deputy = self.deputy == self.rank
+        out = self.ch.poll([self.coord], TAG_CTRL, t0 + timeout, until=lambda o: bool(o.messages),
+                           on_tick=self._take_replicas if deputy else None, tick_every=0.005)
+        if out.messages:
+            return out.messages[self.coord][0]
+        hint = f"is the coordinator (rank {self.coord}) alive?"
+        if out.failed:
+            raise PeerFailed([self.coord], phase, time.monotonic() - t0, hint)
+        raise PeerTimeout([self.coord], phase, time.monotonic() - t0, hint)
+
+    def _named(self, deputy: int) -> None:
+        """The coordinator announced its deputy (round messages, pings). A standby coordinator, named, reads
+        the test set and indexes the shards of the run dir ahead, in a thread (a takeover needs them; see
+        ftmpi.storage.rundata). A deputy that trains reads them at the takeover instead: in a thread of its own
+        process the read takes the interpreter from its training steps, and every round waits for the
+        slowest worker (measured: a 38-round run 0.13 s longer, for a takeover ~0.05 s sooner)."""
+        if deputy < 0:
+            return
+        self.deputy = deputy
+        if deputy == self.rank and self._data_ahead is None and not self._trains:
+            self._read_run_dir_ahead()
+
+    def _read_run_dir_ahead(self) -> None:
+        from ftmpi.storage.rundata import open_run_data  # a deputy's or a standby's: the others never import it
+
+        run_dir = self.run_dir
+        self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
+
+    def _take_replicas(self) -> None:
+        """The deputy keeps the coordinator's newest replica (complete messages only)."""
+        if self.deputy != self.rank:
+            return
+        while True:
+            rep = self.ch.try_recv(self.coord, TAG_REPLICA)
+            if rep is None:
+                return
+            self.keeper.offer(rep)
+            self._last_round = max(self._last_round, rep.round)  # it was sent after that round's broadcast
+
+    def _failover(self, lost: CoordinatorLost) -> Any:
+        """The coordinator is lost. The announced deputy takes over (:class:`Promoted`, with its newest replica);
+        every other worker waits, bounded, for the deputy's first message and goes on. Without a deputy, or a
+        replica, or when the deputy does not take over in time: CoordinatorLost (exit 4; a relaunch resumes)."""
+        ex, old, detected = self.cfg.executor, self.coord, time.time()
+        self._take_replicas()
+        if self.deputy < 0 or self.deputy == old:
+            raise lost
+        self._stash.clear()  # what the lost coordinator said after the replica is decided again
+        if self.deputy != self.rank:
+            self.coord = self.ch.coordinator = self.deputy
+            try:
+                return self._wait_ctrl(2 * ex.timeout + 10.0, f"waiting for rank {self.deputy} to take over")
+            except CoordinatorLost as exc:
+                raise CoordinatorLost(f"worker {self.rank}: the deputy (rank {self.deputy}) did not take over "
+                                      f"after rank {old} was lost: {exc}") from None
+        rep = self.keeper.complete()
+        if rep is not None and self._data_ahead is None:  # a deputy that trains reads its data now
+            self._read_run_dir_ahead()
+        if rep is None or self._data_ahead is None:
+            raise CoordinatorLost(f"worker {self.rank}: lost the coordinator and, as its deputy, holds no complete "
+                                  f"replica yet ({lost})")
+        change = Change(old, getattr(lost, "how", "timeout"), self.rank, rep.round,
+                        max(0, self._last_round - rep.round + 1), detected, lost_id=tuple(rep.coord[1:]),
+                        reason=str(lost), replica_age=max(0.0, detected - rep.sent_at))
+        mark = F.read_marks(self.run_dir).get(old)
+        if mark is not None and int(mark.get("pid", -1)) == rep.coord[2]:
+            change.injected_at, change.kind = float(mark["time"]), str(mark["kind"])
+            change.detection_latency = max(0.0, detected - change.injected_at)
+        from ftmpi.storage.rundata import takeover_dataset
+
+        try:
+            data = takeover_dataset(self._data_ahead, self.run_dir, rep.state["owner"])  # type: ignore[index]
+        except DataError as exc:  # the others wait for this rank: they leave now (no verdict: a relaunch resumes)
+            lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
+                                   f"take over: {exc}")
+            for r in range(self.ch.size):
+                if r not in (self.rank, old):
+                    self.ch.send(r, TAG_CTRL, P.Exit(str(lost), EXIT_COORDINATOR_LOST, True))
+            self.ch.flush(time.monotonic() + 2.0)
+            raise lost from None
+        raise Promoted(rep, change, data)
+
+    # --------------------------------------------------------------- the loop
+    def run(self) -> int:
+        cfg = self.cfg
+        # a cold numba cache compiles here, while rank 0 loads the data
+        if cfg.executor.standby_coordinator and self.rank == 1 and self.ch.size >= 3:
+            return self._standby()
+        warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
+        mark("kernels")
+        pid = os.getpid()
+        self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
+        msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
+        if isinstance(msg, P.Round) and msg.setup is not None:
+            self._setup(msg.setup)
+            mark("shard")
+        while True:
+            if isinstance(msg, P.Stop):
+                self.ch.send(self.coord, TAG_REPLY, P.Bye(self.rank))
+                self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
+                return 0
+            if isinstance(msg, P.Exit):
+                exc = Expelled(f"worker {self.rank}: {msg.reason}")
+                if msg.code is not None:  # rank 0 itself failed and said why: leave with its code, silently
+                    exc.exit_code, exc.quiet = msg.code, msg.quiet
+                raise exc
+            if isinstance(msg, P.Round):
+                self._round(msg)
+            elif isinstance(msg, P.Handoff):  # while idle: load now, stamp when the next round's training starts
+                self._take_handoff(msg)
+                self._unstamped.append(msg.epoch)
+            try:
+                msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {getattr(msg, 'round', '?')}")
+            except CoordinatorLost as lost:
+                msg = self._failover(lost)
+
+    def _standby(self) -> int:
+        """``executor.standby_coordinator``: train nothing, keep the coordinator's replicas, take over if it is
+        lost (:class:`Promoted`); leave when told to stop. It reads its data ahead once the first ping names it
+        (after the shards and the test set are written)."""
+        cfg = self.cfg
+        self.deputy, self._trains = self.rank, False
+        timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
+        while True:
+            try:
+                msg = self._wait_ctrl(timeout, "standby coordinator", cfg.executor.timeout)
+            except CoordinatorLost as lost:
+                if self.keeper.complete() is None:
+                    raise
+                self._failover(lost)  # raises Promoted
+                raise
+            timeout = cfg.executor.timeout
+            if isinstance(msg, P.Stop):
+                self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
+                return 0
+            if isinstance(msg, P.Exit):
+                exc = Expelled(f"worker {self.rank}: {msg.reason}")
+                if msg.code is not None:
+                    exc.exit_code, exc.quiet = msg.code, msg.quiet
+                raise exc
+
+    def _load_shard(self, path: str) -> Shard:
+        """Read this worker's shard file (rows, labels, global ids, weights)."""
+        # room for handed rows (see LocalShard), read straight into that buffer
+        return read_shard(path, room=lambda n: max(n // 2, 1024), raw=True)
+
+    def _setup(self, setup: P.Setup) -> None:
+        cfg = self.cfg
+        self.shard = LocalShard(self._load_shard(setup.shard))
+        self.n_classes = int(setup.n_classes)
+        self.model = Model(np.asarray(setup.sizes, dtype=np.int64))
+        n = self.model.n_params
+        self.tensors = self.model.tensors()
+        o = cfg.optimizer
+        self.opt = Optimizer(o.name, n, o.learning_rate, o.momentum, o.beta1, o.beta2, o.eps)
+        self.replica = np.zeros(n, np.float32)
+        self.grad = np.zeros(n, np.float32)
+        self.uplink = ErrorFeedback(n, self.tensors, cfg.executor.quantize, cfg.executor.stochastic_rounding)
+        self.scores = None
+
+    def _take_handoff(self, msg: P.Handoff) -> int:
+        """Append the rows of a handoff to the shard; returns how many. A slice that cannot be read is noted
+        for the next reply (rank 0 drops its rows) and the others are still taken."""
+        self.epoch = max(self.epoch, msg.epoch)
+        added = 0
+        for seg in msg.segments:
+            try:
+                added += self._load_handoff(seg.path, (seg.start, seg.stop), seg.weights, msg.epoch)
+            except DataError as exc:
+                self._unreadable.append((msg.epoch, seg.path, seg.start, seg.stop))
+                sys.stderr.write(f"ftmpi: rank {self.rank}: warning: handed rows not taken: {exc}\n")
+        self._handed += added
+        return added
+
+    def _poll_ctrl(self) -> bool:
+        """Between two steps: take rows handed over meanwhile (True if the shard grew); any other control
+        message is kept for after the round."""
+        grew = False
+        now = time.monotonic()
+        if now >= self._next_replica_poll:  # at most every 20 ms while training: each probe yields the CPU on
+            # an oversubscribed node (measured: a probe per step made the deputy's rounds ~10 % slower)
+            self._next_replica_poll = now + 0.02
+            self._take_replicas()
+        while True:
+            msg = P.coerce(self.ch.try_recv(self.coord, TAG_CTRL))
+            if msg is None:
+                return grew
+            if isinstance(msg, P.Handoff):
+                if self._take_handoff(msg):
+                    grew = True
+                self._ready[msg.epoch] = time.time()
+            elif isinstance(msg, P.Ping):
+                self._named(msg.deputy)
+            else:
+                self._stash.append(msg)
+
+    def _load_handoff(self, path: str, rows: tuple[int, int], weight: np.ndarray | float | None = None,
+                      epoch: int = -1) -> int:
+        """Append rows ``start:stop`` of a handoff file to the shard (from the read-ahead copy when there is
+        one), weighing ``weight`` (one per row, or one for all; else the file's ``/w``, else 1); returns how
+        many."""
+        s = self._cache.pop((str(path), int(rows[0]), int(rows[1])), None)
+        if s is None:
+            s = read_shard(path, rows, raw=True)
+        else:
+            self._prefetched[epoch] = self._prefetched.get(epoch, 0) + len(s)
+        m = self.shard.append(s, weight)
+        return m  # the new rows are scored when representative points are next chosen
+
+    def _read_ahead(self, plan: list) -> None:
+        """Hold the slices of ``plan`` in memory (reading the ones not held yet) and forget the others. A file
+        that cannot be read now (replaced meanwhile) is skipped: a handoff of it is then read from disk."""
+        keep = {}
+        for path, a, b in plan:
+            key = (str(path), int(a), int(b))
+            if key in self._cache:
+                keep[key] = self._cache[key]
+                continue
+            try:
+                keep[key] = read_shard(path, (a, b), raw=True)
+            except DataError:
+                continue
+        self._cache = keep
+
+    def _batches(self, rnd: int, iters: int, bs: int, salt: tuple[int, ...] = ()) -> list[np.ndarray]:
+        """This round's minibatches, seeded by (seed, rank, round) and ``salt`` (the epoch) when the shard grew
+        mid-round (:meth:`LocalShard.batches`)."""
+        return self.shard.batches([self.cfg.model.seed, self.rank, rnd, *salt], rnd, iters, bs,
+                                  self.cfg.model.shuffle)
+
+    def _round(self, msg: P.Round) -> None:
+        cfg, ex = self.cfg, self.cfg.executor
+        self.epoch, rnd = msg.epoch, msg.round
+        self._last_round = max(self._last_round, rnd)
+        self._named(msg.deputy)
+        for f in F.due(cfg.faults, self.rank, rnd):
+            if (self.rank, rnd) not in self.fired:
+                self.fired.add((self.rank, rnd))  # a round redone after a takeover does not replay it
+                F.inject(f, self.run_dir)
+        t0 = time.monotonic()
+        if msg.full:
+            self.replica[...] = msg.params
+        else:
+            self.replica += decode(msg.params, self.tensors, self.model.n_params)
+        now = time.time()
+        for e in self._unstamped:  # rows loaded while idle: trained on from now
+            self._ready[e] = now
+        self._unstamped = []
+        if msg.prefetch is not None:
+            self._plan = msg.prefetch
+        iters = int(msg.iters)
+        self.opt.lr = float(msg.lr)
+        mu = cfg.optimizer.mu_g
+        losses = []
+        # send_gradients: parameter-server semantics, gradients at the global model averaged over the batches;
+        # else local steps from the global model (with the mu_g pull towards it)
+        local = self.replica if ex.send_gradients else self.replica.copy()
+        acc = np.zeros_like(self.grad) if ex.send_gradients else None
+        if len(self.shard) == 0:  # nothing to train on (yet): a handoff may have arrived meanwhile
+            self._poll_ctrl()
+        batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.shard)))
+        for i in range(len(batches)):
+            b = batches[i]
+            losses.append(self.model.loss_grad(local, self.shard.rows(b), self.shard.y[b], self.grad))
+            if acc is not None:
+                acc += self.grad
+            else:
+                if mu > 0:
+                    self.grad += mu * (local - self.replica)
+                clip(self.grad, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
+                self.opt.step(local, self.grad)
+            if i + 1 < iters and self._poll_ctrl():  # rows handed over: the rest of the round draws from them
+                batches[i + 1:] = self._batches(rnd, iters - i - 1, min(cfg.model.batch_size, len(self.shard)),
+                                                salt=(self.epoch,))
+        if acc is not None:
+            acc /= max(iters, 1)
+            clip(acc, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
+            update = acc
+        else:
+            update = local - self.replica
+        payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
+        rep = self._representative(local, rnd)
+        reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
+                        self.shard.mass, len(self.shard), rep, self._handed, self._ready, self._prefetched,
+                        self._unreadable, time.monotonic() - t0)
+        self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
+        self.ch.send(self.coord, TAG_REPLY, reply)
+        if rnd == 0:
+            mark("first-reply")
+        self._take_replicas()  # the deputy: once a round, after its reply (the replica went out with the round)
+        if self._plan is not None:  # off the critical path: rank 0 is collecting the others' replies
+            self._read_ahead(self._plan)
+            self._plan = None
+        if msg.rebuild:  # ULFM: rank 0 and every survivor rebuild the alive communicator together (a helper
+            # thread, started after the reply so that it costs the round nothing; same rebuilds, same order)
+            self.ch.rebuild_start(msg.rebuild, self.epoch)
+
+    def _rescore(self, params: np.ndarray, rnd: int) -> None:
+        """Refresh the per-sample losses: the whole shard at first, then one rotating slice per round, so
+        that every row is re-scored every ``executor.score_every`` rounds at 1/score_every of the cost."""
+        n = len(self.shard)
+        if self.scores is None:
+            self.scores = self._sample_loss(params, 0, n)
+            return
+        if len(self.scores) < n:  # rows handed over since: score them now
+            self.scores = np.concatenate([self.scores, self._sample_loss(params, len(self.scores), n)])
+        every = self.cfg.executor.score_every
+        lo, hi = (rnd % every) * n // every, (rnd % every + 1) * n // every
+        if hi > lo:
+            self.scores[lo:hi] = self._sample_loss(params, lo, hi)
+
+    def _sample_loss(self, params: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Per-row losses of rows ``lo:hi``, their features converted a block at a time (not all at once)."""
+        out = np.empty(hi - lo, np.float32)
+        for a in range(lo, hi, _SCORE_ROWS):
+            b = min(hi, a + _SCORE_ROWS)
+            out[a - lo:b - lo] = self.model.sample_loss(params, self.shard.rows(slice(a, b)), self.shard.y[a:b])
+        return out
+
+    def _representative(self, params: np.ndarray, rnd: int) -> np.ndarray:
+        """Global ids of this worker's representative rows under ``loss`` or ``stratified`` (scored on its
+        shard); nothing when they would not be used (``remap`` is not ``representative``) or when rank 0
+        chooses them itself (``random``, staged before any failure; ``coreset``, at the loss)."""
+        o = self.cfg.optimizer
+        k = rep_count(o.n_most_rep, len(self.shard))
+        if k <= 0 or self.cfg.executor.remap != "representative" or o.rep_selection not in SCORED:
+            return np.zeros(0, np.int64)
+        self._rescore(params, rnd)
+        assert self.scores is not None
+        local = select_representative(o.rep_selection, self.scores, self.shard.y, k, self.n_classes,
+                                      seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
+        return self.shard.ids[local].astype(np.int64)
+
+def run_worker(ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> int:
+    return Worker(ch, cfg, run_dir, resuming).run()
