@@ -1,47 +1,28 @@
 """Command line: ``python -m ftmpi launch|train|inspect|report|plot ...``.
 
-This is the one place that turns errors into one-line messages and exit codes. A training run ends every
-rank with ``os._exit`` after its files are flushed: we measured that ranks calling ``MPI_Finalize`` after a
-peer left with ``os._exit(1)`` wait forever, while ranks that skip it end the job at once.
+Parses the command line and dispatches: ``train`` to :func:`ftmpi.job.train` (every rank of a training job),
+``launch`` to :mod:`ftmpi.launch.launcher`, ``inspect`` here, ``report`` and ``plot`` to their modules.
+Errors of the commands run here become one line and an exit code; a training job does that itself.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-import traceback
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from ftmpi.errors import EXIT_BAD_INPUT, EXIT_CRASH, FtmpiError
-from ftmpi.observe.timeline import mark
-from ftmpi.procs import hostname
+from ftmpi.errors import EXIT_BAD_INPUT, FtmpiError
+from ftmpi.job import train
+from ftmpi.launch.args import add_train_args
 
 
 def _parser(full: str | None = None) -> argparse.ArgumentParser:
     """The command line. ``full``: the subcommand whose own arguments are added; ``report`` and ``plot`` take
     theirs from their modules, imported only then (every rank of a training run parses its command line,
-    and those modules and what they import cost each rank ~25 ms of CPU)."""
+    and those modules and what they import cost every rank CPU time)."""
     p = argparse.ArgumentParser(prog="ftmpi", description="Fault-tolerant distributed trainer (MPI SPMD).")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("launch", help="start a job: launch -n W CONFIG [--max-restarts N] [--hostfile F] [train args]")
-    t = sub.add_parser("train", help="train (run under mpirun -n 1+W; see jobs/local.sh)")
-    t.add_argument("config", help="YAML config file")
-    t.add_argument("--run-dir", help="output folder (default: executor.shared_folder)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (repeatable)")
-    t.add_argument("--inject", action="append", default=[], metavar="KIND:R@N[:S]",
-                   help="inject a fault: kill|exit|hang|pause|slow, rank R, round N (repeatable)")
-    t.add_argument("--detector", choices=["auto", "ulfm", "timeout"], help="executor.failure_detector")
-    t.add_argument("--resume", metavar="RUN_DIR|auto",
-                   help="continue from the newest valid checkpoint in RUN_DIR; 'auto': the run dir's, if it has "
-                        "any, else start fresh (for batch jobs that may be requeued)")
-    t.add_argument("--overwrite", action="store_true",
-                   help="start over in a run dir that holds an earlier run (deletes its checkpoints)")
-    t.add_argument("--tensorboard", action="store_true", help="write TensorBoard events to RUN_DIR/tb")
-    t.add_argument("--quiet", action="store_true", help="no progress line")
+    add_train_args(sub.add_parser("train", help="train (run under mpirun -n 1+W; see jobs/local.sh)"))
     i = sub.add_parser("inspect", help="summarise an HDF5 checkpoint")
     i.add_argument("file", help="a checkpoint, e.g. runs/x/ckpt/round-000080.h5")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -68,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "run", None):
         return args.run(args)
     if args.cmd == "train":
-        return _train(args)
+        return train(args)
     if args.cmd == "inspect":
         return _inspect(args)
     return EXIT_BAD_INPUT
@@ -86,256 +67,3 @@ def _inspect(args: argparse.Namespace) -> int:
         return exc.exit_code
     print(json.dumps(d, indent=2) if args.json else format_summary(d))
     return 0
-
-
-def _say(rank: int, text: str) -> None:
-    sys.stderr.write(f"ftmpi: rank {rank}: {text}\n")
-    sys.stderr.flush()
-
-
-_LOCKED: list[Path] = []  # the run dir whose lock rank 0 holds
-
-
-def _end(code: int, rank: int = -1, coordinator: int = 0) -> None:
-    """Leave without MPI_Finalize (see module docstring); the coordinator (rank 0, or the deputy that took
-    over) leaves its verdict for the launcher."""
-    if rank == coordinator:
-        from ftmpi.launch.rundir import release
-        from ftmpi.observe.metrics import write_status
-
-        write_status(code)
-        for d in _LOCKED:
-            release(d)
-    mark("exit")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-class _Prefetch:
-    """Rank 0 reads the dataset in a thread while MPI starts and the heavy modules import (zlib and numpy
-    release the GIL): on this machine that takes ~0.5 s off every launch. The rank is read from the
-    launcher's environment; any error is kept and raised where the coordinator asks for the data."""
-
-    def __init__(self, args: argparse.Namespace, overrides: list[str]) -> None:
-        import threading
-
-        self.data: Any = None
-        self.error: BaseException | None = None
-        self._t = threading.Thread(target=self._run, args=(args.config, overrides), daemon=True)
-        self._t.start()
-
-    def _run(self, path: str, overrides: list[str]) -> None:
-        try:
-            from ftmpi.config import load_config
-            from ftmpi.storage.data import load_dataset
-
-            cfg = load_config(path, overrides)
-            self.data = load_dataset(cfg.data, cfg.model.seed)
-        except BaseException as exc:  # re-raised by get() in the main thread
-            self.error = exc
-
-    def get(self):
-        self._t.join()
-        if self.error is not None:
-            raise self.error
-        return self.data
-
-
-def _launcher_rank() -> str | None:
-    for var in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return os.environ[var]
-    return None
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    overrides = list(args.overrides)
-    if args.detector:
-        overrides.append(f"executor.failure_detector={args.detector}")
-    if args.tensorboard:
-        overrides.append("executor.tensorboard=true")
-    if args.quiet:
-        overrides.append("executor.progress=false")
-    if args.inject:
-        overrides.append("faults=[" + ",".join(repr(s) for s in args.inject) + "]")
-    return overrides
-
-
-def _train(args: argparse.Namespace) -> int:
-    t_start = time.monotonic()
-    from ftmpi.signals import install
-
-    install()  # SIGTERM/SIGUSR1: checkpoint and stop at the next round boundary (see ftmpi/signals.py)
-    prefetch = _Prefetch(args, _overrides(args)) if _launcher_rank() == "0" else None
-    import mpi4py
-
-    mpi4py.rc.finalize = False
-    from mpi4py import MPI
-
-    mark("mpi-init")
-    rank = MPI.COMM_WORLD.Get_rank()
-    size = MPI.COMM_WORLD.Get_size()
-    if rank == 0 and os.environ.get("FTMPI_STATUS_FILE"):
-        # every rank installed its stop handlers before MPI_Init (a fence): the launcher may now pass on a stop
-        # signal (before that, SIGUSR1 would kill a rank that is still starting)
-        try:
-            Path(os.environ["FTMPI_STATUS_FILE"]).write_text("running\n")
-        except OSError:
-            pass
-    try:
-        from ftmpi.config import load_config
-
-        cfg = load_config(args.config, _overrides(args))
-        if size < 2:
-            from ftmpi.errors import ConfigError
-
-            raise ConfigError(f"{args.config}: need at least 2 MPI ranks (1 coordinator + workers), got {size}; "
-                              "launch with jobs/local.sh W CONFIG or mpirun -n 1+W")
-        _check_faults(cfg, size)
-        from ftmpi.launch.rundir import resolve
-
-        run_dir, mode = resolve(args.resume, args.run_dir, cfg.run_dir, args.overwrite)
-        from ftmpi.comm import Channel, resolve_detector
-
-        detector = resolve_detector(cfg.executor.failure_detector)
-    except FtmpiError as exc:
-        if rank == 0:
-            _say(rank, f"error: {exc}")
-        _end(exc.exit_code, rank)
-    ch = Channel(MPI.COMM_WORLD, detector)
-    mark("config")
-    code = EXIT_CRASH
-    try:
-        if rank == 0:
-            code = _run_rank0(ch, cfg, run_dir, t_start, mode, prefetch)
-        else:
-            from ftmpi.core.failover import Promoted
-            from ftmpi.launch.rundir import worker_resuming
-            from ftmpi.worker.loop import run_worker
-
-            mark("imports")
-            try:
-                code = run_worker(ch, cfg, run_dir, worker_resuming(run_dir, mode))
-            except Promoted as p:  # the coordinator was lost and this rank is its deputy: it coordinates now
-                from ftmpi.coordinator.driver import take_over
-
-                code = take_over(ch, cfg, run_dir, p.replica, p.change, p.data)
-    except FtmpiError as exc:
-        code = exc.exit_code
-        if not getattr(exc, "quiet", False):
-            _say(rank, f"error: {exc}")
-        if rank == ch.coordinator:
-            _tell_workers_to_leave(ch, str(exc), code)
-            _failed_summary(run_dir, str(exc), code)
-    except BaseException as exc:  # a real crash: tell rank 0 who, where and why, then leave
-        tb = traceback.format_exc()
-        _say(rank, f"crashed on {hostname()}: {type(exc).__name__}: {exc}\n{tb}")
-        code = EXIT_CRASH
-        if getattr(exc, "handed_over", None) is not None:  # its deputy takes over: no verdict from this rank
-            _say(rank, f"the deputy (rank {exc.handed_over}) takes over")  # type: ignore[attr-defined]
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        if rank == ch.coordinator:
-            _tell_workers_to_leave(ch, f"coordinator crashed: {type(exc).__name__}: {exc}", EXIT_CRASH)
-            _failed_summary(run_dir, f"{type(exc).__name__}: {exc}", EXIT_CRASH)
-        else:
-            from ftmpi.comm import TAG_REPLY
-
-            ch.send(ch.coordinator, TAG_REPLY, {"t": "error", "rank": rank, "host": hostname(),
-                                   "error": f"{type(exc).__name__}: {exc}"})
-            ch.flush(time.monotonic() + 2.0)
-    _end(code, rank, ch.coordinator)
-    return code
-
-
-def _tell_workers_to_leave(ch, reason: str, code: int) -> None:
-    """Rank 0 failed: every worker leaves at once with the same exit code, silently (rank 0 said why)."""
-    from ftmpi.comm import TAG_CTRL
-
-    for r in range(ch.size):
-        if r == ch.rank:
-            continue
-        ch.send(r, TAG_CTRL, {"t": "exit", "reason": reason, "code": code, "quiet": True})
-    ch.flush(time.monotonic() + 2.0)
-
-
-def _failed_summary(run_dir: Path, error: str, code: int) -> None:
-    """Record rank 0's failure in summary.json (metrics and checkpoints already written stay as they are)."""
-    import json
-
-    from ftmpi.observe.metrics import write_json_atomic
-
-    path = run_dir / "summary.json"
-    try:
-        mine = json.loads(path.read_text()).get("pid") == os.getpid()  # the "running" marker of this launch
-    except (OSError, ValueError, AttributeError):
-        mine = False
-    if mine:  # never overwrite the summary of an earlier launch (e.g. a bad --resume of a finished run)
-        try:
-            write_json_atomic(path, {"status": "failed", "exit_code": code, "error": error})
-        except OSError:
-            pass
-
-
-def _check_faults(cfg, size: int) -> None:
-    """An injected fault must name a rank of this job (else it would silently never fire)."""
-    from ftmpi.errors import ConfigError
-
-    for f in cfg.faults:
-        if not 0 <= f.rank < size:
-            raise ConfigError(f"fault {f} names rank {f.rank}, but this job has ranks 0..{size - 1} "
-                              f"(1 coordinator + {size - 1} workers)")
-
-
-def _check_resumable(snap, cfg, prefetch) -> None:
-    """Refuse a checkpoint that this config cannot continue, before anything in the run dir changes."""
-    from ftmpi.errors import CheckpointError
-    from ftmpi.model.models import Model
-
-    old = snap.config if isinstance(snap.config, dict) else {}
-    for section, key in (("model", "type"), ("model", "hidden"), ("data", "dataset")):
-        was, now = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
-        if was is not None and (list(was) if isinstance(was, (list, tuple)) else was) != \
-                (list(now) if isinstance(now, (list, tuple)) else now):
-            raise CheckpointError(f"the checkpoint was written with {section}.{key}={was}, the config says "
-                                  f"{now}; resume with the run's own config ({section}.{key}={was})")
-    if prefetch is not None:
-        d = prefetch.get()
-        sizes = Model.build(cfg.model.type, cfg.model.hidden, d.X_train.shape[1], d.n_classes).sizes
-        if list(snap.sizes) != list(sizes):
-            raise CheckpointError(f"checkpoint model {list(map(int, snap.sizes))} does not match the config's "
-                                  f"{list(map(int, sizes))}")
-        if len(snap.owner) != len(d.y_train):
-            raise CheckpointError(f"checkpoint holds ownership of {len(snap.owner)} samples but the dataset "
-                                  f"{d.name} has {len(d.y_train)} training rows")
-
-
-def _run_rank0(ch, cfg, run_dir: Path, t_start: float, mode: str = "fresh", prefetch=None) -> int:
-    """Take the run dir's lock, decide what to do with it and check the checkpoint against the config, all
-    before the first byte is written into it (a refused launch changes nothing); then train."""
-    from ftmpi.config import dump_config
-    from ftmpi.coordinator.driver import run_coordinator
-    from ftmpi.launch.rundir import acquire, clear_for, decide
-    from ftmpi.observe.metrics import Progress, write_json_atomic
-
-    acquire(run_dir)
-    _LOCKED.append(run_dir)
-    mode = decide(run_dir, mode)
-    resume = None
-    progress = Progress(cfg.executor.progress)
-    if mode == "resume":
-        from ftmpi.storage.checkpoint import newest_valid
-
-        path, resume, skipped = newest_valid(run_dir)
-        _check_resumable(resume, cfg, prefetch)
-        for w in skipped:
-            _say(0, f"warning: {w}")
-        progress.event(f"resuming from {path}")
-    clear_for(run_dir, mode)
-    write_json_atomic(run_dir / "summary.json", {"status": "running", "name": cfg.name, "pid": os.getpid()})
-    dump_config(cfg, run_dir / "config.yaml")
-    for w in cfg.warnings:
-        progress.event(f"warning: {w}")
-    return run_coordinator(ch, cfg, run_dir, progress, t_start, resume, prefetch)

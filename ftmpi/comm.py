@@ -4,8 +4,8 @@ Every MPI wait in ftmpi goes through :meth:`Channel.poll`: nonblocking requests 
 bounded exponential backoff until a deadline. Nothing here blocks without a deadline.
 
 Traffic is a star of point-to-point messages between rank 0 and each worker on a duplicate of
-``COMM_WORLD`` with ``ERRORS_RETURN``. We measured (see DESIGN.md, "Traps") that a tree-shaped collective
-through one hung rank stalls every rank below it, while point-to-point traffic isolates each worker and
+``COMM_WORLD`` with ``ERRORS_RETURN``. A tree-shaped collective through one hung rank stalls every rank
+below it (DESIGN.md, "Traps"), while point-to-point traffic isolates each worker and
 needs no communicator rebuild when membership changes. ULFM, where it is in force, is used for what it
 does best: a failed peer's pending receive fails within milliseconds with ``ERR_PROC_FAILED``
 (``Get_failed`` names the ranks), and the alive communicator of the survivors is rebuilt with ``Shrink``
@@ -17,7 +17,6 @@ matched probe (``Improbe`` then ``Message.Irecv``) into a buffer of the probed s
 """
 from __future__ import annotations
 
-import enum
 import os
 import pickle
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from ftmpi.core.kinds import StrEnum
 from ftmpi.errors import PeerFailed, PeerTimeout
 
 TAG_CTRL = 11  # coordinator -> worker: round, handoff, ping, stop, exit
@@ -40,8 +40,9 @@ _ULFM_CLASSES = {getattr(MPI, n, None) for n in ("ERR_PROC_FAILED", "ERR_PROC_FA
 _ULFM_CLASSES.discard(None)
 
 
-class Detector(str, enum.Enum):
-    """How failures are detected. ``auto`` uses ULFM when in force, and the deadline always."""
+class Detector(StrEnum):
+    """How failures are detected (``executor.failure_detector``). ``auto`` uses ULFM when in force, and the
+    deadline always."""
 
     AUTO = "auto"
     ULFM = "ulfm"
@@ -132,9 +133,8 @@ class Backoff:
     """Sleep between polls: starts at ``first`` seconds, doubles up to ``cap``.
 
     The cap is a round's latency: a worker waiting for the next round, and rank 0 for the last reply, notice
-    it up to ``cap`` late. Measured (4 workers, logreg, 300 rounds, 2 cores, three interleaved pairs): a cap
-    of 0.25 ms instead of 1 ms made the run 7 % shorter (3.04 s against 3.33 s) at the same total CPU; 0.1 ms
-    gained nothing more.
+    it up to ``cap`` late. The default cap (0.25 ms) is where the gain stops: a larger cap lengthens a run at
+    the same total CPU, a smaller one shortens it no further (docs/NOTES.md has the measurement).
     """
 
     def __init__(self, first: float = 5e-5, cap: float = 2.5e-4) -> None:

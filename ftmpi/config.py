@@ -102,6 +102,17 @@ _nonempty_str = _typed(lambda v: isinstance(v, str) and bool(v.strip()), "a non-
 _opt_str = _typed(lambda v: v is None or isinstance(v, str), "a string or null")
 
 
+def _run_name(v: Any) -> str:
+    """``name``: it becomes a path component of the run dir (``executor.shared_folder``'s ``{name}``), which
+    ``--overwrite`` deletes under, so it must not lead out of the folder it is put in."""
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad("a non-empty string")
+    if "/" in v or "\0" in v or v in (".", ".."):
+        raise _Bad("a plain name for the run dir (no '/', not '.' or '..': it must not lead out of "
+                   "executor.shared_folder)")
+    return v
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     return _typed(lambda v: isinstance(v, str) and v in options, "one of " + ", ".join(options))
 
@@ -156,13 +167,13 @@ class OptimizerConfig:
     mu_g: float = _f(0.0, _num(0))
     n_most_rep: int | float = _f(0.05, _n_most_rep)  # int = a count, float in (0, 1) = a fraction
     # random: rank 0's draw, staged ahead; coreset: rank 0's per-class k-means++ on the features at the loss;
-    # loss / stratified: the workers' own scoring (the original system's rule; biased). Measured:
+    # loss / stratified: the workers' own scoring (the original system's rule; biased). See
     # benchmarks/results/handoff_value.md
     rep_selection: str = _f("random", _choice(*SELECTIONS))
-    # the handed rows' weights (ftmpi/core/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = the rule
-    # before issue 15's fix, kept for the study only). classmix: every class keeps its share of the objective;
-    # measured as good as shard (unbiased) on label-skew after two losses and without shard's iid cost
-    # (benchmarks/results/handoff_value.md); biased under feature skew (not measured)
+    # the handed rows' weights (ftmpi/core/weighting.py: one, shard, damped, sqrt, classmix; shard-legacy = a
+    # uniform draw, the study's baseline only). classmix (the default): every class keeps its share of the
+    # objective, as good as shard (unbiased) on label skew without shard's iid cost; biased under feature skew
+    # (benchmarks/results/handoff_value.md)
     rep_weight: str = _f("classmix", _choice(*RULES))
     clip_norm: float = _f(0.0, _num(0))  # 0 = off
     clip_val: float = _f(0.0, _num(0))  # 0 = off
@@ -200,8 +211,8 @@ class ExecutorConfig:
     deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
     standby_coordinator: bool = _f(False, _bool)  # rank 1 trains nothing: it is the deputy (needs 3+ ranks)
     # ULFM: rebuild the survivors' communicator (Ack_failed, Shrink, Agree) at each epoch change, in a helper
-    # thread. Off by default: the star traffic never needs it, and Open MPI 5.0.11 segfaulted (twice in a few
-    # hundred runs here) in its failure handler while a rebuild ran beside the main thread's probes
+    # thread. Off by default: the star traffic never needs it, and Open MPI 5.0.11 can segfault in its failure
+    # handler while a rebuild runs beside the main thread's probes (docs/NOTES.md)
     alive_comm: bool = _f(False, _bool)
 
 
@@ -337,7 +348,7 @@ def _suggest(path: str) -> str:
 @functools.cache
 def _loader() -> Any:
     """A SafeLoader that reads ``1e-8`` as a float and refuses duplicate keys (yaml is imported here, when a
-    config is read from YAML: a rank given the launcher's config never imports it, ~8 ms a rank)."""
+    config is read from YAML: a rank given the launcher's config never imports it)."""
     import yaml
 
     class _Loader(yaml.SafeLoader):
@@ -494,41 +505,82 @@ def _faults(value: Any, where: str) -> tuple[FaultSpec, ...]:
 PASSED = "FTMPI_RESOLVED_CONFIG"  # the launcher's validated config, for the ranks (see pass_on)
 
 
-def _identity(source: str | None, overrides: Sequence[str], env: Mapping[str, str]) -> tuple:
-    """What a config is loaded from: the file (absolute path, size, modification time), the overrides and the
-    ``FTMPI_*`` variables that set keys."""
+def _identity(source: str | None, overrides: Sequence[str], env: Mapping[str, str]) -> list[Any] | None:
+    """What a config is loaded from, as plain JSON data: the file (absolute path, size, modification time), the
+    overrides and the ``FTMPI_*`` variables that set keys; None when the file cannot be looked at (nothing
+    passed on can match it: load_config then reads it and says what is wrong)."""
     try:
         st = os.stat(source) if source is not None else None
-    except OSError:  # no such file: nothing was passed for it (load_config then says so)
-        return (object(),)
+    except OSError:
+        return None
     names = {"FTMPI_" + p.replace(".", "_").upper() for p in (*_TOP, *_KEYS)}
-    return (None if source is None else os.path.abspath(source), st and st.st_size, st and st.st_mtime_ns,
-            tuple(overrides), tuple(sorted((k, v) for k, v in env.items() if k in names)))
+    return [None if source is None else os.path.abspath(source), st and st.st_size, st and st.st_mtime_ns,
+            [str(o) for o in overrides], [[k, v] for k, v in sorted(env.items()) if k in names]]
 
 
 def pass_on(cfg: Config, path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
             env: Mapping[str, str] | None = None) -> str:
     """``cfg`` (what :func:`load_config` returned for these arguments) as the value of :data:`PASSED`, which the
     launcher exports to the ranks: a rank whose own arguments, file and ``FTMPI_*`` keys are the same takes it
-    instead of reading the YAML again, so that it neither imports yaml nor parses the file (~10 ms of CPU per
-    rank, while every rank of the job starts on shared cores), and every rank runs the config the launcher
-    checked. Anything else (another file, a file changed since, other overrides) is read as usual."""
-    import pickle
+    instead of reading the YAML again, so that it neither imports yaml nor parses the file (CPU that every
+    rank would spend while the ranks of the job start on shared cores), and every rank runs the config the
+    launcher checked. Anything else (another file, a file changed since, other overrides) is read as usual.
+
+    The value is JSON (never unpickled): ``{"identity": ..., "config": ...}``, the config as plain data with
+    every fault as its string; a rank builds the config from it only when the identity is its own, and checks
+    every value as it would a YAML file's."""
+    import json
 
     env = os.environ if env is None else env
     source = None if path is None else os.fspath(path)
-    return pickle.dumps((_identity(source, list(overrides), env), cfg), protocol=5).hex()
+    plain = dataclasses.asdict(cfg)
+    plain["faults"] = [f"{f.kind}:{f.rank}@{f.round}" + (f":{f.seconds!r}" if f.kind in _TIMED else "")
+                       for f in cfg.faults]
+    return json.dumps({"identity": _identity(source, list(overrides), env), "config": plain},
+                      separators=(",", ":"))
 
 
-def _passed(value: str, identity: tuple) -> Config | None:
-    """The config in a :func:`pass_on` value if it was made for ``identity``; None otherwise or if unreadable."""
-    import pickle
+def _passed(value: str, identity: list[Any] | None) -> Config | None:
+    """The config in a :func:`pass_on` value if it was made for ``identity`` (compared before any of the config
+    in it is used); None otherwise, or if the value is not one of ours or holds a value that does not pass
+    its check."""
+    import json
 
     try:
-        ident, cfg = pickle.loads(bytes.fromhex(value))
-    except Exception:  # noqa: BLE001 - not ours, or from another version: read the config as usual
+        passed = json.loads(value)
+        if identity is None or not isinstance(passed, dict) or passed.get("identity") != identity:
+            return None
+        return _from_plain(passed["config"])
+    except (ValueError, TypeError, KeyError, AttributeError, ConfigError):
         return None
-    return cfg if ident == identity and isinstance(cfg, Config) else None
+
+
+def _from_plain(plain: dict[str, Any]) -> Config:
+    """A :class:`Config` from :func:`pass_on`'s plain data, every value checked as load_config checks it.
+
+    Raises:
+        KeyError, TypeError: data that is not exactly a config of this version's fields.
+        ConfigError: a value that fails its check.
+    """
+    if set(plain) != {"name", "faults", "source", "warnings", *_SECTIONS}:
+        raise KeyError("not a config of this version")
+    where = PASSED
+    sections = {}
+    for section, cls in _SECTIONS.items():
+        body = plain[section]
+        if set(body) != {f.name for f in fields(cls)}:
+            raise KeyError(f"{section}: not the fields of this version")
+        sections[section] = cls(**{f.name: _checked(f"{section}.{f.name}", f.metadata["check"], body[f.name], where)
+                                   for f in fields(cls)})
+    model, opt = sections["model"], sections["optimizer"]
+    if (model.type == "mlp" and not model.hidden) or \
+            (opt.rep_weight == "shard-legacy" and opt.rep_selection != "random"):
+        raise ConfigError(f"{where}: keys that load_config refuses together")
+    source, warnings = plain["source"], plain["warnings"]
+    if not (source is None or isinstance(source, str)) or not all(isinstance(w, str) for w in warnings):
+        raise TypeError("source and warnings are strings")
+    return Config(name=_checked("name", _run_name, plain["name"], where), faults=_faults(plain["faults"], where),
+                  source=source, warnings=tuple(warnings), **sections)
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
@@ -572,9 +624,10 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
             if key in merged:
                 kwargs[f.name] = _checked(key, f.metadata["check"], *merged[key])
         sections[section] = cls(**kwargs)
-    name = Path(source).stem if source is not None else "default"
+    name, where = (Path(source).stem, f"{source} (its file name)") if source is not None else ("default", "defaults")
     if "name" in merged:
-        name = _checked("name", _nonempty_str, *merged["name"])
+        name, where = merged["name"]
+    name = _checked("name", _run_name, name, where)
     faults = _faults(*merged["faults"]) if "faults" in merged else ()
 
     model = sections["model"]

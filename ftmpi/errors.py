@@ -5,28 +5,61 @@ them into a one-line message and an exit code, so no rank ever prints a tracebac
 """
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
-#: Exit codes: 0 success, 1 an unexpected crash, 2 bad input (config/data/checkpoint),
-#: 3 training could not finish (every worker lost), 4 the coordinator was lost (seen from a worker),
-#: 5 this rank was declared dead by the coordinator and told to leave, 6 preempted (SIGTERM/SIGUSR1: the
-#: current round was checkpointed and the run can be resumed), 7 a write the run needs failed (disk full,
-#: read-only or failing storage) and nothing resumable was saved.
-EXIT_OK = 0
-EXIT_CRASH = 1
-EXIT_BAD_INPUT = 2
-EXIT_NO_WORKERS = 3
-EXIT_COORDINATOR_LOST = 4
-EXIT_EXPELLED = 5
-EXIT_PREEMPTED = 6
-EXIT_DISK = 7
+from ftmpi.core.kinds import How
+
+
+class ExitCode(enum.IntEnum):
+    """The exit codes of ftmpi's processes (rank 0's is also ``exit_code`` in summary.json). A member is its
+    ``int``: ``sys.exit``, ``os._exit``, ``json.dumps`` and ``str()`` see the plain number."""
+
+    OK = 0  #: training completed
+    CRASH = 1  #: an unexpected crash
+    BAD_INPUT = 2  #: bad input (config, data, checkpoint, command line)
+    NO_WORKERS = 3  #: training could not finish: every worker was lost
+    COORDINATOR_LOST = 4  #: the coordinator was lost (seen from a worker)
+    EXPELLED = 5  #: this rank was declared dead by the coordinator and told to leave
+    PREEMPTED = 6  #: SIGTERM/SIGUSR1: the current round was checkpointed and the run can be resumed
+    DISK = 7  #: a write the run needs failed (disk full, read-only or failing storage); nothing resumable saved
+    OVERRAN = 124  #: ``ftmpi launch`` only: the job overran FTMPI_JOB_TIMEOUT and was killed (timeout(1)'s code)
+
+    def __str__(self) -> str:
+        return str(int(self))
+
+
+#: The members under their module-level names.
+EXIT_OK = ExitCode.OK
+EXIT_CRASH = ExitCode.CRASH
+EXIT_BAD_INPUT = ExitCode.BAD_INPUT
+EXIT_NO_WORKERS = ExitCode.NO_WORKERS
+EXIT_COORDINATOR_LOST = ExitCode.COORDINATOR_LOST
+EXIT_EXPELLED = ExitCode.EXPELLED
+EXIT_PREEMPTED = ExitCode.PREEMPTED
+EXIT_DISK = ExitCode.DISK
 
 
 class FtmpiError(Exception):
-    """Base of every error ftmpi raises on purpose."""
+    """Base of every error ftmpi raises on purpose.
 
-    exit_code = EXIT_CRASH
-    quiet = False  # True: the message was already said elsewhere (e.g. rank 0's own failure)
+    Args:
+        *args: The message, as for :class:`Exception`.
+        exit_code: The code the process ends with, when not its class's ``exit_code`` (e.g. rank 0's own code,
+            relayed to a worker that leaves with it).
+        quiet: True when the message was already said elsewhere (e.g. rank 0's own failure): nothing more is
+            printed.
+    """
+
+    exit_code: int = ExitCode.CRASH
+    quiet: bool = False
+
+    def __init__(self, *args: object, exit_code: int | None = None, quiet: bool = False) -> None:
+        super().__init__(*args)
+        if exit_code is not None:
+            self.exit_code = exit_code
+        if quiet:
+            self.quiet = True
 
 
 class ConfigError(FtmpiError):
@@ -75,9 +108,15 @@ class PeerTimeout(PeerError):
 
 
 class CoordinatorLost(FtmpiError):
-    """A worker lost contact with rank 0."""
+    """A worker lost contact with rank 0. ``how`` it noticed: :attr:`How.ULFM` (MPI reported rank 0 failed),
+    :attr:`How.TIMEOUT` (rank 0 said nothing before the deadline) or :attr:`How.ERROR` (rank 0 said it was
+    leaving); made a :class:`~ftmpi.core.kinds.How` here, so a value is accepted too."""
 
     exit_code = EXIT_COORDINATOR_LOST
+
+    def __init__(self, message: str, how: How | str) -> None:
+        super().__init__(message)
+        self.how = How(how)
 
 
 class Expelled(FtmpiError):
@@ -97,3 +136,14 @@ class WriteFailed(FtmpiError):
     result of that kind exists. Failures that leave a valid earlier file are warnings, not this error."""
 
     exit_code = EXIT_DISK
+
+
+class Deposed(FtmpiError):
+    """This coordinator's term is over: a higher ``term`` was claimed in the run dir (a deputy took over while
+    this rank was silent). It writes and prunes nothing more; ``what`` names the write it did not make."""
+
+    exit_code = EXIT_COORDINATOR_LOST
+
+    def __init__(self, term: int, what: str) -> None:
+        super().__init__(f"deposed: term {term} was claimed in the run dir; not done: {what}")
+        self.term, self.what = int(term), what

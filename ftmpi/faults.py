@@ -1,6 +1,6 @@
 """Deterministic fault injection: make rank R fail in a chosen way at the start of round N.
 
-Kinds (``--inject KIND:R@N[:S]`` or the config's ``faults:`` list):
+Kinds (:class:`FaultKind`; ``--inject KIND:R@N[:S]`` or the config's ``faults:`` list):
 
 - ``kill``  SIGKILL itself (what an OOM killer or a node loss looks like);
 - ``exit``  ``os._exit(1)`` without MPI_Finalize (ULFM does not report this: only a deadline catches it);
@@ -21,8 +21,28 @@ import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ftmpi.config import FaultSpec
+from ftmpi.core.kinds import StrEnum
+
+if TYPE_CHECKING:  # not at run time: ftmpi.config may import FaultKind from here
+    from ftmpi.config import FaultSpec
+
+
+class FaultKind(StrEnum):
+    """How an injected fault makes its rank fail (see the module docstring for each)."""
+
+    KILL = "kill"
+    EXIT = "exit"
+    RAISE = "raise"
+    HANG = "hang"
+    PAUSE = "pause"
+    SLOW = "slow"
+
+    @property
+    def timed(self) -> bool:
+        """True for the kinds that take seconds (``KIND:R@N:S``): ``pause`` and ``slow``."""
+        return self in (FaultKind.PAUSE, FaultKind.SLOW)
 
 
 def due(faults: Iterable[FaultSpec], rank: int, round_: int) -> list[FaultSpec]:
@@ -33,7 +53,7 @@ def due(faults: Iterable[FaultSpec], rank: int, round_: int) -> list[FaultSpec]:
 def _mark(run_dir: Path, f: FaultSpec) -> None:
     d = Path(run_dir) / "faults"
     d.mkdir(parents=True, exist_ok=True)
-    rec = {"rank": f.rank, "round": f.round, "kind": f.kind, "seconds": f.seconds, "time": time.time(),
+    rec = {"rank": f.rank, "round": f.round, "kind": FaultKind(f.kind).value, "seconds": f.seconds, "time": time.time(),
            "pid": os.getpid()}
     tmp = d / f".rank-{f.rank}.json.tmp"
     tmp.write_text(json.dumps(rec))
@@ -55,25 +75,28 @@ def read_marks(run_dir: Path) -> dict[int, dict]:
 
 
 def inject(f: FaultSpec, run_dir: Path) -> None:
-    """Carry out one fault on this process. Returns only for ``slow`` (and ``pause``, once resumed)."""
+    """Carry out one fault on this process. Returns only for ``slow`` (and ``pause``, once resumed).
+
+    Raises:
+        ValueError: If ``f.kind`` is not a :class:`FaultKind` (before anything is done or written).
+    """
+    kind = FaultKind(f.kind)
     _mark(run_dir, f)
     pid = os.getpid()
-    if f.kind == "kill":
+    if kind is FaultKind.KILL:
         os.kill(pid, signal.SIGKILL)
-    elif f.kind == "exit":
+    elif kind is FaultKind.EXIT:
         os._exit(1)
-    elif f.kind == "raise":
+    elif kind is FaultKind.RAISE:
         raise RuntimeError(f"injected fault raise:{f.rank}@{f.round}")
-    elif f.kind == "hang":
+    elif kind is FaultKind.HANG:
         os.kill(pid, signal.SIGSTOP)
         while True:  # resumed by someone after all: still never answer
             time.sleep(3600)
-    elif f.kind == "pause":
+    elif kind is FaultKind.PAUSE:
         import subprocess
 
         subprocess.Popen(["sh", "-c", f"sleep {f.seconds}; kill -CONT {pid} 2>/dev/null"], start_new_session=True)
         os.kill(pid, signal.SIGSTOP)
-    elif f.kind == "slow":
+    elif kind is FaultKind.SLOW:
         time.sleep(f.seconds)
-    else:  # parse_fault validated the kinds already
-        raise ValueError(f"unknown fault kind {f.kind!r}")

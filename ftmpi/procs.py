@@ -12,7 +12,7 @@ import signal
 
 def hostname() -> str:
     """This host's name, as ``socket.gethostname()`` gives it (glibc reads it from ``uname``), without importing
-    socket: every rank needs the name and most need nothing else of socket (~2 ms of import per rank)."""
+    socket: every rank needs the name and most need nothing else of socket."""
     return os.uname().nodename
 
 

@@ -5,9 +5,11 @@ A handler only records the request; the round loop asks :func:`stop_requested` a
 rank 0 then checkpoints the round it just finished and ends the run as ``preempted`` (exit code 6), and the
 workers leave when rank 0 tells them to (a worker that got the signal keeps answering until then, so that
 the last round is not lost). Under SLURM one request often arrives several times within milliseconds
-(``scancel --full --signal=USR1`` signals every process, and mpirun forwards SIGUSR1 to the ranks as well):
-repeats within :data:`REPEAT_WINDOW` seconds are the same request. A repeat after that is not swallowed:
-the signal's default action runs.
+(``scancel --full --signal=USR1`` signals every process, and mpirun forwards SIGUSR1 to the ranks as well),
+and by two routes as two kinds (``scontrol requeue`` SIGTERMs every process while the launcher passes the
+same request on as SIGUSR1): a stop signal of either kind within :data:`REPEAT_WINDOW` seconds of the first
+is the same request. A second signal after that, of either kind, is not swallowed: that signal's default
+action runs (the process ends).
 """
 from __future__ import annotations
 
@@ -21,13 +23,15 @@ REPEAT_WINDOW = 10.0
 
 def _handler(signum: int, frame: object) -> None:  # noqa: ARG001
     name = signal.Signals(signum).name
-    if name in _STOP:
-        if time.time() - _STOP[name] < REPEAT_WINDOW:  # the same request delivered again
+    now = time.monotonic()
+    if _STOP:
+        if now - min(_STOP.values()) < REPEAT_WINDOW:  # the first request, delivered again or by another route
+            _STOP.setdefault(name, now)
             return
         signal.signal(signum, signal.SIG_DFL)  # asked again, later: do what the signal would have done
         signal.raise_signal(signum)
         return
-    _STOP[name] = time.time()
+    _STOP[name] = now
 
 
 def install() -> None:

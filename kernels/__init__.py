@@ -7,7 +7,7 @@ The model's layout and ``predict`` (:mod:`.layout`) and softmax regression (:mod
 the modules that use numba (:mod:`.model`, :mod:`.quant`, :mod:`.select`) load at the first use of one of
 their names. A softmax-regression run that quantizes nothing and whose workers score nothing (the default
 ``rep_selection: random``) so never imports numba in any process: importing it and loading the first kernel
-cost ~0.3 s of CPU per process, on cores that the ranks share while they start.
+costs every process CPU time while the ranks start on shared cores.
 """
 
 from __future__ import annotations

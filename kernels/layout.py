@@ -3,7 +3,7 @@
 Layout: a model is ``sizes = [d, h1, ..., k]``. For each layer ``l`` the flat vector holds ``W_l``
 of shape ``(sizes[l], sizes[l+1])`` row-major, then ``b_l`` of length ``sizes[l+1]``. Hidden layers
 use ReLU, the output layer a softmax. Nothing here imports numba: rank 0 builds, initialises and evaluates
-the global model with these alone, so it never pays numba's import (~0.1-0.2 s of CPU per process); the
+the global model with these alone, so it never pays numba's import; the
 numba kernels (loss, gradient, per-sample loss) are in :mod:`ftmpi.kernels.model`.
 """
 
@@ -17,8 +17,7 @@ import numpy as np
 
 CHUNK_ROWS = 4096  # rows per forward chunk in sample_loss / predict (bounds activation memory)
 # rows per chunk when predict converts stored rows (uint8) to float32 first: a chunk that stays in a core's
-# cache between the conversion and the product (measured: 10000 Fashion-MNIST rows in 5.6 ms at 256 rows a
-# chunk against 10.8 ms at 4096, and 4.4-6.5 ms for float32 rows already in memory)
+# cache between the conversion and the product, so uint8 rows evaluate as fast as float32 rows in memory
 PACKED_CHUNK_ROWS = 256
 
 
@@ -120,17 +119,17 @@ def predict(params: np.ndarray, sizes: np.ndarray, X: np.ndarray) -> np.ndarray:
     """Predicted class (argmax of the logits, first on ties) of every row, chunked.
 
     Plain numpy (bias, ReLU and argmax are not fused here): rank 0 evaluates with it and so never loads a
-    numba kernel; loading the first one from the cache costs ~1 s of CPU, which used to fall in round 0.
+    numba kernel, whose first load from the cache would cost rank 0 start-up CPU.
 
     Args:
         params: Flat float32 parameters.
         sizes: Layer widths ``[d, h1, ..., k]``.
-        X: Features, float32 ``(n, d)``, or a row matrix of :mod:`ftmpi.rows` (converted a chunk at a time).
+        X: Features, float32 ``(n, d)``, or a row matrix of :mod:`ftmpi.storage.rows` (converted a chunk at a time).
 
     Returns:
         Int32 labels ``(n,)``.
     """
-    packed = hasattr(X, "rows")  # a row matrix (ftmpi.rows, e.g. uint8 pixels): float32 a chunk at a time
+    packed = hasattr(X, "rows")  # a row matrix (ftmpi.storage.rows, e.g. uint8 pixels): float32 a chunk at a time
     params, sizes, head, _ = _check_batch(params, sizes, X[:0] if packed else X)
     if not packed:
         X = head

@@ -7,9 +7,8 @@ use ReLU, the output layer a softmax with mean cross-entropy loss. Gradients sha
 Matrix products go to numpy's ``@`` (its bundled BLAS; single-threaded when OPENBLAS_NUM_THREADS=1);
 everything between them is fused into ``@njit(cache=True)`` row loops (bias + ReLU, log-softmax +
 loss + logit gradient, column sums, ReLU masks). The layout and ``predict`` (numpy only) are in
-:mod:`ftmpi.kernels.layout`. ``np.dot`` inside numba was tried first: it calls scipy's OpenBLAS, which here
-(0.3.30 against numpy's 0.3.31) was 15-60 % slower on the weight-gradient products of the 15000-row shard,
-too slow to match a plain numpy implementation.
+:mod:`ftmpi.kernels.layout`. The products stay out of numba: ``np.dot`` inside numba calls scipy's
+OpenBLAS, which is slower than numpy's on the weight-gradient products of a shard.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import layout as _layout
-from .layout import (  # noqa: F401  (re-exported: the layout and predict were defined here before)
+from .layout import (  # noqa: F401  (re-exported: this module's names include the layout and predict)
     CHUNK_ROWS,
     _check_batch,
     _check_out,
@@ -103,7 +102,7 @@ def _relu_mask(g, a):
 
 
 def _weight_grad(a, g, gW):
-    """``gW = a.T @ g``. For a narrow ``g`` OpenBLAS is faster (1.4-2.6x at k=10) computing
+    """``gW = a.T @ g``. For a narrow ``g`` (at most 32 columns) OpenBLAS is faster computing
     ``g.T @ a`` and transposing the small result."""
     if g.shape[1] <= 32:
         gW[...] = (g.T @ a).T

@@ -1,9 +1,8 @@
 """Softmax regression (a model with no hidden layer): loss, gradient and per-sample loss in numpy alone.
 
 The numba kernels of :mod:`ftmpi.kernels.model` fuse the row loops of any model; for one layer they buy
-nothing measurable (a step on 128 rows of Fashion-MNIST: 96 us in numba, ~100 us here, same machine, same
-BLAS), while importing numba and loading the first kernel from its cache costs every process ~0.3 s of
-CPU, on cores that the ranks of a job share while they start (4 workers: over 1 s of CPU in all). So a
+nothing measurable over numpy with the same BLAS, while importing numba and loading the first kernel from
+its cache costs every process CPU time on cores that the ranks of a job share while they start. So a
 softmax regression never loads numba; :func:`ftmpi.kernels.loss_grad` and :func:`ftmpi.kernels.sample_loss`
 dispatch here when ``sizes`` has two entries. Same contract as the numba versions (shapes and dtypes
 checked, ValueError on a label outside ``[0, k)``); float32 arithmetic, sums of rows in float64.

@@ -1,6 +1,9 @@
 """Rank 0's round driver: the only part of rank 0 that talks MPI. It owns the :class:`Channel`, the
 deadlines, the pings and the global model; everything rank 0 knows about the cluster lives in
-:class:`ftmpi.core.cluster.ClusterState`, which it feeds events and whose effects it carries out.
+:class:`ftmpi.core.cluster.ClusterState`, which it feeds events and whose effects it carries out, each effect
+type by one handler (:attr:`Coordinator.HANDLERS`). It owns two parts: replication to the deputy
+(:class:`~ftmpi.coordinator.deputy.Replication`) and the start and end of the run
+(:class:`~ftmpi.coordinator.lifecycle.Lifecycle`), which share one :class:`~ftmpi.coordinator.context.Context`.
 
 A round: broadcast the model, write the previous round's metrics row, then wait for replies in short polls.
 Each poll returns what arrived (messages, ULFM failures); the driver turns it into events, applies them to
@@ -11,18 +14,17 @@ worker gives up on rank 0 while it is busy. At the deadline the silent workers a
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ftmpi import faults as F
 from ftmpi.comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from ftmpi.config import Config
-from ftmpi.coordinator.deputy import Replaced, Replication
+from ftmpi.coordinator.context import Context, Tally
+from ftmpi.coordinator.deputy import Replaced, Replication, restore_staged
 from ftmpi.coordinator.files import HandoffWrite
 from ftmpi.coordinator.globalmodel import GlobalModel
 from ftmpi.coordinator.lifecycle import Lifecycle
@@ -44,30 +46,51 @@ from ftmpi.core.cluster import (
     Stage,
     WriteHandoff,
 )
-from ftmpi.core.failover import Change, ReplicaSender, takeover_state
+from ftmpi.core.failover import Change, takeover_state
 from ftmpi.core.handoff import Schedule, make_policy
+from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, FtmpiError, WriteFailed
 from ftmpi.model.models import warmup
 from ftmpi.observe.metrics import Progress, truncate_metrics
 from ftmpi.observe.timeline import mark
-from ftmpi.procs import hostname, start_time
 from ftmpi.signals import stop_requested
 from ftmpi.storage.checkpoint import Snapshot
 from ftmpi.storage.data import Dataset, load_dataset
 from ftmpi.storage.shards import handoff_path, shard_path
 
+if TYPE_CHECKING:
+    from ftmpi.observe.tb import TBWriter
 
-class Coordinator(Replication, Lifecycle):
-    """Rank 0's driver, or a deputy's that took over (``takeover``: the replica it holds and the change)."""
+# an effect's handler: (driver, the effect, the round's accepted replies so far)
+Handler = Callable[["Coordinator", Any, dict[int, P.Reply]], None]
+
+
+class Prefetched(Protocol):
+    """The dataset being read in a thread since the process started."""
+
+    def get(self) -> Dataset:
+        """The dataset, once read; raises what reading it raised."""
+
+
+class Coordinator:
+    """Rank 0's driver, or a deputy's that took over (``takeover``: the replica it holds and the change).
+
+    Attributes:
+        ctx: What its parts share (the channel, config, state, global model, outputs, writer, ...; the
+            same objects as the driver's attributes of those names).
+        tally: The run's totals for summary.json (``ctx.tally``).
+        replication: Replication to the deputy; the fence against a coordinator that was replaced.
+        lifecycle: Join, deal, checkpoints, finish.
+        HANDLERS: Effect type -> the method that carries it out.
+    """
 
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float, data: Dataset,
-                 resume: Snapshot | None = None, tb: Any = None,
+                 resume: Snapshot | None = None, tb: TBWriter | None = None,
                  takeover: tuple[P.Replica, Change] | None = None) -> None:
-        self.ch, self.cfg, self.run_dir, self.data, self.resume = ch, cfg, Path(run_dir), data, resume
-        self.t_start = t_start
+        self.ch, self.cfg, self.run_dir, self.data = ch, cfg, Path(run_dir), data
         self.me = ch.rank
         # executor.standby_coordinator: rank 1 trains nothing and is the deputy (a takeover hands nothing over)
-        self.spare = 1 if cfg.executor.standby_coordinator and takeover is None and ch.size >= 3 else -1
+        spare = 1 if cfg.executor.standby_coordinator and takeover is None and ch.size >= 3 else -1
         ex, o = cfg.executor, cfg.optimizer
         # faults that already fired in an earlier launch or before a takeover (never replayed)
         self.fired = {(int(m["rank"]), int(m["round"])) for m in F.read_marks(run_dir).values()} \
@@ -84,21 +107,17 @@ class Coordinator(Replication, Lifecycle):
             warmup(0, False, "coreset")  # the coreset kernel runs at a loss: compiled (or loaded) now
         launch = time.time() - (time.monotonic() - t_start)
         hfile = lambda e: str(handoff_path(self.run_dir, e))  # noqa: E731
-        self._effects0: list[Effect] = []
-        self.changes: list[dict[str, Any]] = []  # earlier coordinator changes of this run
-        self.change: Change | None = None  # the one this process took over in
+        self._effects0: list[Effect] = []  # a takeover's first effects: its own rows handed over
         self.takeover = takeover
         # the alive communicator: only when asked (executor.alive_comm), and not after a takeover (see failover)
         self.rebuilds = takeover is None and cfg.executor.alive_comm
         if takeover is None:
-            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r not in (self.me,
-                                                                                                  self.spare)],
+            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r not in (self.me, spare)],
                                       policy, cfg.model.seed, launch, hfile)
         else:
-            self._restore_staged(takeover[0])
+            restore_staged(self.standby, takeover[0])
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
                                                         time.time(), hfile)
-        self.bytes_before, self.wall_before, self.ckpt_seconds = 0, 0.0, 0.0
         if resume is not None:
             truncate_metrics(self.run_dir / "metrics.csv", resume.round)
         if takeover is not None:  # the rows from the one the lost coordinator had not written yet are redone
@@ -106,55 +125,98 @@ class Coordinator(Replication, Lifecycle):
             truncate_metrics(self.run_dir / "metrics.csv", pending["round"] if pending else takeover[0].round)
         self.out = Outputs(self.run_dir, cfg, progress, data.n_classes, resume is not None or takeover is not None,
                            tb)
-        self.dealt = False
-        self.histogram: np.ndarray | None = None
-        self.initial_shards: dict[int, int] | None = None
-        self.shard_bytes = 0  # bytes of shard files written at this launch (0: a resume that reused them)
-        self.resumed_from = None if resume is None else {"round": resume.round, "epoch": resume.epoch}
-        self.sender = ReplicaSender()
-        self.replica_bytes = 0  # sent to the deputy (not in bytes_total)
-        self.replica_seconds = 0.0  # rank 0's time building and sending them
-        self.deputy = -1
-        pid = os.getpid()
-        self.identity = (self.me, hostname(), pid, start_time(pid))
+        self.tally = Tally(t_start, resumed_from=None if resume is None else {"round": resume.round,
+                                                                             "epoch": resume.epoch})
+        self.ctx = Context(ch, cfg, self.run_dir, data, self.state, self.gm, self.out, self.writer, self.standby,
+                           self.tally)
+        self.replication = Replication(self.ctx, self, spare)
+        self.lifecycle = Lifecycle(self.ctx, self, self.replication, resume)
         if takeover is not None:
-            self._from_replica(*takeover)
+            self.replication.from_replica(*takeover)
         self.pending_rebuild: list[int] | None = None
-        self.alive_comm: dict[str, Any] | None = None
-        self.preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
-        self.target_stop = False  # the rounds ended at executor.target_accuracy
-        # (parameters, test accuracy, per class) of the first model evaluated at or above the target
-        self.target_model: tuple[np.ndarray, float, np.ndarray] | None = None
 
-    # -------------------------------------------------------------------------------- helpers
-    def _evaluate(self) -> tuple[float, np.ndarray]:
-        """The global model's test accuracy; the first model at or above ``executor.target_accuracy`` is kept,
-        so that a run stopped by the target ends on it (it is evaluated while the next round trains)."""
-        acc, per = self.gm.evaluate()
-        target = self.cfg.executor.target_accuracy
-        if target is not None and self.target_model is None and acc >= target:
-            self.target_model = (self.gm.W.copy(), acc, np.asarray(per).copy())
-        return acc, per
-
-    def _mark(self, rank: int) -> dict[str, Any] | None:
-        return F.read_marks(self.run_dir).get(rank)
-
-    def _heard(self, src: int, msg: Any) -> Heard:
-        """An event for a message; an error report carries the sender's fault mark, if any."""
-        msg = P.coerce(msg)
-        return Heard(src, msg, self._mark(src) if isinstance(msg, P.Error) else None)
-
-    def _ping(self, ranks: list[int], force: bool = False) -> None:
+    # ------------------------------------------------------------------- what the parts ask of the driver
+    def ping(self, ranks: list[int], force: bool = False) -> None:
         """Tell waiting workers rank 0 is alive, at most every ``timeout/4`` unless forced."""
         now = time.monotonic()
         if force or now >= self._next_ping:
-            for r in ranks + ([self.spare] if self.spare >= 0 else []):
-                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.deputy))
+            spare = self.replication.spare
+            for r in ranks + ([spare] if spare >= 0 else []):
+                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.replication.deputy))
             self._next_ping = now + max(0.05, self.cfg.executor.timeout / 4)
 
+    def handoffs_pending(self) -> bool:
+        """A handoff file is being written (or its messages have not gone out yet)."""
+        return bool(self._writes)
+
+    def wait_handoffs(self) -> None:
+        """Wait until every handoff file is written and its messages sent, pinging every alive worker."""
+        while self._writes:
+            self._service(self.state.alive)
+            time.sleep(0.005)
+
+    def wait_writer(self) -> None:
+        """Wait for the background writer (bounded waits), pinging every alive worker meanwhile; say its
+        warnings. Raises WriteFailed when an essential write failed with nothing valid before it."""
+        step = min(0.2, max(0.05, self.cfg.executor.timeout / 4))
+        try:
+            while not self.writer.wait(step):
+                self._service(self.state.alive)
+        finally:
+            self._warn_writes()
+
+    def apply(self, effects: list[Effect], replies: dict[int, P.Reply]) -> None:
+        """Carry out ``effects`` in order, each by the handler of its type (:attr:`HANDLERS`)."""
+        for e in effects:
+            self.HANDLERS[type(e)](self, e, replies)
+
+    # ----------------------------------------------------------------------- effects: one handler each
+    def _on_accept(self, e: Accept, replies: dict[int, P.Reply]) -> None:
+        """The reply is aggregated this round."""
+        replies[e.rank] = e.reply
+
+    def _on_log(self, e: Log, replies: dict[int, P.Reply]) -> None:
+        self.out.log(e, self.state.round)
+
+    def _on_expel(self, e: Expel, replies: dict[int, P.Reply]) -> None:
+        self.ch.send(e.rank, TAG_CTRL, P.Exit(e.why))
+
+    def _on_write_handoff(self, e: WriteHandoff, replies: dict[int, P.Reply]) -> None:
+        """In a thread: rank 0 goes on polling and pinging meanwhile; its messages wait for it."""
+        self._writes[e.epoch] = HandoffWrite(e, self.data)
+
+    def _on_send_handoff(self, e: SendHandoff, replies: dict[int, P.Reply]) -> None:
+        """At once (a survivor still training takes the rows between two steps), or once the epoch's handoff
+        file is written."""
+        if e.msg.epoch in self._writes:
+            self._writes[e.msg.epoch].sends.append(e)
+        else:
+            self.ch.send(e.rank, TAG_CTRL, e.msg)
+
+    def _on_stage(self, e: Stage, replies: dict[int, P.Reply]) -> None:
+        self._stage(e.ranks)
+
+    def _on_rebuild(self, e: Rebuild, replies: dict[int, P.Reply]) -> None:
+        """Rebuild the alive communicator at the end of the round, under ULFM, when every rank declared dead is
+        one ULFM knows failed (a hung or exited rank it does not know would keep the shrink from completing)."""
+        dead = {r for r, m in self.state.members.items() if not m.alive}
+        if self.rebuilds and self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
+            self.pending_rebuild = e.members
+
+    HANDLERS: ClassVar[dict[type, Handler]] = {
+        Accept: _on_accept,
+        Log: _on_log,
+        Expel: _on_expel,
+        WriteHandoff: _on_write_handoff,
+        SendHandoff: _on_send_handoff,
+        Stage: _on_stage,
+        Rebuild: _on_rebuild,
+    }
+
+    # -------------------------------------------------------------------------------- helpers
     def _written(self) -> bool:
         """A handoff file finished writing (its messages can go out)."""
         return any(not w.thread.is_alive() for w in self._writes.values())
@@ -172,96 +234,56 @@ class Coordinator(Replication, Lifecycle):
                     why = " ".join(str(w.error).split()) or type(w.error).__name__
                     effects = self.state.handoff_unwritten(e, why)
                     sends = [x for x in effects if isinstance(x, SendHandoff)]
-                    self._apply([x for x in effects if not isinstance(x, SendHandoff)], {})
+                    self.apply([x for x in effects if not isinstance(x, SendHandoff)], {})
                 for s in sends:
                     self.ch.send(s.rank, TAG_CTRL, s.msg)
-        self._ping(ping)
-
-    def _wait_busy(self, busy: Any) -> None:
-        """Wait until ``busy()`` is false, pinging every alive worker meanwhile."""
-        while busy():
-            self._service(self.state.alive)
-            time.sleep(0.005)
-
-    def _wait_writer(self) -> None:
-        """Wait for the background writer (bounded waits), pinging every alive worker meanwhile; say its
-        warnings. Raises WriteFailed when an essential write failed with nothing valid before it."""
-        step = min(0.2, max(0.05, self.cfg.executor.timeout / 4))
-        try:
-            while not self.writer.wait(step):
-                self._service(self.state.alive)
-        finally:
-            self._warn_writes()
+        self.ping(ping)
 
     def _warn_writes(self) -> None:
         for line in self.writer.take_warnings() + self.ch.take_notes():
             self.out.progress.warn(line)
 
-    def _apply(self, effects: list[Effect], replies: dict[int, P.Reply]) -> None:
-        for e in effects:
-            if isinstance(e, Accept):
-                replies[e.rank] = e.reply
-            elif isinstance(e, Log):
-                self.out.log(e, self.state.round)
-            elif isinstance(e, Expel):
-                self.ch.send(e.rank, TAG_CTRL, P.Exit(e.why))
-            elif isinstance(e, WriteHandoff):  # in a thread: rank 0 goes on polling and pinging meanwhile
-                self._writes[e.epoch] = HandoffWrite(e, self.data)
-            elif isinstance(e, SendHandoff):  # at once (a survivor still training takes them between steps)
-                if e.msg.epoch in self._writes:
-                    self._writes[e.msg.epoch].sends.append(e)
-                else:
-                    self.ch.send(e.rank, TAG_CTRL, e.msg)
-            elif isinstance(e, Stage):
-                self._stage(e.ranks)
-            elif isinstance(e, Rebuild):
-                # ULFM: rebuild when every rank declared dead is one ULFM knows failed (a hung or exited rank it
-                # does not know would keep the shrink from completing)
-                dead = {r for r, m in self.state.members.items() if not m.alive}
-                if self.rebuilds and self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
-                    self.pending_rebuild = e.members
-
     def _stage(self, ranks: list[int]) -> None:
-        """Stage the workers' representative rows (``rep_selection: random``; see :mod:`ftmpi.coordinator.staging`)."""
+        """Stage the workers' representative rows (``rep_selection: random``; see
+        :mod:`ftmpi.coordinator.staging`)."""
         if self.standby.active:
             s = self.state
             chosen = self.standby.stage(ranks, s.epoch, s.ownership, s.weight, self.data)
-            self._apply(s.apply([Chosen(r, ids) for r, ids in chosen.items()], time.time()), {})
+            self.apply(s.apply([Chosen(r, ids) for r, ids in chosen.items()], time.time()), {})
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> int:
         try:
             return self._run()
         except Replaced as exc:
-            return self._leave_replaced(exc)
+            return self.replication.leave_replaced(exc)
         except BaseException as exc:
-            if isinstance(exc, FtmpiError) or self.sender.sent == 0 or self.deputy < 0 \
-                    or any(c["how"] == "error" for c in self._all_changes()):
+            if isinstance(exc, FtmpiError) or not self.replication.hands_over_crash():
                 raise  # a crash hands over once per run: the same bug would go round every worker
             # a crash with a deputy holding a replica: it takes over at once; the others follow it
             for r in self.state.alive:
                 self.ch.send(r, TAG_CTRL, P.Abdicate(f"{type(exc).__name__}: {exc}"))
             self.ch.flush(time.monotonic() + 2.0)
-            exc.handed_over = self.deputy  # type: ignore[attr-defined]  # cli.py: no verdict, nobody told to leave
+            exc.handed_over = self.replication.deputy  # type: ignore[attr-defined]  # no verdict, nobody told to leave
             raise
 
     def _run(self) -> int:
         if self.takeover is not None:
             return self._run_rounds(takeover=True)
         ex, t0 = self.cfg.executor, time.monotonic()
-        self._join()
+        self.lifecycle.join()
         mark("joined")
         t1 = time.monotonic()
         if not self.state.alive:
             sys.stderr.write("ftmpi: rank 0: error: no worker joined within executor.startup_timeout "
                              f"({ex.startup_timeout:g}s)\n")
-            return self._finish(EXIT_NO_WORKERS)
-        self._deal()
+            return self.lifecycle.finish(EXIT_NO_WORKERS)
+        self.lifecycle.deal()
         mark("dealt")
         t2 = time.monotonic()
         prog = self.out.progress
-        prog.event(f"start-up: join {t1 - t0:.2f}s, shards {t2 - t1:.2f}s ({t2 - self.t_start:.2f}s since launch "
-                   f"of rank 0's main)")
+        prog.event(f"start-up: join {t1 - t0:.2f}s, shards {t2 - t1:.2f}s ({t2 - self.tally.t_start:.2f}s since "
+                   f"launch of rank 0's main)")
         prog.event(f"{len(self.state.alive)} workers, {len(self.data.y_train)} training rows ({self.data.name}), "
                    f"{self.gm.model.n_params} params, detector={self.ch.detector.value}")
         self._stage(self.state.alive)
@@ -270,8 +292,12 @@ class Coordinator(Replication, Lifecycle):
     def _run_rounds(self, takeover: bool = False) -> int:
         prog = self.out.progress
         if takeover:
-            self._begin_takeover()
-        first, code = True, EXIT_OK
+            self.replication.begin_takeover()
+            self.apply(self._effects0, {})  # its own rows handed over
+            # stage the workers whose standby file is not known (the others' were restored from the replica)
+            self._stage([r for r in self.state.alive if r not in self.standby.staged])
+        first = True
+        code: int = EXIT_OK
         while not self.gm.done:
             if not self.state.alive:
                 code = EXIT_NO_WORKERS
@@ -279,8 +305,8 @@ class Coordinator(Replication, Lifecycle):
                                  f"metrics and summary saved in {self.run_dir}\n")
                 break
             sig = stop_requested()
-            if sig is not None:  # preempted: this round is checkpointed by _finish; resume continues from it
-                self.preempted = {"signal": sig, "round": self.state.round}
+            if sig is not None:  # preempted: this round is checkpointed by finish; resume continues from it
+                self.tally.preempted = {"signal": sig, "round": self.state.round}
                 prog.event(f"{sig}: stopping after round {self.state.round - 1}; checkpointing for a resume")
                 code = EXIT_PREEMPTED
                 break
@@ -293,12 +319,12 @@ class Coordinator(Replication, Lifecycle):
             first = False
             if self.out.reached is not None and not self.gm.done:  # executor.target_accuracy
                 prog.event(self.out.target_note(self.state.round - 1))
-                self.target_stop = True
+                self.tally.target_stop = True
                 break
             if self.state.round == 1:
                 mark("round-0")
         mark("rounds-done")
-        code = self._finish(code)
+        code = self.lifecycle.finish(code)
         mark("finished")
         return code
 
@@ -306,21 +332,13 @@ class Coordinator(Replication, Lifecycle):
         s = self.state
         payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
-        if self.spare >= 0 and self.spare in self.ch.failed_ranks():
-            self.out.progress.warn(f"warning: the standby coordinator (rank {self.spare}) is lost; the lowest "
-                                   "alive worker is the deputy from now on")
-            self.spare = -1
-        self.deputy = self.spare if self.spare >= 0 else self._choose_deputy() if self.cfg.executor.deputy else -1
+        deputy = self.replication.name_deputy()
         for r in s.alive:
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup else None
             self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, how,
-                                              self.standby.news_for(r, plans), self.pending_rebuild, self.deputy))
-        if self.change is not None and self.change.first_round_at is None:
-            self.change.started(time.time())
-            self.out.progress.warn(f"coordinator: rank {self.me} sent its first round message (round {rnd}), "
-                                   f"{self.change.takeover_time:.2f}s after the "
-                                   f"{'fault' if self.change.injected_at is not None else 'detection'}")
+                                              self.standby.news_for(r, plans), self.pending_rebuild, deputy))
+        self.replication.round_sent(rnd)
 
     def _collect(self) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives."""
@@ -329,27 +347,28 @@ class Coordinator(Replication, Lifecycle):
         deadline = time.monotonic() + ex.timeout
         tick = max(0.05, ex.timeout / 4)
         while True:
-            self._check_replaced()
+            self.replication.check_replaced()
             self._service(sorted(replies))
-            self._replicate_changes()
+            self.replication.replicate_changes()
             waiting = s.waiting_for()
             if not waiting:
                 return replies
             now = time.monotonic()
             if now >= deadline:
-                lost = [Lost(r, "timeout", self._silence(r), self._mark(r)) for r in waiting]
-                self._apply(s.apply(lost, time.time()), replies)
+                lost: list[Heard | Lost | Chosen] = [Lost(r, How.TIMEOUT, self._silence(r), self.ctx.mark(r))
+                                                     for r in waiting]
+                self.apply(s.apply(lost, time.time()), replies)
                 return replies
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
             out = self.ch.poll(sources, TAG_REPLY, min(deadline, now + tick),
                                until=lambda o: bool(o.messages or o.failed) or self._written())
-            events: list[Any] = [self._heard(r, m) for r, ms in out.messages.items() for m in ms]
+            events: list[Heard | Lost | Chosen] = [self.ctx.heard(r, m) for r, ms in out.messages.items() for m in ms]
             for r in out.failed:
                 self._silent.add(r)
                 if r in s.alive:  # acted on at once: the survivors take the rows between two steps
-                    events.append(Lost(r, "ulfm", "", self._mark(r)))
+                    events.append(Lost(r, How.ULFM, "", self.ctx.mark(r)))
             if events:
-                self._apply(s.apply(events, time.time()), replies)
+                self.apply(s.apply(events, time.time()), replies)
 
     def _silence(self, r: int) -> str:
         nbytes = self.ch.partial(r, TAG_REPLY)
@@ -361,43 +380,43 @@ class Coordinator(Replication, Lifecycle):
         for f in F.due(cfg.faults, self.me, rnd):
             if (self.me, rnd) not in self.fired:  # a fault that already fired is not replayed
                 F.inject(f, self.run_dir)
-        self._check_replaced()  # e.g. it was stopped, replaced, and woke up
+        self.replication.check_replaced()  # e.g. it was stopped, replaced, and woke up
         t0 = time.monotonic()
         iters = self.gm.next_iters()
         s.begin_round()
         self._broadcast(rnd, iters, first, setup)
-        self._replicate()  # the state after the previous round, with its row not written yet
-        self.out.write_row(self._evaluate)  # the previous round's row, evaluated while the workers train
+        self.replication.replicate()  # the state after the previous round, with its row not written yet
+        self.out.write_row(self.lifecycle.evaluate)  # the previous round's row, evaluated while the workers train
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         replies = self._collect()
-        self._replicate_after_loss()
+        self.replication.replicate_after_loss()
         if rebuild is not None:  # in a helper thread: each survivor starts the same rebuild after its reply
             self.ch.rebuild_start(rebuild, s.epoch)
-        self.alive_comm = self.ch.rebuild_status()
+        self.tally.alive_comm = self.ch.rebuild_status()
         self._warn_writes()
         loss, note = self.gm.aggregate(replies, rnd, iters)
         if note:
             self.out.progress.event(note)
-        self._apply(s.end_round(time.time()), {})
+        self.apply(s.end_round(time.time()), {})
         tr = self.ch.traffic
         self.out.pending = {
             "round": rnd, "epoch": s.epoch, "iters": self.gm.iters_done, "train_loss": loss,
             "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv, "alive_workers": len(s.alive),
             "stale_dropped": s.stale, "failures": len(s.failures), "coverage": s.ownership.coverage(),
-            "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.t_start,
+            "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.tally.t_start,
             "_event": len(s.failures) > n_failures}
         self.out.last_loss = loss
         ce = ex.checkpoint_every
         if ce > 0 and s.round % ce == 0 and not self.gm.done:
-            self._checkpoint()
+            self.lifecycle.checkpoint()
 
 
 def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float,
-                    resume: Snapshot | None = None, prefetch: Any = None) -> int:
+                    resume: Snapshot | None = None, prefetch: Prefetched | None = None) -> int:
     """Rank 0's life: tensorboard first (a missing package fails at once, exit 2), the data (read in a thread
     since the process started, while the workers' hellos queue), then the rounds."""
-    tb = None
+    tb: TBWriter | None = None
     if cfg.executor.tensorboard:
         from ftmpi.observe.tb import TBWriter
 
@@ -409,7 +428,7 @@ def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress,
 
 def take_over(ch: Channel, cfg: Config, run_dir: Path, replica: P.Replica, change: Change, data: Dataset) -> int:
     """A deputy becomes the coordinator in its own process, from its newest replica (see ftmpi.core.failover)."""
-    tb = None
+    tb: TBWriter | None = None
     if cfg.executor.tensorboard:
         from ftmpi.observe.tb import TBWriter
 

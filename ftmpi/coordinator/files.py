@@ -11,11 +11,10 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ftmpi.core.cluster import WriteHandoff
+from ftmpi.core.cluster import SendHandoff, WriteHandoff
 from ftmpi.procs import hostname
 from ftmpi.storage.checkpoint import Snapshot, prune, save
 from ftmpi.storage.data import Dataset
@@ -42,7 +41,7 @@ def write_shards(run_dir: Path, data: Dataset, parts: dict[int, np.ndarray], wei
     written. Rows are stored in the source's own type (uint8 + scale for images), or, with ``by_ref``, only
     by reference to the prepared copy every worker can read itself (:func:`shards_by_reference`); a file
     that already holds exactly that shard (a resume whose ownership did not change) is not rewritten;
-    ``compress`` (``data.compress_shards``): uint8 rows deflate-compressed, ~0.6 of their size for images."""
+    ``compress`` (``data.compress_shards``): uint8 rows deflate-compressed."""
     return sum(ensure_shard(shard_path(run_dir, r), data.X_train, data.y_train, ids,
                             {"n_classes": data.n_classes, "dataset": data.name, "rank": r}, w=weight[ids],
                             by_ref=by_ref, compress=compress)
@@ -77,7 +76,7 @@ class HandoffWrite:
 
     def __init__(self, e: WriteHandoff, data: Dataset) -> None:
         self.error: BaseException | None = None
-        self.sends: list[Any] = []
+        self.sends: list[SendHandoff] = []  # sent once the file is complete
         self.thread = threading.Thread(target=self._run, args=(e, data), name=f"ftmpi-handoff-e{e.epoch}",
                                        daemon=True)
         self.thread.start()

@@ -7,9 +7,8 @@ that evaluating the global model on the test set overlaps the workers' training.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +17,9 @@ from ftmpi.core.cluster import ClusterState, Log
 from ftmpi.errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED
 from ftmpi.observe.metrics import MetricsCSV, Progress
 
+if TYPE_CHECKING:
+    from ftmpi.observe.tb import TBWriter
+
 Evaluate = Callable[[], tuple[float, np.ndarray]]  # -> test accuracy, per-class accuracy
 
 
@@ -25,7 +27,7 @@ class Outputs:
     """The metrics table, the progress stream and (optionally) tensorboard of one run."""
 
     def __init__(self, run_dir: Path, cfg: Config, progress: Progress, n_classes: int, append: bool,
-                 tb: Any = None) -> None:
+                 tb: TBWriter | None = None) -> None:
         self.cfg, self.progress, self.tb = cfg, progress, tb
         self.metrics = MetricsCSV(Path(run_dir) / "metrics.csv", [f"acc_class{c}" for c in range(n_classes)],
                                   append=append, warn=progress.warn)
@@ -93,7 +95,7 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
         "switched_to_every_iteration_at": run["switched_at"], "quantize": ex.quantize, "remap": ex.remap,
         "partition": cfg.data.partition, "rep_selection": cfg.optimizer.rep_selection,
         "rep_weight": cfg.optimizer.rep_weight, "dataset": run["dataset"],
-        "failures": [asdict(f) for f in state.failures], "max_recovery_time": max(rec, default=None),
+        "failures": [f.record() for f in state.failures], "max_recovery_time": max(rec, default=None),
         "coverage": state.ownership.coverage() if run["dealt"] else None,
         "rows_orphaned": int(len(state.orphaned())), "rows_unreadable": state.rows_unreadable,
         "rows_unwritten": state.rows_unwritten,

@@ -1,8 +1,8 @@
 """File writes behind the training: one background thread runs rank 0's writes in the order submitted.
 
-Rank 0 spends most of a round waiting for the workers' replies. A checkpoint (HDF5, CRCs, two fsyncs:
-8-12 ms here) or a worker's staged representative rows (see :mod:`ftmpi.coordinator.staging`) written in that time
-costs the round loop only the copy of the state it hands over. Each file becomes visible only once
+Rank 0 spends most of a round waiting for the workers' replies. A checkpoint (HDF5, CRCs, two fsyncs) or a
+worker's staged representative rows (see :mod:`ftmpi.coordinator.staging`) written in that time costs the
+round loop only the copy of the state it hands over. Each file becomes visible only once
 complete (temp file, then rename), so a rank 0 that dies mid-write leaves the previous version.
 
 Not every write matters alike, so failures follow a per-kind policy:

@@ -14,7 +14,6 @@ draw itself is :func:`ftmpi.core.handoff.random_choice`; this module owns the fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -42,7 +41,7 @@ class Standby:
         # rank -> (ids in file order, hit counts, file); published by the writer thread once the file is complete
         self.staged: dict[int, tuple[np.ndarray, np.ndarray, Path]] = {}
         self._gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
-        self._plan_key: Any = None
+        self._plan_key: tuple | None = None  # what the last plans were made from
         self._hinted: dict[int, Plan] = {}  # what each worker was last told to read ahead
         # standby files hold ids only (every rank reads the rows from the prepared copy), else rows in the
         # source's own type; set by the coordinator once it knows where the workers are

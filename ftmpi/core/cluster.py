@@ -8,8 +8,8 @@ effects it returns (:class:`SendHandoff`, :class:`WriteHandoff`, :class:`Stage`,
 :class:`Expel`, :class:`Accept`, :class:`Log`). :meth:`ClusterState.snapshot` / :meth:`ClusterState.restore`
 give the whole of it as plain numpy arrays and small dicts (a checkpoint, or a deputy of rank 0).
 
-Phases, checked: ``joining`` (hellos; a loss is only recorded) → ``training`` (rows dealt; a loss hands
-rows over) → ``done``.
+Phases, checked (:class:`~ftmpi.core.kinds.Phase` draws the transitions): ``joining`` (hellos; a loss is
+only recorded) → ``training`` (rows dealt; a loss hands rows over) → ``done``.
 
 Ownership invariant: every row is owned by exactly one alive worker, dropped, or orphaned (neither: the
 rows of the last worker of a run that lost every worker, kept so that a resume re-assigns them).
@@ -25,13 +25,11 @@ import numpy as np
 from ftmpi.core import protocol as P
 from ftmpi.core.events import Accept, Chosen, Effect, Expel, Heard, Log, Lost, Rebuild, SendHandoff, Stage, WriteHandoff
 from ftmpi.core.handoff import Policy, Scored
+from ftmpi.core.kinds import How, Phase
 from ftmpi.core.partition import Ownership, assign_handoff
 
-__all__ = ["Accept", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "Log", "Lost", "Member",
-           "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
-
-JOINING, TRAINING, DONE = "joining", "training", "done"
-_NEXT = {JOINING: {TRAINING, DONE}, TRAINING: {DONE}, DONE: set()}
+__all__ = ["Accept", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "How", "Log", "Lost", "Member",
+           "Phase", "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
 
 
 @dataclass
@@ -46,11 +44,12 @@ class Member:
 
 @dataclass
 class Failure:
-    """One worker lost: when, how it was noticed, and what it cost."""
+    """One worker lost: when, how it was noticed, and what it cost. ``how`` is made a :class:`How` on
+    construction (a snapshot or a checkpoint holds its value); :meth:`record` gives the plain dict."""
 
     rank: int
     round: int
-    how: str  # ulfm | timeout | error | never-joined
+    how: How
     detected_at: float  # wall clock (time.time())
     injected_at: float | None = None  # wall clock of the injected fault, when one was injected
     kind: str | None = None  # injected fault kind
@@ -65,6 +64,14 @@ class Failure:
     rows_prefetched: int = 0  # of the rows handed, those the survivors had read ahead (in memory at the loss)
     row_weight: float | None = None  # rep_weight shard: M/k, the weight of one draw of the dead shard's rows
     rows_orphaned: int = 0  # rows kept unowned because no worker was left (a resume re-assigns them)
+
+    def __post_init__(self) -> None:
+        self.how = How(self.how)
+
+    def record(self) -> dict[str, Any]:
+        """The fields as a dict of plain values (``how`` its string), as summary.json, checkpoints and the
+        replica hold them; ``Failure(**record)`` gives this object back."""
+        return {**asdict(self), "how": self.how.value}
 
 
 class ClusterState:
@@ -82,7 +89,7 @@ class ClusterState:
     def __init__(self, n_rows: int, workers: list[int], policy: Policy, seed: int = 0, launch_time: float = 0.0,
                  handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5") -> None:
         self.policy, self.seed, self.launch_time, self.handoff_file = policy, seed, launch_time, handoff_file
-        self.phase = JOINING
+        self.phase = Phase.JOINING
         self.coordinator = 0  # the coordinator's rank (a deputy that took over: its own)
         self.members = {r: Member(r) for r in workers}
         self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
@@ -116,8 +123,8 @@ class ClusterState:
         """Rows neither owned nor dropped (kept for a resume when every worker was lost)."""
         return self.ownership.unaccounted()
 
-    def _to(self, phase: str) -> None:
-        if phase not in _NEXT[self.phase]:
+    def _to(self, phase: Phase) -> None:
+        if not self.phase.can_become(phase):
             raise RuntimeError(f"cluster state: {self.phase} -> {phase} is not a transition")
         self.phase = phase
 
@@ -126,7 +133,7 @@ class ClusterState:
         """A fresh run: each alive worker's rows (joining → training)."""
         for r, ids in parts.items():
             self.ownership.assign(r, ids)
-        self._to(TRAINING)
+        self._to(Phase.TRAINING)
 
     def resume(self, snap: dict[str, Any]) -> int:
         """A resumed run: ownership, weights, counters and failure log from :meth:`snapshot` (or a checkpoint
@@ -156,11 +163,11 @@ class ClusterState:
         for r, rep in snap.get("representative", {}).items():
             if int(r) in self.members and self.members[int(r)].alive:
                 self.members[int(r)].rep = np.asarray(rep, np.int64)
-        self._to(TRAINING)
+        self._to(Phase.TRAINING)
         return int(len(ids))
 
     def finish(self) -> None:
-        self._to(DONE)
+        self._to(Phase.DONE)
 
     # ------------------------------------------------------------------------------------------ rounds
     def begin_round(self) -> None:
@@ -207,13 +214,13 @@ class ClusterState:
             self.stale += 1
             return [Expel(src, "declared dead earlier; its messages are ignored")]
         if isinstance(msg, P.Hello):
-            if self.phase != JOINING:
+            if self.phase is not Phase.JOINING:
                 self.stale += 1
                 return []
             m.host, m.pid, m.start_time = msg.host, int(msg.pid), int(msg.start_time)
             return []
         if isinstance(msg, P.Error):
-            lost.append(Lost(src, "error", msg.error, ev.mark))
+            lost.append(Lost(src, How.ERROR, msg.error, ev.mark))
             return []
         if isinstance(msg, P.Reply) and msg.round == self.round and msg.epoch >= self._round_epoch \
                 and src not in self._replied:
@@ -297,7 +304,7 @@ class ClusterState:
             m.alive = False
             f = Failure(rank=ev.rank, round=self.round, how=ev.how, detected_at=now, reason=ev.reason)
             self._attribute(f, m, ev.mark)
-            if ev.how in ("timeout", "never-joined"):
+            if ev.how.suspect:
                 self.suspects.add(ev.rank)
             self.failures.append(f)
             dead.append(ev.rank)
@@ -306,7 +313,7 @@ class ClusterState:
                            + (f", {f.detection_latency:.2f}s after the {f.kind}" if f.kind else "")
                            + (f": {ev.reason}" if ev.reason else "") + f"); {len(self.alive)} workers left",
                            tb=f"worker {ev.rank} lost ({ev.how}{', ' + f.kind if f.kind else ''})"))
-        if not dead or self.phase != TRAINING:
+        if not dead or self.phase is not Phase.TRAINING:
             return out
         return out + self._handoff(dead, failures)
 
@@ -381,14 +388,15 @@ class ClusterState:
 
     # ---------------------------------------------------------------------------------------- snapshot
     def snapshot(self) -> dict[str, Any]:
-        """Everything this object knows, as numpy arrays and small dicts (copies)."""
+        """Everything this object knows, as numpy arrays and small dicts of plain values (copies; enum members
+        as their strings, so the snapshot pickles and stores as plain data)."""
         return {
-            "phase": self.phase, "coordinator": self.coordinator, "epoch": self.epoch, "round": self.round,
+            "phase": self.phase.value, "coordinator": self.coordinator, "epoch": self.epoch, "round": self.round,
             "owner": self.ownership.owner_array(), "dropped": self.dropped_mask(), "weight": self.weight.copy(),
             "members": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time, "alive": m.alive}
                         for r, m in self.members.items()},
             "representative": {r: m.rep.copy() for r, m in self.members.items() if m.alive},
-            "suspects": sorted(self.suspects), "failures": [asdict(f) for f in self.failures],
+            "suspects": sorted(self.suspects), "failures": [f.record() for f in self.failures],
             "awaiting": [self.failures.index(f) for f in self._awaiting], "stale": self.stale,
             "rows_handed": self.rows_handed, "rows_unreadable": self.rows_unreadable,
             "rows_unwritten": self.rows_unwritten,
@@ -404,7 +412,7 @@ class ClusterState:
         s = cls(len(snap["owner"]), [int(r) for r in snap["members"]], policy, seed, launch_time, handoff_file)
         s.ownership = Ownership.from_arrays(snap["owner"], np.flatnonzero(snap["dropped"]))
         s.weight = np.asarray(snap["weight"], np.float64).copy()
-        s.phase, s.epoch, s.round = snap["phase"], int(snap["epoch"]), int(snap["round"])
+        s.phase, s.epoch, s.round = Phase(snap["phase"]), int(snap["epoch"]), int(snap["round"])
         s.coordinator = int(snap.get("coordinator", 0))
         for r, d in snap["members"].items():
             s.members[int(r)] = Member(int(r), d["host"], int(d["pid"]), int(d["start_time"]), bool(d["alive"]),

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ftmpi.core import protocol as P
+from ftmpi.core.kinds import How
 
 # ---------------------------------------------------------------------------------------------- events
 
@@ -25,13 +26,17 @@ class Heard:
 
 @dataclass
 class Lost:
-    """Worker ``rank`` is gone: ``how`` ulfm | timeout | error | never-joined. ``mark``: its fault-injection
-    record if one exists (attributed only when written by this very process, see :meth:`ClusterState._lose`)."""
+    """Worker ``rank`` is gone, noticed ``how`` (a :class:`~ftmpi.core.kinds.How`, or its value: it is made a
+    member on construction; an unknown value raises ValueError). ``mark``: its fault-injection record if one
+    exists (attributed only when written by this very process, see :meth:`ClusterState._lose`)."""
 
     rank: int
-    how: str
+    how: How
     reason: str = ""
     mark: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.how = How(self.how)
 
 
 @dataclass

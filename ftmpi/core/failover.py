@@ -1,5 +1,5 @@
 """Coordinator failover, the parts without MPI: who the deputy is, what the coordinator replicates to it, what
-the deputy keeps, and the cluster state it coordinates from when it takes over (issue 12).
+the deputy keeps, and the cluster state it coordinates from when it takes over.
 
 The coordinator names a deputy every round (the lowest alive worker, announced in ``Round.deputy``) and sends
 it, after the next round's broadcast, a :class:`ftmpi.core.protocol.Replica`: the exact global model and optimizer
@@ -23,8 +23,9 @@ from typing import Any
 from ftmpi.core import protocol as P
 from ftmpi.core.cluster import ClusterState, Effect, Lost
 from ftmpi.core.handoff import Policy
+from ftmpi.core.kinds import How
 
-__all__ = ["Change", "DatasetAhead", "Promoted", "ReplicaKeeper", "ReplicaSender", "choose_deputy", "state_key",
+__all__ = ["Change", "Promoted", "ReplicaKeeper", "ReplicaSender", "choose_deputy", "state_key",
            "takeover_state"]
 
 
@@ -35,32 +36,6 @@ class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coor
     def __init__(self, replica: P.Replica, change: Change, data: Any) -> None:
         super().__init__(f"rank {change.new} takes over from rank {change.lost}")
         self.replica, self.change, self.data = replica, change, data
-
-
-class DatasetAhead:
-    """The deputy reads its data in a thread as soon as it is named (a takeover needs the test set, and the
-    training rows of the handoffs it will write: from the run dir, see :mod:`ftmpi.storage.rundata`): the first round
-    message then waits for next to nothing."""
-
-    def __init__(self, load: Callable[[], Any]) -> None:
-        import threading
-
-        self.data: Any = None
-        self.error: BaseException | None = None
-        self._t = threading.Thread(target=self._run, args=(load,), name="ftmpi-deputy-data", daemon=True)
-        self._t.start()
-
-    def _run(self, load: Callable[[], Any]) -> None:
-        try:
-            self.data = load()
-        except BaseException as exc:  # raised by get() in the worker's thread
-            self.error = exc
-
-    def get(self) -> Any:
-        self._t.join()
-        if self.error is not None:
-            raise self.error
-        return self.data
 
 
 def choose_deputy(alive: list[int], hosts: dict[int, str] | None = None, coordinator_host: str | None = None) -> int:
@@ -77,7 +52,7 @@ def state_key(s: ClusterState) -> tuple:
     the recovery bookkeeping and the rows dropped since. Representative ids chosen by the workers' scores are
     refreshed with the next snapshot only (a takeover in between uses the previous ones)."""
     return (s.epoch, len(s.failures), len(s._awaiting), sum(f.recovery_time is not None for f in s.failures),
-            s.rows_unreadable, s.rows_unwritten, s.phase)
+            s.rows_unreadable, s.rows_unwritten, s.phase.value)
 
 
 class ReplicaSender:
@@ -129,10 +104,12 @@ class ReplicaKeeper:
 
 @dataclass
 class Change:
-    """One coordinator change, as recorded in summary.json (``coordinator_changes``) and the failure lines."""
+    """One coordinator change, as recorded in summary.json (``coordinator_changes``) and the failure lines.
+    ``how`` the loss was noticed (ulfm, timeout, or error: it abdicated) is made a :class:`How` on
+    construction; :meth:`record` gives the plain dict."""
 
     lost: int  # the coordinator rank lost
-    how: str  # ulfm | timeout
+    how: How
     new: int  # the rank that took over
     round: int  # the round redone first (the replica's)
     rounds_redone: int  # rounds the lost coordinator had started that are run again
@@ -147,6 +124,14 @@ class Change:
     lost_id: tuple[str, int, int] = ("?", 0, 0)  # host, pid, start time of the lost coordinator
     killed: bool = False  # a hung lost coordinator on this host was ended
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.how = How(self.how)
+
+    def record(self) -> dict[str, Any]:
+        """The fields as a dict of plain values (``how`` its string), as summary.json and the replica hold
+        them."""
+        return {**dataclasses.asdict(self), "how": self.how.value}
 
     def started(self, now: float) -> None:
         """The new coordinator's first round message went out at ``now``."""
@@ -175,5 +160,5 @@ def takeover_state(rep: P.Replica, me: int, policy: Policy, seed: int, launch_ti
     s.round = int(rep.round)
     effects: list[Effect] = []
     if me in s.members and s.members[me].alive:
-        effects = s.apply([Lost(me, "promoted", f"became the coordinator (rank {rep.coord[0]} lost)")], now)
+        effects = s.apply([Lost(me, How.PROMOTED, f"became the coordinator (rank {rep.coord[0]} lost)")], now)
     return s, effects

@@ -23,10 +23,10 @@ mass ``M``; every handed row of one loss weighs the same ``M/k`` (unless one ver
 so minibatch draws do not swing with a few heavy rows; and the per-row weights are known when the rows are
 staged. The inclusion probability of row ``i`` is exactly ``k w_i / M`` (systematic sampling over a random
 order), so the expected mass handed for any subset of rows (a class, the rows that came from one earlier
-loss) equals that subset's mass: the estimate is unbiased through any sequence of losses. Before issue 15,
-rows were drawn uniformly and each given ``M/k``, which shrinks the mass of rows that already weighed more
-than 1 (handed rows lost a second time); that rule survives only as ``rep_weight: shard-legacy``, for the
-study's "before" row.
+loss) equals that subset's mass: the estimate is unbiased through any sequence of losses. A uniform draw
+with ``M/k`` per row would shrink the mass of rows that already weigh more than 1 (handed rows lost a second
+time); it is kept only as ``rep_weight: shard-legacy``, the baseline of the study
+(benchmarks/handoff_value.py).
 
 ``optimizer.rep_weight`` then maps the unbiased weights to the ones used (:mod:`ftmpi.core.weighting`, one function
 per rule): ``shard`` keeps them, ``one`` keeps each row's own weight, ``damped``, ``sqrt`` and ``classmix``
@@ -100,7 +100,7 @@ def random_choice(seed: int, rank: int, epoch: int, owned: np.ndarray, weight: n
     """Rank 0's ``random`` representatives of one worker: ids in a random order (the order of its standby
     file) and their hit counts, drawn by :func:`pps_systematic` with a generator of its own for (rank,
     epoch), so that no two draws are correlated (a fixed global order would favour rows drawn before).
-    Under ``rep_weight: shard-legacy`` (the study's "before the fix" rule) the draw ignores the weights."""
+    Under ``rep_weight: shard-legacy`` (the study's uniform baseline) the draw ignores the weights."""
     k = rep_count(n_most_rep, len(owned))
     rng = np.random.default_rng([seed, 0x5EED, rank, epoch])
     order = rng.permutation(len(owned))

@@ -11,10 +11,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["KINDS", "Ownership", "assign_handoff", "class_histogram", "coverage", "deal_slices", "partition"]
+from ftmpi.errors import ConfigError
+
+__all__ = ["KINDS", "Ownership", "PartitionError", "assign_handoff", "class_histogram", "coverage", "deal_slices",
+           "partition"]
 
 #: Partition kinds understood by :func:`partition` (the ``data.partition`` config values).
 KINDS = ("iid", "label-skew", "unbalanced", "contiguous")
+
+
+class PartitionError(ConfigError, ValueError):
+    """The ``data.*`` partition keys ask for a split that this training set and number of workers cannot give;
+    the message names the key. A ConfigError: one line and exit code 2 on every rank."""
 
 
 def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
@@ -51,9 +59,12 @@ def _label_skew_fixed(y: np.ndarray, n_workers: int, rng: np.random.Generator, k
     classes = np.unique(y)
     n_cls = len(classes)
     if k > n_cls:
-        raise ValueError(f"classes_per_worker={k} but the labels hold only {n_cls} classes")
+        raise PartitionError(f"data.classes_per_worker: {k}, but the training set holds only {n_cls} classes "
+                             f"(expected 1 to {n_cls}, or 0 to split by data.alpha)")
     if n_workers * k < n_cls:
-        raise ValueError(f"{n_workers} workers x {k} classes each cannot cover all {n_cls} classes")
+        raise PartitionError(f"data.classes_per_worker: {n_workers} workers x {k} classes each cannot cover all "
+                             f"{n_cls} classes (expected at least {-(-n_cls // n_workers)} with {n_workers} workers, "
+                             "or 0 to split by data.alpha)")
     owned = [[classes[(w * k + j) % n_cls] for j in range(k)] for w in range(n_workers)]
     chunks: list[list[np.ndarray]] = [[] for _ in range(n_workers)]
     for c in classes:
@@ -64,7 +75,9 @@ def _label_skew_fixed(y: np.ndarray, n_workers: int, rng: np.random.Generator, k
     parts = [np.concatenate(c) for c in chunks]
     empty = [w for w, p in enumerate(parts) if len(p) == 0]
     if empty:
-        raise ValueError(f"workers {empty} got no rows: their {k} classes have too few samples")
+        raise PartitionError(f"data.classes_per_worker: {len(empty)} of {n_workers} workers would get no rows: their "
+                             f"{k} classes have too few rows to share with the other workers that own them "
+                             "(expected fewer workers, another classes_per_worker, or 0 to split by data.alpha)")
     return parts
 
 
@@ -98,14 +111,17 @@ def partition(y: np.ndarray, n_workers: int, kind: str, seed: int, alpha: float 
         no array is empty.
 
     Raises:
-        ValueError: On an unknown kind, bad parameters, or if a non-empty split is impossible.
+        PartitionError: On an unknown kind, bad parameters, or if a non-empty split is impossible (the message
+            names the ``data.*`` key).
+        ValueError: ``n_workers < 1``.
     """
     y = np.asarray(y)
     n = len(y)
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
     if n < n_workers:
-        raise ValueError(f"cannot give {n_workers} workers a row each from {n} rows")
+        raise PartitionError(f"data.partition: cannot give {n_workers} workers a row each from the {n} training rows "
+                             f"(expected at most {n} workers, or more data)")
     rng = np.random.default_rng(seed)
     if kind == "iid":
         parts = np.array_split(rng.permutation(n), n_workers)
@@ -113,21 +129,21 @@ def partition(y: np.ndarray, n_workers: int, kind: str, seed: int, alpha: float 
         parts = np.array_split(np.arange(n), n_workers)
     elif kind == "unbalanced":
         if power <= 0:
-            raise ValueError(f"power must be > 0, got {power}")
+            raise PartitionError(f"data.power: expected a number > 0, got {power}")
         weights = np.arange(1, n_workers + 1, dtype=np.float64) ** -power
         sizes = 1 + _apportion(n - n_workers, weights)
         parts = np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
     elif kind == "label-skew":
         if classes_per_worker < 0:
-            raise ValueError(f"classes_per_worker must be >= 0, got {classes_per_worker}")
+            raise PartitionError(f"data.classes_per_worker: expected an integer >= 0, got {classes_per_worker}")
         if classes_per_worker > 0:
             parts = _label_skew_fixed(y, n_workers, rng, classes_per_worker)
         else:
             if alpha <= 0:
-                raise ValueError(f"alpha must be > 0, got {alpha}")
+                raise PartitionError(f"data.alpha: expected a number > 0, got {alpha}")
             parts = _label_skew_dirichlet(y, n_workers, rng, alpha)
     else:
-        raise ValueError(f"unknown partition kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise PartitionError(f"data.partition: unknown partition kind {kind!r}; expected one of {', '.join(KINDS)}")
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 

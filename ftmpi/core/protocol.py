@@ -3,8 +3,8 @@
 Rank 0 sends on ``TAG_CTRL``: :class:`Round`, :class:`Handoff`, :class:`Ping`, :class:`Stop`, :class:`Exit`.
 A worker sends on ``TAG_REPLY``: :class:`Hello`, :class:`Reply`, :class:`Error`, :class:`Bye`.
 The wire format is pickle (:class:`ftmpi.comm.Channel`). Each message pickles as its class and the tuple of
-its fields (:class:`Wire`), not as a dict of field names: as small as the untyped dicts it replaced, and as
-quick (docs/ARCHITECTURE.md has the measurement).
+its fields (:class:`Wire`), not as a dict of field names, so a typed message costs no more bytes or time
+than a plain dict of its fields would (docs/ARCHITECTURE.md has the measurement).
 
 Every message that belongs to a round carries its membership ``epoch`` and ``round``; rank 0 drops any
 other (counted as stale). :func:`coerce` also accepts the two plain-dict messages that ``cli.py`` sends
@@ -97,11 +97,16 @@ class Stop(Wire):
 
 @dataclass
 class Exit(Wire):
-    """Leave now. ``code`` set: rank 0 itself failed and said why (leave with its code, ``quiet``ly)."""
+    """Leave now. ``code`` set: rank 0 itself failed and said why (leave with its code, ``quiet``ly). The code
+    travels as a plain ``int`` (an :class:`~ftmpi.errors.ExitCode` is converted on construction)."""
 
     reason: str
     code: int | None = None
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.code is not None:
+            self.code = int(self.code)
 
 
 @dataclass

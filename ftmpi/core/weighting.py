@@ -19,10 +19,10 @@ Rules (:data:`RULES`, ``optimizer.rep_weight``; :func:`handed_weights` dispatche
 - ``one``: ``own``. The handed rows add their own weight only: the lost shard's mass shrinks to about
   ``k / n`` of it, so its classes lose their share of the objective (biased towards the survivors' classes;
   the original system's rule).
-- ``shard``: ``base``. Unbiased; the cost is variance (each row weighs ``M / k``, 20 at 5 %): on iid shards it
-  ends 0.4-0.6 points below fault-free after two losses (benchmarks/results/handoff_value.md).
-- ``shard-legacy``: **for the study only** (the "before the fix" row of benchmarks/handoff_value.py): the
-  rule before issue 15, a *uniform* draw (:func:`ftmpi.core.handoff.random_choice` ignores the weights under
+- ``shard``: ``base``. Unbiased; the cost is variance (each row weighs ``M / k``, 20 at 5 %), which costs
+  accuracy on iid shards (benchmarks/results/handoff_value.md).
+- ``shard-legacy``: **for the study only** (the uniform baseline of benchmarks/handoff_value.py): a
+  *uniform* draw (:func:`ftmpi.core.handoff.random_choice` ignores the weights under
   this rule) with ``mass / k`` for every row. The total is kept, but rows that weighed more than 1 are
   drawn no more often than the others, so the mass of the rows handed at an earlier loss falls to about
   ``k' / n'`` of it at the next.
@@ -44,8 +44,8 @@ Rules (:data:`RULES`, ``optimizer.rep_weight``; :func:`handed_weights` dispatche
   exactly the one before the loss (for classes with a handed row), but within a class the lost worker's rows
   weigh less than the survivors' (by ``lam``): unbiased when a class's rows look alike on every worker (label
   skew), biased when they do not (feature skew). A class of the lost shard with no handed row loses its mass
-  in every rule. Measured (two losses, 5 seeds, logreg and MLP): as good as ``shard`` on label-skew shards and
-  without its iid cost, hence the default.
+  in every rule. It is the default because it does as well as ``shard`` on label-skew shards without
+  ``shard``'s iid cost (the two-loss study: docs/NOTES.md, benchmarks/results/handoff_value.md).
 """
 from __future__ import annotations
 

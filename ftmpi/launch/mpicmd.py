@@ -3,7 +3,7 @@
 Open MPI 5 gets the flags a fault-tolerant run needs (measured on 5.0.11): ``--with-ft ulfm`` (without it
 one dead rank takes the job down), ``--runtime-options error-nonzero-status=false`` (a rank that exits
 non-zero must not make prterun kill the survivors), ob1 over shared memory and TCP (the default also probes
-OFI/UCX: ~1 s more per launch here; ``FTMPI_MPI_TRANSPORT=default`` keeps Open MPI's choice, e.g. UCX for
+OFI/UCX, which slows every launch; ``FTMPI_MPI_TRANSPORT=default`` keeps Open MPI's choice, e.g. UCX for
 InfiniBand), ``--oversubscribe`` and ``--allow-run-as-root`` when root. ``FTMPI_NO_ULFM=1`` drops ULFM.
 MPICH and srun have no ULFM: ranks use the timeout detector, and a dead rank ends the job, which the
 launcher then restarts from the newest checkpoint.
@@ -44,9 +44,9 @@ def flavour(mpirun: str) -> str:
 
 def rank_env(kind: str, env: dict[str, str]) -> dict[str, str]:
     """Variables the ranks of a ``kind`` launch get unless ``env`` sets them. Open MPI over ob1 uses no UCX, but
-    its libmpi links UCX, whose memory-event hooks are installed when the library loads: ~40 ms of CPU in
-    every rank's ``import mpi4py.MPI`` here (50 ms -> 10 ms with ``UCX_MEM_EVENTS=no``; five ranks starting
-    on two cores wait for it). With ``FTMPI_MPI_TRANSPORT=default`` (UCX may carry the traffic) or another
+    its libmpi links UCX, whose memory-event hooks are installed when the library loads, at a CPU cost in
+    every rank's ``import mpi4py.MPI`` while the ranks start on shared cores: ``UCX_MEM_EVENTS=no`` skips them
+    (docs/NOTES.md, "Traps"). With ``FTMPI_MPI_TRANSPORT=default`` (UCX may carry the traffic) or another
     MPI, nothing is set."""
     if kind != "openmpi" or env.get("FTMPI_MPI_TRANSPORT", "ob1") == "default":
         return {}

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ftmpi.errors import EXIT_PREEMPTED
+from ftmpi.errors import EXIT_PREEMPTED, ExitCode
 
-EXIT_OVERRAN = 124  # the job overran FTMPI_JOB_TIMEOUT and was killed (the code of timeout(1))
+EXIT_OVERRAN = ExitCode.OVERRAN  # the job overran FTMPI_JOB_TIMEOUT and was killed (the code of timeout(1))
 RELAUNCHES = "relaunches.json"
 
 

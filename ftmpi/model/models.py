@@ -77,8 +77,8 @@ def warmup(quantize_bits: int = 0, mlp: bool = True, selection: str = "all") -> 
     run finds a warm cache.
 
     On a cold cache the ranks of a node take turns (a file lock): the first compiles what the run needs and
-    writes the cache, the others then load it in a second instead of all compiling at once (4 workers
-    compiling side by side on 2 cores took over a minute; one compile takes ~10 s here). A marker file next
+    writes the cache, the others then load it instead of all compiling at once (ranks compiling side by side
+    on shared cores take many times as long as one compile). A marker file next
     to the lock lists the parts (:func:`_parts`) whose warm-up succeeded for these very kernels; a rank that
     needs only those loads them side by side, without the lock. The lock and the marker live in a directory
     only this user can write (:func:`_lock_dir`), opened without following symlinks: names in the shared

@@ -28,8 +28,8 @@ storage and its error does not name the dataset). (2) The file starts with a 512
 object with the format version, the file size, ``[offset, nbytes, crc32]`` of each dataset's raw bytes, and
 one crc32 over every other byte (HDF5's metadata: superblock, object headers, attributes, heaps).
 :func:`load` checks the manifest *before* HDF5 parses the file, because HDF5 (2.0.0, bundled with h5py 3.16)
-does not survive damaged metadata: flipping single bytes of a checkpoint made it segfault, and with the
-v1.8+ file format it looped forever. Damaged data is named by dataset; damaged metadata is one error.
+does not survive damaged metadata: a single flipped byte can make it segfault or, with the v1.8+ file
+format, loop forever. Damaged data is named by dataset; damaged metadata is one error.
 
 Atomicity: :func:`save` writes a fresh temp file ``.round-000120.h5.<random>.tmp`` in the same folder
 (``mkstemp``: no symlink or planted file is followed; mode from the umask), fsyncs it, moves it into place
@@ -73,7 +73,7 @@ FORMAT = "ftmpi-checkpoint"
 FORMAT_VERSION = 1
 _MAGIC = b"FTMPI-CKPT "
 _NAME_RE = re.compile(r"^round-(\d+)\.h5$")
-_TMP_RE = re.compile(r"^\.round-\d+\.h5\.tmp-\d+$")  # temp names before mkstemp (older versions)
+_TMP_RE = re.compile(r"^\.round-\d+\.h5\.tmp-\d+$")  # temp names of earlier ftmpi versions (prune deletes them too)
 SET_ASIDE = "set-aside"
 _WORKER_RE = re.compile(r"^worker-(\d+)$")
 _LAYER_RE = re.compile(r"^layer(\d+)$")
@@ -132,6 +132,7 @@ class Snapshot:
     n_classes: int
     created: float
     weight: np.ndarray | None = None
+    term: int = 0  # the coordinator term that wrote it (0: written before terms existed)
 
     @property
     def coverage(self) -> float:
@@ -171,7 +172,7 @@ def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter: ~10x faster
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter where present: far faster
     """Block-style mappings with lists on one line (``hidden: [64, 32]``), as a user writes a config."""
 
 
@@ -318,6 +319,7 @@ def _write(f: h5py.File, s: Snapshot, texts: dict[str, str], arrays: dict[str, n
     for key in _FLOAT_ATTRS:
         a[key] = float(getattr(s, key))
     a["switched_at"] = -1 if s.switched_at is None else int(s.switched_at)
+    a["term"] = int(s.term)
     a["coverage"] = s.coverage
     a["dataset"] = str(s.dataset)
     a["created_iso"] = _iso(s.created)
@@ -509,7 +511,8 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
         representative=representative, rng=_text(f, "rng", json.loads, dict),
         config=_text(f, "config", yaml.safe_load, dict),
         per_class_acc=_get(f, "metrics/per_class_acc", np.float64, 1),
-        failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str), weight=weight)
+        failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str), weight=weight,
+        term=_attr(f, "term", int) if "term" in f.attrs else 0)
     return snap, _attr(f, "coverage", float)
 
 
@@ -558,9 +561,12 @@ def load(path: _PathLike) -> Snapshot:
 
 
 def newest_valid(run_dir: _PathLike) -> tuple[Path, Snapshot, list[str]]:
-    """The newest checkpoint in ``run_dir/ckpt`` that loads, as ``(path, snapshot, warnings)``.
+    """The newest checkpoint of the highest coordinator term in ``run_dir/ckpt`` that loads, as
+    ``(path, snapshot, warnings)``: ordered by (term, round), so that a later round written by a coordinator
+    that had already been replaced is never resumed from.
 
-    ``warnings`` holds one ``"skipping <file>: <reason>"`` per newer checkpoint that does not load.
+    ``warnings`` holds one ``"skipping <file>: <reason>"`` per checkpoint ordered before the one returned that
+    does not load.
 
     Raises:
         CheckpointError: If the folder holds no checkpoint, or none of them loads (names the folder).
@@ -570,13 +576,27 @@ def newest_valid(run_dir: _PathLike) -> tuple[Path, Snapshot, list[str]]:
     if not paths:
         raise CheckpointError(f"{folder}: no checkpoint found (expected round-NNNNNN.h5 files)")
     warnings: list[str] = []
-    for p in reversed(paths):
+    terms = {q: term_of(q) for q in paths}
+    top = max((t for t in terms.values() if t is not None), default=0)
+    # a file whose term cannot be read is ordered with the highest term: its load then says what is wrong
+    order = sorted(paths, key=lambda q: (top if terms[q] is None else terms[q], _round_of(q)), reverse=True)
+    for p in order:
         try:
             return p, _load(p), warnings
         except _Invalid as exc:
             warnings.append(f"skipping {p}: {exc}")
     raise CheckpointError(f"{folder}: none of the {len(paths)} checkpoint(s) is valid; newest "
                           f"{warnings[0].removeprefix('skipping ')}")
+
+
+def term_of(path: _PathLike) -> int | None:
+    """The coordinator term recorded in a checkpoint's attributes: 0 when it has none (written before terms
+    existed), None when the file cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs.get("term", 0))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _round_of(p: Path) -> int:

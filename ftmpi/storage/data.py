@@ -161,7 +161,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def _idx_rows(path: Path) -> RowStore | None:
     """The training images as a :class:`RowStore` (uint8, scale 1/255), or None if no prepared copy can be
-    written (then they are loaded into memory as before)."""
+    written (the caller then loads them into memory)."""
     try:
         return idx_store(path, PIXEL_SCALE)
     except OSError as exc:
@@ -227,7 +227,7 @@ def _load_idx_dataset(name: str, classes: tuple[str, ...], path: str | None, laz
             parts.append((store, labels.astype(np.int32)))
             continue
         assert images is not None
-        if lazy and img_path == te_x:  # the test images stay uint8 (8 MB, not 31), evaluated a chunk at a time
+        if lazy and img_path == te_x:  # the test images stay uint8 (a quarter of the bytes), evaluated by chunk
             parts.append((PackedRows(images.reshape(len(images), -1), PIXEL_SCALE), labels.astype(np.int32)))
             continue
         parts.append((features(images.reshape(len(images), -1), PIXEL_SCALE), labels.astype(np.int32)))

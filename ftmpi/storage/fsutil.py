@@ -53,7 +53,7 @@ def temp_beside(dest: str | os.PathLike[str]) -> tuple[int, Path]:
 
     The name is ``.<dest name>.<random>.tmp`` (see :data:`TEMP_RE`), the mode follows the umask.
     """
-    import tempfile  # here: a worker that never writes a file does not import it (~3 ms)
+    import tempfile  # here: a worker that never writes a file does not import it
 
     d = Path(dest)
     fd, tmp = tempfile.mkstemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent)

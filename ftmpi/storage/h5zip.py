@@ -1,9 +1,9 @@
 """uint8 rows written to HDF5 compressed with the standard deflate filter, the chunks compressed in parallel.
 
 Shard and standby files of uint8 rows (images) are most of what rank 0 writes at a launch when the workers
-cannot read the prepared copy themselves; Fashion-MNIST's rows deflate to ~0.58 of their size at level 1.
-h5py runs HDF5's filters one chunk at a time under its global lock, so rank 0 would compress alone at
-~70 MB/s here; instead each chunk is compressed by ``zlib`` in a thread pool (zlib lets go of the GIL) and
+cannot read the prepared copy themselves, and image rows deflate well at level 1. h5py runs HDF5's
+filters one chunk at a time under its global lock, so rank 0 would compress on one core alone; instead each
+chunk is compressed by ``zlib`` in a thread pool (zlib lets go of the GIL) and
 handed to HDF5 as it is (``write_direct_chunk``). The file is an ordinary deflate-filtered dataset: h5py,
 h5dump and any HDF5 reader read it without knowing how it was written.
 """

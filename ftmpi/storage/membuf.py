@@ -1,12 +1,11 @@
 """Large buffers whose memory is mapped at once, not page by page on first touch.
 
-A worker's shard buffer (float32 rows plus room for handed rows: 59 MB for a quarter of Fashion-MNIST) is
-allocated once and filled at start-up. Filled page by page, fresh anonymous memory costs a page fault per
-4 KB page: 0.12 s for those 59 MB here (a VM, where faults are dear), paid by every worker while every rank
-is starting. ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+) has the kernel map a range in one call: 0.014 s
-for the 39 MB of rows. Only the rows about to be written are mapped so: the room stays unbacked until rows
-are handed over, as it would with :func:`numpy.empty` (mapping all of it would make every worker resident
-at 1.5 times its shard).
+A worker's shard buffer (its rows plus room for handed rows) is allocated once and filled at start-up.
+Filled page by page, fresh anonymous memory costs a page fault per 4 KB page (dear on a VM), paid by every
+worker while every rank is starting. ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+) has the kernel map a
+range in one call, for a fraction of that cost. Only the rows about to be written are mapped so: the room
+stays unbacked until rows are handed over, as it would with :func:`numpy.empty` (mapping all of it would
+make every worker resident at 1.5 times its shard).
 """
 from __future__ import annotations
 

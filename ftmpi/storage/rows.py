@@ -101,8 +101,8 @@ def features(X: np.ndarray, scale: float | None) -> np.ndarray:
 class PackedRows(RowMatrix):
     """Rows held in memory in their stored type (an image dataset's uint8 pixels) with the scale that makes
     them features: a quarter of the memory of float32, converted where they are used (``m[a:b]``, ``m[ids]``)
-    to exactly the float32 features. Rank 0 keeps the test set so (8 MB instead of 31 for Fashion-MNIST) and
-    evaluates it a chunk at a time (:func:`ftmpi.kernels.predict`); ``raw``/``scale``/``stored`` are what
+    to exactly the float32 features. Rank 0 keeps the test set so and evaluates it a chunk at a time
+    (:func:`ftmpi.kernels.predict`); ``raw``/``scale``/``stored`` are what
     :func:`ftmpi.storage.shards.ensure_shard` asks to write them as they are."""
 
     def __init__(self, X: np.ndarray, scale: float) -> None:
@@ -126,9 +126,9 @@ class PackedRows(RowMatrix):
 
 class RowBlocks:
     """Rows ``ids`` of a row source (a :class:`RowStore`, :class:`PackedRows` or a run dir's ``RunRows``), read
-    a block at a time when they are written out: a shard file of 15000 Fashion-MNIST rows made rank 0 hold
-    all of them at once (12 MB, and as much again in the allocator afterwards); blocks bound that to
-    ``rows * d`` bytes. The rows keep the source's stored type (uint8, with ``scale``) where it has one."""
+    a block at a time when they are written out, so that writing a shard never holds all of its rows at once
+    (and as much again in the allocator afterwards): a block bounds that to ``rows * d`` bytes. The rows keep
+    the source's stored type (uint8, with ``scale``) where it has one."""
 
     def __init__(self, source: Any, ids: np.ndarray, rows: int = 2048) -> None:
         self.source, self.ids, self.step = source, np.asarray(ids, np.int64), max(1, int(rows))

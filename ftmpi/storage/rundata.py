@@ -1,4 +1,4 @@
-"""The data a deputy coordinates from when it takes over (issue 12): the training rows and the test set as the
+"""The data a deputy coordinates from when it takes over: the training rows and the test set as the
 run dir holds them. The dataset's source, and its prepared copy, may be readable on rank 0's host only.
 
 Every row a worker owns is in a file of ``run_dir/shards``: the shards (``worker-0003.h5``: a fresh run's
@@ -14,10 +14,11 @@ filesystem every rank sees: it is read there.
 
 The test set is ``shards/test.h5``, written by rank 0 once when a deputy or a standby coordinator may take
 over (:func:`write_eval_set`: uint8 with a scale where that is lossless, as the source is; kept when it
-already holds the same set, e.g. on resume). The deputy reads it, and indexes the shards, as soon as it is
-named (:func:`open_run_data`, in a thread); at the takeover it looks in the handoff and standby files only
-for rows the shards lack (:func:`takeover_dataset`), and a row owned by a worker that is in no file ends the
-takeover with one line.
+already holds the same set, e.g. on resume). :func:`open_run_data` reads it and indexes the shards: a
+standby coordinator does so in a thread (:class:`DatasetAhead`) as soon as it is named, a deputy that trains
+does so at the takeover. The takeover then looks in the handoff and standby files only for rows the shards
+lack (:func:`takeover_dataset`), and a row owned by a worker that is in no file ends the takeover with one
+line.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import json
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from ftmpi.storage.data import PIXEL_SCALE, Dataset
 from ftmpi.storage.rows import PackedRows, RowMatrix, RowStore
 from ftmpi.storage.shards import ensure_shard, read_shard
 
-__all__ = ["RunData", "RunRows", "EvalSetWrite", "open_run_data", "takeover_dataset", "eval_set_path", "write_eval_set"]
+__all__ = ["DatasetAhead", "RunData", "RunRows", "EvalSetWrite", "open_run_data", "takeover_dataset", "eval_set_path",
+           "write_eval_set"]
 
 _KINDS = {"worker": "worker-*.h5", "handoff": "handoff-e*.h5", "standby": "standby-e*-w*.h5"}
 
@@ -370,3 +372,27 @@ def takeover_dataset(ahead: Any, run_dir: str | os.PathLike[str], owner: np.ndar
         raise DataError(f"{rd.run_dir / 'shards'}: {rows.missing_line(missing, owner)}")
     return Dataset(rows.dataset, rows, rows.y, rd.X_test, rd.y_test, rd.n_classes,  # type: ignore[arg-type]
                    rd.classes, f"{rd.run_dir / 'shards'} (the run dir's copy)")
+
+
+class DatasetAhead:
+    """A deputy's run data, read in a thread from the moment it is named (a takeover needs the test set and the
+    training rows of the handoffs it will write), so that the takeover finds it ready. ``get`` waits for it and
+    raises what the reading raised."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self.data: Any = None
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, args=(load,), name="ftmpi-deputy-data", daemon=True)
+        self._t.start()
+
+    def _run(self, load: Callable[[], Any]) -> None:
+        try:
+            self.data = load()
+        except BaseException as exc:  # raised by get() in the worker's thread
+            self.error = exc
+
+    def get(self) -> Any:
+        self._t.join()
+        if self.error is not None:
+            raise self.error
+        return self.data

@@ -10,7 +10,7 @@ parallel with the others, instead of rank 0 writing them (:func:`ensure_shard`, 
 A handoff file has the same layout and carries every row handed over in one membership epoch, grouped by the survivor
 that takes them: ``/receivers`` (int64 world ranks, ``(m,)``) and ``/offsets`` (int64, ``(m + 1,)``) say
 that receiver ``i`` takes rows ``offsets[i]:offsets[i + 1]``. One file, not one per survivor: creating an
-HDF5 file costs ~2 ms here, and the survivors wait for it.
+HDF5 file costs milliseconds, and the survivors wait for it.
 
 Each file is written by one rank to a temporary name in the destination directory and then moved into
 place with ``os.replace``, so a reader sees either the old file or the complete new one, never a partial
@@ -21,6 +21,7 @@ write. Datasets are stored contiguous and uncompressed (shards are scratch files
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
@@ -144,7 +145,8 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | RowBlocks | None, 
             :class:`~ftmpi.storage.rows.RowBlocks`, read and written a block at a time; None with ``rows_from``.
         y: ``(n,)`` labels, stored as int32.
         ids: ``(n,)`` global row ids, stored as int64.
-        attrs: Extra HDF5 attributes (strings, numbers, small arrays), e.g. ``n_classes``, ``dataset``.
+        attrs: Extra HDF5 attributes (strings, numbers, small arrays), e.g. ``n_classes``, ``dataset``; an
+            enum member is stored as its value (h5py cannot store a ``str`` enum member itself).
         extra: Extra datasets (name -> array), e.g. a handoff file's ``receivers`` and ``offsets``.
         w: The rows' weights (see :class:`Shard`), stored as ``/w`` only when some weight is not 1.
         scale: For uint8 ``X``: the features are ``X * scale`` (stored as the ``x_scale`` attribute).
@@ -205,7 +207,7 @@ def write_shard(path: str | os.PathLike[str], X: np.ndarray | RowBlocks | None, 
             if rows_from is not None:
                 f.attrs["rows_from"] = rows_from
             for key, value in (attrs or {}).items():
-                f.attrs[key] = value
+                f.attrs[key] = value.value if isinstance(value, enum.Enum) else value
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:

@@ -17,8 +17,8 @@ class LocalShard:
     ``X`` holds the rows as they were read: float32 features (``scale`` None), or an image dataset's uint8
     pixels (``scale`` the float32 factor that makes them features). Use :meth:`rows` for features: it converts
     a batch at a time, so a worker holds a quarter of the bytes and its minibatch gathers move a quarter of the
-    memory (measured: 22 us against 44 us for 128 rows of 784 pixels from a 15000-row shard, which does not
-    fit in cache when several ranks share it), and the features are exactly the float32 ones.
+    memory (a shard does not fit in cache when several ranks share it), and the features are exactly the
+    float32 ones.
 
     ``X`` is a view of a buffer with room for handed rows (half a shard more, a third of a shard per survivor
     under ``remap: full`` with 4 workers), so that rows handed over do not copy the whole shard.

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,8 +30,9 @@ from ftmpi import faults as F
 from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
 from ftmpi.config import Config
 from ftmpi.core import protocol as P
-from ftmpi.core.failover import Change, DatasetAhead, Promoted, ReplicaKeeper
+from ftmpi.core.failover import Change, Promoted, ReplicaKeeper
 from ftmpi.core.handoff import SCORED, rep_count, select_representative
+from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
 from ftmpi.model.codec import ErrorFeedback, decode
 from ftmpi.model.models import Model, warmup
@@ -40,6 +41,9 @@ from ftmpi.observe.timeline import mark
 from ftmpi.procs import hostname, start_time
 from ftmpi.storage.shards import Shard, read_shard
 from ftmpi.worker.localshard import LocalShard
+
+if TYPE_CHECKING:
+    from ftmpi.storage.rundata import DatasetAhead
 
 _SCORE_ROWS = 4096  # rows whose features are converted at once when a worker scores its shard (uint8 rows)
 
@@ -53,7 +57,7 @@ class Worker:
         self.deputy = -1  # announced in every round message
         self.keeper = ReplicaKeeper()  # the deputy's newest replica of the coordinator
         self._next_replica_poll = 0.0  # monotonic time of the next replica probe between two steps
-        self._data_ahead: DatasetAhead | None = None
+        self._data_ahead: DatasetAhead | None = None  # once this rank is named deputy
         self._last_round = -1  # the newest round the coordinator started
         self._trains = True  # False: a standby coordinator
         # faults that already fired in an earlier launch of this run (a resumed job does not replay them);
@@ -92,14 +96,12 @@ class Worker:
                 try:
                     msg = self._recv_ctrl(timeout, phase)
                 except PeerError as exc:
-                    lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}")
-                    lost.how = "ulfm" if isinstance(exc, PeerFailed) else "timeout"  # type: ignore[attr-defined]
-                    raise lost from None
+                    raise CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}",
+                                          How.ULFM if isinstance(exc, PeerFailed) else How.TIMEOUT) from None
                 msg = P.coerce(msg)
             if isinstance(msg, P.Abdicate):  # it crashed and said so: no deadline to wait for
-                lost = CoordinatorLost(f"worker {self.rank}: the coordinator (rank {self.coord}) left: {msg.reason}")
-                lost.how = "error"  # type: ignore[attr-defined]
-                raise lost
+                raise CoordinatorLost(f"worker {self.rank}: the coordinator (rank {self.coord}) left: {msg.reason}",
+                                      How.ERROR)
             if not isinstance(msg, P.Ping):
                 return msg
             self._named(msg.deputy)
@@ -125,7 +127,7 @@ class Worker:
         the test set and indexes the shards of the run dir ahead, in a thread (a takeover needs them; see
         ftmpi.storage.rundata). A deputy that trains reads them at the takeover instead: in a thread of its own
         process the read takes the interpreter from its training steps, and every round waits for the
-        slowest worker (measured: a 38-round run 0.13 s longer, for a takeover ~0.05 s sooner)."""
+        slowest worker (docs/NOTES.md has the measurement)."""
         if deputy < 0:
             return
         self.deputy = deputy
@@ -133,7 +135,7 @@ class Worker:
             self._read_run_dir_ahead()
 
     def _read_run_dir_ahead(self) -> None:
-        from ftmpi.storage.rundata import open_run_data  # a deputy's or a standby's: the others never import it
+        from ftmpi.storage.rundata import DatasetAhead, open_run_data  # a deputy's or a standby's only
 
         run_dir = self.run_dir
         self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
@@ -164,14 +166,14 @@ class Worker:
                 return self._wait_ctrl(2 * ex.timeout + 10.0, f"waiting for rank {self.deputy} to take over")
             except CoordinatorLost as exc:
                 raise CoordinatorLost(f"worker {self.rank}: the deputy (rank {self.deputy}) did not take over "
-                                      f"after rank {old} was lost: {exc}") from None
+                                      f"after rank {old} was lost: {exc}", exc.how) from None
         rep = self.keeper.complete()
         if rep is not None and self._data_ahead is None:  # a deputy that trains reads its data now
             self._read_run_dir_ahead()
         if rep is None or self._data_ahead is None:
             raise CoordinatorLost(f"worker {self.rank}: lost the coordinator and, as its deputy, holds no complete "
-                                  f"replica yet ({lost})")
-        change = Change(old, getattr(lost, "how", "timeout"), self.rank, rep.round,
+                                  f"replica yet ({lost})", lost.how)
+        change = Change(old, lost.how, self.rank, rep.round,
                         max(0, self._last_round - rep.round + 1), detected, lost_id=tuple(rep.coord[1:]),
                         reason=str(lost), replica_age=max(0.0, detected - rep.sent_at))
         mark = F.read_marks(self.run_dir).get(old)
@@ -184,7 +186,7 @@ class Worker:
             data = takeover_dataset(self._data_ahead, self.run_dir, rep.state["owner"])  # type: ignore[index]
         except DataError as exc:  # the others wait for this rank: they leave now (no verdict: a relaunch resumes)
             lost = CoordinatorLost(f"worker {self.rank}: lost the coordinator (rank {old}) and, as its deputy, cannot "
-                                   f"take over: {exc}")
+                                   f"take over: {exc}", lost.how)
             for r in range(self.ch.size):
                 if r not in (self.rank, old):
                     self.ch.send(r, TAG_CTRL, P.Exit(str(lost), EXIT_COORDINATOR_LOST, True))
@@ -212,10 +214,7 @@ class Worker:
                 self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
                 return 0
             if isinstance(msg, P.Exit):
-                exc = Expelled(f"worker {self.rank}: {msg.reason}")
-                if msg.code is not None:  # rank 0 itself failed and said why: leave with its code, silently
-                    exc.exit_code, exc.quiet = msg.code, msg.quiet
-                raise exc
+                raise self._told_to_leave(msg)
             if isinstance(msg, P.Round):
                 self._round(msg)
             elif isinstance(msg, P.Handoff):  # while idle: load now, stamp when the next round's training starts
@@ -246,10 +245,14 @@ class Worker:
                 self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
                 return 0
             if isinstance(msg, P.Exit):
-                exc = Expelled(f"worker {self.rank}: {msg.reason}")
-                if msg.code is not None:
-                    exc.exit_code, exc.quiet = msg.code, msg.quiet
-                raise exc
+                raise self._told_to_leave(msg)
+
+    def _told_to_leave(self, msg: P.Exit) -> Expelled:
+        """What this worker leaves with when told to: :class:`Expelled` (exit 5), or, when rank 0 itself failed
+        and said why (``msg.code`` set), rank 0's code, silently if ``msg.quiet``."""
+        if msg.code is None:
+            return Expelled(f"worker {self.rank}: {msg.reason}")
+        return Expelled(f"worker {self.rank}: {msg.reason}", exit_code=msg.code, quiet=msg.quiet)
 
     def _load_shard(self, path: str) -> Shard:
         """Read this worker's shard file (rows, labels, global ids, weights)."""
@@ -290,7 +293,7 @@ class Worker:
         grew = False
         now = time.monotonic()
         if now >= self._next_replica_poll:  # at most every 20 ms while training: each probe yields the CPU on
-            # an oversubscribed node (measured: a probe per step made the deputy's rounds ~10 % slower)
+            # an oversubscribed node, and a probe per step slows the deputy's rounds
             self._next_replica_poll = now + 0.02
             self._take_replicas()
         while True:

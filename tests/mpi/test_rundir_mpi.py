@@ -84,3 +84,15 @@ def test_resume_with_the_same_workers_writes_no_shard(tmp_path):
     assert job.rc == 0 and job.summary["status"] == "completed", job.err
     assert job.summary["resumed_from"] is not None and job.summary["shard_bytes_written"] == 0
     assert shards == {p.name: p.stat().st_mtime_ns for p in (run_dir / "shards").glob("worker-*.h5")}
+
+
+def test_the_deputy_that_took_over_releases_the_lock_at_the_end(tmp_path):
+    """Rank 0 is killed mid-run: its deputy takes the run dir's lock over with the run and releases it at the
+    end, so that the lock does not outlive the job naming rank 0's dead pid (which a launch on any other host
+    than rank 0's would take for a job in use)."""
+    run_dir = tmp_path / "r"
+    job = run_job(2, SMOKE, run_dir, "--inject", "kill:0@5", "--set", "executor.timeout=2", *SHORT, limit=120)
+    assert job.rc == 0 and job.summary["coordinator"] == 1, job.err[-3000:]
+    lock = run_dir / "ftmpi.lock"
+    assert not lock.exists(), f"the lock outlived the run: {lock.read_text()}"
+    assert not list(run_dir.glob("ftmpi.lock*")), "no marker or temp file is left behind"

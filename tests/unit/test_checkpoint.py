@@ -624,3 +624,17 @@ def test_background_writer_runs_jobs_in_order_and_reports_a_failed_write(tmp_pat
     assert w.take_warnings() == []  # reported once
     assert w.error_summary()["checkpoint"]["count"] == 1
     assert order == [10, 20, 30, 50] and list_checkpoints(tmp_path)[-1] == ckpt_path(tmp_path, 50)
+
+
+def test_resume_takes_the_newest_checkpoint_of_the_highest_term(tmp_path):
+    """A deposed coordinator's later round (term 1, round 15) is never resumed from when the coordinator that
+    replaced it (term 2) wrote round 12: ordering is by (term, round)."""
+    run = tmp_path / "run"
+    for rnd, term in ((10, 1), (12, 2), (15, 1)):
+        s = make_snapshot()
+        s.round, s.term = rnd, term
+        ck.save(ck.ckpt_path(run, rnd), s)
+    path, snap, warnings = newest_valid(run)
+    assert (snap.round, snap.term) == (12, 2) and path.name == "round-000012.h5" and warnings == []
+    assert ck.term_of(ck.ckpt_path(run, 15)) == 1
+

@@ -17,12 +17,19 @@ from ftmpi.coordinator.files import shards_by_reference, write_handoff_file, wri
 from ftmpi.coordinator.saver import BackgroundWriter
 from ftmpi.coordinator.staging import Standby
 from ftmpi.core.cluster import WriteHandoff
-from ftmpi.core.failover import DatasetAhead
 from ftmpi.core.partition import Ownership
 from ftmpi.errors import DataError
 from ftmpi.launch.rundir import clear_for
 from ftmpi.storage.data import Dataset, load_dataset
-from ftmpi.storage.rundata import RunData, RunRows, eval_set_path, open_run_data, takeover_dataset, write_eval_set
+from ftmpi.storage.rundata import (
+    DatasetAhead,
+    RunData,
+    RunRows,
+    eval_set_path,
+    open_run_data,
+    takeover_dataset,
+    write_eval_set,
+)
 from ftmpi.storage.shards import ensure_shard, handoff_path, read_shard, shard_path, standby_path
 from tests.unit.test_rows import _mnist
 
