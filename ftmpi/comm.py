@@ -35,6 +35,7 @@ TAG_CTRL = 11  # coordinator -> worker: round, handoff, ping, stop, exit
 TAG_REPLY = 12  # worker -> coordinator: hello, reply, error, bye
 TAG_REPLICA = 13  # coordinator -> deputy: the replica of the coordinator's state (ftmpi.core.failover)
 TAG_DEPOSED = 14  # a deputy that took over -> the coordinator it replaced (should that one wake up)
+TAG_SUSPECT = 15  # worker -> deputy: the coordinator has been silent past the limit (protocol.Suspect)
 
 _ULFM_CLASSES = {getattr(MPI, n, None) for n in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")}
 _ULFM_CLASSES.discard(None)

@@ -22,6 +22,7 @@ from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST
 from ftmpi.observe.metrics import write_json_atomic
 from ftmpi.procs import hostname, kill_if_same, start_time
+from ftmpi.storage.term import Fence, current_term, holder
 
 
 class Replaced(Exception):  # noqa: N818 (control flow, not an error)
@@ -74,6 +75,7 @@ class Replication:
         self._replicated_key: tuple | None = None  # the state last replicated (ftmpi.core.failover.state_key)
         self._unflushed = False  # a replica of a changed state went out this round
         self._next_fence_check = 0.0
+        self.fence: Fence | None = None  # this coordinator's term in the run dir (set by the driver)
 
     # ------------------------------------------------------------------------------------- takeover
     def from_replica(self, rep: P.Replica, change: Change) -> None:
@@ -112,7 +114,8 @@ class Replication:
         if ch.detector is Detector.ULFM and host == hostname():
             self.change.killed = kill_if_same(int(pid), int(started))
         if not self.change.killed:  # should it wake up (stopped, or on another host): it must write nothing
-            ch.send(self.change.lost, TAG_DEPOSED, P.Deposed(ch.rank, self.change.round))
+            ch.send(self.change.lost, TAG_DEPOSED, P.Deposed(ch.rank, self.change.round, False,
+                                                             self.ctx.state.term))
 
     def round_sent(self, rnd: int) -> None:
         """The round message of ``rnd`` went out: the first one after a takeover completes the change."""
@@ -210,16 +213,26 @@ class Replication:
         self._unflushed = False
 
     # ---------------------------------------------------------------------------------------- fence
-    def check_replaced(self) -> None:
-        """Raise :class:`Replaced` if a deputy took over from this coordinator meanwhile (it hung, say stopped,
-        and woke up): then it must not write a row, a checkpoint or a verdict. Looks at most every 0.1 s."""
-        now = time.monotonic()
-        if now < self._next_fence_check:
+    def check_replaced(self, now: bool = False) -> None:
+        """Raise :class:`Replaced` if a deputy took over from this coordinator meanwhile (it was silent, say
+        stopped or slow, and woke up): its successor's ``Deposed`` message arrived, or a higher term was
+        claimed in the run dir. Then it must not write a row, a checkpoint or a verdict. Looks at most every
+        0.1 s, unless ``now`` (before a checkpoint)."""
+        t = time.monotonic()
+        if not now and t < self._next_fence_check:
             return
-        self._next_fence_check = now + 0.1
+        self._next_fence_check = t + 0.1
         msg = self._deposed()
+        if msg is None and self.fence is not None and not self.fence.still_holds():
+            msg = self.deposed_by_run_dir()
         if msg is not None:
             raise Replaced(msg)
+
+    def deposed_by_run_dir(self) -> P.Deposed:
+        """The ``Deposed`` notice the run dir's newest term stands for (its claim names the new coordinator)."""
+        run_dir = self.ctx.run_dir
+        term = current_term(run_dir)
+        return P.Deposed(int(holder(run_dir, term).get("rank", -1)), self.ctx.state.round, False, term)
 
     def _deposed(self) -> P.Deposed | None:
         ch = self.ctx.ch
@@ -253,7 +266,8 @@ class Replication:
         me = hostname()
         for c in self.all_changes():
             if not c["killed"]:
-                ch.send(int(c["lost"]), TAG_DEPOSED, P.Deposed(ch.rank, self.ctx.state.round, True))
+                ch.send(int(c["lost"]), TAG_DEPOSED, P.Deposed(ch.rank, self.ctx.state.round, True,
+                                                               self.ctx.state.term))
         ch.flush(time.monotonic() + 0.5)
         for c in self.all_changes():
             host, pid, started = c["lost_id"]

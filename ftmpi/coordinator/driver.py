@@ -14,6 +14,7 @@ worker gives up on rank 0 while it is busy. At the deadline the silent workers a
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,17 +47,19 @@ from ftmpi.core.cluster import (
     Stage,
     WriteHandoff,
 )
-from ftmpi.core.failover import Change, takeover_state
+from ftmpi.core.failover import Change, beat_period, silence_limit, takeover_state
 from ftmpi.core.handoff import Schedule, make_policy
 from ftmpi.core.kinds import How
-from ftmpi.errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, FtmpiError, WriteFailed
+from ftmpi.errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Deposed, FtmpiError, WriteFailed
 from ftmpi.model.models import warmup
 from ftmpi.observe.metrics import Progress, truncate_metrics
 from ftmpi.observe.timeline import mark
+from ftmpi.procs import hostname
 from ftmpi.signals import stop_requested
 from ftmpi.storage.checkpoint import Snapshot
 from ftmpi.storage.data import Dataset, load_dataset
 from ftmpi.storage.shards import handoff_path, shard_path
+from ftmpi.storage.term import Fence, claim, current_term
 
 if TYPE_CHECKING:
     from ftmpi.observe.tb import TBWriter
@@ -118,6 +121,13 @@ class Coordinator:
             restore_staged(self.standby, takeover[0])
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
                                                         time.time(), hfile)
+        # this coordinator's term, claimed in the run dir before its first write there (storage.term): one more
+        # than any claimed so far, and than the replica's when it takes over
+        term = max(current_term(self.run_dir), takeover[0].term if takeover is not None else 0) + 1
+        claim(self.run_dir, term, {"rank": self.me, "host": hostname(), "pid": os.getpid(), "time": time.time(),
+                                   "takeover": takeover is not None})
+        self.state.term = term
+        self.fence = Fence(self.run_dir, term)
         if resume is not None:
             truncate_metrics(self.run_dir / "metrics.csv", resume.round)
         if takeover is not None:  # the rows from the one the lost coordinator had not written yet are redone
@@ -130,6 +140,7 @@ class Coordinator:
         self.ctx = Context(ch, cfg, self.run_dir, data, self.state, self.gm, self.out, self.writer, self.standby,
                            self.tally)
         self.replication = Replication(self.ctx, self, spare)
+        self.replication.fence = self.fence
         self.lifecycle = Lifecycle(self.ctx, self, self.replication, resume)
         if takeover is not None:
             self.replication.from_replica(*takeover)
@@ -140,13 +151,15 @@ class Coordinator:
 
     # ------------------------------------------------------------------- what the parts ask of the driver
     def ping(self, ranks: list[int], force: bool = False) -> None:
-        """Tell waiting workers rank 0 is alive, at most every ``timeout/4`` unless forced."""
+        """Tell the workers this coordinator is alive, at most once per beat period
+        (:func:`~ftmpi.core.failover.beat_period`) unless forced."""
         now = time.monotonic()
         if force or now >= self._next_ping:
             spare = self.replication.spare
             for r in ranks + ([spare] if spare >= 0 else []):
-                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.replication.deputy))
-            self._next_ping = now + max(0.05, self.cfg.executor.timeout / 4)
+                self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.replication.deputy,
+                                                 self.state.term))
+            self._next_ping = now + beat_period(self.cfg.executor.timeout)
 
     def handoffs_pending(self) -> bool:
         """A handoff file is being written (or its messages have not gone out yet)."""
@@ -257,6 +270,8 @@ class Coordinator:
             return self._run()
         except Replaced as exc:
             return self.replication.leave_replaced(exc)
+        except Deposed:  # a write found a higher term claimed (the fence): the same as being told
+            return self.replication.leave_replaced(Replaced(self.replication.deposed_by_run_dir()))
         except BaseException as exc:
             if isinstance(exc, FtmpiError) or not self.replication.hands_over_crash():
                 raise  # a crash hands over once per run: the same bug would go round every worker
@@ -337,42 +352,56 @@ class Coordinator:
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup else None
             self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, how,
-                                              self.standby.news_for(r, plans), self.pending_rebuild, deputy))
+                                              self.standby.news_for(r, plans), self.pending_rebuild, deputy,
+                                              s.term))
         self.replication.round_sent(rnd)
 
     def _collect(self) -> dict[int, P.Reply]:
-        """Wait for this round's replies in short polls, applying what arrives as it arrives."""
+        """Wait for this round's replies in short polls, applying what arrives as it arrives. A worker is lost
+        when MPI reports it failed, or when it has been silent (no reply, no beat) for longer than the silence
+        limit since the round went out: a worker that is slow keeps beating and is waited for. Before a worker
+        is declared lost by silence, what has arrived meanwhile is read (this rank may itself have been the
+        one that stalled)."""
         ex, s = self.cfg.executor, self.state
         replies: dict[int, P.Reply] = {}
-        deadline = time.monotonic() + ex.timeout
-        tick = max(0.05, ex.timeout / 4)
+        limit = silence_limit(ex.timeout)
+        tick = beat_period(ex.timeout)
+        start = time.monotonic()
+        heard: dict[int, float] = {}  # rank -> when a message of this round last came from it
         while True:
             self.replication.check_replaced()
-            self._service(sorted(replies))
+            self._service(s.alive)
             self.replication.replicate_changes()
             waiting = s.waiting_for()
             if not waiting:
                 return replies
             now = time.monotonic()
-            if now >= deadline:
-                lost: list[Heard | Lost | Chosen] = [Lost(r, How.TIMEOUT, self._silence(r), self.ctx.mark(r))
-                                                     for r in waiting]
-                self.apply(s.apply(lost, time.time()), replies)
-                return replies
+            due = min(heard.get(r, start) for r in waiting) + limit
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
-            out = self.ch.poll(sources, TAG_REPLY, min(deadline, now + tick),
+            out = self.ch.poll(sources, TAG_REPLY, min(max(due, now), now + tick),
                                until=lambda o: bool(o.messages or o.failed) or self._written())
-            events: list[Heard | Lost | Chosen] = [self.ctx.heard(r, m) for r, ms in out.messages.items() for m in ms]
+            now = time.monotonic()
+            events: list[Heard | Lost | Chosen] = []
+            for r, ms in out.messages.items():
+                heard[r] = now
+                events += [self.ctx.heard(r, m) for m in ms if not isinstance(m, P.Beat)]
             for r in out.failed:
                 self._silent.add(r)
                 if r in s.alive:  # acted on at once: the survivors take the rows between two steps
                     events.append(Lost(r, How.ULFM, "", self.ctx.mark(r)))
             if events:
                 self.apply(s.apply(events, time.time()), replies)
+            silent = [r for r in s.waiting_for() if now - heard.get(r, start) > limit]
+            if silent:
+                lost: list[Heard | Lost | Chosen] = [
+                    Lost(r, How.TIMEOUT, self._silence(r, now - heard.get(r, start)), self.ctx.mark(r))
+                    for r in silent]
+                self.apply(s.apply(lost, time.time()), replies)
 
-    def _silence(self, r: int) -> str:
+    def _silence(self, r: int, seconds: float) -> str:
         nbytes = self.ch.partial(r, TAG_REPLY)
-        return "" if nbytes is None else f"timed out mid-message ({nbytes} bytes still arriving)"
+        said = f"silent for {seconds:.2f}s"
+        return said if nbytes is None else f"{said}, timed out mid-message ({nbytes} bytes still arriving)"
 
     def _round(self, first: bool, setup: bool = True) -> None:
         cfg, ex, s = self.cfg, self.cfg.executor, self.state

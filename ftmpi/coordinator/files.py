@@ -19,6 +19,7 @@ from ftmpi.procs import hostname
 from ftmpi.storage.checkpoint import Snapshot, prune, save
 from ftmpi.storage.data import Dataset
 from ftmpi.storage.shards import ensure_shard, rows_by_reference, shard_path, write_handoff
+from ftmpi.storage.term import Fence
 
 
 def slow_for_tests(kind: str) -> None:
@@ -64,10 +65,16 @@ def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:
                   np.concatenate(list(e.weights.values())))
 
 
-def save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int) -> None:
-    """(Background thread.) Save a checkpoint, then delete all but the newest ``keep``."""
+def save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int, fence: Fence | None = None) -> None:
+    """(Background thread.) Save a checkpoint, then delete all but the newest ``keep``. ``fence``: checked
+    right before the save and before the prune; raises :class:`~ftmpi.errors.Deposed` (nothing written or
+    deleted) once a higher coordinator term was claimed in the run dir."""
     slow_for_tests("checkpoint")
+    if fence is not None:
+        fence.check(f"save {path.name}")
     save(path, snap)
+    if fence is not None:
+        fence.check(f"prune after {path.name}")
     prune(run_dir, keep, newest=path)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -22,8 +23,14 @@ from ftmpi.core.partition import class_histogram, partition
 from ftmpi.errors import EXIT_DISK, CheckpointError, WriteFailed
 from ftmpi.observe.metrics import write_json_atomic, write_status
 from ftmpi.procs import hostname, kill_if_same
-from ftmpi.storage.checkpoint import Snapshot, ckpt_path
+from ftmpi.storage.checkpoint import Snapshot, ckpt_path, intact, list_checkpoints
 from ftmpi.storage.rundata import EvalSetWrite
+
+
+def valid_checkpoint_in(run_dir: Path) -> bool:
+    """Whether ``run_dir/ckpt`` holds a checkpoint that passes its integrity check (one a resume can start
+    from), whoever wrote it."""
+    return any(intact(p) for p in reversed(list_checkpoints(run_dir)))
 
 
 class Lifecycle:
@@ -44,6 +51,9 @@ class Lifecycle:
         self.ctx, self.driver, self.replication, self.resume = ctx, driver, replication, resume
         self.target_model: tuple[np.ndarray, float, np.ndarray] | None = None
         self._test_write: EvalSetWrite | None = None
+        # a failed checkpoint write ends the run (EXIT_DISK) only when no valid checkpoint is in the run dir:
+        # one written by this process, by the coordinator a deputy took over from, or resumed from
+        ctx.writer.valid_elsewhere("checkpoint", lambda: valid_checkpoint_in(ctx.run_dir))
 
     def evaluate(self) -> tuple[float, np.ndarray]:
         """The global model's test accuracy; the first model at or above ``executor.target_accuracy`` is kept,
@@ -114,8 +124,9 @@ class Lifecycle:
         t0 = time.monotonic()
         snap = self.snapshot()
         self.driver.wait_writer()  # one checkpoint in flight at a time; raises a write that failed
+        self.replication.check_replaced(now=True)  # a deposed coordinator writes no checkpoint
         ctx.writer.submit("checkpoint", save_and_prune, ckpt_path(ctx.run_dir, ctx.state.round), snap,
-                          ctx.run_dir, ctx.cfg.executor.keep)
+                          ctx.run_dir, ctx.cfg.executor.keep, self.replication.fence)
         if wait:
             self.driver.wait_writer()
         ctx.tally.ckpt_seconds += time.monotonic() - t0
@@ -134,7 +145,8 @@ class Lifecycle:
             failures=st["failures"], stale_dropped=st["stale"], rows_handed=st["rows_handed"],
             wall_seconds=t.wall_before + time.monotonic() - t.t_start,
             bytes_total=t.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=ctx.data.name,
-            n_classes=ctx.data.n_classes, created=time.time(), weight=weight if np.any(weight != 1.0) else None)
+            n_classes=ctx.data.n_classes, created=time.time(), weight=weight if np.any(weight != 1.0) else None,
+            term=ctx.state.term)
 
     def finish(self, code: int) -> int:
         """Write every output first, then stop the workers: without ULFM, prterun kills the whole job as soon
@@ -143,7 +155,7 @@ class Lifecycle:
         ctx, t, rep = self.ctx, self.ctx.tally, self.replication
         ch, ex, s, out, gm = ctx.ch, ctx.cfg.executor, ctx.state, ctx.out, ctx.gm
         self.driver.wait_handoffs()
-        rep.check_replaced()
+        rep.check_replaced(now=True)
         out.write_row(gm.evaluate, last=True)
         if t.target_stop and self.target_model is not None:
             # stopped by executor.target_accuracy: the run ends on the model that reached it, not on the one
@@ -182,6 +194,7 @@ class Lifecycle:
         doc["deputy"] = {"rank": rep.deputy, "replicas": rep.sender.sent, "bytes": rep.replica_bytes,
                          "seconds": rep.replica_seconds}
         doc["coordinator_changes"] = rep.all_changes()
+        rep.check_replaced(now=True)  # the verdict is the current term's alone
         try:
             write_json_atomic(ctx.run_dir / "summary.json", doc)
         except OSError as exc:
@@ -191,7 +204,7 @@ class Lifecycle:
         write_status(code)
         alive = s.alive
         for r in alive + ([rep.spare] if rep.spare >= 0 else []):
-            ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round))
+            ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round, s.term))
         if alive:
             ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
                     until=lambda o: all(any(isinstance(m, P.Bye) for m in o.messages.get(r, []))

@@ -84,7 +84,7 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
     rec = [f.recovery_time for f in state.failures if f.recovery_time is not None]
     ex = cfg.executor
     return {
-        "status": status, "exit_code": code, "name": cfg.name, "scenario": ex.scenario,
+        "status": status, "exit_code": code, "name": cfg.name, "scenario": ex.scenario, "term": state.term,
         "final_test_acc": out.last_acc, "per_class_acc": [float(v) for v in out.last_per_class],
         "wall_seconds": run["wall_seconds"], "rounds": state.round, "iterations": run["iterations"],
         "bytes_sent": run["bytes_sent"], "bytes_recv": run["bytes_recv"], "bytes_total": run["bytes_total"],

@@ -9,15 +9,17 @@ Not every write matters alike, so failures follow a per-kind policy:
 
 - *optional* kinds (``stage``: standby files, only a speed-up of a future handoff) never end the run:
   their failures are counted and turned into warnings;
-- *essential* kinds (``checkpoint``) are reported as warnings while an earlier job of the same kind
-  succeeded (a valid checkpoint exists: the run goes on, a later one may succeed), and raised by
-  :meth:`BackgroundWriter.wait` as :class:`~ftmpi.errors.WriteFailed` (one line, exit code
-  ``EXIT_DISK``) when none ever did: nothing resumable exists, and the user must know.
+- *essential* kinds (``checkpoint``) are reported as warnings while a valid result of the same kind exists
+  (an earlier job succeeded, or :meth:`BackgroundWriter.valid_elsewhere` finds one this writer did not
+  write, e.g. the checkpoints of the coordinator a deputy took over from: the run goes on, a later one may
+  succeed), and raised by :meth:`BackgroundWriter.wait` as :class:`~ftmpi.errors.WriteFailed` (one line,
+  exit code ``EXIT_DISK``) when none exists: nothing resumable exists, and the user must know.
 
 Every failure is kept (per kind: count, first and last message). How the coordinator uses it::
 
     writer = BackgroundWriter(essential={"checkpoint"})
     writer.mark_ok("checkpoint")                 # resumed: the checkpoint it resumed from is valid
+    writer.valid_elsewhere("checkpoint", lambda: valid_checkpoint_in(run_dir))  # asked at a failure
     writer.submit("checkpoint", save_fn, path, snap)
     while not writer.wait(timeout=0.2):          # bounded: keep pinging workers meanwhile
         ping()
@@ -34,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ftmpi.errors import WriteFailed
+from ftmpi.errors import Deposed, WriteFailed
 
 __all__ = ["BackgroundWriter", "ErrorLog"]
 
@@ -80,17 +82,27 @@ class BackgroundWriter:
         self.done: dict[str, int] = defaultdict(int)
         self.errors: dict[str, ErrorLog] = {}
         self._ok: set[str] = set()  # kinds with at least one successful job (or a valid one before this run)
+        self._elsewhere: dict[str, Callable[[], bool]] = {}  # kind -> whether a valid one exists, not ours
         self._jobs: deque[tuple[str, Callable[..., Any], tuple[Any, ...]]] = deque()
         self._unfinished = 0
         self._cond = threading.Condition()
         self._warnings: list[str] = []
         self._fatal: WriteFailed | None = None
+        self._deposed: Deposed | None = None  # a job found this coordinator's term over: it wrote nothing
         self._thread: threading.Thread | None = None
 
     def mark_ok(self, kind: str) -> None:
         """Record that a valid result of ``kind`` exists already (e.g. the checkpoint a run resumed from)."""
         with self._cond:
             self._ok.add(kind)
+
+    def valid_elsewhere(self, kind: str, check: Callable[[], bool]) -> None:
+        """``check()`` says whether a valid result of ``kind`` exists that this writer did not write (e.g. the
+        checkpoints an earlier coordinator of the run left in the run dir). It is asked, in the writer's
+        thread, when a job of that kind fails and none of this writer's succeeded: True makes the failure a
+        warning (as after :meth:`mark_ok`); False, or an exception, leaves it fatal."""
+        with self._cond:
+            self._elsewhere[kind] = check
 
     def submit(self, kind: str, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; returns at once. The caller must not change the arguments afterwards."""
@@ -109,6 +121,8 @@ class BackgroundWriter:
             True when nothing is pending any more, False when the timeout passed first (call again).
 
         Raises:
+            Deposed: A job found that a higher coordinator term was claimed (it wrote nothing); raised again on
+                every call, since no later write may be made.
             WriteFailed: An essential job failed and no job of its kind ever succeeded; raised once.
         """
         end = None if timeout is None else time.monotonic() + timeout
@@ -120,6 +134,9 @@ class BackgroundWriter:
                 self._cond.wait(left)
             idle = self._unfinished == 0
             fatal, self._fatal = self._fatal, None
+            deposed = self._deposed
+        if deposed is not None:
+            raise deposed
         if fatal is not None:
             raise fatal
         return idle
@@ -154,6 +171,17 @@ class BackgroundWriter:
         elif self._fatal is None:
             self._fatal = WriteFailed(f"{kind} write failed and no earlier {kind} is valid: {msg}")
 
+    def _found_elsewhere(self, kind: str) -> bool:
+        """(Writer thread, without the lock: the check may read files.) A valid ``kind`` exists, not ours."""
+        with self._cond:
+            check = None if kind in self._ok or kind not in self.essential else self._elsewhere.get(kind)
+        if check is None:
+            return False
+        try:
+            return bool(check())
+        except Exception:  # cannot tell: nothing valid is known
+            return False
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -166,11 +194,16 @@ class BackgroundWriter:
                 ok, err = True, None
             except BaseException as exc:  # handed to the caller by wait()/take_warnings()
                 ok, err = False, exc
+            elsewhere = not ok and not isinstance(err, Deposed) and self._found_elsewhere(kind)
             with self._cond:
                 if ok:
                     self._ok.add(kind)
+                elif isinstance(err, Deposed):  # not a write error: this coordinator must stop writing
+                    self._deposed = err
                 else:
                     assert err is not None
+                    if elsewhere:
+                        self._ok.add(kind)
                     self._failed(kind, err)
                 self.seconds[kind] += time.monotonic() - t0
                 self.done[kind] += 1

@@ -8,6 +8,11 @@ loss writes nothing. Each worker is also told, ahead of time, which slice of eve
 would be handed if that worker alone were lost next (a *plan*); it reads those slices after its reply, and a
 loss is then served from memory.
 
+A file holds a draw of the rows the worker had when it was staged. A worker whose rows change (it is handed
+a lost worker's rows) is staged again once it trains on them (the :class:`~ftmpi.core.events.Stage` effect);
+until then its older file is not handed over (:meth:`ftmpi.core.cluster.ClusterState.standby_stale`): its
+loss draws from the rows it holds at the loss and writes them to that epoch's handoff file.
+
 Rank 0's :class:`ftmpi.core.cluster.ClusterState` owns membership, ownership and weights and passes them in; the
 draw itself is :func:`ftmpi.core.handoff.random_choice`; this module owns the files and the plans.
 """

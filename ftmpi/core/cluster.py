@@ -91,6 +91,7 @@ class ClusterState:
         self.policy, self.seed, self.launch_time, self.handoff_file = policy, seed, launch_time, handoff_file
         self.phase = Phase.JOINING
         self.coordinator = 0  # the coordinator's rank (a deputy that took over: its own)
+        self.term = 1  # the coordinator's term: grows by one at each takeover and relaunch (storage.term)
         self.members = {r: Member(r) for r in workers}
         self.suspects: set[int] = set()  # declared dead by deadline: may still wake up
         self.epoch = 0
@@ -122,6 +123,12 @@ class ClusterState:
     def orphaned(self) -> np.ndarray:
         """Rows neither owned nor dropped (kept for a resume when every worker was lost)."""
         return self.ownership.unaccounted()
+
+    def standby_stale(self, rank: int) -> bool:
+        """Whether the worker's rows changed since its representative rows were last staged (it was handed
+        rows, or lost handed rows it could not read, and no :class:`Stage` effect for it followed): a standby
+        file staged before the change is no draw of the rows it holds now, and is not handed over."""
+        return rank in self._restage
 
     def _to(self, phase: Phase) -> None:
         if not self.phase.can_become(phase):
@@ -246,6 +253,7 @@ class ClusterState:
                     gone = self.ownership.release_ids(src, ids)
                     if len(gone):
                         self.ownership.drop(gone)
+                        self._restage.add(src)  # its rows changed: its standby file is no longer a draw of them
                         self.rows_unreadable += len(gone)
                         out.append(Log(f"warning: worker {src} could not read rows {a}:{b} of {path} (epoch "
                                        f"{epoch}); {len(gone)} handed rows dropped; coverage "
@@ -268,12 +276,13 @@ class ClusterState:
                 gone = self.ownership.release_ids(src, ids)
                 if len(gone) and self.members[src].alive:
                     self.ownership.drop(gone)
+                    self._restage.add(src)
                 n += len(gone)
             self._sent[epoch][src] = keep
             if keep:
                 w = self.weight
                 out.append(SendHandoff(src, P.Handoff(epoch, [P.Segment(p, a, b, w[ids].copy())
-                                                              for p, a, b, ids in keep])))
+                                                              for p, a, b, ids in keep], self.term)))
             else:
                 self._receivers.get(epoch, set()).discard(src)
         self.rows_unwritten += n
@@ -346,7 +355,7 @@ class ClusterState:
                 sent.setdefault(s, []).append((seg.path, p.start, p.stop, p.ids))
                 self.ownership.assign(s, p.ids)
                 self.weight[p.ids] = p.weights
-            out.append(SendHandoff(s, P.Handoff(self.epoch, segs)))
+            out.append(SendHandoff(s, P.Handoff(self.epoch, segs, self.term)))
         n_handed = sum(len(c.ids) for c in plan.chosen.values())
         self.rows_handed += n_handed
         receivers = set(plan.parts)
@@ -391,7 +400,8 @@ class ClusterState:
         """Everything this object knows, as numpy arrays and small dicts of plain values (copies; enum members
         as their strings, so the snapshot pickles and stores as plain data)."""
         return {
-            "phase": self.phase.value, "coordinator": self.coordinator, "epoch": self.epoch, "round": self.round,
+            "phase": self.phase.value, "coordinator": self.coordinator, "term": self.term, "epoch": self.epoch,
+            "round": self.round,
             "owner": self.ownership.owner_array(), "dropped": self.dropped_mask(), "weight": self.weight.copy(),
             "members": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time, "alive": m.alive}
                         for r, m in self.members.items()},
@@ -403,7 +413,15 @@ class ClusterState:
             "receivers": {e: sorted(v) for e, v in self._receivers.items()},
             "ready": {e: dict(v) for e, v in self._ready.items()}, "prefetched": dict(self._prefetched),
             "restage": sorted(self._restage),
+            # what each survivor was handed, as file slices (epoch, rank, file, start, stop), and their row ids
+            # in the same order (stop - start of them each): unreadable reports and unwritten files act on them
+            "sent": [(e, r, p, a, b) for e, r, p, a, b, _ in self._sent_parts()],
+            "sent_ids": np.concatenate([ids for *_, ids in self._sent_parts()] + [np.zeros(0, np.int64)]),
         }
+
+    def _sent_parts(self) -> list[tuple[int, int, str, int, int, np.ndarray]]:
+        return [(e, r, p, a, b, ids) for e, by in sorted(self._sent.items()) for r, parts in sorted(by.items())
+                for p, a, b, ids in parts]
 
     @classmethod
     def restore(cls, snap: dict[str, Any], policy: Policy, seed: int = 0, launch_time: float = 0.0,
@@ -414,6 +432,7 @@ class ClusterState:
         s.weight = np.asarray(snap["weight"], np.float64).copy()
         s.phase, s.epoch, s.round = Phase(snap["phase"]), int(snap["epoch"]), int(snap["round"])
         s.coordinator = int(snap.get("coordinator", 0))
+        s.term = int(snap.get("term", 1))
         for r, d in snap["members"].items():
             s.members[int(r)] = Member(int(r), d["host"], int(d["pid"]), int(d["start_time"]), bool(d["alive"]),
                                        np.asarray(snap["representative"].get(r, np.zeros(0)), np.int64))
@@ -426,6 +445,11 @@ class ClusterState:
         s._ready = {int(e): dict(v) for e, v in snap["ready"].items()}
         s._prefetched = dict(snap["prefetched"])
         s._restage = set(snap["restage"])
+        ids, at = np.asarray(snap.get("sent_ids", np.zeros(0)), np.int64), 0
+        for e, r, p, a, b in snap.get("sent", []):
+            s._sent.setdefault(int(e), {}).setdefault(int(r), []).append((str(p), int(a), int(b),
+                                                                           ids[at:at + b - a].copy()))
+            at += int(b) - int(a)
         return s
 
     def dropped_mask(self) -> np.ndarray:

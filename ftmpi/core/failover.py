@@ -25,8 +25,8 @@ from ftmpi.core.cluster import ClusterState, Effect, Lost
 from ftmpi.core.handoff import Policy
 from ftmpi.core.kinds import How
 
-__all__ = ["Change", "Promoted", "ReplicaKeeper", "ReplicaSender", "choose_deputy", "state_key",
-           "takeover_state"]
+__all__ = ["Change", "Promoted", "ReplicaKeeper", "ReplicaSender", "beat_period", "choose_deputy", "majority",
+           "silence_limit", "state_key", "takeover_state"]
 
 
 class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coordinator's code in cli.py)
@@ -36,6 +36,25 @@ class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coor
     def __init__(self, replica: P.Replica, change: Change, data: Any) -> None:
         super().__init__(f"rank {change.new} takes over from rank {change.lost}")
         self.replica, self.change, self.data = replica, change, data
+
+
+def beat_period(timeout: float) -> float:
+    """How often a rank that is waiting or training tells the other side it is alive: the coordinator pings
+    every alive worker, a worker in a round sends a beat between two steps. A quarter of the timeout, at
+    most 0.25 s, so that a lost rank is noticed within ``timeout + 0.5 s``."""
+    return min(0.25, timeout / 4)
+
+
+def silence_limit(timeout: float) -> float:
+    """How long a rank may be silent before it is lost (suspected, for the coordinator): the timeout plus
+    two beat periods. A rank that stalls for less than ``timeout`` is then never lost: the other side last
+    heard it at most one beat (plus a little work) before the stall began."""
+    return timeout + 2 * beat_period(timeout)
+
+
+def majority(reports: int, alive: int) -> bool:
+    """True when ``reports`` distinct workers are more than half of the ``alive`` workers."""
+    return alive > 0 and 2 * reports > alive
 
 
 def choose_deputy(alive: list[int], hosts: dict[int, str] | None = None, coordinator_host: str | None = None) -> int:
@@ -74,7 +93,7 @@ class ReplicaSender:
         if self._sent != (deputy, key):
             snap, self._sent = state.snapshot(), (deputy, key)
             snap["staged"] = dict(staged)
-        return P.Replica(state.round, state.epoch, model, snap, key, pending, outputs, coord, now)
+        return P.Replica(state.round, state.epoch, model, snap, key, pending, outputs, coord, now, state.term)
 
 
 class ReplicaKeeper:
@@ -157,6 +176,7 @@ def takeover_state(rep: P.Replica, me: int, policy: Policy, seed: int, launch_ti
         raise ValueError("a replica without its state snapshot cannot be taken over from")
     s = ClusterState.restore(rep.state, policy, seed, launch_time, handoff_file)
     s.coordinator = me
+    s.term = int(rep.term) + 1  # at least: the run dir may hold a higher claim (storage.term)
     s.round = int(rep.round)
     effects: list[Effect] = []
     if me in s.members and s.members[me].alive:

@@ -152,6 +152,8 @@ class StateView(Protocol):
 
     def representative(self, rank: int) -> np.ndarray: ...
 
+    def standby_stale(self, rank: int) -> bool: ...
+
 
 class Rows(Protocol):
     """The training rows rank 0 holds (:class:`ftmpi.storage.data.Dataset`): what ``coreset`` and ``classmix`` read."""
@@ -275,7 +277,10 @@ class Staged(Protocol):
 
 class StagedRandom(Policy):
     """``rep_selection: random``: rank 0's own draw in proportion to weight (:func:`random_choice`), staged
-    before the loss when the standby file is complete (``staged.get(rank)``), else drawn now."""
+    before the loss when the standby file is complete (``staged.get(rank)``) and was drawn from the rows the
+    worker holds now; else drawn now from those rows. A file staged before the worker was handed rows (or
+    lost some) is never handed over: it would drop the rows it gained and give their mass to the others
+    (``state.standby_stale``; a file holding a row the worker no longer owns is refused as well)."""
 
     name = "random"
 
@@ -289,6 +294,8 @@ class StagedRandom(Policy):
 
     def choose(self, rank: int, owned: np.ndarray, state: StateView, survivors: list[int]) -> Choice:
         got = self.staged.get(rank) if self.staged is not None else None
+        if got is not None and (state.standby_stale(rank) or not np.all(np.isin(got[0], owned))):
+            got = None
         ids, hits, path = got if got is not None else (*self.draw(rank, owned, state, state.epoch), None)
         base = self._pps_base(ids, hits, owned, state)
         return self._weigh(ids, base, hits, owned, state, survivors, None if path is None else str(path))

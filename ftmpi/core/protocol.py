@@ -7,7 +7,10 @@ its fields (:class:`Wire`), not as a dict of field names, so a typed message cos
 than a plain dict of its fields would (docs/ARCHITECTURE.md has the measurement).
 
 Every message that belongs to a round carries its membership ``epoch`` and ``round``; rank 0 drops any
-other (counted as stale). :func:`coerce` also accepts the two plain-dict messages that ``cli.py`` sends
+other (counted as stale). Every control message of a coordinator carries its ``term`` (1 for the first
+coordinator of a run dir, one more at each takeover or relaunch): a worker follows the highest term it has
+seen and drops a message of a lower one, so a deposed coordinator that wakes up cannot steer anyone.
+:func:`coerce` also accepts the two plain-dict messages that ``job.py`` sends
 when a rank fails outside the loops (``{"t": "exit", ...}`` and ``{"t": "error", ...}``).
 """
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Abdicate", "Bye", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply", "Round",
-           "Segment", "Setup", "Stop", "coerce"]
+__all__ = ["Abdicate", "Beat", "Bye", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply",
+           "Round", "Segment", "Setup", "Stop", "Suspect", "coerce", "term_of"]
 
 
 class Wire:
@@ -53,6 +56,7 @@ class Round(Wire):
     prefetch: list[tuple[str, int, int]] | None = None  # standby slices to read ahead after the reply
     rebuild: list[int] | None = None  # ULFM: rebuild the alive communicator with these ranks after the reply
     deputy: int = -1  # the worker that receives the replicas and takes over if the coordinator is lost
+    term: int = 1  # the sender's coordinator term
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Handoff(Wire):
 
     epoch: int
     segments: list[Segment]
+    term: int = 1
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Ping(Wire):
     epoch: int
     round: int
     deputy: int = -1
+    term: int = 1
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Stop(Wire):
 
     epoch: int
     round: int
+    term: int = 1
 
 
 @dataclass
@@ -124,6 +131,7 @@ class Deposed(Wire):
     rank: int
     round: int
     final: bool = False
+    term: int = 0  # the term of the coordinator that took over (0: not said)
 
 
 @dataclass
@@ -143,6 +151,7 @@ class Replica(Wire):
     outputs: dict[str, Any]
     coord: tuple[int, str, int, int]
     sent_at: float = 0.0
+    term: int = 1  # the term of the coordinator that sent it; a takeover claims the next one
 
 
 # ------------------------------------------------------------------------------------- worker -> rank 0
@@ -192,7 +201,30 @@ class Bye(Wire):
     rank: int
 
 
-Message = Round | Handoff | Ping | Stop | Exit | Abdicate | Deposed | Replica | Hello | Reply | Error | Bye
+@dataclass
+class Beat(Wire):
+    """A worker is alive mid-round (sent between two local steps, at most once per beat period): a round
+    longer than the timeout is slow, not silent."""
+
+    rank: int
+    round: int
+
+
+# ------------------------------------------------------------------------------------- worker -> deputy
+@dataclass
+class Suspect(Wire):
+    """A worker heard nothing from the coordinator of ``term`` for ``silent`` seconds (longer than the silence
+    limit; ``failed``: MPI reported it failed). Sent to the deputy on ``TAG_SUSPECT``, which decides: it takes
+    over when it lost the coordinator itself or when a majority of the alive workers suspect it."""
+
+    rank: int
+    term: int
+    silent: float
+    failed: bool = False
+
+
+Message = (Round | Handoff | Ping | Stop | Exit | Abdicate | Deposed | Replica | Hello | Reply | Error | Bye | Beat
+           | Suspect)
 
 
 def coerce(obj: Any) -> Any:
@@ -207,3 +239,9 @@ def coerce(obj: Any) -> Any:
         if t == "error":
             return Error(int(obj.get("rank", -1)), str(obj.get("host", "?")), str(obj.get("error", "crashed")))
     return obj
+
+
+def term_of(msg: Any) -> int | None:
+    """The coordinator term a control message was sent under, or None for a message that carries none."""
+    t = getattr(msg, "term", None)
+    return t if isinstance(t, int) else None

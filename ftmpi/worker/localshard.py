@@ -3,6 +3,8 @@ minibatches drawn from it. No MPI, no I/O (the worker reads the files).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ftmpi.core.handoff import expand_weights
@@ -52,8 +54,11 @@ class LocalShard:
 
     def append(self, s: Shard, weight: np.ndarray | float | None = None) -> int:
         """Append rows, weighing ``weight`` (one per row, or one for all; else the rows' own ``w``, else 1);
-        returns how many. Rows of another type or scale than the shard's (not the case when both come from
-        the same dataset) turn the shard into float32 features."""
+        returns how many were appended. A row whose global id the shard holds already (handed again, e.g. by
+        a coordinator that took over from a replica older than the first handoff) is not appended twice: it
+        takes the weight it is handed with now. Rows of another type or scale than the shard's (not the case
+        when both come from the same dataset) turn the shard into float32 features."""
+        s, weight = self._reweigh_held(s, weight)
         n, m = len(self.y), len(s.ids)
         X = s.X
         if m and n == 0 and (X.dtype != self._buf.dtype or s.scale != self.scale or X.shape[1:] != self._buf.shape[1:]):
@@ -79,6 +84,25 @@ class LocalShard:
         elif self.w is not None:
             self.w = np.concatenate([self.w, np.ones(m)])
         return m
+
+    def _reweigh_held(self, s: Shard, weight: np.ndarray | float | None) -> tuple[Shard, np.ndarray | None]:
+        """Of rows ``s`` weighing ``weight`` (as :meth:`append` takes them): the shard's own rows among them take
+        their new weight; returns the other rows and their weights (None: their own ``w``, else 1)."""
+        m = len(s.ids)
+        w = np.broadcast_to(np.asarray(weight, np.float64), (m,)) if weight is not None else s.w
+        held = np.isin(s.ids, self.ids) if m and len(self.ids) else np.zeros(m, bool)
+        if not held.any():
+            return s, w
+        new_w = np.ones(int(held.sum())) if w is None else np.asarray(w, np.float64)[held]
+        if self.w is not None or np.any(new_w != 1.0):
+            order = np.argsort(self.ids, kind="stable")
+            at = order[np.searchsorted(self.ids, s.ids[held], sorter=order)]
+            self.w = np.ones(len(self.y)) if self.w is None else np.array(self.w, np.float64)
+            self.w[at] = new_w
+        keep = ~held
+        rest = dataclasses.replace(s, X=s.X[keep], y=s.y[keep], ids=s.ids[keep], buf=None,
+                                   w=None if s.w is None else s.w[keep])
+        return rest, None if w is None else np.asarray(w, np.float64)[keep]
 
     def batches(self, seed: list[int], rnd: int, iters: int, bs: int, shuffle: bool) -> list[np.ndarray]:
         """``iters`` minibatches of ``bs`` row indices: consecutive slices of a permutation seeded by ``seed``

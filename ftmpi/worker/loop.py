@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftmpi import faults as F
-from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, Channel
+from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, TAG_SUSPECT, Channel
 from ftmpi.config import Config
 from ftmpi.core import protocol as P
-from ftmpi.core.failover import Change, Promoted, ReplicaKeeper
+from ftmpi.core.failover import Change, Promoted, ReplicaKeeper, beat_period, majority, silence_limit
 from ftmpi.core.handoff import SCORED, rep_count, select_representative
 from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
@@ -56,6 +56,12 @@ class Worker:
         self.coord = 0  # the coordinator's rank: 0, or the deputy that took over
         self.deputy = -1  # announced in every round message
         self.keeper = ReplicaKeeper()  # the deputy's newest replica of the coordinator
+        self.term = 0  # the highest coordinator term seen: messages of a lower one are dropped
+        self.stale_terms = 0  # messages dropped for their term
+        self._coord_failed = False  # MPI reported the coordinator failed: only its deputy is listened to
+        self._suspicions: dict[int, float] = {}  # the deputy: worker -> when it last reported the coordinator
+        self._next_suspect_poll = 0.0
+        self._next_beat = 0.0  # monotonic time of the next beat to the coordinator while training
         self._next_replica_poll = 0.0  # monotonic time of the next replica probe between two steps
         self._data_ahead: DatasetAhead | None = None  # once this rank is named deputy
         self._last_round = -1  # the newest round the coordinator started
@@ -86,19 +92,25 @@ class Worker:
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
-        """Next control message from the coordinator (pings extend the deadline; ``then``: the deadline after
-        the first ping, if other than ``timeout``), or CoordinatorLost."""
+        """Next control message of the coordinator of the highest term seen (pings extend the deadline;
+        ``then``: the deadline after the first ping, if other than ``timeout``), or CoordinatorLost. The
+        announced deputy is listened to as well: a message of a higher term from it means it took over, and
+        this worker follows it from then on (:meth:`_accept`)."""
         while True:
             if self._stash:
                 msg = self._stash.pop(0)
             else:
                 self._take_replicas()
+                if self._majority_lost():
+                    raise CoordinatorLost(f"worker {self.rank}: a majority of the alive workers lost the coordinator "
+                                          f"(rank {self.coord}, term {self.term})", How.TIMEOUT)
                 try:
                     msg = self._recv_ctrl(timeout, phase)
                 except PeerError as exc:
                     raise CoordinatorLost(f"worker {self.rank}: lost the coordinator: {exc}",
                                           How.ULFM if isinstance(exc, PeerFailed) else How.TIMEOUT) from None
-                msg = P.coerce(msg)
+                if msg is None:  # a stale message, or the deputy's majority was reached: look again
+                    continue
             if isinstance(msg, P.Abdicate):  # it crashed and said so: no deadline to wait for
                 raise CoordinatorLost(f"worker {self.rank}: the coordinator (rank {self.coord}) left: {msg.reason}",
                                       How.ERROR)
@@ -108,19 +120,99 @@ class Worker:
             if then is not None:  # after the first ping, the usual deadline
                 timeout = then
 
+    def _sources(self) -> list[int]:
+        """Whom a waiting worker listens to: the coordinator (unless MPI reported it failed) and the announced
+        deputy (which speaks on this tag only once it has taken over)."""
+        out = [] if self._coord_failed else [self.coord]
+        if self.deputy not in (-1, self.rank, self.coord):
+            out.append(self.deputy)
+        return out
+
     def _recv_ctrl(self, timeout: float, phase: str) -> Any:
-        """One control message from the coordinator within ``timeout`` (PeerFailed / PeerTimeout otherwise); the
-        deputy takes the replicas meanwhile (a large one is only complete once it is received)."""
+        """One control message within ``timeout`` (PeerFailed / PeerTimeout otherwise), or None when what came
+        was dropped (:meth:`_accept`) or the deputy decided to take over; the deputy takes the replicas and
+        the suspicions meanwhile (a large replica is only complete once it is received)."""
         t0 = time.monotonic()
         deputy = self.deputy == self.rank
-        out = self.ch.poll([self.coord], TAG_CTRL, t0 + timeout, until=lambda o: bool(o.messages),
+        sources = self._sources()
+        hint = f"is the coordinator (rank {self.coord}) alive?"
+        if not sources:
+            raise PeerFailed([self.coord], phase, 0.0, hint)
+        out = self.ch.poll(sources, TAG_CTRL, t0 + timeout,
+                           until=lambda o: bool(o.messages) or (deputy and self._majority_lost()),
                            on_tick=self._take_replicas if deputy else None, tick_every=0.005)
         if out.messages:
-            return out.messages[self.coord][0]
-        hint = f"is the coordinator (rank {self.coord}) alive?"
-        if out.failed:
+            got = [m for src in sorted(out.messages, key=lambda r: r != self.coord)
+                   for m in (self._accept(src, raw) for raw in out.messages[src]) if m is not None]
+            self._stash.extend(got[1:])
+            return got[0] if got else None
+        if deputy and self._majority_lost():
+            return None
+        if self.coord in out.failed:
             raise PeerFailed([self.coord], phase, time.monotonic() - t0, hint)
         raise PeerTimeout([self.coord], phase, time.monotonic() - t0, hint)
+
+    def _accept(self, src: int, raw: Any) -> Any:
+        """A control message as this worker takes it, or None when dropped: one of a term lower than the
+        highest seen (a deposed coordinator's), or one from the deputy before it took over. A message of a
+        higher term makes its sender the coordinator this worker follows."""
+        msg = P.coerce(raw)
+        term = P.term_of(msg)
+        if term is not None:
+            if term < self.term:
+                self.stale_terms += 1
+                return None
+            if term > self.term:
+                self.term = term
+                if src != self.coord:
+                    self._follow(src)
+            elif src != self.coord:
+                return None
+        return msg
+
+    def _follow(self, rank: int) -> None:
+        """A coordinator of a higher term spoke: it is this worker's coordinator from now on."""
+        old = self.coord
+        self.coord = self.ch.coordinator = rank
+        self._coord_failed = False
+        self._stash.clear()  # what the former coordinator said is decided again by the new one
+        self._suspicions.clear()
+        if self.deputy == rank:
+            self.deputy = -1  # the new coordinator names its own deputy with its first round
+        sys.stderr.write(f"ftmpi: rank {self.rank}: following rank {rank} (coordinator term {self.term}) instead "
+                         f"of rank {old}\n")
+
+    def _suspect(self, lost: CoordinatorLost, silent: float) -> None:
+        """Tell the deputy that the coordinator has been silent past the limit (or failed, per MPI)."""
+        self.ch.send(self.deputy, TAG_SUSPECT, P.Suspect(self.rank, self.term, silent, lost.how is How.ULFM))
+
+    def _take_suspicions(self) -> None:
+        """The deputy: collect the workers' reports that the coordinator is silent (at most every 20 ms)."""
+        now = time.monotonic()
+        if now < self._next_suspect_poll:
+            return
+        self._next_suspect_poll = now + 0.02
+        for r in range(self.ch.size):
+            if r in (self.rank, self.coord):
+                continue
+            while (m := self.ch.try_recv(r, TAG_SUSPECT)) is not None:
+                if isinstance(m, P.Suspect) and m.term >= self.term:
+                    self._suspicions[m.rank] = now
+
+    def _majority_lost(self) -> bool:
+        """The deputy only: more than half of the alive workers (itself not counted unless it lost the
+        coordinator too, which ends its own wait anyway) reported the coordinator silent within the last
+        silence limit, and it holds a complete replica to take over from."""
+        if self.deputy != self.rank or not self._suspicions:
+            return False
+        rep = self.keeper.complete()
+        if rep is None or rep.state is None:
+            return False
+        alive = {int(r) for r, m in rep.state["members"].items() if m["alive"]}
+        window = silence_limit(self.cfg.executor.timeout)
+        now = time.monotonic()
+        recent = {r for r, t in self._suspicions.items() if now - t <= window and r in alive}
+        return majority(len(recent), len(alive))
 
     def _named(self, deputy: int) -> None:
         """The coordinator announced its deputy (round messages, pings). A standby coordinator, named, reads
@@ -141,9 +233,11 @@ class Worker:
         self._data_ahead = DatasetAhead(lambda: open_run_data(run_dir))
 
     def _take_replicas(self) -> None:
-        """The deputy keeps the coordinator's newest replica (complete messages only)."""
+        """The deputy keeps the coordinator's newest replica (complete messages only) and the workers'
+        suspicions of the coordinator."""
         if self.deputy != self.rank:
             return
+        self._take_suspicions()
         while True:
             rep = self.ch.try_recv(self.coord, TAG_REPLICA)
             if rep is None:
@@ -159,14 +253,27 @@ class Worker:
         self._take_replicas()
         if self.deputy < 0 or self.deputy == old:
             raise lost
-        self._stash.clear()  # what the lost coordinator said after the replica is decided again
         if self.deputy != self.rank:
-            self.coord = self.ch.coordinator = self.deputy
-            try:
-                return self._wait_ctrl(2 * ex.timeout + 10.0, f"waiting for rank {self.deputy} to take over")
-            except CoordinatorLost as exc:
-                raise CoordinatorLost(f"worker {self.rank}: the deputy (rank {self.deputy}) did not take over "
-                                      f"after rank {old} was lost: {exc}", exc.how) from None
+            # report to the deputy, which decides, and keep serving whichever coordinator has the highest term:
+            # the coordinator if it was only slow, the deputy once it took over (a message of a higher term)
+            end = time.monotonic() + 2 * ex.timeout + 10.0
+            silent = silence_limit(ex.timeout)
+            while True:
+                if lost.how is How.ULFM:
+                    self._coord_failed = True
+                self._suspect(lost, silent)
+                left = end - time.monotonic()
+                try:
+                    if left <= 0:
+                        raise lost
+                    return self._wait_ctrl(min(left, silence_limit(ex.timeout)),
+                                           f"waiting for rank {old} or its deputy (rank {self.deputy})")
+                except CoordinatorLost as exc:
+                    if left <= 0 or (self._coord_failed and self.deputy in (-1, self.coord)):
+                        raise CoordinatorLost(f"worker {self.rank}: the deputy (rank {self.deputy}) did not take "
+                                              f"over after rank {old} was lost: {exc}", exc.how) from None
+                    lost, silent = exc, silent + silence_limit(ex.timeout)
+        self._stash.clear()  # what the lost coordinator said after the replica is decided again
         rep = self.keeper.complete()
         if rep is not None and self._data_ahead is None:  # a deputy that trains reads its data now
             self._read_run_dir_ahead()
@@ -221,7 +328,8 @@ class Worker:
                 self._take_handoff(msg)
                 self._unstamped.append(msg.epoch)
             try:
-                msg = self._wait_ctrl(cfg.executor.timeout, f"waiting for round {getattr(msg, 'round', '?')}")
+                msg = self._wait_ctrl(silence_limit(cfg.executor.timeout),
+                                      f"waiting for round {getattr(msg, 'round', '?')}")
             except CoordinatorLost as lost:
                 msg = self._failover(lost)
 
@@ -234,13 +342,13 @@ class Worker:
         timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
         while True:
             try:
-                msg = self._wait_ctrl(timeout, "standby coordinator", cfg.executor.timeout)
+                msg = self._wait_ctrl(timeout, "standby coordinator", silence_limit(cfg.executor.timeout))
             except CoordinatorLost as lost:
                 if self.keeper.complete() is None:
                     raise
                 self._failover(lost)  # raises Promoted
                 raise
-            timeout = cfg.executor.timeout
+            timeout = silence_limit(cfg.executor.timeout)
             if isinstance(msg, P.Stop):
                 self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
                 return 0
@@ -296,10 +404,21 @@ class Worker:
             # an oversubscribed node, and a probe per step slows the deputy's rounds
             self._next_replica_poll = now + 0.02
             self._take_replicas()
+            if self.deputy not in (-1, self.rank, self.coord):  # it took over mid-round: follow it after the round
+                raw = self.ch.try_recv(self.deputy, TAG_CTRL)
+                taken = None if raw is None else self._accept(self.deputy, raw)
+                if taken is not None:
+                    self._stash.append(taken)
+        if now >= self._next_beat:  # a long round is slow, not silent: say so once per beat period
+            self._next_beat = now + beat_period(self.cfg.executor.timeout)
+            self.ch.send(self.coord, TAG_REPLY, P.Beat(self.rank, self._last_round))
         while True:
-            msg = P.coerce(self.ch.try_recv(self.coord, TAG_CTRL))
-            if msg is None:
+            raw = self.ch.try_recv(self.coord, TAG_CTRL)
+            if raw is None:
                 return grew
+            msg = self._accept(self.coord, raw)
+            if msg is None:
+                continue
             if isinstance(msg, P.Handoff):
                 if self._take_handoff(msg):
                     grew = True
@@ -353,6 +472,7 @@ class Worker:
                 self.fired.add((self.rank, rnd))  # a round redone after a takeover does not replay it
                 F.inject(f, self.run_dir)
         t0 = time.monotonic()
+        self._next_beat = t0 + beat_period(ex.timeout)
         if msg.full:
             self.replica[...] = msg.params
         else:

@@ -178,7 +178,7 @@ def _worker(stash=(), recv_error: Exception | None = None):
     from ftmpi.worker.loop import Worker
 
     w = Worker.__new__(Worker)
-    w.rank, w.coord, w._stash = 2, 0, list(stash)
+    w.rank, w.coord, w._stash, w.deputy, w._suspicions = 2, 0, list(stash), -1, {}
     w._take_replicas = lambda: None  # type: ignore[method-assign]
 
     def recv(timeout: float, phase: str) -> object:

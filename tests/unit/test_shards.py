@@ -402,7 +402,7 @@ def test_a_worker_keeps_uint8_rows_and_converts_each_batch_to_the_same_floats(tm
     assert local.X.dtype == s.X.dtype and len(local) == 11
     assert np.array_equal(local.rows(np.arange(8, 11)), store[more])
     assert np.array_equal(local.rows(slice(0, 8)), floats)
-    odd = Shard(np.full((2, 20), 0.5, np.float32), np.zeros(2, np.int32), np.array([0, 1]))
+    odd = Shard(np.full((2, 20), 0.5, np.float32), np.zeros(2, np.int32), np.array([80, 81]))  # rows not held
     local.append(odd)  # float32 rows onto uint8 ones: everything becomes float32 features, unchanged
     assert local.X.dtype == np.float32 and local.scale is None
     assert np.array_equal(local.rows(slice(0, 8)), floats) and np.array_equal(local.rows(slice(11, 13)), odd.X)
