@@ -8,7 +8,7 @@ current term is the highest claimed.
 
 Before each write or prune in the run dir the coordinator asks its :class:`Fence`: once a higher term was
 claimed, :meth:`Fence.check` raises :class:`~ftmpi.errors.Deposed` and the caller writes nothing. The check
-is one directory listing (a few microseconds for the handful of files a run ever has); a write that had
+is one listing of a directory that holds one file per term; a write that had
 already passed it when the new term was claimed can still land, which is why checkpoints carry their term
 and ``--resume`` takes the newest checkpoint of the highest term.
 

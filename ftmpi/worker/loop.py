@@ -57,7 +57,6 @@ class Worker:
         self.deputy = -1  # announced in every round message
         self.keeper = ReplicaKeeper()  # the deputy's newest replica of the coordinator
         self.term = 0  # the highest coordinator term seen: messages of a lower one are dropped
-        self.stale_terms = 0  # messages dropped for their term
         self._coord_failed = False  # MPI reported the coordinator failed: only its deputy is listened to
         self._suspicions: dict[int, float] = {}  # the deputy: worker -> when it last reported the coordinator
         self._next_suspect_poll = 0.0
@@ -160,7 +159,6 @@ class Worker:
         term = P.term_of(msg)
         if term is not None:
             if term < self.term:
-                self.stale_terms += 1
                 return None
             if term > self.term:
                 self.term = term
