@@ -12,11 +12,17 @@
     The resume is a ``--resume`` of the finished run (it does the whole start-up, then stops at once).
     The 1x set is also run with FTMPI_SHARED_DATA=0 (rank 0 writes every worker's rows, as uint8) to show
     the cost of the fallback for hosts that do not share the prepared copy.
+(c) A user's 1 GB HDF5 file (``data.dataset: hdf5``; float32 Gaussian blobs, 256 features, 10 classes with labels
+    3, 13, ..., 93, made in a temp dir a block at a time and removed after), 4 workers, logreg: rank 0's peak
+    memory against a worker's (the goal: rank 0 <= 1.2x a worker; it reads rows by id, never the matrix).
+    Twice: with a test set of its own, stored contiguous (read where it lies), and without one (split by
+    data.test_fraction into a prepared copy, made during that launch, in a temp FTMPI_PREPARED).
 
 Peak memory and bytes are read from outside, by polling /proc/PID/{status,io} of every rank of the job
 (the ranks leave with os._exit, so they cannot report at exit): VmHWM is a high-water mark, so the last
 value read before a rank exits is its peak up to ~0.1 s before the end. --quick: W up to 4, logreg only,
-1x and 4x. Writes benchmarks/results/scale.{json,md}.
+1x and 4x. --only workers|data|userdata: that grid alone (the others kept from the last results file).
+Writes benchmarks/results/scale.{json,md}.
 """
 from __future__ import annotations
 
@@ -214,6 +220,64 @@ def grid_data(tmp: Path, quick: bool) -> list[dict]:
     return out
 
 
+USER_FEATURES, USER_CLASSES = 256, 10
+
+
+def user_h5(dest: Path, gb: float = 1.0, own_test: bool = True, rows: int = 16384) -> tuple[Path, int, int]:
+    """A float32 HDF5 file of ``gb`` GB (X and y, and X_test/y_test: a tenth of the rows, if ``own_test``),
+    written a block at a time; returns (path, train rows, test rows)."""
+    import h5py
+    import numpy as np
+
+    d, k = USER_FEATURES, USER_CLASSES
+    n = int(gb * 1e9) // (d * 4)
+    n_test = n // 10 if own_test else 0
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(k, d)).astype(np.float32)
+    centres *= 2.2 / np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = 10 * np.arange(k) + 3
+    with h5py.File(dest, "w") as f:
+        for name, m in (("", n - n_test), ("_test", n_test)):
+            if not m:
+                continue
+            X, y = f.create_dataset(f"X{name}", (m, d), np.float32), f.create_dataset(f"y{name}", (m,), np.int64)
+            for a in range(0, m, rows):
+                b = min(m, a + rows)
+                cls = rng.integers(0, k, b - a)
+                X[a:b] = centres[cls] + rng.standard_normal((b - a, d), np.float32)
+                y[a:b] = labels[cls]
+    return dest, n - n_test, n_test
+
+
+def grid_userdata(tmp: Path) -> list[dict]:
+    out = []
+    for own_test in (True, False):
+        path, n_train, n_test = user_h5(tmp / "user-1g.h5", 1.0, own_test)
+        size = path.stat().st_size
+        cfg = tmp / "user-1g.yaml"
+        cfg.write_text(f"name: user1g\nmodel: {{type: logreg, n_iterations: 100, batch_size: 128, seed: 0}}\n"
+                       f"optimizer: {{name: sgd, learning_rate: 0.05}}\n"
+                       f"executor: {{comm_period: 10, timeout: 60, startup_timeout: 600, checkpoint_every: 5}}\n"
+                       f"data: {{dataset: hdf5, path: {path}, test_fraction: 0.1}}\n")
+        prepared = tmp / "prepared"
+        s = watched(4, str(cfg), tmp / "user-1g-run", env={"FTMPI_PREPARED": str(prepared)})
+        copy = sum(p.stat().st_size for p in prepared.glob("*.h5")) if prepared.exists() else 0
+        if not own_test:  # the rows data.test_fraction leaves for training (ftmpi.storage.userdata.split_test)
+            n_train -= min(max(round(n_train * 0.1), 1), n_train - 1)
+        out.append({"file_mb": size / 1e6, "test_set": "own, in place" if own_test else "test_fraction, prepared copy",
+                    "train_rows": n_train, "features": USER_FEATURES,
+                    "classes": USER_CLASSES, "status": s.get("status"), "startup_s": s["startup_rank0"],
+                    "outer_wall": s["outer_wall"], "rank0_hwm_mb": s["rank0_hwm_mb"],
+                    "worker_hwm_mb": s["worker_hwm_mb"], "prepared_copy_mb": copy / 1e6,
+                    "launch_shards_mb": s["shard_files_mb"], "test_acc": s.get("final_test_acc")})
+        print(out[-1], flush=True)
+        path.unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(prepared, ignore_errors=True)
+    return out
+
+
 def _f(v, fmt: str) -> str:
     return "—" if v is None else format(v, fmt)
 
@@ -248,29 +312,47 @@ def markdown(res: dict) -> str:
            "checkpoints and outputs included. "
            "Peak RSS is VmHWM polled from /proc. Command: `python benchmarks/bench_scale.py"
            f"{' --quick' if res['quick'] else ''}`.", ""]
+    if res.get("userdata"):
+        mk += ["## (c) A user's 1 GB HDF5 file (4 workers, logreg)", "",
+               "| file MB | test set | start-up s | rank 0 peak MB | worker peak MB | rank 0 / worker | "
+               "prepared copy MB | shard MB per launch | test acc | status |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["userdata"]:
+            ratio = r["rank0_hwm_mb"] / r["worker_hwm_mb"] if r["worker_hwm_mb"] else float("nan")
+            mk.append(f"| {r['file_mb']:.0f} | {r['test_set']} | {_f(r['startup_s'], '.2f')} | "
+                      f"{r['rank0_hwm_mb']:.0f} | {r['worker_hwm_mb']:.0f} | {ratio:.2f} | "
+                      f"{r['prepared_copy_mb']:.0f} | {r['launch_shards_mb']:.1f} | {_f(r['test_acc'], '.4f')} | "
+                      f"{r['status']} |")
+        mk += ["", f"float32 Gaussian blobs, {USER_FEATURES} features, {USER_CLASSES} classes (labels 3, 13, ..., 93), "
+               "made in a temp dir and removed after. `own, in place`: X/y and X_test/y_test stored contiguous, read "
+               "where they lie (nothing copied; rank 0 checks the rows for NaN a block at a time); `test_fraction, "
+               "prepared copy`: X/y only, split into a prepared copy (in a temp FTMPI_PREPARED) during the launch, "
+               "whose start-up includes writing it. Command: `python benchmarks/bench_scale.py --only userdata`.", ""]
     return "\n".join(mk)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="W up to 4, logreg only, 1x and 4x data")
-    ap.add_argument("--only", choices=["workers", "data"], help="run one grid only")
+    ap.add_argument("--only", choices=["workers", "data", "userdata"], help="run one grid only")
     args = ap.parse_args()
     os.chdir(ROOT)
     tmp = Path(tempfile.mkdtemp(prefix="ftmpi-scale-"))
-    res: dict = {"machine": machine(), "quick": args.quick, "workers": [], "data": []}
+    res: dict = {"machine": machine(), "quick": args.quick, "workers": [], "data": [], "userdata": []}
     if args.only is not None:  # keep the other grid of the last results file
         import json
 
         try:
             old = json.loads((ROOT / "benchmarks" / "results" / "scale.json").read_text())
-            res.update({k: old.get(k, []) for k in ("workers", "data")})
+            res.update({k: old.get(k, []) for k in ("workers", "data", "userdata")})
         except (OSError, ValueError):
             pass
     if args.only in (None, "workers"):
         res["workers"] = grid_workers(tmp, args.quick)
     if args.only in (None, "data"):
         res["data"] = grid_data(tmp, args.quick)
+    if args.only in (None, "userdata"):
+        res["userdata"] = grid_userdata(tmp)
     write("scale", res, markdown(res))
     import shutil
 

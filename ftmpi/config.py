@@ -35,6 +35,7 @@ from ftmpi.storage.fsutil import replace_atomic
 RULES = ("one", "shard", "shard-legacy", "damped", "sqrt", "classmix")  # optimizer.rep_weight
 SCORED = ("loss", "stratified")  # selections the workers make by scoring their rows (biased)
 SELECTIONS = ("random", "coreset") + SCORED  # optimizer.rep_selection; random and coreset are rank 0's
+USER_FORMATS = ("hdf5", "npz", "csv")  # data.dataset values that name a file of the user's (data.path)
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
@@ -145,11 +146,45 @@ def _f(default: Any, check: Callable[[Any], Any]) -> Any:
     return field(default=default, metadata={"check": check})
 
 
+def _model_type(v: Any) -> str:
+    """``logreg``, ``mlp``, or a plug-in class: ``path/to/file.py:ClassName`` or ``package.module:ClassName``
+    (imported and checked by rank 0 at start-up, :mod:`ftmpi.model.plugin`)."""
+    if isinstance(v, str) and v in ("logreg", "mlp"):
+        return v
+    if isinstance(v, str) and ":" in v:
+        where, _, name = v.rpartition(":")
+        if where.strip() and name.isidentifier():
+            return v
+    raise _Bad("logreg, mlp, or a plug-in model path/to/file.py:ClassName or package.module:ClassName")
+
+
+def _plugin_path(kind: str, where: str, source: str | None) -> str:
+    """A plug-in's ``file.py:Class`` with the file made absolute: relative to the config file's folder when the
+    config file set it, else to the current directory; ``module:Class`` as it is. Every rank, the run's
+    config.yaml and its checkpoints then name the same file, whatever directory they are read from."""
+    path, _, name = kind.rpartition(":")
+    if not (path.endswith(".py") or "/" in path or os.sep in path):
+        return kind
+    path = os.path.expanduser(path)
+    base = os.path.dirname(os.path.abspath(source)) if source is not None and where == source else os.getcwd()
+    return f"{os.path.normpath(os.path.join(base, path))}:{name}"
+
+
+def _options(v: Any) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) and k.isidentifier() for k in v):
+        raise _Bad("a mapping of keyword arguments of the plug-in model's constructor")
+    return dict(v)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Model shape and the local training loop of each worker."""
 
-    type: str = _f("logreg", _choice("logreg", "mlp"))
+    type: str = _f("logreg", _model_type)
+    # keyword arguments of a plug-in model's constructor (model.type file.py:Class or module:Class)
+    options: dict[str, Any] = field(default_factory=dict, metadata={"check": _options})
     hidden: tuple[int, ...] = _f((128,), _hidden)
     n_iterations: int = _f(300, _int(1))  # total local iterations per worker
     batch_size: int = _f(128, _int(1))
@@ -214,14 +249,25 @@ class ExecutorConfig:
     # thread. Off by default: the star traffic never needs it, and Open MPI 5.0.11 can segfault in its failure
     # handler while a rebuild runs beside the main thread's probes (docs/NOTES.md)
     alive_comm: bool = _f(False, _bool)
+    # rank 0 screens every update before it is applied (ftmpi/core/screen.py): not finite, or a norm above
+    # screen_factor times its reference (the larger of the others' median this round and its own recent
+    # median) -> left out of the round's aggregate; reject_limit rejections in a row -> the worker is treated
+    # as failed (How.REJECTED). The factor: benchmarks/results/screen.md (no honest update rejected)
+    screen: bool = _f(True, _bool)
+    screen_factor: float = _f(10.0, _num(1, lo_open=True))
+    reject_limit: int = _f(3, _int(1))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, where to find it, and how to split it over the workers."""
 
-    dataset: str = _f("fashion-mnist", _choice("fashion-mnist", "mnist", "occupancy", "synthetic"))
+    # hdf5 | npz | csv: a file of the user's (data.path; see ftmpi/storage/userdata.py)
+    dataset: str = _f("fashion-mnist", _choice("fashion-mnist", "mnist", "occupancy", "synthetic", *USER_FORMATS))
     path: str | None = _f(None, _opt_str)
+    x: str = _f("X", _nonempty_str)  # hdf5/npz: the features' array (the test set's: "{x}_test", if present)
+    y: str = _f("y", _nonempty_str)  # hdf5/npz: the labels' array (the test set's: "{y}_test")
+    label: str | None = _f(None, _opt_str)  # csv: the label column's header name (null: the last column)
     partition: str = _f("iid", _choice("iid", "label-skew", "unbalanced", "contiguous"))
     alpha: float = _f(0.3, _num(0, lo_open=True))  # Dirichlet concentration for label-skew
     classes_per_worker: int = _f(0, _int(0))  # 0 = use alpha
@@ -229,22 +275,32 @@ class DataConfig:
     n_samples: int = _f(4000, _int(10))  # synthetic only
     n_features: int = _f(20, _int(1))
     n_classes: int = _f(4, _int(2))
-    test_fraction: float = _f(0.2, _num(0, 1, lo_open=True, hi_open=True))  # synthetic only
+    # synthetic, and a user file without a test set of its own
+    test_fraction: float = _f(0.2, _num(0, 1, lo_open=True, hi_open=True))
     # shards of uint8 rows that rank 0 writes (workers that cannot read the prepared copy): deflate level 1
     compress_shards: bool = _f(True, _bool)
 
 
-_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow):(\d+)@(\d+)(?::([^:]+))?$")
+_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|nan|corrupt):(\d+)@(\d+|start|deal|finish)(?::([^:]+))?$")
+
+#: The named points a fault can also fire at (``KIND:R@start``), as the negative ``FaultSpec.round`` that stands
+#: for each: ``start`` before the rank's hello (a worker) or before the join (rank 0), after MPI_Init; ``deal``
+#: when the shard arrives (a worker) or before the rows are dealt (rank 0); ``finish`` when told to stop (a
+#: worker) or before the final checkpoint and the stop (rank 0).
+FAULT_POINTS = {"start": -1, "deal": -2, "finish": -3}
 
 
 _TIMED = ("pause", "slow")
+_TAMPER = ("nan", "corrupt")  # a worker's reply's update is tampered with (ftmpi.faults.tamper); corrupt takes :S
 
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One injected fault: ``kind`` (kill/exit/raise/hang/pause/slow) hits world ``rank`` at ``round``.
+    """One injected fault: ``kind`` (kill/exit/raise/hang/pause/slow/nan/corrupt) hits world ``rank`` at ``round``.
 
-    Rank 0 may be hit too (coordinator loss); ``pause`` and ``slow`` take seconds ``S``."""
+    Rank 0 may be hit too (coordinator loss), except by ``nan`` and ``corrupt`` (a worker's update);
+    ``pause`` and ``slow`` take seconds ``S``, ``corrupt`` an optional scale ``S`` (in ``seconds``: 0 = a
+    high exponent bit flipped instead)."""
 
     kind: str
     rank: int
@@ -252,8 +308,9 @@ class FaultSpec:
     seconds: float = 0.0
 
     def __str__(self) -> str:
-        base = f"{self.kind}:{self.rank}@{self.round}"
-        return f"{base}:{self.seconds:g}" if self.kind in _TIMED else base
+        at = next((name for name, v in FAULT_POINTS.items() if v == self.round), str(self.round))
+        base = f"{self.kind}:{self.rank}@{at}"
+        return f"{base}:{self.seconds:g}" if self.kind in _TIMED or self.seconds else base
 
 
 def _fault(spec: Any) -> FaultSpec:
@@ -261,11 +318,24 @@ def _fault(spec: Any) -> FaultSpec:
         raise _Bad("a fault string such as 'kill:1@3' or 'slow:2@0:0.5'")
     m = _FAULT_RE.match(spec.strip())
     if m is None:
-        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S or slow:R@N:S (R world rank, N round >= 0)")
-    kind, rank, rnd, secs = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S, slow:R@N:S, nan:R@N or "
+                   "corrupt:R@N[:S] (R world rank, N a round >= 0 or one of start, deal, finish)")
+    kind, rank, secs = m.group(1), int(m.group(2)), m.group(4)
+    rnd = FAULT_POINTS[m.group(3)] if m.group(3) in FAULT_POINTS else int(m.group(3))
+    if kind in _TAMPER and (rank < 1 or rnd < 0):
+        raise _Bad(f"{kind}:R@N with R a worker (>= 1) and N a round number: it tampers with a worker's update")
+    if kind == "corrupt" and secs is not None:
+        try:
+            scale = float(secs)
+        except ValueError:
+            scale = math.nan
+        if not (math.isfinite(scale) and scale != 0 and scale != 1):
+            raise _Bad("corrupt:R@N:S with S the factor the update is scaled by (a finite number other than 0 "
+                       "and 1), or corrupt:R@N (a high exponent bit flipped)")
+        return FaultSpec(kind, rank, rnd, scale)
     if kind not in _TIMED:
         if secs is not None:
-            raise _Bad(f"{kind}:R@N without seconds (only pause and slow take :S)")
+            raise _Bad(f"{kind}:R@N without seconds (only pause and slow take :S, corrupt a scale)")
         return FaultSpec(kind, rank, rnd)
     try:
         seconds = float(secs) if secs is not None else math.nan
@@ -534,7 +604,7 @@ def pass_on(cfg: Config, path: str | os.PathLike[str] | None, overrides: Sequenc
     env = os.environ if env is None else env
     source = None if path is None else os.fspath(path)
     plain = dataclasses.asdict(cfg)
-    plain["faults"] = [f"{f.kind}:{f.rank}@{f.round}" + (f":{f.seconds!r}" if f.kind in _TIMED else "")
+    plain["faults"] = [str(f) if not f.seconds else f"{str(f).rsplit(':', 1)[0]}:{f.seconds!r}"
                        for f in cfg.faults]
     return json.dumps({"identity": _identity(source, list(overrides), env), "config": plain},
                       separators=(",", ":"))
@@ -634,6 +704,16 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     if model.type == "mlp" and not model.hidden:
         where = merged.get("model.hidden", merged.get("model.type", (None, "defaults")))[1]
         raise ConfigError(f"{where}: model.hidden: expected at least one hidden layer for type mlp, got []")
+    if model.options and ":" not in model.type:
+        raise ConfigError(f"{merged['model.options'][1]}: model.options: only a plug-in model takes options "
+                          f"(model.type path/to/file.py:ClassName or package.module:ClassName), got type {model.type}")
+    if ":" in model.type:
+        sections["model"] = dataclasses.replace(model, type=_plugin_path(model.type, merged["model.type"][1], source))
+    data = sections["data"]
+    if data.dataset in USER_FORMATS and not (data.path or "").strip():
+        where = merged.get("data.dataset", (None, "defaults"))[1]
+        raise ConfigError(f"{where}: data.path: expected the {data.dataset} file to train on "
+                          f"(data.dataset: {data.dataset}), got {_show(data.path)}")
     opt = sections["optimizer"]
     if opt.rep_weight == "shard-legacy" and opt.rep_selection != "random":
         where = merged.get("optimizer.rep_weight", (None, "defaults"))[1]

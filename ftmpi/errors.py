@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     EXPELLED = 5  #: this rank was declared dead by the coordinator and told to leave
     PREEMPTED = 6  #: SIGTERM/SIGUSR1: the current round was checkpointed and the run can be resumed
     DISK = 7  #: a write the run needs failed (disk full, read-only or failing storage); nothing resumable saved
+    DIVERGED = 8  #: the global model would stop being finite (NaN/Inf): stopped; the last finite model is saved
     OVERRAN = 124  #: ``ftmpi launch`` only: the job overran FTMPI_JOB_TIMEOUT and was killed (timeout(1)'s code)
 
     def __str__(self) -> str:
@@ -38,6 +39,7 @@ EXIT_COORDINATOR_LOST = ExitCode.COORDINATOR_LOST
 EXIT_EXPELLED = ExitCode.EXPELLED
 EXIT_PREEMPTED = ExitCode.PREEMPTED
 EXIT_DISK = ExitCode.DISK
+EXIT_DIVERGED = ExitCode.DIVERGED
 
 
 class FtmpiError(Exception):
@@ -136,6 +138,14 @@ class WriteFailed(FtmpiError):
     result of that kind exists. Failures that leave a valid earlier file are warnings, not this error."""
 
     exit_code = EXIT_DISK
+
+
+class Diverged(FtmpiError):
+    """The global model would stop being finite (NaN or Inf after aggregating a round, or most of a round's
+    updates not finite): training cannot go on. The model is left as it was before that round (finite), so
+    the final checkpoint is the last finite model."""
+
+    exit_code = EXIT_DIVERGED
 
 
 class Deposed(FtmpiError):

@@ -8,7 +8,13 @@ Kinds (:class:`FaultKind`; ``--inject KIND:R@N[:S]`` or the config's ``faults:``
 - ``hang``  SIGSTOP itself: the process exists but never answers again;
 - ``pause`` SIGSTOP itself and be resumed after S seconds by a helper process (a zombie that wakes up
   after it was declared dead; it must be told to leave and must change nothing);
-- ``slow``  sleep S seconds once, then carry on (must NOT be declared dead when S < timeout).
+- ``slow``  sleep S seconds once, then carry on (must NOT be declared dead when S < timeout);
+- ``nan``   the worker's update of round N becomes NaN (a worker of bad numbers; rank 0 must reject it);
+- ``corrupt`` the worker's update of round N is silently corrupted: scaled by S (``corrupt:R@N:S``), or, with
+  no S, a high exponent bit of one element flipped (silent data corruption: a faulty core or memory).
+
+``nan`` and ``corrupt`` leave the process alone: the worker goes on, and :func:`tamper` changes what its
+reply carries (after the error feedback, so that only that reply is bad).
 
 Before dying, a rank writes ``run_dir/faults/rank-R.json`` with the wall-clock time of the injection, so
 that detection latency and recovery time are measured from the real moment of failure.
@@ -16,12 +22,15 @@ that detection latency and recovery time are measured from the real moment of fa
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ftmpi.core.kinds import StrEnum
 
@@ -38,11 +47,18 @@ class FaultKind(StrEnum):
     HANG = "hang"
     PAUSE = "pause"
     SLOW = "slow"
+    NAN = "nan"
+    CORRUPT = "corrupt"
 
     @property
     def timed(self) -> bool:
         """True for the kinds that take seconds (``KIND:R@N:S``): ``pause`` and ``slow``."""
         return self in (FaultKind.PAUSE, FaultKind.SLOW)
+
+    @property
+    def tampers(self) -> bool:
+        """True for the kinds that change a worker's update instead of its process: ``nan``, ``corrupt``."""
+        return self in (FaultKind.NAN, FaultKind.CORRUPT)
 
 
 def due(faults: Iterable[FaultSpec], rank: int, round_: int) -> list[FaultSpec]:
@@ -100,3 +116,48 @@ def inject(f: FaultSpec, run_dir: Path) -> None:
         os.kill(pid, signal.SIGSTOP)
     elif kind is FaultKind.SLOW:
         time.sleep(f.seconds)
+    # nan, corrupt: only the mark; the reply is changed by tamper()
+
+
+def tamper(faults: Iterable[FaultSpec], rank: int, round_: int, payload: Any) -> Any:
+    """The update payload of worker ``rank``'s reply at ``round_`` (raw float32, or the codec's quantized
+    ``(bits, ((packed, lo, hi), ...))``) as the ``nan`` and ``corrupt`` faults due then make it; the payload
+    itself when none is due. A raw payload is changed in place (it is the reply's own copy)."""
+    for f in due(faults, rank, round_):
+        kind = FaultKind(f.kind)
+        if kind.tampers:
+            payload = _tampered(payload, kind, f.seconds)
+    return payload
+
+
+def _flip(x: np.ndarray) -> None:
+    """Flip the top exponent bit (bit 30) of one float32 element of ``x`` in place: the largest below 1 in
+    magnitude, which becomes about 2**128 times larger (still finite): silent data corruption."""
+    a = np.abs(x)
+    cand = np.flatnonzero((a > 0) & (a < 1))
+    i = int(cand[np.argmax(a[cand])]) if len(cand) else 0
+    x.view(np.int32)[i] ^= np.int32(1 << 30)
+
+
+def _tampered(payload: Any, kind: FaultKind, scale: float) -> Any:
+    if isinstance(payload, np.ndarray):
+        if kind is FaultKind.NAN:
+            payload[...] = np.nan
+        elif scale:
+            payload *= np.float32(scale)
+        else:
+            _flip(payload)
+        return payload
+    bits, parts = payload
+    out = []
+    for i, (packed, lo, hi) in enumerate(parts):
+        if kind is FaultKind.NAN:
+            lo, hi = math.nan, math.nan
+        elif scale:
+            lo, hi = lo * scale, hi * scale
+        elif i == 0:
+            h = np.array([hi], np.float32)
+            _flip(h)
+            hi = float(h[0])
+        out.append((packed, lo, hi))
+    return (bits, tuple(out))

@@ -247,7 +247,7 @@ def _check_resumable(snap, cfg, prefetch) -> None:
     from ftmpi.model.models import Model
 
     old = snap.config if isinstance(snap.config, dict) else {}
-    for section, key in (("model", "type"), ("model", "hidden"), ("data", "dataset")):
+    for section, key in (("model", "type"), ("model", "options"), ("model", "hidden"), ("data", "dataset")):
         was, now = old.get(section, {}).get(key), getattr(getattr(cfg, section), key)
         if was is not None and (list(was) if isinstance(was, (list, tuple)) else was) != \
                 (list(now) if isinstance(now, (list, tuple)) else now):
@@ -262,6 +262,9 @@ def _check_resumable(snap, cfg, prefetch) -> None:
         if len(snap.owner) != len(d.y_train):
             raise CheckpointError(f"checkpoint holds ownership of {len(snap.owner)} samples but the dataset "
                                   f"{d.name} has {len(d.y_train)} training rows")
+        from ftmpi.storage.userdata import check_labels
+
+        check_labels(getattr(snap, "labels", None), d.labels, str(cfg.data.path))  # a user file's label mapping
 
 
 def _run_rank0(ch, cfg, run_dir: Path, t_start: float, mode: str = "fresh", prefetch=None) -> int:

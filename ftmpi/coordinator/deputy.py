@@ -17,7 +17,7 @@ from ftmpi.comm import TAG_DEPOSED, TAG_REPLICA, Detector
 from ftmpi.coordinator.context import Context, Driver
 from ftmpi.coordinator.staging import Standby
 from ftmpi.core import protocol as P
-from ftmpi.core.failover import Change, ReplicaSender, choose_deputy, state_key
+from ftmpi.core.failover import Change, ReplicaSender, choose_deputy, silence_limit, state_key
 from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST
 from ftmpi.observe.metrics import write_json_atomic
@@ -31,6 +31,18 @@ class Replaced(Exception):  # noqa: N818 (control flow, not an error)
     def __init__(self, msg: P.Deposed) -> None:
         super().__init__(f"replaced by rank {msg.rank} at round {msg.round}")
         self.msg = msg
+
+
+def verdict_written(run_dir: Path, term: int) -> bool:
+    """Whether ``run_dir/summary.json`` holds a final verdict (not "running") of ``term`` or a later term."""
+    import json
+
+    try:
+        doc = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") not in (None, "running") and \
+        isinstance(doc.get("term"), int) and doc["term"] >= term
 
 
 def restore_staged(standby: Standby, rep: P.Replica) -> None:
@@ -252,9 +264,21 @@ class Replication:
         self.ctx.out.progress.warn(f"warning: this coordinator (rank {ch.rank}) hung and was {exc}; it writes "
                                    "nothing more and leaves")
         if ch.detector is not Detector.ULFM:
+            # bounded by the successor's verdict: once the run dir holds it (summary.json of its term or a
+            # later one, no longer "running"), the successor's goodbye is waited for one silence limit at most
+            grace = silence_limit(self.ctx.cfg.executor.timeout)
+            seen: float | None = None
+            look = 0.0
             while True:
                 msg = self._deposed()
                 if msg is not None and msg.final:
+                    break
+                now = time.monotonic()
+                if seen is None and now >= look:
+                    look = now + 0.5
+                    if verdict_written(self.ctx.run_dir, max(exc.msg.term, 1)):
+                        seen = now
+                elif seen is not None and now - seen > grace:
                     break
                 time.sleep(0.05)
         return EXIT_COORDINATOR_LOST

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ftmpi import faults as F
 from ftmpi.comm import TAG_CTRL, TAG_REPLY, Channel, Detector
-from ftmpi.config import Config
+from ftmpi.config import FAULT_POINTS, Config
 from ftmpi.coordinator.context import Context, Tally
 from ftmpi.coordinator.deputy import Replaced, Replication, restore_staged
 from ftmpi.coordinator.files import HandoffWrite
@@ -50,7 +50,7 @@ from ftmpi.core.cluster import (
 from ftmpi.core.failover import Change, beat_period, silence_limit, takeover_state
 from ftmpi.core.handoff import Schedule, make_policy
 from ftmpi.core.kinds import How
-from ftmpi.errors import EXIT_DISK, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Deposed, FtmpiError, WriteFailed
+from ftmpi.errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Deposed, Diverged, FtmpiError, WriteFailed
 from ftmpi.model.models import warmup
 from ftmpi.observe.metrics import Progress, truncate_metrics
 from ftmpi.observe.timeline import mark
@@ -109,7 +109,12 @@ class Coordinator:
         if ex.remap == "representative" and o.rep_selection == "coreset":
             warmup(0, False, "coreset")  # the coreset kernel runs at a loss: compiled (or loaded) now
         launch = time.time() - (time.monotonic() - t_start)
-        hfile = lambda e: str(handoff_path(self.run_dir, e))  # noqa: E731
+        # this coordinator's term, claimed in the run dir before its first write there (storage.term): one more
+        # than any claimed so far, and than the replica's when it takes over
+        term = max(current_term(self.run_dir), takeover[0].term if takeover is not None else 0) + 1
+        claim(self.run_dir, term, {"rank": self.me, "host": hostname(), "pid": os.getpid(), "time": time.time(),
+                                   "takeover": takeover is not None})
+        hfile = lambda e: str(handoff_path(self.run_dir, e, term))  # noqa: E731
         self._effects0: list[Effect] = []  # a takeover's first effects: its own rows handed over
         self.takeover = takeover
         # the alive communicator: only when asked (executor.alive_comm), and not after a takeover (see failover)
@@ -121,13 +126,9 @@ class Coordinator:
             restore_staged(self.standby, takeover[0])
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
                                                         time.time(), hfile)
-        # this coordinator's term, claimed in the run dir before its first write there (storage.term): one more
-        # than any claimed so far, and than the replica's when it takes over
-        term = max(current_term(self.run_dir), takeover[0].term if takeover is not None else 0) + 1
-        claim(self.run_dir, term, {"rank": self.me, "host": hostname(), "pid": os.getpid(), "time": time.time(),
-                                   "takeover": takeover is not None})
         self.state.term = term
         self.fence = Fence(self.run_dir, term)
+        self.standby.term, self.standby.fence = term, self.fence
         if resume is not None:
             truncate_metrics(self.run_dir / "metrics.csv", resume.round)
         if takeover is not None:  # the rows from the one the lost coordinator had not written yet are redone
@@ -178,6 +179,7 @@ class Coordinator:
         try:
             while not self.writer.wait(step):
                 self._service(self.state.alive)
+                self.writer.abandon_stalled(self.cfg.executor.timeout)  # a stalled disk is a failed write
         finally:
             self._warn_writes()
 
@@ -199,7 +201,7 @@ class Coordinator:
 
     def _on_write_handoff(self, e: WriteHandoff, replies: dict[int, P.Reply]) -> None:
         """In a thread: rank 0 goes on polling and pinging meanwhile; its messages wait for it."""
-        self._writes[e.epoch] = HandoffWrite(e, self.data)
+        self._writes[e.epoch] = HandoffWrite(e, self.data, self.fence)
 
     def _on_send_handoff(self, e: SendHandoff, replies: dict[int, P.Reply]) -> None:
         """At once (a survivor still training takes the rows between two steps), or once the epoch's handoff
@@ -231,13 +233,13 @@ class Coordinator:
 
     # -------------------------------------------------------------------------------- helpers
     def _written(self) -> bool:
-        """A handoff file finished writing (its messages can go out)."""
-        return any(not w.thread.is_alive() for w in self._writes.values())
+        """A handoff file finished writing, or was given up on (its messages can go out)."""
+        return any(w.done(self.cfg.executor.timeout) for w in self._writes.values())
 
     def _service(self, ping: list[int]) -> None:
         """Between two polls: send the handoffs whose file is complete, and ping."""
         for e, w in list(self._writes.items()):
-            if not w.thread.is_alive():
+            if w.done(self.cfg.executor.timeout):
                 del self._writes[e]
                 sends = w.sends
                 if w.error is not None:
@@ -286,6 +288,7 @@ class Coordinator:
         if self.takeover is not None:
             return self._run_rounds(takeover=True)
         ex, t0 = self.cfg.executor, time.monotonic()
+        self._faults_at(FAULT_POINTS["start"])
         self.lifecycle.join()
         mark("joined")
         t1 = time.monotonic()
@@ -293,6 +296,7 @@ class Coordinator:
             sys.stderr.write("ftmpi: rank 0: error: no worker joined within executor.startup_timeout "
                              f"({ex.startup_timeout:g}s)\n")
             return self.lifecycle.finish(EXIT_NO_WORKERS)
+        self._faults_at(FAULT_POINTS["deal"])
         self.lifecycle.deal()
         mark("dealt")
         t2 = time.monotonic()
@@ -327,9 +331,9 @@ class Coordinator:
                 break
             try:
                 self._round(first, setup=first and not takeover)
-            except WriteFailed as exc:  # the first checkpoint failed: nothing resumable exists
+            except (WriteFailed, Diverged) as exc:  # the first checkpoint failed (nothing resumable), or NaN/Inf
                 sys.stderr.write(f"ftmpi: rank 0: error: {exc}\n")
-                code = EXIT_DISK
+                code = exc.exit_code
                 break
             first = False
             if self.out.reached is not None and not self.gm.done:  # executor.target_accuracy
@@ -339,6 +343,7 @@ class Coordinator:
             if self.state.round == 1:
                 mark("round-0")
         mark("rounds-done")
+        self._faults_at(FAULT_POINTS["finish"])
         code = self.lifecycle.finish(code)
         mark("finished")
         return code
@@ -403,12 +408,17 @@ class Coordinator:
         said = f"silent for {seconds:.2f}s"
         return said if nbytes is None else f"{said}, timed out mid-message ({nbytes} bytes still arriving)"
 
+    def _faults_at(self, at: int) -> None:
+        """Inject this rank's faults due at round ``at`` (or at a named point, config.FAULT_POINTS); a fault that
+        already fired (an earlier launch, or before a takeover) is not replayed."""
+        for f in F.due(self.cfg.faults, self.me, at):
+            if (self.me, at) not in self.fired:
+                F.inject(f, self.run_dir)
+
     def _round(self, first: bool, setup: bool = True) -> None:
         cfg, ex, s = self.cfg, self.cfg.executor, self.state
         rnd = s.round
-        for f in F.due(cfg.faults, self.me, rnd):
-            if (self.me, rnd) not in self.fired:  # a fault that already fired is not replayed
-                F.inject(f, self.run_dir)
+        self._faults_at(rnd)
         self.replication.check_replaced()  # e.g. it was stopped, replaced, and woke up
         t0 = time.monotonic()
         iters = self.gm.next_iters()
@@ -427,14 +437,16 @@ class Coordinator:
         loss, note = self.gm.aggregate(replies, rnd, iters)
         if note:
             self.out.progress.event(note)
+        self.apply(s.apply([Lost(r, How.REJECTED, why, self.ctx.mark(r))  # updates rejected reject_limit times
+                            for r, why in self.gm.screened.lost.items()], time.time()), {})
         self.apply(s.end_round(time.time()), {})
         tr = self.ch.traffic
         self.out.pending = {
             "round": rnd, "epoch": s.epoch, "iters": self.gm.iters_done, "train_loss": loss,
             "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv, "alive_workers": len(s.alive),
             "stale_dropped": s.stale, "failures": len(s.failures), "coverage": s.ownership.coverage(),
-            "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.tally.t_start,
-            "_event": len(s.failures) > n_failures}
+            "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.tally.t_start, "term": s.term,
+            "_event": len(s.failures) > n_failures, **self.gm.screen_row()}
         self.out.last_loss = loss
         ce = ex.checkpoint_every
         if ce > 0 and s.round % ce == 0 and not self.gm.done:

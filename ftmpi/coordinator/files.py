@@ -55,13 +55,17 @@ def shards_by_reference(data: Dataset, hosts: list[str]) -> bool:
     return rows_by_reference(data.X_train, hosts, hostname())
 
 
-def write_handoff_file(e: WriteHandoff, data: Dataset) -> None:
-    """(A thread of its own.) Write one epoch's handoff file."""
+def write_handoff_file(e: WriteHandoff, data: Dataset, fence: Fence | None = None) -> None:
+    """(A thread of its own.) Write one epoch's handoff file; ``fence``: checked first (raises
+    :class:`~ftmpi.errors.Deposed`, nothing written, once a higher coordinator term was claimed)."""
     slow_for_tests("handoff")
     fail_for_tests("handoff")
+    if fence is not None:
+        fence.check(f"write {Path(e.path).name}")
     rows = np.concatenate(list(e.ids.values()))
     write_handoff(e.path, data.X_train[rows], data.y_train[rows], rows, {s: len(v) for s, v in e.ids.items()},
-                  {"n_classes": data.n_classes, "dataset": data.name, "epoch": e.epoch},
+                  {"n_classes": data.n_classes, "dataset": data.name, "epoch": e.epoch,
+                   "term": fence.term if fence is not None else 1},
                   np.concatenate(list(e.weights.values())))
 
 
@@ -81,15 +85,28 @@ def save_and_prune(path: Path, snap: Snapshot, run_dir: Path, keep: int, fence: 
 class HandoffWrite:
     """A handoff file being written in a thread, and the messages that wait for it."""
 
-    def __init__(self, e: WriteHandoff, data: Dataset) -> None:
+    def __init__(self, e: WriteHandoff, data: Dataset, fence: Fence | None = None) -> None:
         self.error: BaseException | None = None
         self.sends: list[SendHandoff] = []  # sent once the file is complete
-        self.thread = threading.Thread(target=self._run, args=(e, data), name=f"ftmpi-handoff-e{e.epoch}",
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, args=(e, data, fence), name=f"ftmpi-handoff-e{e.epoch}",
                                        daemon=True)
         self.thread.start()
 
-    def _run(self, e: WriteHandoff, data: Dataset) -> None:
+    def done(self, limit: float) -> bool:
+        """Finished, or given up on: still running after ``limit`` seconds (a stalled filesystem), which then
+        counts as a failed write (its thread is left behind; a file it completes later is never named)."""
+        if not self.thread.is_alive():
+            return True
+        waited = time.monotonic() - self.started
+        if waited <= limit:
+            return False
+        if self.error is None:
+            self.error = TimeoutError(f"handoff write not done after {waited:.1f}s (a stalled filesystem?)")
+        return True
+
+    def _run(self, e: WriteHandoff, data: Dataset, fence: Fence | None) -> None:
         try:
-            write_handoff_file(e, data)
+            write_handoff_file(e, data, fence)
         except BaseException as exc:  # raised in the driver's thread
             self.error = exc

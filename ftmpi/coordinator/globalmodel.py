@@ -3,18 +3,25 @@ with error feedback), the aggregation of the workers' updates, evaluation, and s
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 from typing import Any
 
 import numpy as np
 
-from ftmpi.config import Config
+from ftmpi.config import SCORED, Config
 from ftmpi.core import protocol as P
 from ftmpi.core.handoff import rep_count, select_representative
-from ftmpi.errors import CheckpointError
+from ftmpi.core.screen import Outcome, Screen, measure
+from ftmpi.errors import CheckpointError, Diverged
 from ftmpi.model.codec import decode, encode
-from ftmpi.model.models import Model
+from ftmpi.model.models import build_model, model_key
 from ftmpi.model.optim import Optimizer, lr_at
 from ftmpi.storage.data import Dataset
+from ftmpi.storage.userdata import check_labels
+
+_SCORE_ROWS = 8192  # rows of a lost worker's shard read and scored at a time
 
 
 class GlobalModel:
@@ -23,7 +30,9 @@ class GlobalModel:
     def __init__(self, cfg: Config, data: Dataset) -> None:
         self.cfg, self.data = cfg, data
         o = cfg.optimizer
-        self.model = Model.build(cfg.model.type, cfg.model.hidden, data.X_train.shape[1], data.n_classes)
+        # a plug-in model is imported, constructed and contract-checked here, before any worker trains
+        self.model = build_model(cfg.model.type, cfg.model.hidden, data.X_train.shape[1], data.n_classes,
+                                 cfg.model.options, scored=o.rep_selection in SCORED, seed=cfg.model.seed)
         self.tensors = self.model.tensors()
         self.W = self.model.init(cfg.model.seed)
         self.W_bcast = np.zeros_like(self.W)  # what the workers hold: W - W_bcast is the error feedback
@@ -31,16 +40,26 @@ class GlobalModel:
         self.iters_done = 0
         self.period = cfg.executor.comm_period
         self.switched_at: int | None = None
+        self.screen = Screen(cfg.executor.screen_factor, cfg.executor.reject_limit, cfg.executor.screen)
+        self.screened: Outcome | None = None  # the last round's screening
 
     def restore(self, snap: Any) -> None:
         """Parameters, optimizer and counters of a checkpoint (:class:`ftmpi.storage.checkpoint.Snapshot`)."""
         if not np.array_equal(snap.sizes, self.model.sizes):
             raise CheckpointError(f"checkpoint model {snap.sizes.tolist()} does not match the config's "
                                   f"{self.model.sizes.tolist()}")
+        was, now = getattr(snap, "model", ""), model_key(self.model)
+        if was != now:
+            raise CheckpointError(f"the checkpoint holds model {was or 'built-in ' + str(snap.sizes.tolist())}, the "
+                                  f"config says {now or self.cfg.model.type}; resume with the run's own model")
+        if np.size(snap.params) != self.model.n_params:
+            raise CheckpointError(f"the checkpoint holds {np.size(snap.params)} parameters, the model "
+                                  f"{self.cfg.model.type} has {self.model.n_params}")
         self.W = snap.params.astype(np.float32, copy=True)
         if snap.optim.get("name") == self.opt.name:
             self.opt.load_state(snap.optim)
         self.iters_done, self.period, self.switched_at = snap.iters_done, snap.period, snap.switched_at
+        check_labels(getattr(snap, "labels", None), self.data.labels, "data.path")
 
     def next_iters(self) -> int:
         return min(self.period, self.cfg.model.n_iterations - self.iters_done)
@@ -66,13 +85,35 @@ class GlobalModel:
         return payload, full, lr
 
     def aggregate(self, replies: dict[int, P.Reply], rnd: int, iters: int) -> tuple[float, str | None]:
-        """Average the updates (a worker with no rows sends none) into the model; count the iterations; switch
-        to every-iteration communication under ``delta_switch``. Returns the weighted loss and a note."""
+        """Screen the round's updates (:mod:`ftmpi.core.screen`: one not finite, or far larger than the
+        others' and its own recent ones, is left out), average the accepted ones (a worker with no rows sends
+        none) into the model; count the iterations; switch to every-iteration communication under
+        ``delta_switch``. Returns the loss weighted over the accepted replies and a note (rejections, the
+        switch) or None; :attr:`screened` holds the round's screening (its ``lost``: the workers the driver is
+        to treat as failed).
+
+        Raises:
+            Diverged: Most of the round's updates are not finite, or the model would not be after this round;
+                the parameters, the optimizer and the counters are left as they were before it (finite).
+        """
         ex = self.cfg.executor
-        self.iters_done += iters
         ranks = [r for r in sorted(replies) if replies[r].rows > 0]
+        updates = {r: decode(replies[r].update, self.tensors, self.model.n_params) for r in ranks}
+        norms = {r: measure(u) for r, u in updates.items()}
+        screened = self.screened = self.screen.round(rnd, norms)
+        _trace(rnd, norms, screened)
+        lr = self.cfg.optimizer.learning_rate
+        if screened.diverged:
+            bad = sum(1 for n in norms.values() if not math.isfinite(n))
+            raise Diverged(f"round {rnd}: {bad} of the {len(norms)} workers' updates are not finite (NaN/Inf): "
+                           f"the model diverged (optimizer.learning_rate={lr:g} too high?); stopped, the last "
+                           f"finite model (before round {rnd}) is kept")
+        ranks = screened.accepted
+        self.iters_done += iters
+        said = "; ".join(f"round {rnd}: worker {r}'s update rejected, left out of the aggregate: {why}"
+                         for r, why in screened.rejected.items()) or None
         if not ranks:
-            return float("nan"), None
+            return float("nan"), said
         if ex.aggregate == "samples":
             w = np.array([replies[r].n for r in ranks], np.float64)
         elif ex.aggregate == "loss":
@@ -82,28 +123,53 @@ class GlobalModel:
         w /= w.sum()
         agg = np.zeros(self.model.n_params, np.float32)
         for wi, r in zip(w, ranks, strict=True):
-            agg += np.float32(wi) * decode(replies[r].update, self.tensors, self.model.n_params)
+            agg += np.float32(wi) * updates[r]
         before = self.W.copy()
-        if ex.send_gradients:
-            self.opt.step(self.W, agg)
-        else:
-            self.W += agg
+        opt_before = self.opt.state() if ex.send_gradients else None
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below, and said once
+            if ex.send_gradients:
+                self.opt.step(self.W, agg)
+            else:
+                self.W += agg
+        if not np.isfinite(self.W).all():  # last line of defence (e.g. screening off): never keep NaN params
+            self.W = before
+            if opt_before is not None:
+                self.opt.load_state(opt_before)
+            self.iters_done -= iters
+            raise Diverged(f"round {rnd}: the global model would hold NaN/Inf after aggregating {len(ranks)} "
+                           f"update(s) (optimizer.learning_rate={lr:g} too high?); stopped, the last finite model "
+                           f"(before round {rnd}) is kept")
         loss = float(np.dot(w, [replies[r].loss for r in ranks]))
         dmax = float(np.max(np.abs(self.W - before))) if self.W.size else 0.0
         if ex.delta_switch > 0 and self.period > 1 and dmax < ex.delta_switch:
             self.period, self.switched_at = 1, rnd
-            return loss, (f"delta_switch: max|dW|={dmax:.3g} < {ex.delta_switch}; communicating every iteration "
-                          f"from round {rnd + 1}")
-        return loss, None
+            switch = (f"delta_switch: max|dW|={dmax:.3g} < {ex.delta_switch}; communicating every iteration "
+                      f"from round {rnd + 1}")
+            return loss, switch if said is None else f"{said}; {switch}"
+        return loss, said
+
+    def screen_row(self) -> dict[str, Any]:
+        """The round's screening for its metrics row: updates rejected, and the largest accepted norm over its
+        reference (how close honest updates came to ``executor.screen_factor``; empty when none had one)."""
+        s = self.screened
+        if s is None:
+            return {"rejected": 0, "norm_ratio": ""}
+        ratio = s.max_ratio
+        return {"rejected": len(s.rejected), "norm_ratio": ratio if math.isfinite(ratio) else ""}
 
     def evaluate(self) -> tuple[float, np.ndarray]:
         return self.model.evaluate(self.W, self.data.X_test, self.data.y_test, self.data.n_classes)
 
     def score(self, rank: int, owned: np.ndarray) -> np.ndarray:
-        """A lost worker that never reported its representatives: its shard scored with the global model."""
+        """A lost worker that never reported its representatives: its shard scored with the global model, its
+        rows read a block at a time (rank 0 never holds a whole shard's features)."""
         o = self.cfg.optimizer
-        X, y = self.data.X_train[owned], self.data.y_train[owned]
-        loc = select_representative(o.rep_selection, self.model.sample_loss(self.W, X, y), y,
+        y = self.data.y_train[owned]
+        loss = np.empty(len(owned), np.float32)
+        for a in range(0, len(owned), _SCORE_ROWS):
+            part = owned[a:a + _SCORE_ROWS]
+            loss[a:a + len(part)] = self.model.sample_loss(self.W, self.data.X_train[part], y[a:a + len(part)])
+        loc = select_representative(o.rep_selection, loss, y,
                                     rep_count(o.n_most_rep, len(owned)), self.data.n_classes,
                                     self.cfg.model.seed + rank)
         return owned[loc]
@@ -120,5 +186,21 @@ class GlobalModel:
     def checkpoint_fields(self) -> dict[str, Any]:
         """Copies of what a checkpoint holds of the model and the counters."""
         return {"iters_done": self.iters_done, "period": self.period, "switched_at": self.switched_at,
-                "params": self.W.copy(), "sizes": self.model.sizes, "optim": {"name": self.opt.name,
-                                                                             **self.opt.state()}}
+                "params": self.W.copy(), "sizes": self.model.sizes, "model": model_key(self.model),
+                "optim": {"name": self.opt.name, **self.opt.state()}, "labels": self.data.labels}
+
+
+def _trace(rnd: int, norms: dict[int, float], screened: Outcome) -> None:
+    """Measurements only (``benchmarks/bench_screen.py``): with ``FTMPI_SCREEN_TRACE=FILE``, append the round's
+    update norms and verdicts to FILE as one JSON line. Nothing when unset; a failed write is ignored."""
+    path = os.environ.get("FTMPI_SCREEN_TRACE")
+    if not path:
+        return
+    num = lambda x: x if math.isfinite(x) else str(x)  # noqa: E731
+    line = {"round": rnd, "norms": {str(r): num(n) for r, n in norms.items()},
+            "rejected": {str(r): why for r, why in screened.rejected.items()}}
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    except OSError:
+        pass

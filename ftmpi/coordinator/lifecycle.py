@@ -18,6 +18,7 @@ from ftmpi.coordinator.files import save_and_prune, shards_by_reference, write_s
 from ftmpi.coordinator.outputs import summary
 from ftmpi.core import protocol as P
 from ftmpi.core.cluster import Chosen, Heard, Lost
+from ftmpi.core.failover import beat_period
 from ftmpi.core.kinds import How
 from ftmpi.core.partition import class_histogram, partition
 from ftmpi.errors import EXIT_DISK, CheckpointError, WriteFailed
@@ -73,13 +74,30 @@ class Lifecycle:
             self._test_write = EvalSetWrite(ctx.run_dir, ctx.data)
         ranks = list(ctx.state.members)
         # startup_timeout, not timeout: a worker says hello once its kernels are loaded (or compiled, on a
-        # cold numba cache: seconds) so that round 0 is as quick as any other
-        out = ctx.ch.poll(ranks, TAG_REPLY, time.monotonic() + ex.startup_timeout,
-                          until=lambda o: all(r in o.messages or r in o.failed for r in ranks))
-        events: list[Heard | Lost | Chosen] = [ctx.heard(r, m) for r, ms in out.messages.items() for m in ms]
+        # cold numba cache: seconds) so that round 0 is as quick as any other. The workers that said hello
+        # are pinged every beat meanwhile: a late one costs the others time, not their deadline.
+        deadline = time.monotonic() + ex.startup_timeout
+        got: dict[int, list] = {}
+        failed: set[int] = set()
+
+        def hello(r: int) -> bool:
+            return any(isinstance(P.coerce(m), P.Hello) for m in got.get(r, []))
+
+        while True:
+            pending = [r for r in ranks if not hello(r) and r not in failed]
+            now = time.monotonic()
+            if not pending or now >= deadline:
+                break
+            out = ctx.ch.poll(pending, TAG_REPLY, min(deadline, now + beat_period(ex.timeout)),
+                              until=lambda o: bool(o.messages or o.failed))
+            for r, ms in out.messages.items():
+                got.setdefault(r, []).extend(ms)
+            failed |= set(out.failed)
+            self.driver.ping([r for r in ranks if hello(r)])
+        events: list[Heard | Lost | Chosen] = [ctx.heard(r, m) for r, ms in got.items() for m in ms]
         for r in ranks:
-            if not any(isinstance(P.coerce(m), P.Hello) for m in out.messages.get(r, [])):
-                events.append(Lost(r, How.ULFM if r in out.failed else How.NEVER_JOINED,
+            if not hello(r):  # dropped: the rows are dealt to the others (logged with the loss)
+                events.append(Lost(r, How.ULFM if r in failed else How.NEVER_JOINED,
                                    "no hello within executor.startup_timeout", ctx.mark(r)))
         self.driver.apply(ctx.state.apply(events, time.time()), {})
 
@@ -104,6 +122,7 @@ class Lifecycle:
             t.bytes_before, t.wall_before = snap.bytes_total, snap.wall_seconds
             ctx.out.progress.event(f"resumed at round {snap.round} (epoch {snap.epoch}): {moved} rows spread "
                                    f"over {s.alive}; coverage {s.ownership.coverage():.4f}")
+        self.driver.ping(list(s.alive))  # writing the shards can take a while: the workers wait for them
         parts = {r: s.ownership.owned(r) for r in s.alive}
         t.histogram = class_histogram(d.y_train, list(parts.values()), d.n_classes)
         by_ref = shards_by_reference(d, [s.members[r].host for r in s.alive])
@@ -111,7 +130,8 @@ class Lifecycle:
         t.shard_bytes = write_shards(ctx.run_dir, d, parts, s.weight, by_ref, cfg.data.compress_shards)
         t.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
         if self._test_write is not None:  # before the first round message names a deputy
-            t.test_set_bytes, why = self._test_write.result()
+            # bounded: started before the join, it had the join's time too; a stalled disk costs a takeover only
+            t.test_set_bytes, why = self._test_write.result(cfg.executor.timeout)
             if why:
                 ctx.out.progress.warn(f"warning: {why}; a deputy could not take over if rank 0 were lost")
         t.dealt = True
@@ -182,6 +202,8 @@ class Lifecycle:
                "staging": {"files": ctx.writer.done["stage"], "seconds": ctx.writer.seconds["stage"]},
                "alive_comm": t.alive_comm, "preempted": t.preempted, "detector": ch.detector.value,
                "switched_at": gm.switched_at, "dataset": ctx.data.name, "dealt": t.dealt,
+               # what each class (acc_classK in metrics.csv) stands for: a user file's own label values
+               "classes": [str(c) for c in ctx.data.classes],
                "class_histogram": None if t.histogram is None else t.histogram.tolist(),
                "initial_shards": t.initial_shards, "shard_bytes": t.shard_bytes,
                "target_stop": t.target_stop}
@@ -194,6 +216,7 @@ class Lifecycle:
         doc["deputy"] = {"rank": rep.deputy, "replicas": rep.sender.sent, "bytes": rep.replica_bytes,
                          "seconds": rep.replica_seconds}
         doc["coordinator_changes"] = rep.all_changes()
+        doc["screen"] = gm.screen.record()  # updates rejected by rank 0 (ftmpi.core.screen)
         rep.check_replaced(now=True)  # the verdict is the current term's alone
         try:
             write_json_atomic(ctx.run_dir / "summary.json", doc)
@@ -205,22 +228,29 @@ class Lifecycle:
         alive = s.alive
         for r in alive + ([rep.spare] if rep.spare >= 0 else []):
             ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round, s.term))
+        for r in sorted(s.suspects):  # declared lost by deadline: one that wakes up later leaves at once, told why
+            ch.send(r, TAG_CTRL, P.Exit(f"the run ended (exit {int(code)}) after this rank was declared lost"))
+        silent: list[int] = []
         if alive:
-            ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
-                    until=lambda o: all(any(isinstance(m, P.Bye) for m in o.messages.get(r, []))
-                                        or r in o.failed for r in alive))
+            out = ch.poll(alive, TAG_REPLY, time.monotonic() + min(ex.timeout, 10.0),
+                          until=lambda o: all(any(isinstance(m, P.Bye) for m in o.messages.get(r, []))
+                                              or r in o.failed for r in alive))
+            silent = [r for r in alive if r not in out.failed
+                      and not any(isinstance(P.coerce(m), P.Bye) for m in out.messages.get(r, []))]
         ch.flush(time.monotonic() + 1.0)
-        self.reap_hung()
+        self.reap_hung(silent)
         return code
 
-    def reap_hung(self) -> None:
+    def reap_hung(self, unanswered: list[int] | None = None) -> None:
         """SIGKILL ranks declared dead by deadline that still exist on this host (a stopped or hung process
-        keeps mpirun from ever returning), but only the very process that said hello: a pid reused since by
-        another process is left alone (the start time recorded at hello must match); then lost coordinators
-        likewise (:meth:`Replication.end_lost_coordinators`)."""
+        keeps mpirun from ever returning), and the workers in ``unanswered`` (told to stop, no goodbye), but
+        only the very process that said hello: a pid reused since by another process is left alone (the start
+        time recorded at hello must match); then lost coordinators likewise
+        (:meth:`Replication.end_lost_coordinators`). On other hosts, the launcher ends a job that outlives the
+        verdict (``ftmpi.launch.launcher.finish_grace``)."""
         me = hostname()
         s = self.ctx.state
-        for r in sorted(s.suspects):
+        for r in sorted(s.suspects | set(unanswered or ())):
             m = s.members[r]
             if m.host == me:
                 kill_if_same(m.pid, m.start_time)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ftmpi.config import Config
 from ftmpi.core.cluster import ClusterState, Log
-from ftmpi.errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED
+from ftmpi.errors import EXIT_DIVERGED, EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED
 from ftmpi.observe.metrics import MetricsCSV, Progress
 
 if TYPE_CHECKING:
@@ -80,7 +80,8 @@ class Outputs:
 
 def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict[str, Any]) -> dict[str, Any]:
     """The content of ``summary.json``; ``run``: the driver's counters (wall, bytes, rounds...)."""
-    status = {EXIT_OK: "completed", EXIT_NO_WORKERS: "no-workers", EXIT_PREEMPTED: "preempted"}.get(code, "failed")
+    status = {EXIT_OK: "completed", EXIT_NO_WORKERS: "no-workers", EXIT_PREEMPTED: "preempted",
+              EXIT_DIVERGED: "diverged"}.get(code, "failed")
     rec = [f.recovery_time for f in state.failures if f.recovery_time is not None]
     ex = cfg.executor
     return {
@@ -108,10 +109,13 @@ def summary(code: int, cfg: Config, state: ClusterState, out: Outputs, run: dict
 
 
 def _stopped_by(code: int, run: dict[str, Any]) -> str:
-    """Why the rounds ended: ``rounds`` (model.n_iterations done), ``target_accuracy``, ``preempted``, or
-    ``error`` (exit code ``code``: no worker left, a disk that failed, ...)."""
+    """Why the rounds ended: ``rounds`` (model.n_iterations done), ``target_accuracy``, ``preempted``,
+    ``diverged`` (the global model would have held NaN/Inf), or ``error`` (exit code ``code``: no worker left, a
+    disk that failed, ...)."""
     if code == EXIT_PREEMPTED:
         return "preempted"
+    if code == EXIT_DIVERGED:
+        return "diverged"
     if code != EXIT_OK:
         return "error"
     return "target_accuracy" if run.get("target_stop") else "rounds"

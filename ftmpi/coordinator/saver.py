@@ -15,6 +15,10 @@ Not every write matters alike, so failures follow a per-kind policy:
   succeed), and raised by :meth:`BackgroundWriter.wait` as :class:`~ftmpi.errors.WriteFailed` (one line,
   exit code ``EXIT_DISK``) when none exists: nothing resumable exists, and the user must know.
 
+A job that does not finish (a filesystem that stalls) is given up on after a deadline
+(:meth:`BackgroundWriter.abandon_stalled`: the coordinator's timeout plus twice the longest job of its kind so
+far) and counted as a failed write of its kind; its thread is left behind and a new one serves the queue.
+
 Every failure is kept (per kind: count, first and last message). How the coordinator uses it::
 
     writer = BackgroundWriter(essential={"checkpoint"})
@@ -90,6 +94,9 @@ class BackgroundWriter:
         self._fatal: WriteFailed | None = None
         self._deposed: Deposed | None = None  # a job found this coordinator's term over: it wrote nothing
         self._thread: threading.Thread | None = None
+        self._gen = 0  # the thread generation: a thread abandoned on a stalled write keeps an older one
+        self._running: tuple[str, float] | None = None  # (kind, start) of the job in progress
+        self.longest: dict[str, float] = defaultdict(float)  # the longest completed job of each kind
 
     def mark_ok(self, kind: str) -> None:
         """Record that a valid result of ``kind`` exists already (e.g. the checkpoint a run resumed from)."""
@@ -108,8 +115,7 @@ class BackgroundWriter:
         """Queue ``fn(*args)``; returns at once. The caller must not change the arguments afterwards."""
         with self._cond:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-                self._thread.start()
+                self._start()
             self._jobs.append((kind, fn, args))
             self._unfinished += 1
             self._cond.notify_all()
@@ -140,6 +146,32 @@ class BackgroundWriter:
         if fatal is not None:
             raise fatal
         return idle
+
+    def abandon_stalled(self, base: float) -> bool:
+        """A job that has run longer than ``base`` plus twice the longest completed job of its kind is
+        stalled (a filesystem that does not answer): record it as failed (a warning, or fatal if nothing of
+        its kind is valid, as for any failed write), leave its thread behind and serve the jobs queued after
+        it with a new one. Returns True when it did."""
+        with self._cond:
+            if self._running is None:
+                return False
+            kind, t0 = self._running
+            waited = time.monotonic() - t0
+            if waited <= base + 2 * self.longest[kind]:
+                return False
+            self._failed(kind, TimeoutError(f"not done after {waited:.1f}s (a stalled filesystem?)"))
+            self.done[kind] += 1
+            self._unfinished -= 1
+            self._running, self._thread = None, None
+            self._gen += 1
+            if self._jobs:
+                self._start()
+            self._cond.notify_all()
+            return True
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(self._gen,), name=self.name, daemon=True)
+        self._thread.start()
 
     def take_warnings(self) -> list[str]:
         """One line per failure not reported yet (optional kinds, and essential ones that were survivable)."""
@@ -182,13 +214,16 @@ class BackgroundWriter:
         except Exception:  # cannot tell: nothing valid is known
             return False
 
-    def _loop(self) -> None:
+    def _loop(self, gen: int) -> None:
         while True:
             with self._cond:
-                while not self._jobs:
+                while not self._jobs and gen == self._gen:
                     self._cond.wait()
+                if gen != self._gen:  # abandoned on a stalled write: a newer thread serves the queue
+                    return
                 kind, fn, args = self._jobs.popleft()
-            t0 = time.monotonic()
+                t0 = time.monotonic()
+                self._running = (kind, t0)
             try:
                 fn(*args)
                 ok, err = True, None
@@ -196,6 +231,10 @@ class BackgroundWriter:
                 ok, err = False, exc
             elsewhere = not ok and not isinstance(err, Deposed) and self._found_elsewhere(kind)
             with self._cond:
+                if gen != self._gen:  # it came back after it was given up on: already counted as failed
+                    return
+                self._running = None
+                self.longest[kind] = max(self.longest[kind], time.monotonic() - t0)
                 if ok:
                     self._ok.add(kind)
                 elif isinstance(err, Deposed):  # not a write error: this coordinator must stop writing

@@ -28,6 +28,7 @@ from ftmpi.core.handoff import random_choice
 from ftmpi.core.partition import Ownership, deal_slices
 from ftmpi.storage.data import Dataset
 from ftmpi.storage.shards import ensure_shard, stale_standbys, standby_path
+from ftmpi.storage.term import Fence
 
 Plan = list[tuple[str, int, int]]  # (standby file, start, stop) slices
 
@@ -51,6 +52,10 @@ class Standby:
         # standby files hold ids only (every rank reads the rows from the prepared copy), else rows in the
         # source's own type; set by the coordinator once it knows where the workers are
         self.by_ref = False
+        # the coordinator's term (names its files) and its fence (checked before each write and delete): set by
+        # the coordinator once it has claimed its term
+        self.term = 1
+        self.fence: Fence | None = None
 
     @property
     def active(self) -> bool:
@@ -82,7 +87,7 @@ class Standby:
             chosen[r] = ids
             self.unstage(r)  # until the new file is complete, a failure takes the slow path
             if len(ids):
-                self.writer.submit("stage", self._write, r, ids, hits, standby_path(self.run_dir, epoch, r),
+                self.writer.submit("stage", self._write, r, ids, hits, standby_path(self.run_dir, epoch, r, self.term),
                                    self._gen[r], data)
         return chosen
 
@@ -95,9 +100,14 @@ class Standby:
         """(Background thread.) Write a standby file, drop the worker's older ones (only a dead worker's
         standby file is ever read, and a live worker's is superseded), then publish it unless the worker's
         rows changed meanwhile."""
+        if self.fence is not None:  # a deposed coordinator writes and deletes nothing (raises Deposed)
+            self.fence.check(f"stage {path.name}")
         ensure_shard(path, data.X_train, data.y_train, ids,
-                     {"n_classes": data.n_classes, "dataset": data.name, "rank": rank, "staged": "representative"},
+                     {"n_classes": data.n_classes, "dataset": data.name, "rank": rank, "staged": "representative",
+                      "term": self.term},
                      by_ref=self.by_ref)
+        if self.fence is not None:
+            self.fence.check(f"delete the older standby files of worker {rank}")
         for old in stale_standbys(path):
             old.unlink(missing_ok=True)
         if self._gen.get(rank) == gen:

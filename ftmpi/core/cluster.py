@@ -322,6 +322,8 @@ class ClusterState:
                            + (f", {f.detection_latency:.2f}s after the {f.kind}" if f.kind else "")
                            + (f": {ev.reason}" if ev.reason else "") + f"); {len(self.alive)} workers left",
                            tb=f"worker {ev.rank} lost ({ev.how}{', ' + f.kind if f.kind else ''})"))
+            if ev.how is How.REJECTED:  # alive, but treated as failed: told why, it leaves (ftmpi.core.screen)
+                out.append(Expel(ev.rank, f"treated as failed at round {self.round}: {ev.reason}"))
         if not dead or self.phase is not Phase.TRAINING:
             return out
         return out + self._handoff(dead, failures)

@@ -63,6 +63,8 @@ class How(StrEnum):
     - ``ERROR``: it said it was failing (a worker's ``Error`` report, the coordinator's ``Abdicate``).
     - ``NEVER_JOINED``: a worker that sent no hello before the start-up deadline.
     - ``PROMOTED``: the deputy's worker, gone because it became the coordinator (not a fault).
+    - ``REJECTED``: its updates were rejected ``executor.reject_limit`` rounds in a row (not finite, or far
+      outside the others': :mod:`ftmpi.core.screen`); it is told why and leaves.
     """
 
     ULFM = "ulfm"
@@ -70,6 +72,7 @@ class How(StrEnum):
     ERROR = "error"
     NEVER_JOINED = "never-joined"
     PROMOTED = "promoted"
+    REJECTED = "rejected"
 
     @property
     def suspect(self) -> bool:

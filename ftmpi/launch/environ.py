@@ -69,6 +69,7 @@ def check_launch_env(env: Mapping[str, str]) -> None:
     """
     seconds(env, "FTMPI_JOB_TIMEOUT", 3600.0)
     seconds(env, "FTMPI_START_TIMEOUT", 120.0)
+    seconds(env, "FTMPI_FINISH_GRACE", 30.0)
     _check_flags(env, _FLAGS)
     text = env.get("FTMPI_REQUEUE_SIGNALS")
     if text is not None and not all(s.strip() in STOP_SIGNALS for s in text.split(",") if s.strip()):

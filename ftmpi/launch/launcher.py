@@ -60,6 +60,7 @@ class Options:
     run_dir: Path = Path()
     mode: str = "fresh"
     config_passed: str = ""  # the checked config for the ranks (ftmpi.config.pass_on)
+    grace: float = 30.0  # seconds mpirun may run on once rank 0's verdict is written (finish_grace)
 
 
 def parse(argv: Sequence[str]) -> Options:
@@ -124,7 +125,7 @@ def parse(argv: Sequence[str]) -> Options:
             train.append(a)
     return Options(int(own["workers"]), config, train, int(own.get("max_restarts", 0)),
                    Path(own["hostfile"]).absolute() if "hostfile" in own else None, own.get("mpi", "auto"),
-                   run_dir, mode, pass_on(cfg, str(config), overrides))
+                   run_dir, mode, pass_on(cfg, str(config), overrides), finish_grace(cfg.executor.timeout))
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Outcome:
     seconds: float
     started: float = 0.0  # wall clock at the launch
     start_hung: bool = False  # rank 0 never ran within FTMPI_START_TIMEOUT: mpirun was killed
+    ended: bool = False  # mpirun outlived rank 0's verdict by the grace period and was ended
 
 
 @dataclass
@@ -215,19 +217,31 @@ class Launcher:
                    for src, dst in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))]
         for th in threads:
             th.start()
-        overran = hung = False
+        overran = hung = ended = False
         rc = None
         start_limit = _start_limit(self.env)
+        verdict_at: float | None = None
+        grace = seconds(self.env, "FTMPI_FINISH_GRACE", self.opts.grace)
         while rc is None and time.monotonic() - t0 < limit:
             try:
                 rc = self.proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 self._pass_on()  # a stop signal that came while the ranks were starting
-                if time.monotonic() - t0 > start_limit and not _rank0_ran(status):
+                now = time.monotonic()
+                if now - t0 > start_limit and not _rank0_ran(status):
                     hung = True  # mpirun never got rank 0 through MPI_Init: launched again by _loop
                     break
+                if verdict_at is None and _verdict(status) is not None:
+                    verdict_at = now
+                elif verdict_at is not None and now - verdict_at > grace:
+                    # the verdict is final; a rank that hangs (on any host, or one that never said hello)
+                    # keeps mpirun alive: end the job rather than wait for FTMPI_JOB_TIMEOUT
+                    _say(f"rank 0's verdict (exit {_verdict(status)}) was written {grace:g}s ago and mpirun still "
+                         "runs (a rank that does not end: hung or stopped?): ending the job")
+                    ended = True
+                    break
         if rc is None:
-            overran = not hung  # mpirun and everything it started on this host (its own session) go
+            overran = not (hung or ended)  # mpirun and everything it started on this host (its own session) go
             _killpg(self.proc.pid, signal.SIGTERM)
             try:
                 rc = self.proc.wait(timeout=10)
@@ -239,13 +253,12 @@ class Launcher:
         for th in threads:
             th.join(timeout=5)
         self.proc = None
-        text = status.read_text().strip() if status.exists() else ""
-        verdict = int(text) if text.lstrip("-").isdigit() else None
+        verdict = _verdict(status)
         if verdict is None:  # e.g. the status file could not be written: rank 0's summary of this launch says it
             verdict = _summary_verdict(self.opts.run_dir, started)
         rc = 128 - rc if rc < 0 else rc
         code = verdict if verdict is not None else (rc or EXIT_COORDINATOR_LOST)
-        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started, hung)
+        return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started, hung, ended)
 
     def run(self) -> int:
         o = self.opts
@@ -298,7 +311,7 @@ class Launcher:
                 write_outcome(self.opts.run_dir, EXIT_OVERRAN, f"killed after overrunning FTMPI_JOB_TIMEOUT={limit:g}s")
                 return EXIT_OVERRAN
             if out.verdict is not None:
-                if out.rc != 0 and out.verdict != out.rc:
+                if out.rc != 0 and out.verdict != out.rc and not out.ended:
                     _say(f"{Path(spec.mpirun if kind != 'srun' else 'srun').name} exited {out.rc}; ftmpi's outcome: "
                          f"exit {out.verdict}")
                 if out.verdict not in (EXIT_CRASH, EXIT_NO_WORKERS) or self.stop:
@@ -392,6 +405,22 @@ def _requeue_signals(env: dict[str, str]) -> set[str]:
 def _start_limit(env: dict[str, str]) -> float:
     """``FTMPI_START_TIMEOUT``: seconds mpirun may take to get rank 0 through MPI_Init (default 120, at least 1)."""
     return max(1.0, seconds(env, "FTMPI_START_TIMEOUT", 120.0))
+
+
+def finish_grace(timeout: float) -> float:
+    """How long mpirun may run on after rank 0 wrote its verdict: rank 0's own end (the workers' goodbyes,
+    at most min(timeout, 10) s, and a second of flushing), the workers' flush, and a margin; then the launcher
+    ends the job (``FTMPI_FINISH_GRACE`` overrides it)."""
+    return min(timeout, 10.0) + 20.0
+
+
+def _verdict(status: Path) -> int | None:
+    """Rank 0's verdict in the launch's status file (its exit code), or None while there is none."""
+    try:
+        text = status.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None
 
 
 def _rank0_ran(status: Path) -> bool:

@@ -1,20 +1,24 @@
 """Model parameter layout and its binding to the numba kernels.
 
-A model is its layer sizes ``[d, h1, ..., k]``; softmax regression is the MLP with no hidden layer. All
-parameters live in one flat float32 vector (per layer: W row-major, then b), so optimizers, quantization and
-messages handle one array.
+A built-in model is its layer sizes ``[d, h1, ..., k]``; softmax regression is the MLP with no hidden layer.
+All parameters live in one flat float32 vector (per layer: W row-major, then b), so optimizers, quantization
+and messages handle one array. :func:`build_model` also builds plug-in models (:mod:`ftmpi.model.plugin`),
+which follow the same contract with a flat vector of their own layout.
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ftmpi import kernels as K
+from ftmpi.model.plugin import PluginModel, accuracy, is_plugin, load
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class Model:
 
     @classmethod
     def build(cls, kind: str, hidden: tuple[int, ...], n_features: int, n_classes: int) -> Model:
+        """The built-in model ``kind`` (``mlp``: with ``hidden`` layers; else softmax regression). For a plug-in
+        ``kind`` the sizes are ``[d, k]``, which is what a plug-in model's checkpoints record
+        (:func:`build_model` builds the plug-in itself)."""
         layers = [n_features] + (list(hidden) if kind == "mlp" else []) + [n_classes]
         return cls(np.asarray(layers, dtype=np.int64))
 
@@ -60,14 +67,27 @@ class Model:
 
     def evaluate(self, params: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, np.ndarray]:
         """Accuracy and per-class accuracy (NaN for a class absent from ``y``)."""
-        pred = self.predict(params, X)
-        hit = pred == y
-        per = np.full(n_classes, np.nan)
-        counts = np.bincount(y, minlength=n_classes)
-        hits = np.bincount(y[hit], minlength=n_classes)
-        nz = counts > 0
-        per[nz] = hits[nz] / counts[nz]
-        return float(hit.mean()) if len(y) else float("nan"), per
+        return accuracy(self.predict(params, X), y, n_classes)
+
+
+def build_model(kind: str, hidden: tuple[int, ...], n_features: int, n_classes: int,
+                options: Mapping[str, Any] | None = None, *, check: bool = True, scored: bool = False,
+                seed: int = 0) -> Model | PluginModel:
+    """The model ``model.type`` names: a built-in :class:`Model` (``logreg``, ``mlp``), or a plug-in class
+    (``file.py:Class``, ``module:Class``) constructed with ``options`` and, when ``check``, contract-checked
+    (:func:`ftmpi.model.plugin.load`; rank 0 checks, workers only construct).
+
+    Raises:
+        ConfigError: A plug-in that cannot be imported or constructed, or breaks the contract (one line).
+    """
+    if is_plugin(kind):
+        return load(kind, options or {}, n_features, n_classes, check=check, scored=scored, seed=seed)
+    return Model.build(kind, hidden, n_features, n_classes)
+
+
+def model_key(model: Model | PluginModel) -> str:
+    """What a checkpoint records of a model besides its ``sizes``: a plug-in's type and options, "" for a built-in."""
+    return getattr(model, "key", "")
 
 
 def warmup(quantize_bits: int = 0, mlp: bool = True, selection: str = "all") -> None:

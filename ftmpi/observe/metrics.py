@@ -24,6 +24,10 @@ from ftmpi.storage.fsutil import file_mode, replace_atomic
 FIELDS = [
     "round", "epoch", "wall", "iters", "train_loss", "test_acc", "bytes_sent", "bytes_recv",
     "alive_workers", "stale_dropped", "failures", "coverage", "round_time",
+    "term",  # the coordinator term the round was decided under (ftmpi.storage.term; 1 until a takeover)
+    # the round's screening (ftmpi.core.screen): updates rejected, and the largest accepted update's norm over
+    # its reference (how close honest updates came to executor.screen_factor; empty when none had one)
+    "rejected", "norm_ratio",
 ]
 
 

@@ -6,9 +6,12 @@ Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func
     /                              attrs: format, format_version, round, epoch, iters_done, period,
                                           switched_at (-1 = never), test_acc, train_loss, coverage, dataset,
                                           n_classes, created (unix), created_iso, stale_dropped, rows_handed,
-                                          wall_seconds, bytes_total, config (YAML), failures, rng (JSON)
-    /model/sizes                   int64 [d, h..., k]
+                                          wall_seconds, bytes_total, config (YAML), failures, rng (JSON),
+                                          labels (JSON: a user dataset's label value per class, 0..k-1)
+    /model/sizes                   int64 [d, h..., k]; a plug-in model's [d, k]
     /model/layer0/W, /model/layer0/b, ...   float32, W of shape (fan_in, fan_out)
+    /model/params                  float32, the flat vector of a plug-in model (instead of layers); /model's
+                                   attribute spec says which model: JSON {"type": model.type, "options": ...}
     /optimizer/m, /optimizer/v     float32 (v empty for SGD); attrs name, step
     /membership/alive, /dead       int32 world ranks
     /ownership/owner               int32 per training id: owning rank, or -1
@@ -91,7 +94,9 @@ class Snapshot:
         round, epoch, iters_done, period: The next round to run, the membership epoch, local iterations
             done so far, and the current communication period.
         switched_at: Round at which ``delta_switch`` set the period to 1, or None.
-        params, sizes: Flat float32 global parameters; int64 layer widths ``[d, h..., k]``.
+        params, sizes: Flat float32 global parameters; int64 layer widths ``[d, h..., k]`` (``[d, k]`` for a
+            plug-in model).
+        model: A plug-in model's type and options (:func:`ftmpi.model.plugin.spec_key`); "" for a built-in one.
         optim: ``{"name": str, "m": float32, "v": float32 (empty for SGD), "step": int}``.
         members, dead: World ranks of the alive workers and of those declared dead.
         owner, dropped: Per training id, the int32 owning rank (-1 none) and whether it was dropped.
@@ -103,6 +108,8 @@ class Snapshot:
         failures: One JSON-able dict per lost worker.
         stale_dropped, rows_handed, wall_seconds, bytes_total: Run counters so far.
         dataset, n_classes, created: Dataset name, number of classes, ``time.time()`` at save.
+        labels: A user dataset's label mapping: the file's label value of each class ``0..k-1`` (int64); None
+            for the built-in datasets, whose labels are the classes.
     """
 
     round: int
@@ -133,6 +140,8 @@ class Snapshot:
     created: float
     weight: np.ndarray | None = None
     term: int = 0  # the coordinator term that wrote it (0: written before terms existed)
+    model: str = ""  # a plug-in model's spec (its params are stored flat); "" for the built-in layered models
+    labels: np.ndarray | None = None
 
     @property
     def coverage(self) -> float:
@@ -207,9 +216,12 @@ def _inconsistency(s: Snapshot) -> str | None:
     sizes = np.asarray(s.sizes)
     if sizes.ndim != 1 or len(sizes) < 2 or sizes.min() < 1:
         return f"sizes {sizes.tolist()} is not [d, (hidden...,) k] with positive entries"
-    n = layer_slices(sizes)[-1][2].stop
+    n = np.size(s.params) if s.model else layer_slices(sizes)[-1][2].stop
     if np.shape(s.params) != (n,):
         return f"params has shape {np.shape(s.params)} but sizes {sizes.tolist()} need ({n},)"
+    bad = int(np.size(s.params) - np.count_nonzero(np.isfinite(s.params)))
+    if bad:  # a model that diverged is never a checkpoint (issue 23): the last finite one stays the newest
+        return f"params hold {bad} value(s) that are not finite (NaN/Inf)"
     if np.shape(s.optim["m"]) != (n,):
         return f"optimizer m has shape {np.shape(s.optim['m'])}, expected ({n},)"
     if np.shape(s.optim["v"]) not in ((0,), (n,)):
@@ -296,7 +308,9 @@ def _arrays(s: Snapshot) -> dict[str, np.ndarray]:
     """Every dataset of the file, by path, with its stored dtype."""
     sizes, params = np.asarray(s.sizes, np.int64), np.asarray(s.params, np.float32)
     arrays: dict[str, np.ndarray] = {"model/sizes": sizes}
-    for i, (w_sl, shape, b_sl) in enumerate(layer_slices(sizes)):
+    if s.model:
+        arrays["model/params"] = params
+    for i, (w_sl, shape, b_sl) in enumerate([] if s.model else layer_slices(sizes)):
         arrays[f"model/layer{i}/W"], arrays[f"model/layer{i}/b"] = params[w_sl].reshape(shape), params[b_sl]
     arrays |= {"optimizer/m": np.asarray(s.optim["m"], np.float32),
                "optimizer/v": np.asarray(s.optim["v"], np.float32),
@@ -323,12 +337,16 @@ def _write(f: h5py.File, s: Snapshot, texts: dict[str, str], arrays: dict[str, n
     a["coverage"] = s.coverage
     a["dataset"] = str(s.dataset)
     a["created_iso"] = _iso(s.created)
+    if s.labels is not None:
+        a["labels"] = json.dumps([int(v) for v in np.asarray(s.labels).reshape(-1)])
     for key, text in texts.items():
         a[key] = text
     f.require_group("representative")  # present even when no worker has representative ids yet
     for name, data in arrays.items():  # intermediate groups are created on the way
         _put(f, name, data)
     f["optimizer"].attrs["name"], f["optimizer"].attrs["step"] = str(s.optim["name"]), int(s.optim["step"])
+    if s.model:
+        f["model"].attrs["spec"] = s.model
 
 
 def _crc_range(fh: BinaryIO, start: int, stop: int, crc: int = 0) -> int:
@@ -472,12 +490,13 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
     sizes = _get(f, "model/sizes", np.int64, 1)
     if len(sizes) < 2 or sizes.min() < 1:
         raise _Invalid(f"/model/sizes {sizes.tolist()} is not [d, (hidden...,) k] with positive entries")
-    slices = layer_slices(sizes)
+    spec = _attr(_group(f, "model"), "spec", str) if "spec" in _group(f, "model").attrs else ""
+    slices = [] if spec else layer_slices(sizes)
     n_layers = sum(1 for k in _group(f, "model") if _LAYER_RE.match(k))
     if n_layers != len(slices):
         raise _Invalid(f"/model holds {n_layers} layer group(s) but sizes {sizes.tolist()} describe "
                        f"{len(slices)}")
-    params = np.empty(slices[-1][2].stop, np.float32)
+    params = _get(f, "model/params", np.float32, 1) if spec else np.empty(slices[-1][2].stop, np.float32)
     for i, (w_sl, shape, b_sl) in enumerate(slices):
         W, b = _get(f, f"model/layer{i}/W", np.float32, 2), _get(f, f"model/layer{i}/b", np.float32, 1)
         if W.shape != shape or b.shape != (shape[1],):
@@ -512,7 +531,8 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
         config=_text(f, "config", yaml.safe_load, dict),
         per_class_acc=_get(f, "metrics/per_class_acc", np.float64, 1),
         failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str), weight=weight,
-        term=_attr(f, "term", int) if "term" in f.attrs else 0)
+        term=_attr(f, "term", int) if "term" in f.attrs else 0, model=spec,
+        labels=np.asarray(_text(f, "labels", json.loads, list), np.int64) if "labels" in f.attrs else None)
     return snap, _attr(f, "coverage", float)
 
 
@@ -701,8 +721,9 @@ def summarize(path: _PathLike) -> dict[str, Any]:
     p = Path(path)
     tensors = [{"name": f"layer{i}/{t}", "shape": list(shape) if t == "W" else [shape[1]],
                 "norm": float(np.linalg.norm(s.params[sl].astype(np.float64)))}
-               for i, (w_sl, shape, b_sl) in enumerate(layer_slices(s.sizes))
-               for t, sl in (("W", w_sl), ("b", b_sl))]
+               for i, (w_sl, shape, b_sl) in enumerate([] if s.model else layer_slices(s.sizes))
+               for t, sl in (("W", w_sl), ("b", b_sl))] or \
+        [{"name": "params", "shape": [int(s.params.size)], "norm": float(np.linalg.norm(s.params.astype(np.float64)))}]
     ranks, counts = np.unique(s.owner[s.owner >= 0], return_counts=True)
     return {
         "file": str(p), "format_version": FORMAT_VERSION, "file_size": p.stat().st_size,
@@ -714,11 +735,12 @@ def summarize(path: _PathLike) -> dict[str, Any]:
         "owned_weight": float(counts.sum()) if s.weight is None else float(s.weight[s.owner >= 0].sum()),
         "owned_per_worker": {int(r): int(c) for r, c in zip(ranks, counts, strict=True)},
         "test_acc": _finite(s.test_acc), "train_loss": _finite(s.train_loss),
-        "per_class_acc": [_finite(x) for x in s.per_class_acc], "sizes": s.sizes.tolist(),
+        "per_class_acc": [_finite(x) for x in s.per_class_acc], "sizes": s.sizes.tolist(), "model": s.model,
         "n_params": int(s.params.size), "tensors": tensors,
         "optimizer": {"name": s.optim["name"], "step": s.optim["step"]},
         "representative": {r: int(ids.size) for r, ids in sorted(s.representative.items())},
         "dataset": s.dataset, "n_classes": s.n_classes, "failures": s.failures,
+        "labels": None if s.labels is None else s.labels.tolist(),
         "stale_dropped": s.stale_dropped, "rows_handed": s.rows_handed, "wall_seconds": s.wall_seconds,
         "bytes_total": s.bytes_total, "rng": s.rng, "config": s.config,
     }
@@ -762,13 +784,16 @@ def format_summary(d: dict[str, Any]) -> str:
         ("optimizer", f"{d['optimizer']['name']}, step {d['optimizer']['step']}"),
         ("representative", _per_rank(d["representative"])),
         ("dataset", f"{d['dataset']}, {d['n_classes']} classes"),
+        *([("labels", "  ".join(f"{c}={v}" for c, v in enumerate(d["labels"])) + " (class=label in the file)")]
+          if d.get("labels") is not None else []),
         ("failures", f"{len(failures)}" + (": " + "; ".join(failures) if failures else "")),
         ("rows handed", d["rows_handed"]), ("stale dropped", d["stale_dropped"]),
         ("traffic", f"{_size(d['bytes_total'])} in {d['wall_seconds']:.1f} s"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"ftmpi checkpoint {d['file']}"] + [f"  {k:<{width}} : {v}" for k, v in rows]
-    lines.append(f"tensors ({d['n_params']} parameters, sizes {d['sizes']})")
+    lines.append(f"tensors ({d['n_params']} parameters, sizes {d['sizes']}"
+                 + (f", plug-in model {d['model']})" if d.get("model") else ")"))
     shapes = [" x ".join(map(str, t["shape"])) for t in d["tensors"]]
     name_w = max(4, *(len(t["name"]) for t in d["tensors"]))
     shape_w = max(5, *(len(s) for s in shapes))

@@ -1,4 +1,5 @@
-"""Datasets: MNIST and Fashion-MNIST (IDX files), UCI Occupancy (CSV text), and seeded synthetic data.
+"""Datasets: MNIST and Fashion-MNIST (IDX files), UCI Occupancy (CSV text), seeded synthetic data, and a file
+of the user's (HDF5, npz or CSV: :mod:`ftmpi.storage.userdata`, rows read by id like an image dataset's).
 
 Everything comes back as a :class:`Dataset` of C-contiguous ``float32`` features and ``int32`` labels,
 with the train/test split the dataset defines (synthetic data is split by ``data.test_fraction``).
@@ -24,7 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ftmpi.config import DataConfig
+from ftmpi.config import USER_FORMATS, DataConfig
 from ftmpi.errors import DataError
 from ftmpi.storage.rows import PackedRows, RowStore, features, idx_header, idx_store
 
@@ -66,6 +67,8 @@ class Dataset:
         n_classes: Number of classes.
         classes: One human-readable name per class.
         source: Where the data came from (a directory, or a description of the generator).
+        labels: A user file's label value of each class ``0..k-1`` (int64); None when the labels are the
+            classes (the built-in datasets).
     """
 
     name: str
@@ -76,6 +79,7 @@ class Dataset:
     n_classes: int
     classes: tuple[str, ...]
     source: str
+    labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not hasattr(self.X_train, "rows"):  # rows read by id (a RowStore, a run dir's RunRows) stay there
@@ -93,6 +97,8 @@ class Dataset:
                             f"test has {self.X_test.shape[1]}")
         if len(self.classes) != self.n_classes:
             raise DataError(f"{self.source}: {len(self.classes)} class names for {self.n_classes} classes")
+        if self.labels is not None and len(self.labels) != self.n_classes:
+            raise DataError(f"{self.source}: {len(self.labels)} label values for {self.n_classes} classes")
 
     @property
     def n_features(self) -> int:
@@ -323,7 +329,8 @@ def load_dataset(cfg: DataConfig, seed: int, lazy: bool = True) -> Dataset:
 
     Args:
         cfg: The ``data`` section of the config.
-        seed: Seeds the synthetic generator (file datasets ignore it).
+        seed: Seeds the synthetic generator (file datasets ignore it; a user file without a test set is split
+            with a fixed seed).
         lazy: Image datasets keep their training rows on disk (``X_train`` a RowStore) and their test rows as
             uint8 (``X_test`` a PackedRows); False loads both as float32 arrays.
 
@@ -341,4 +348,10 @@ def load_dataset(cfg: DataConfig, seed: int, lazy: bool = True) -> Dataset:
         return _load_occupancy(cfg.path)
     if cfg.dataset == "synthetic":
         return _synthetic(cfg, seed)
+    if cfg.dataset in USER_FORMATS:
+        from ftmpi.storage.userdata import load_user_data
+
+        u = load_user_data(cfg)
+        return Dataset(Path(str(cfg.path)).name, u.X_train, u.y_train, u.X_test, u.y_test, len(u.labels),
+                       tuple(str(v) for v in u.labels.tolist()), u.source, u.labels)
     raise DataError(f"unknown dataset {cfg.dataset!r}")

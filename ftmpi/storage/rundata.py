@@ -83,6 +83,8 @@ def write_eval_set(run_dir: str | os.PathLike[str], data: Dataset) -> int:
     where ranks share cores), and is small next to the shards (8 MB for Fashion-MNIST)."""
     attrs = {"n_classes": data.n_classes, "dataset": data.name, "role": "test", "n_train": len(data.y_train),
              "classes": json.dumps(list(data.classes))}
+    if data.labels is not None:  # a user file's label of each class: a takeover checks its replica against it
+        attrs["labels"] = json.dumps([int(v) for v in data.labels])
     return ensure_shard(eval_set_path(run_dir), _packed(data), data.y_test, np.arange(len(data.y_test)), attrs)
 
 
@@ -92,6 +94,7 @@ class EvalSetWrite:
     def __init__(self, run_dir: Path, data: Dataset) -> None:
         self.bytes = 0
         self.error: str | None = None
+        self._path = eval_set_path(run_dir)
         self._t = threading.Thread(target=self._run, args=(run_dir, data), name="ftmpi-test-set", daemon=True)
         self._t.start()
 
@@ -101,9 +104,12 @@ class EvalSetWrite:
         except (OSError, RuntimeError, ValueError) as exc:  # a full disk: only a takeover needs the file
             self.error = f"cannot write {eval_set_path(run_dir)}: {' '.join(str(exc).split())}"
 
-    def result(self) -> tuple[int, str | None]:
-        """Wait for the write: (bytes written, why it failed or None)."""
-        self._t.join()
+    def result(self, limit: float | None = None) -> tuple[int, str | None]:
+        """Wait for the write, at most ``limit`` seconds: (bytes written, why it failed or None). A write still
+        going at the limit (a stalled filesystem) is reported as failed; its thread is left behind."""
+        self._t.join(limit)
+        if self._t.is_alive():
+            return 0, f"cannot write {self._path}: not done after {limit:g}s (a stalled filesystem?)"
         return self.bytes, self.error
 
 
@@ -328,6 +334,7 @@ class RunData:
     y_test: np.ndarray
     n_classes: int
     classes: tuple[str, ...]
+    labels: np.ndarray | None = None
 
 
 def open_run_data(run_dir: str | os.PathLike[str]) -> RunData:
@@ -341,12 +348,13 @@ def open_run_data(run_dir: str | os.PathLike[str]) -> RunData:
     a = t.attrs
     try:
         n, nc, name, classes = int(a["n_train"]), int(a["n_classes"]), str(a["dataset"]), json.loads(a["classes"])
+        labels = np.asarray(json.loads(a["labels"]), np.int64) if "labels" in a else None
     except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a test set file (attribute {exc})") from None
     rows = RunRows(n, t.X.shape[1], name)
     rows.scan(run_dir, "worker")
     X_test = PackedRows(t.X, t.scale) if t.scale is not None else t.X
-    return RunData(run_dir, rows, X_test, t.y, nc, tuple(str(c) for c in classes))
+    return RunData(run_dir, rows, X_test, t.y, nc, tuple(str(c) for c in classes), labels)
 
 
 def takeover_dataset(ahead: Any, run_dir: str | os.PathLike[str], owner: np.ndarray) -> Dataset:
@@ -371,7 +379,7 @@ def takeover_dataset(ahead: Any, run_dir: str | os.PathLike[str], owner: np.ndar
     if missing.size:
         raise DataError(f"{rd.run_dir / 'shards'}: {rows.missing_line(missing, owner)}")
     return Dataset(rows.dataset, rows, rows.y, rd.X_test, rd.y_test, rd.n_classes,  # type: ignore[arg-type]
-                   rd.classes, f"{rd.run_dir / 'shards'} (the run dir's copy)")
+                   rd.classes, f"{rd.run_dir / 'shards'} (the run dir's copy)", rd.labels)
 
 
 class DatasetAhead:

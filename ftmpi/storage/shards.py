@@ -46,8 +46,8 @@ __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_hand
 
 FORMAT = "ftmpi-shard"
 FORMAT_VERSION = 2  # 2: /X may be uint8 (x_scale) or absent (rows_from); version 1 files still read
-_HANDOFF_RE = re.compile(r"^handoff-e(\d+)\.h5$")
-_STANDBY_GLOB = "standby-e*-w{rank:04d}.h5"
+_HANDOFF_RE = re.compile(r"^handoff-e(\d+)(?:-t\d+)?\.h5$")
+_STANDBY_RE = re.compile(r"^standby-e\d+-w(\d+)(?:-t\d+)?\.h5$")
 _DTYPES = {"y": np.int32, "ids": np.int64}
 
 
@@ -84,23 +84,33 @@ def shard_path(run_dir: str | os.PathLike[str], rank: int) -> Path:
     return Path(run_dir) / "shards" / f"worker-{rank:04d}.h5"
 
 
-def handoff_path(run_dir: str | os.PathLike[str], epoch: int) -> Path:
-    """Path of the rows handed over in membership ``epoch``: ``run_dir/shards/handoff-e0001.h5``."""
-    return Path(run_dir) / "shards" / f"handoff-e{epoch:04d}.h5"
+def _term(term: int) -> str:
+    """The name's term suffix: none under the first coordinator, ``-t0002`` from the first takeover on (a new
+    coordinator never writes over a file of its predecessor's, which a survivor may be reading)."""
+    return "" if term <= 1 else f"-t{term:04d}"
 
 
-def standby_path(run_dir: str | os.PathLike[str], epoch: int, rank: int) -> Path:
+def handoff_path(run_dir: str | os.PathLike[str], epoch: int, term: int = 1) -> Path:
+    """Path of the rows handed over in membership ``epoch`` by the coordinator of ``term``:
+    ``run_dir/shards/handoff-e0001.h5`` (``handoff-e0001-t0002.h5`` after a takeover)."""
+    return Path(run_dir) / "shards" / f"handoff-e{epoch:04d}{_term(term)}.h5"
+
+
+def standby_path(run_dir: str | os.PathLike[str], epoch: int, rank: int, term: int = 1) -> Path:
     """Path of worker ``rank``'s representative rows as staged in ``epoch`` (read only if it dies):
-    ``run_dir/shards/standby-e0001-w0002.h5``. A new epoch's file never overwrites one a survivor may be
-    reading."""
-    return Path(run_dir) / "shards" / f"standby-e{epoch:04d}-w{rank:04d}.h5"
+    ``run_dir/shards/standby-e0001-w0002.h5`` (``...-t0002.h5`` after a takeover). A new epoch's or term's
+    file never overwrites one a survivor may be reading."""
+    return Path(run_dir) / "shards" / f"standby-e{epoch:04d}-w{rank:04d}{_term(term)}.h5"
 
 
 def stale_standbys(path: str | os.PathLike[str]) -> list[Path]:
     """The other standby files of the worker that ``path`` (a :func:`standby_path`) belongs to."""
     path = Path(path)
-    rank = int(path.stem.rsplit("-w", 1)[1])
-    return sorted(p for p in path.parent.glob(_STANDBY_GLOB.format(rank=rank)) if p != path)
+    m = _STANDBY_RE.match(path.name)
+    if m is None:
+        return []
+    return sorted(p for p in path.parent.glob(f"standby-e*-w{m.group(1)}*.h5")
+                  if p != path and (o := _STANDBY_RE.match(p.name)) is not None and o.group(1) == m.group(1))
 
 
 def parse_handoff_name(path: str | os.PathLike[str]) -> int | None:

@@ -28,15 +28,16 @@ import numpy as np
 
 from ftmpi import faults as F
 from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, TAG_SUSPECT, Channel
-from ftmpi.config import Config
+from ftmpi.config import FAULT_POINTS, Config
 from ftmpi.core import protocol as P
 from ftmpi.core.failover import Change, Promoted, ReplicaKeeper, beat_period, majority, silence_limit
 from ftmpi.core.handoff import SCORED, rep_count, select_representative
 from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
 from ftmpi.model.codec import ErrorFeedback, decode
-from ftmpi.model.models import Model, warmup
+from ftmpi.model.models import Model, build_model, warmup
 from ftmpi.model.optim import Optimizer, clip
+from ftmpi.model.plugin import is_plugin
 from ftmpi.observe.timeline import mark
 from ftmpi.procs import hostname, start_time
 from ftmpi.storage.shards import Shard, read_shard
@@ -119,13 +120,25 @@ class Worker:
             if then is not None:  # after the first ping, the usual deadline
                 timeout = then
 
+    def _other_deputy(self) -> bool:
+        """An announced deputy that is neither this worker nor its coordinator."""
+        return self.deputy not in (-1, self.rank, self.coord)
+
     def _sources(self) -> list[int]:
-        """Whom a waiting worker listens to: the coordinator (unless MPI reported it failed) and the announced
-        deputy (which speaks on this tag only once it has taken over)."""
-        out = [] if self._coord_failed else [self.coord]
-        if self.deputy not in (-1, self.rank, self.coord):
-            out.append(self.deputy)
-        return out
+        """Whom a waiting worker polls: the coordinator, or, once MPI reported it failed, the announced deputy.
+        While the coordinator is in view the deputy is only looked at once per beat (:meth:`_peek_deputy`):
+        it speaks on this tag only once it has taken over, after a silence of a timeout at least."""
+        if not self._coord_failed:
+            return [self.coord]
+        return [self.deputy] if self._other_deputy() else []
+
+    def _peek_deputy(self) -> None:
+        """Look for a message from the announced deputy (a takeover: a higher term); keep it if accepted."""
+        if self._other_deputy() and not self._coord_failed:
+            raw = self.ch.try_recv(self.deputy, TAG_CTRL)
+            taken = None if raw is None else self._accept(self.deputy, raw)
+            if taken is not None:
+                self._stash.append(taken)
 
     def _recv_ctrl(self, timeout: float, phase: str) -> Any:
         """One control message within ``timeout`` (PeerFailed / PeerTimeout otherwise), or None when what came
@@ -137,9 +150,18 @@ class Worker:
         hint = f"is the coordinator (rank {self.coord}) alive?"
         if not sources:
             raise PeerFailed([self.coord], phase, 0.0, hint)
+        self._peek_deputy()
+        if self._stash:
+            return self._stash.pop(0)
+        if deputy:  # replicas as they come (a large one is only complete once received), suspicions
+            tick, every = self._take_replicas, 0.005
+        else:  # a deputy that took over, once per beat
+            tick, every = self._peek_deputy, beat_period(self.cfg.executor.timeout)
         out = self.ch.poll(sources, TAG_CTRL, t0 + timeout,
-                           until=lambda o: bool(o.messages) or (deputy and self._majority_lost()),
-                           on_tick=self._take_replicas if deputy else None, tick_every=0.005)
+                           until=lambda o: bool(o.messages) or bool(self._stash) or (deputy and self._majority_lost()),
+                           on_tick=tick, tick_every=every)
+        if not out.messages and self._stash:
+            return self._stash.pop(0)
         if out.messages:
             got = [m for src in sorted(out.messages, key=lambda r: r != self.coord)
                    for m in (self._accept(src, raw) for raw in out.messages[src]) if m is not None]
@@ -185,11 +207,12 @@ class Worker:
         self.ch.send(self.deputy, TAG_SUSPECT, P.Suspect(self.rank, self.term, silent, lost.how is How.ULFM))
 
     def _take_suspicions(self) -> None:
-        """The deputy: collect the workers' reports that the coordinator is silent (at most every 20 ms)."""
+        """The deputy: collect the workers' reports that the coordinator is silent (twice per beat at most: a
+        report comes after a silence of a timeout, so this adds at most half a beat to a takeover)."""
         now = time.monotonic()
         if now < self._next_suspect_poll:
             return
-        self._next_suspect_poll = now + 0.02
+        self._next_suspect_poll = now + beat_period(self.cfg.executor.timeout) / 2
         for r in range(self.ch.size):
             if r in (self.rank, self.coord):
                 continue
@@ -299,6 +322,14 @@ class Worker:
             raise lost from None
         raise Promoted(rep, change, data)
 
+    def _faults_at(self, at: int) -> None:
+        """Inject this rank's faults due at round ``at`` (or at a named point, config.FAULT_POINTS); each fires
+        once (a round redone after a takeover, or a resumed launch, does not replay it)."""
+        for f in F.due(self.cfg.faults, self.rank, at):
+            if (self.rank, at) not in self.fired:
+                self.fired.add((self.rank, at))
+                F.inject(f, self.run_dir)
+
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
         cfg = self.cfg
@@ -307,14 +338,17 @@ class Worker:
             return self._standby()
         warmup(cfg.executor.quantize, cfg.model.type == "mlp", cfg.optimizer.rep_selection)
         mark("kernels")
+        self._faults_at(FAULT_POINTS["start"])
         pid = os.getpid()
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if isinstance(msg, P.Round) and msg.setup is not None:
+            self._faults_at(FAULT_POINTS["deal"])
             self._setup(msg.setup)
             mark("shard")
         while True:
             if isinstance(msg, P.Stop):
+                self._faults_at(FAULT_POINTS["finish"])
                 self.ch.send(self.coord, TAG_REPLY, P.Bye(self.rank))
                 self.ch.flush(time.monotonic() + min(5.0, cfg.executor.timeout))
                 return 0
@@ -337,6 +371,7 @@ class Worker:
         (after the shards and the test set are written)."""
         cfg = self.cfg
         self.deputy, self._trains = self.rank, False
+        self._faults_at(FAULT_POINTS["start"])
         timeout = cfg.executor.startup_timeout  # until the first ping (rank 0 loads the data, deals the rows)
         while True:
             try:
@@ -369,7 +404,11 @@ class Worker:
         cfg = self.cfg
         self.shard = LocalShard(self._load_shard(setup.shard))
         self.n_classes = int(setup.n_classes)
-        self.model = Model(np.asarray(setup.sizes, dtype=np.int64))
+        if is_plugin(cfg.model.type):  # the user's class, constructed as rank 0 did (it checked the contract)
+            self.model = build_model(cfg.model.type, (), setup.sizes[0], setup.sizes[-1], cfg.model.options,
+                                     check=False)
+        else:
+            self.model = Model(np.asarray(setup.sizes, dtype=np.int64))
         n = self.model.n_params
         self.tensors = self.model.tensors()
         o = cfg.optimizer
@@ -402,14 +441,10 @@ class Worker:
             # an oversubscribed node, and a probe per step slows the deputy's rounds
             self._next_replica_poll = now + 0.02
             self._take_replicas()
-            if self.deputy not in (-1, self.rank, self.coord):  # it took over mid-round: follow it after the round
-                raw = self.ch.try_recv(self.deputy, TAG_CTRL)
-                taken = None if raw is None else self._accept(self.deputy, raw)
-                if taken is not None:
-                    self._stash.append(taken)
         if now >= self._next_beat:  # a long round is slow, not silent: say so once per beat period
             self._next_beat = now + beat_period(self.cfg.executor.timeout)
             self.ch.send(self.coord, TAG_REPLY, P.Beat(self.rank, self._last_round))
+            self._peek_deputy()  # it took over mid-round: follow it after the round
         while True:
             raw = self.ch.try_recv(self.coord, TAG_CTRL)
             if raw is None:
@@ -465,10 +500,7 @@ class Worker:
         self.epoch, rnd = msg.epoch, msg.round
         self._last_round = max(self._last_round, rnd)
         self._named(msg.deputy)
-        for f in F.due(cfg.faults, self.rank, rnd):
-            if (self.rank, rnd) not in self.fired:
-                self.fired.add((self.rank, rnd))  # a round redone after a takeover does not replay it
-                F.inject(f, self.run_dir)
+        self._faults_at(rnd)
         t0 = time.monotonic()
         self._next_beat = t0 + beat_period(ex.timeout)
         if msg.full:
@@ -512,6 +544,7 @@ class Worker:
         else:
             update = local - self.replica
         payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
+        payload = F.tamper(cfg.faults, self.rank, rnd, payload)  # injected nan/corrupt faults only (issue 23)
         rep = self._representative(local, rnd)
         reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
                         self.shard.mass, len(self.shard), rep, self._handed, self._ready, self._prefetched,

@@ -75,7 +75,7 @@ def test_phases_follow_the_drawn_lifecycle(tmp_path):
 
 
 def test_how_covers_every_way_a_loss_is_noticed():
-    assert {h.value for h in How} == {"ulfm", "timeout", "error", "never-joined", "promoted"}
+    assert {h.value for h in How} == {"ulfm", "timeout", "error", "never-joined", "promoted", "rejected"}
     assert {h for h in How if h.suspect} == {How.TIMEOUT, How.NEVER_JOINED}, "only the silent may speak again"
 
 
@@ -218,7 +218,7 @@ def test_a_worker_told_to_leave_takes_the_code_and_quiet_from_the_constructor():
 def test_exit_codes_keep_their_numbers_and_module_names():
     assert {c.name: int(c) for c in ExitCode} == {"OK": 0, "CRASH": 1, "BAD_INPUT": 2, "NO_WORKERS": 3,
                                                   "COORDINATOR_LOST": 4, "EXPELLED": 5, "PREEMPTED": 6,
-                                                  "DISK": 7, "OVERRAN": 124}
+                                                  "DISK": 7, "DIVERGED": 8, "OVERRAN": 124}
     assert EXIT_DISK is ExitCode.DISK and EXIT_DISK == 7 and str(EXIT_DISK) == f"{EXIT_DISK}" == "7"
     assert json.dumps({"exit_code": ExitCode.PREEMPTED}) == '{"exit_code": 6}'
     from ftmpi.launch.record import EXIT_OVERRAN
@@ -245,7 +245,11 @@ def test_every_fault_kind_parses_and_prints_back(kind):
     text = f"{kind}:2@5" + (":0.5" if kind.timed else "")
     spec = parse_fault(text)
     assert FaultKind(spec.kind) is kind and (spec.rank, spec.round) == (2, 5) and str(spec) == text
-    wrong = f"{kind}:2@5" if kind.timed else f"{kind}:2@5:0.5"  # seconds exactly for the timed kinds
+    if kind is FaultKind.CORRUPT:  # a scale, optional (none: a bit flipped)
+        assert str(parse_fault("corrupt:2@5:1000")) == "corrupt:2@5:1000"
+        wrong = "corrupt:2@5:1"
+    else:
+        wrong = f"{kind}:2@5" if kind.timed else f"{kind}:2@5:0.5"  # seconds exactly for the timed kinds
     with pytest.raises(ConfigError):
         parse_fault(wrong)
 
