@@ -1,7 +1,8 @@
-"""Command line: ``python -m ftmpi launch|train|inspect|report|plot ...``.
+"""Command line: ``python -m ftmpi launch|train|inspect|report|plot|verify ...``.
 
 Parses the command line and dispatches: ``train`` to :func:`ftmpi.job.train` (every rank of a training job),
-``launch`` to :mod:`ftmpi.launch.launcher`, ``inspect`` here, ``report`` and ``plot`` to their modules.
+``launch`` to :mod:`ftmpi.launch.launcher`, ``inspect`` here, ``report``, ``plot`` and ``verify`` to their
+modules.
 Errors of the commands run here become one line and an exit code; a training job does that itself.
 """
 from __future__ import annotations
@@ -28,7 +29,12 @@ def _parser(full: str | None = None) -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     r = sub.add_parser("report", help="results table of run dirs")
     g = sub.add_parser("plot", help="accuracy/loss curves of run dirs as PNG")
-    if full == "report":
+    v = sub.add_parser("verify", help="compare two runs' metrics and parameters; where they first differ")
+    if full == "verify":
+        from ftmpi.observe.verify import add_verify_args, run_verify
+
+        add_verify_args(v).set_defaults(run=run_verify)
+    elif full == "report":
         from ftmpi.observe.report import add_report_args, run_report
 
         add_report_args(r).set_defaults(run=run_report)

@@ -39,7 +39,7 @@ USER_FORMATS = ("hdf5", "npz", "csv")  # data.dataset values that name a file of
 
 __all__ = [
     "Config", "DataConfig", "ExecutorConfig", "FaultSpec", "ModelConfig", "OptimizerConfig",
-    "config_to_dict", "dump_config", "load_config", "parse_fault",
+    "config_to_dict", "dump_config", "load_config", "parse_fault", "wait_parts",
 ]
 
 
@@ -140,6 +140,29 @@ def _target(v: Any) -> float | None:
     if not (_is_num(v) and 0 < v <= 1):
         raise _Bad("null (off) or a test accuracy in (0, 1]")
     return float(v)
+
+
+def wait_parts(v: Any) -> tuple[float, bool]:
+    """``executor.straggler_wait`` as ``(amount, relative)``: a number of seconds >= 0 (``relative`` False), or
+    ``"Nx"``: N >= 0 times the median reply time of the round. Raises ValueError otherwise."""
+    if _is_num(v) and v >= 0:
+        return float(v), False
+    if isinstance(v, str) and v.strip().lower().endswith("x"):
+        try:
+            k = float(v.strip()[:-1])
+        except ValueError:
+            k = math.nan
+        if math.isfinite(k) and k >= 0:
+            return k, True
+    raise ValueError("a number of seconds >= 0, or 'Nx': N >= 0 times the median reply time (e.g. '0.5x')")
+
+
+def _straggler_wait(v: Any) -> float | str:
+    try:
+        amount, relative = wait_parts(v)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    return f"{amount:g}x" if relative else amount
 
 
 def _f(default: Any, check: Callable[[Any], Any]) -> Any:
@@ -256,6 +279,16 @@ class ExecutorConfig:
     screen: bool = _f(True, _bool)
     screen_factor: float = _f(10.0, _num(1, lo_open=True))
     reject_limit: int = _f(3, _int(1))
+    # quorum rounds (issue 25, ftmpi/core/quorum.py): a round closes once `quorum` of the alive workers replied and
+    # `straggler_wait` passed since (seconds, or "Nx": N times the median reply time), or when all replied; 1.0 =
+    # wait for every alive worker (as before). A reply after its round closed is folded into a later one, at most
+    # `max_staleness` rounds late, weighed by `late_weight`; a worker late in most of the last `straggler_window`
+    # rounds is given fewer local iterations in proportion to its measured speed
+    quorum: float = _f(1.0, _num(0, 1, lo_open=True))
+    straggler_wait: float | str = _f("0.5x", _straggler_wait)
+    max_staleness: int = _f(2, _int(0))
+    late_weight: str = _f("full", _choice("full", "inverse", "drop"))
+    straggler_window: int = _f(5, _int(1))
 
 
 @dataclass(frozen=True)
@@ -281,7 +314,8 @@ class DataConfig:
     compress_shards: bool = _f(True, _bool)
 
 
-_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|nan|corrupt):(\d+)@(\d+|start|deal|finish)(?::([^:]+))?$")
+_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|slowdown|nan|corrupt):(\d+)@(\d+|start|deal|finish)"
+                       r"(?::([^:]+))?$")
 
 #: The named points a fault can also fire at (``KIND:R@start``), as the negative ``FaultSpec.round`` that stands
 #: for each: ``start`` before the rank's hello (a worker) or before the join (rank 0), after MPI_Init; ``deal``
@@ -296,7 +330,8 @@ _TAMPER = ("nan", "corrupt")  # a worker's reply's update is tampered with (ftmp
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One injected fault: ``kind`` (kill/exit/raise/hang/pause/slow/nan/corrupt) hits world ``rank`` at ``round``.
+    """One injected fault: ``kind`` (kill/exit/raise/hang/pause/slow/slowdown/nan/corrupt) hits world ``rank`` at
+    ``round`` (``slowdown``: from that round on, ``seconds`` holding its factor F).
 
     Rank 0 may be hit too (coordinator loss), except by ``nan`` and ``corrupt`` (a worker's update);
     ``pause`` and ``slow`` take seconds ``S``, ``corrupt`` an optional scale ``S`` (in ``seconds``: 0 = a
@@ -318,8 +353,8 @@ def _fault(spec: Any) -> FaultSpec:
         raise _Bad("a fault string such as 'kill:1@3' or 'slow:2@0:0.5'")
     m = _FAULT_RE.match(spec.strip())
     if m is None:
-        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S, slow:R@N:S, nan:R@N or "
-                   "corrupt:R@N[:S] (R world rank, N a round >= 0 or one of start, deal, finish)")
+        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S, slow:R@N:S, slowdown:R@N:F, nan:R@N "
+                   "or corrupt:R@N[:S] (R world rank, N a round >= 0 or one of start, deal, finish)")
     kind, rank, secs = m.group(1), int(m.group(2)), m.group(4)
     rnd = FAULT_POINTS[m.group(3)] if m.group(3) in FAULT_POINTS else int(m.group(3))
     if kind in _TAMPER and (rank < 1 or rnd < 0):
@@ -333,9 +368,19 @@ def _fault(spec: Any) -> FaultSpec:
             raise _Bad("corrupt:R@N:S with S the factor the update is scaled by (a finite number other than 0 "
                        "and 1), or corrupt:R@N (a high exponent bit flipped)")
         return FaultSpec(kind, rank, rnd, scale)
+    if kind == "slowdown":  # slowdown:R@N:F, rank R F times slower from round N on (ftmpi.faults.slowdown)
+        try:
+            factor = float(secs) if secs is not None else math.nan
+        except ValueError:
+            factor = math.nan
+        if not (math.isfinite(factor) and factor >= 1) or rnd < 0:
+            raise _Bad("slowdown:R@N:F with N a round number and F >= 1 the factor by which rank R is slower from "
+                       "round N on")
+        return FaultSpec(kind, rank, rnd, factor)
     if kind not in _TIMED:
         if secs is not None:
-            raise _Bad(f"{kind}:R@N without seconds (only pause and slow take :S, corrupt a scale)")
+            raise _Bad(f"{kind}:R@N without seconds (only pause and slow take :S, corrupt a scale, slowdown a "
+                       "factor)")
         return FaultSpec(kind, rank, rnd)
     try:
         seconds = float(secs) if secs is not None else math.nan

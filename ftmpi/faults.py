@@ -9,6 +9,9 @@ Kinds (:class:`FaultKind`; ``--inject KIND:R@N[:S]`` or the config's ``faults:``
 - ``pause`` SIGSTOP itself and be resumed after S seconds by a helper process (a zombie that wakes up
   after it was declared dead; it must be told to leave and must change nothing);
 - ``slow``  sleep S seconds once, then carry on (must NOT be declared dead when S < timeout);
+- ``slowdown`` (``slowdown:R@N:F``) rank R is F times slower from round N on: a worker sleeps (F-1) times the
+  duration of each local step after it, rank 0 (F-1) times its own work of each round (:func:`slowdown`); a
+  straggler, alive and beating (issue 25);
 - ``nan``   the worker's update of round N becomes NaN (a worker of bad numbers; rank 0 must reject it);
 - ``corrupt`` the worker's update of round N is silently corrupted: scaled by S (``corrupt:R@N:S``), or, with
   no S, a high exponent bit of one element flipped (silent data corruption: a faulty core or memory).
@@ -49,6 +52,7 @@ class FaultKind(StrEnum):
     SLOW = "slow"
     NAN = "nan"
     CORRUPT = "corrupt"
+    SLOWDOWN = "slowdown"
 
     @property
     def timed(self) -> bool:
@@ -64,6 +68,13 @@ class FaultKind(StrEnum):
 def due(faults: Iterable[FaultSpec], rank: int, round_: int) -> list[FaultSpec]:
     """The faults scheduled for ``rank`` at ``round_``."""
     return [f for f in faults if f.rank == rank and f.round == round_]
+
+
+def slowdown(faults: Iterable[FaultSpec], rank: int, round_: int) -> float:
+    """How many times slower ``rank`` is in round ``round_`` (``slowdown:R@N:F`` from round N on; the largest F
+    due, 1.0 when none): each unit of its work is followed by ``(F - 1)`` times its duration of sleep."""
+    return max([f.seconds for f in faults if f.kind == FaultKind.SLOWDOWN and f.rank == rank
+                and 0 <= f.round <= round_], default=1.0)
 
 
 def _mark(run_dir: Path, f: FaultSpec) -> None:
@@ -116,7 +127,7 @@ def inject(f: FaultSpec, run_dir: Path) -> None:
         os.kill(pid, signal.SIGSTOP)
     elif kind is FaultKind.SLOW:
         time.sleep(f.seconds)
-    # nan, corrupt: only the mark; the reply is changed by tamper()
+    # nan, corrupt: only the mark; the reply is changed by tamper(); slowdown: the mark, then slowdown() per step
 
 
 def tamper(faults: Iterable[FaultSpec], rank: int, round_: int, payload: Any) -> Any:

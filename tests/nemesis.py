@@ -358,7 +358,9 @@ def reproduce(s: Schedule, run_dir: Path | str = "/tmp/nemesis-run") -> str:
         pre = f"printf 'nodeA slots=2\\nnodeB slots=2\\n' > {shlex.quote(str(Path(run_dir)) + '.hosts')}; "
     envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return (f"cd {ROOT} && rm -rf {run_dir} && {pre}{envs} PYTHON={sys.executable} {shlex.join(cmd)}\n"
-            f"  or: python -m tests.nemesis --seed {s.seed} --hosts {s.hosts}")
+            + (f"  or: python -m tests.nemesis --seed {s.seed} --hosts {s.hosts}" if s.seed >= 0 else
+               f"  or: python -m tests.nemesis --hosts {s.hosts} --timeout {s.timeout:g} --detector {s.detector} "
+               f"--faults {shlex.quote(' '.join(f.spec() for f in s.faults))}"))
 
 
 def _leftovers(run_dir: Path) -> list[str]:
@@ -601,6 +603,17 @@ def check(s: Schedule, o: Outcome) -> list[str]:
     return bad
 
 
+def parse(specs: str, hosts: int = 1, timeout: float = 2.0, detector: str = "ulfm", seed: int = -1) -> Schedule:
+    """A hand-made schedule: ``"kill:0@5 slow:2@3:1.5 hang:3@start"`` (as ``--inject``)."""
+    faults = []
+    for sp in specs.split():
+        kind, rest = sp.split(":", 1)
+        rank, at = rest.split("@")
+        at, _, secs = at.partition(":")
+        faults.append(Fault(kind, int(rank), at if at in POINTS else int(at), float(secs or 0)))
+    return Schedule(seed, hosts, 4 if hosts == 1 else 3, timeout, 8.0, detector, tuple(faults))
+
+
 def report(s: Schedule, o: Outcome, violations: list[str]) -> str:
     """The failure message of one schedule: what ran, what went wrong, how to run it again."""
     e = expect(s)
@@ -624,6 +637,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run dirs of passing schedules")
     ap.add_argument("--nice", type=int, default=10)
     ap.add_argument("--dry", action="store_true", help="print the schedules and expectations only")
+    ap.add_argument("--faults", default="", help="a hand-made schedule instead of seeds, e.g. 'kill:0@5 slow:2@3:1.5'")
+    ap.add_argument("--timeout", type=float, default=2.0, help="with --faults")
+    ap.add_argument("--detector", default="ulfm", help="with --faults")
     args = ap.parse_args(argv)
     seeds = list(args.seed)
     if args.seeds:
@@ -635,20 +651,24 @@ def _main(argv: list[str] | None = None) -> int:
     base = Path(args.dir)
     base.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for seed in seeds:
-        s = generate(seed, args.hosts)
+    todo = [generate(seed, args.hosts) for seed in seeds]
+    if args.faults:
+        todo = [parse(args.faults, args.hosts, args.timeout, args.detector)]
+    for s in todo:
+        seed = s.seed
         e = expect(s)
         if args.dry:
             print(f"{s.describe()}\n   -> exit {e.code}, lost {sorted(e.lost.items())}, changes {e.changes}, "
                   f"bound {e.bound:.0f}s")
             continue
-        run_dir = base / f"h{args.hosts}-s{seed}"
+        run_dir = base / (f"h{args.hosts}-s{seed}" if not args.faults else "custom")
         if run_dir.exists():
             import shutil
 
             shutil.rmtree(run_dir)
         o = run(s, run_dir, nice=args.nice)
         v = check(s, o)
+        (base / f"{run_dir.name}.err").write_text(o.err)
         failed += bool(v)
         line = {"seed": seed, "hosts": args.hosts, "schedule": s.to_json(), "expected": e.code, "rc": o.rc,
                 "wall": round(o.wall, 1), "bound": round(e.bound, 1), "violations": v}

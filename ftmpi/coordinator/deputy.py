@@ -88,6 +88,7 @@ class Replication:
         self._unflushed = False  # a replica of a changed state went out this round
         self._next_fence_check = 0.0
         self.fence: Fence | None = None  # this coordinator's term in the run dir (set by the driver)
+        self._trained_before = False  # this process took over as a deputy that trained (its rows were handed)
 
     # ------------------------------------------------------------------------------------- takeover
     def from_replica(self, rep: P.Replica, change: Change) -> None:
@@ -106,6 +107,9 @@ class Replication:
         t.initial_shards, t.resumed_from, t.alive_comm = o["initial_shards"], o["resumed_from"], None
         t.shard_bytes, t.test_set_bytes = o.get("shard_bytes", 0), o.get("test_set_bytes", 0)
         self.changes = list(o["changes"])
+        members = (rep.state or {}).get("members", {})
+        me = members.get(ctx.ch.rank, members.get(str(ctx.ch.rank)))
+        self._trained_before = bool(me and me.get("alive"))
         t.dealt = True
         self.change = change
         ctx.ch.coordinator = ctx.ch.rank
@@ -138,8 +142,30 @@ class Replication:
                                        f"{'fault' if self.change.injected_at is not None else 'detection'}")
 
     def all_changes(self) -> list[dict[str, Any]]:
-        """Every coordinator change of the run, this process's last (as summary.json lists them)."""
-        return self.changes + ([self.change.record()] if self.change is not None else [])
+        """Every coordinator change of the run, this process's last (as summary.json lists them), each with
+        whether the rounds it redid gave what they would have given the first time (``exact``, ``why``)."""
+        return self.changes + ([self.change.record() | self.exactness()] if self.change is not None else [])
+
+    def exactness(self) -> dict[str, Any]:
+        """Whether this process's takeover changed nothing (issue 23): the training workers are the same (the
+        deputy did not train: a standby coordinator) and every worker that redid a round it had trained
+        restored the state it had started that round with (``GlobalModel.redone``), with no worker lost in the
+        rounds redone."""
+        assert self.change is not None
+        gm, s = self.ctx.gm, self.ctx.state
+        why = []
+        if self._trained_before:
+            why.append(f"the deputy (rank {self.ctx.ch.rank}) was a training worker: it stopped training and its "
+                       "rows were handed over, as a lost worker's (executor.standby_coordinator keeps the training "
+                       "workers as they were)")
+        bad = sorted(r for r, v in gm.redone.items() if v < 0)
+        if bad:
+            why.append(f"worker(s) {bad} redid a round without the state they had started it with")
+        lost = sorted(f.rank for f in s.failures if f.rank != self.ctx.ch.rank and
+                      self.change.round <= f.round < self.change.round + max(1, self.change.rounds_redone))
+        if lost:
+            why.append(f"worker(s) {lost} lost in the rounds redone")
+        return {"exact": not why, "why": "; ".join(why)}
 
     def hands_over_crash(self) -> bool:
         """Whether a crash of this coordinator goes to its deputy: one holds a replica, and no change of this

@@ -47,9 +47,10 @@ from ftmpi.core.cluster import (
     Stage,
     WriteHandoff,
 )
-from ftmpi.core.failover import Change, beat_period, silence_limit, takeover_state
+from ftmpi.core.failover import Change, beat_period, silence_limit, takeover_state, write_stall_limit
 from ftmpi.core.handoff import Schedule, make_policy
 from ftmpi.core.kinds import How
+from ftmpi.core.quorum import Rules, close_time
 from ftmpi.errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Deposed, Diverged, FtmpiError, WriteFailed
 from ftmpi.model.models import warmup
 from ftmpi.observe.metrics import Progress, truncate_metrics
@@ -179,7 +180,8 @@ class Coordinator:
         try:
             while not self.writer.wait(step):
                 self._service(self.state.alive)
-                self.writer.abandon_stalled(self.cfg.executor.timeout)  # a stalled disk is a failed write
+                # a stalled disk is a failed write
+                self.writer.abandon_stalled(write_stall_limit(self.cfg.executor.timeout))
         finally:
             self._warn_writes()
 
@@ -234,12 +236,12 @@ class Coordinator:
     # -------------------------------------------------------------------------------- helpers
     def _written(self) -> bool:
         """A handoff file finished writing, or was given up on (its messages can go out)."""
-        return any(w.done(self.cfg.executor.timeout) for w in self._writes.values())
+        return any(w.done(write_stall_limit(self.cfg.executor.timeout)) for w in self._writes.values())
 
     def _service(self, ping: list[int]) -> None:
         """Between two polls: send the handoffs whose file is complete, and ping."""
         for e, w in list(self._writes.items()):
-            if w.done(self.cfg.executor.timeout):
+            if w.done(write_stall_limit(self.cfg.executor.timeout)):
                 del self._writes[e]
                 sends = w.sends
                 if w.error is not None:
@@ -356,19 +358,28 @@ class Coordinator:
         for r in s.alive:
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup else None
-            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, iters, lr, full, payload, how,
+            # a rebalanced straggler is given fewer iterations (ftmpi.core.quorum; all of them under quorum 1.0)
+            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, full, payload, how,
                                               self.standby.news_for(r, plans), self.pending_rebuild, deputy,
                                               s.term))
         self.replication.round_sent(rnd)
 
-    def _collect(self) -> dict[int, P.Reply]:
+    def _collect(self, late: list[P.Reply] | None = None) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives. A worker is lost
         when MPI reports it failed, or when it has been silent (no reply, no beat) for longer than the silence
         limit since the round went out: a worker that is slow keeps beating and is waited for. Before a worker
         is declared lost by silence, what has arrived meanwhile is read (this rank may itself have been the
-        one that stalled)."""
+        one that stalled).
+
+        Quorum rounds (``executor.quorum`` < 1, :mod:`ftmpi.core.quorum`): the round also closes once a quorum
+        replied and the straggler wait passed (:func:`~ftmpi.core.quorum.close_time`); the workers that did not
+        reply are not lost, they are waited for in the next round. Replies to earlier rounds that the state
+        accepts as late go into ``late`` (folded into this round's aggregate)."""
         ex, s = self.cfg.executor, self.state
         replies: dict[int, P.Reply] = {}
+        rules = s.stragglers.rules
+        final = self.gm.iters_done + self.gm.next_iters() >= self.cfg.model.n_iterations  # nothing folds after it
+        arrived: dict[int, float] = {}  # quorum rounds: rank -> seconds after the round went out its reply came
         limit = silence_limit(ex.timeout)
         tick = beat_period(ex.timeout)
         start = time.monotonic()
@@ -381,9 +392,13 @@ class Coordinator:
             if not waiting:
                 return replies
             now = time.monotonic()
+            close = close_time(rules, len(s.alive), arrived.values(), final) if rules.active else None
+            if close is not None and now >= start + close:
+                return replies
             due = min(heard.get(r, start) for r in waiting) + limit
             sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
-            out = self.ch.poll(sources, TAG_REPLY, min(max(due, now), now + tick),
+            deadline = min(max(due, now), now + tick)
+            out = self.ch.poll(sources, TAG_REPLY, deadline if close is None else min(deadline, start + close),
                                until=lambda o: bool(o.messages or o.failed) or self._written())
             now = time.monotonic()
             events: list[Heard | Lost | Chosen] = []
@@ -395,7 +410,14 @@ class Coordinator:
                 if r in s.alive:  # acted on at once: the survivors take the rows between two steps
                     events.append(Lost(r, How.ULFM, "", self.ctx.mark(r)))
             if events:
-                self.apply(s.apply(events, time.time()), replies)
+                effects = s.apply(events, time.time())
+                if rules.active:  # a late reply (an earlier round's) is folded, not this round's
+                    old = [e for e in effects if isinstance(e, Accept) and e.reply.round != s.round]
+                    if late is not None:
+                        late += [e.reply for e in old]
+                    effects = [e for e in effects if not any(e is o for o in old)]
+                self.apply(effects, replies)
+                arrived.update({r: now - start for r in replies if r not in arrived})
             silent = [r for r in s.waiting_for() if now - heard.get(r, start) > limit]
             if silent:
                 lost: list[Heard | Lost | Chosen] = [
@@ -422,31 +444,41 @@ class Coordinator:
         self.replication.check_replaced()  # e.g. it was stopped, replaced, and woke up
         t0 = time.monotonic()
         iters = self.gm.next_iters()
-        s.begin_round()
+        s.stragglers.rules = Rules.of(ex)  # the quorum keys (a deputy's restored state holds them too)
+        s.begin_round(iters)
         self._broadcast(rnd, iters, first, setup)
         self.replication.replicate()  # the state after the previous round, with its row not written yet
         self.out.write_row(self.lifecycle.evaluate)  # the previous round's row, evaluated while the workers train
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
-        replies = self._collect()
+        late: list[P.Reply] = []  # quorum rounds: replies to earlier rounds, folded into this one
+        t_wait = time.monotonic()
+        replies = self._collect(late)
+        t_wait = time.monotonic() - t_wait
         self.replication.replicate_after_loss()
         if rebuild is not None:  # in a helper thread: each survivor starts the same rebuild after its reply
             self.ch.rebuild_start(rebuild, s.epoch)
         self.tally.alive_comm = self.ch.rebuild_status()
         self._warn_writes()
-        loss, note = self.gm.aggregate(replies, rnd, iters)
+        fold = s.stragglers.folding(replies, late, rnd, s.alive, ex.send_gradients) if s.stragglers.rules.active \
+            else None
+        loss, note = self.gm.aggregate(replies, rnd, iters, fold)
         if note:
             self.out.progress.event(note)
         self.apply(s.apply([Lost(r, How.REJECTED, why, self.ctx.mark(r))  # updates rejected reject_limit times
                             for r, why in self.gm.screened.lost.items()], time.time()), {})
         self.apply(s.end_round(time.time()), {})
+        slow = F.slowdown(cfg.faults, self.me, rnd)  # injected slowdown:0@N:F: rank 0's own work, F times longer
+        if slow > 1:
+            time.sleep((slow - 1) * max(0.0, time.monotonic() - t0 - t_wait))
         tr = self.ch.traffic
         self.out.pending = {
             "round": rnd, "epoch": s.epoch, "iters": self.gm.iters_done, "train_loss": loss,
             "bytes_sent": tr.bytes_sent, "bytes_recv": tr.bytes_recv, "alive_workers": len(s.alive),
             "stale_dropped": s.stale, "failures": len(s.failures), "coverage": s.ownership.coverage(),
             "round_time": time.monotonic() - t0, "wall": time.monotonic() - self.tally.t_start, "term": s.term,
-            "_event": len(s.failures) > n_failures, **self.gm.screen_row()}
+            "_event": len(s.failures) > n_failures, **self.gm.screen_row(),
+            "late_folded": len(late), "late_dropped": s.stragglers.dropped, "rebalanced": len(s.stragglers.share)}
         self.out.last_loss = loss
         ce = ex.checkpoint_every
         if ce > 0 and s.round % ce == 0 and not self.gm.done:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 from ftmpi.config import SCORED, Config
 from ftmpi.core import protocol as P
 from ftmpi.core.handoff import rep_count, select_representative
-from ftmpi.core.screen import Outcome, Screen, measure
+from ftmpi.core.quorum import Folding
+from ftmpi.core.screen import HISTORY, Outcome, Screen, measure
 from ftmpi.errors import CheckpointError, Diverged
 from ftmpi.model.codec import decode, encode
 from ftmpi.model.models import build_model, model_key
@@ -42,6 +44,15 @@ class GlobalModel:
         self.switched_at: int | None = None
         self.screen = Screen(cfg.executor.screen_factor, cfg.executor.reject_limit, cfg.executor.screen)
         self.screened: Outcome | None = None  # the last round's screening
+        # exact resume and takeover (issue 23): W_bcast as of the start of the round in flight (what a replica
+        # carries: a new coordinator redoes that round), whether W_bcast came from a checkpoint or a replica
+        # (then the first round message sends what the workers would hold instead of W), the workers' states
+        # sent with the last round's replies (rank -> state, for the checkpoint), and the replies of rounds
+        # redone for a new coordinator (rank -> 1 exact, -1 not)
+        self._bcast_start = self.W_bcast
+        self.bcast_known = False
+        self.worker_states: dict[int, dict[str, Any]] = {}
+        self.redone: dict[int, int] = {}
 
     def restore(self, snap: Any) -> None:
         """Parameters, optimizer and counters of a checkpoint (:class:`ftmpi.storage.checkpoint.Snapshot`)."""
@@ -59,6 +70,14 @@ class GlobalModel:
         if snap.optim.get("name") == self.opt.name:
             self.opt.load_state(snap.optim)
         self.iters_done, self.period, self.switched_at = snap.iters_done, snap.period, snap.switched_at
+        bcast = getattr(snap, "bcast", None)
+        if bcast is not None and self.cfg.executor.quantize and np.size(bcast) == self.model.n_params:
+            self.W_bcast = np.array(bcast, np.float32)
+            self.bcast_known = True
+        screen = getattr(snap, "screen", None) or {}
+        for r, h in screen.get("history", {}).items():
+            self.screen.history[int(r)] = deque((float(x) for x in h), maxlen=HISTORY)
+        self.screen.streak.update({int(r): int(n) for r, n in screen.get("streak", {}).items()})
         check_labels(getattr(snap, "labels", None), self.data.labels, "data.path")
 
     def next_iters(self) -> int:
@@ -72,19 +91,23 @@ class GlobalModel:
         """What a round message carries: the parameters (``full``) or their quantized change, and the rate at
         the middle of this round's iterations."""
         ex, o = self.cfg.executor, self.cfg.optimizer
-        if first or ex.quantize == 0:
+        if ex.quantize == 0 or (first and not self.bcast_known):
             payload, full = self.W.copy(), True
             self.W_bcast[...] = self.W
         else:
+            self._bcast_start = self.W_bcast.copy()
             payload = encode(self.W - self.W_bcast, self.tensors, ex.quantize, ex.stochastic_rounding,
                              self.cfg.model.seed * 31 + rnd)
             self.W_bcast += decode(payload, self.tensors, self.model.n_params)
             full = False
+            if first:  # resumed or taken over: the workers hold nothing yet; send what they would hold now
+                payload, full = self.W_bcast.copy(), True
         lr = lr_at(o.learning_rate, o.lr_schedule, self.iters_done + iters // 2, self.cfg.model.n_iterations)
         self.opt.lr = lr
         return payload, full, lr
 
-    def aggregate(self, replies: dict[int, P.Reply], rnd: int, iters: int) -> tuple[float, str | None]:
+    def aggregate(self, replies: dict[int, P.Reply], rnd: int, iters: int,
+                  fold: Folding | None = None) -> tuple[float, str | None]:
         """Screen the round's updates (:mod:`ftmpi.core.screen`: one not finite, or far larger than the
         others' and its own recent ones, is left out), average the accepted ones (a worker with no rows sends
         none) into the model; count the iterations; switch to every-iteration communication under
@@ -92,13 +115,36 @@ class GlobalModel:
         switch) or None; :attr:`screened` holds the round's screening (its ``lost``: the workers the driver is
         to treat as failed).
 
+        ``fold`` (a quorum round, :mod:`ftmpi.core.quorum`): a worker's update is its fresh one times its work
+        normalization plus its late ones times their factors (one update per worker, screened as one); each
+        weighs its basis (mass, 1 or loss) over the basis of every alive worker, those with no fresh reply
+        (``fold.absent``, their newest) included: a round without a worker moves the model by the others' shares
+        only, and that worker's share comes with its late reply. Without ``fold``, as before.
+
         Raises:
             Diverged: Most of the round's updates are not finite, or the model would not be after this round;
                 the parameters, the optimizer and the counters are left as they were before it (finite).
         """
         ex = self.cfg.executor
+        self.worker_states = {r: m.state for r, m in replies.items() if getattr(m, "state", None) is not None}
+        self.redone.update({r: m.redo for r, m in replies.items() if getattr(m, "redo", 0)})
         ranks = [r for r in sorted(replies) if replies[r].rows > 0]
         updates = {r: decode(replies[r].update, self.tensors, self.model.n_params) for r in ranks}
+        src, absent = replies, 0.0  # the reply whose basis a worker's update weighs; the absent workers' basis
+        if fold is not None:
+            src = dict(replies)
+            for r, c in fold.scale.items():
+                if r in updates:
+                    updates[r] *= np.float32(c)
+            for r, late in fold.late.items():
+                for reply, c in late:
+                    if reply.rows > 0:
+                        u = np.float32(c) * decode(reply.update, self.tensors, self.model.n_params)
+                        updates[r] = updates[r] + u if r in updates else u
+                        src.setdefault(r, reply)
+            ranks = sorted(updates)
+            basis = {"samples": lambda b: b[0], "loss": lambda b: max(b[1], 1e-12)}.get(ex.aggregate, lambda b: 1.0)
+            absent = sum(basis(b) for r, b in fold.absent.items() if r not in updates)
         norms = {r: measure(u) for r, u in updates.items()}
         screened = self.screened = self.screen.round(rnd, norms)
         _trace(rnd, norms, screened)
@@ -115,12 +161,12 @@ class GlobalModel:
         if not ranks:
             return float("nan"), said
         if ex.aggregate == "samples":
-            w = np.array([replies[r].n for r in ranks], np.float64)
+            w = np.array([src[r].n for r in ranks], np.float64)
         elif ex.aggregate == "loss":
-            w = np.array([max(replies[r].loss, 1e-12) for r in ranks], np.float64)
+            w = np.array([max(src[r].loss, 1e-12) for r in ranks], np.float64)
         else:
             w = np.ones(len(ranks))
-        w /= w.sum()
+        w /= w.sum() if fold is None else w.sum() + absent
         agg = np.zeros(self.model.n_params, np.float32)
         for wi, r in zip(w, ranks, strict=True):
             agg += np.float32(wi) * updates[r]
@@ -139,7 +185,7 @@ class GlobalModel:
             raise Diverged(f"round {rnd}: the global model would hold NaN/Inf after aggregating {len(ranks)} "
                            f"update(s) (optimizer.learning_rate={lr:g} too high?); stopped, the last finite model "
                            f"(before round {rnd}) is kept")
-        loss = float(np.dot(w, [replies[r].loss for r in ranks]))
+        loss = float(np.dot(w, [src[r].loss for r in ranks]) / (1.0 if fold is None else w.sum()))
         dmax = float(np.max(np.abs(self.W - before))) if self.W.size else 0.0
         if ex.delta_switch > 0 and self.period > 1 and dmax < ex.delta_switch:
             self.period, self.switched_at = 1, rnd
@@ -181,13 +227,19 @@ class GlobalModel:
         f = self.checkpoint_fields()
         if not self.cfg.executor.send_gradients:
             f["optim"] = {}
+        if f["bcast"] is not None:  # sent after the round's broadcast: the round redone starts from before it
+            f["bcast"] = self._bcast_start.copy()
         return f
 
     def checkpoint_fields(self) -> dict[str, Any]:
         """Copies of what a checkpoint holds of the model and the counters."""
+        s = self.screen
         return {"iters_done": self.iters_done, "period": self.period, "switched_at": self.switched_at,
                 "params": self.W.copy(), "sizes": self.model.sizes, "model": model_key(self.model),
-                "optim": {"name": self.opt.name, **self.opt.state()}, "labels": self.data.labels}
+                "optim": {"name": self.opt.name, **self.opt.state()}, "labels": self.data.labels,
+                "bcast": self.W_bcast.copy() if self.cfg.executor.quantize else None,
+                "screen": {"history": {str(r): list(h) for r, h in s.history.items()},
+                           "streak": {str(r): n for r, n in s.streak.items()}} if s.history or s.streak else None}
 
 
 def _trace(rnd: int, norms: dict[int, float], screened: Outcome) -> None:

@@ -18,13 +18,13 @@ from ftmpi.coordinator.files import save_and_prune, shards_by_reference, write_s
 from ftmpi.coordinator.outputs import summary
 from ftmpi.core import protocol as P
 from ftmpi.core.cluster import Chosen, Heard, Lost
-from ftmpi.core.failover import beat_period
+from ftmpi.core.failover import beat_period, write_stall_limit
 from ftmpi.core.kinds import How
 from ftmpi.core.partition import class_histogram, partition
-from ftmpi.errors import EXIT_DISK, CheckpointError, WriteFailed
+from ftmpi.errors import EXIT_DISK, EXIT_PREEMPTED, CheckpointError, WriteFailed
 from ftmpi.observe.metrics import write_json_atomic, write_status
 from ftmpi.procs import hostname, kill_if_same
-from ftmpi.storage.checkpoint import Snapshot, ckpt_path, intact, list_checkpoints
+from ftmpi.storage.checkpoint import Snapshot, ckpt_path, intact, list_checkpoints, shard_key
 from ftmpi.storage.rundata import EvalSetWrite
 
 
@@ -46,11 +46,14 @@ class Lifecycle:
     Attributes:
         target_model: (parameters, test accuracy, per-class accuracy) of the first model evaluated at or
             above ``executor.target_accuracy``, or None.
+        exact_resume: For a resumed run, ``{"round", "exact", "why"}``: whether every worker continues from
+            the state it had at the checkpoint (issue 23), and if not why; None for a fresh run.
     """
 
     def __init__(self, ctx: Context, driver: Driver, replication: Replication, resume: Snapshot | None) -> None:
         self.ctx, self.driver, self.replication, self.resume = ctx, driver, replication, resume
         self.target_model: tuple[np.ndarray, float, np.ndarray] | None = None
+        self.exact_resume: dict | None = None
         self._test_write: EvalSetWrite | None = None
         # a failed checkpoint write ends the run (EXIT_DISK) only when no valid checkpoint is in the run dir:
         # one written by this process, by the coordinator a deputy took over from, or resumed from
@@ -129,12 +132,59 @@ class Lifecycle:
         ctx.standby.by_ref = by_ref  # standby files likewise: ids only, or uint8 rows
         t.shard_bytes = write_shards(ctx.run_dir, d, parts, s.weight, by_ref, cfg.data.compress_shards)
         t.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
+        if snap is not None:
+            self._restore_workers(snap, parts)
         if self._test_write is not None:  # before the first round message names a deputy
             # bounded: started before the join, it had the join's time too; a stalled disk costs a takeover only
-            t.test_set_bytes, why = self._test_write.result(cfg.executor.timeout)
+            t.test_set_bytes, why = self._test_write.result(write_stall_limit(cfg.executor.timeout))
             if why:
                 ctx.out.progress.warn(f"warning: {why}; a deputy could not take over if rank 0 were lost")
         t.dealt = True
+
+    def _restore_workers(self, snap: Snapshot, parts: dict[int, np.ndarray]) -> None:
+        """An exact resume when the checkpoint holds the state of every one of its workers, this job has the
+        same ranks, and each one's rows are those it trained on: each is sent its state (before the first round
+        message, which it is applied with). Otherwise the workers start their optimizers afresh, as before."""
+        s = self.ctx.state
+        states = snap.workers or {}
+        why = ""
+        if not states:
+            why = "the checkpoint holds no worker state (written by an ftmpi before issue 23)"
+        elif sorted(s.alive) != sorted(snap.members):
+            why = f"workers {sorted(s.alive)} resume a checkpoint of workers {sorted(snap.members)}"
+        else:
+            for r in s.alive:
+                st = states.get(r)
+                if st is None or st["round"] != snap.round:
+                    why = f"the checkpoint holds no state of worker {r} as of round {snap.round}"
+                elif st["shard"] != shard_key(parts[r], None if s.weight is None else s.weight[parts[r]]):
+                    why = f"worker {r}'s rows are not those it trained on"
+                if why:
+                    break
+        self.exact_resume = {"round": snap.round, "exact": not why, "why": why}
+        if why:
+            self.ctx.out.progress.event(f"resume at round {snap.round} is not exact: {why}")
+            return
+        for r in s.alive:
+            self.ctx.ch.send(r, TAG_CTRL, P.Restore(snap.round, states[r], s.term))
+
+    def _collect_states(self) -> None:
+        """Before the checkpoint of a stop signal: every alive worker's state as of the next round (bounded by
+        ``executor.timeout``; a worker that does not answer is missing from the checkpoint)."""
+        ctx = self.ctx
+        s, gm = ctx.state, ctx.gm
+        for r in s.alive:
+            ctx.ch.send(r, TAG_CTRL, P.Collect(s.round, s.term))
+        alive = list(s.alive)
+
+        def state(m: object) -> bool:
+            return isinstance(m, P.State) and m.round == s.round
+
+        out = ctx.ch.poll(alive, TAG_REPLY, time.monotonic() + ctx.cfg.executor.timeout,
+                          until=lambda o: all(r in o.failed or any(state(P.coerce(m)) for m in o.messages.get(r, []))
+                                              for r in alive))
+        got = {r: m.state for r, ms in out.messages.items() for m in map(P.coerce, ms) if state(m)}
+        gm.worker_states = got
 
     def checkpoint(self, wait: bool = False) -> None:
         """Take a consistent snapshot (after the round's row is written) and have it saved in the background
@@ -156,6 +206,8 @@ class Lifecycle:
         ctx, t = self.ctx, self.ctx.tally
         st, tr, out = ctx.state.snapshot(), ctx.ch.traffic, ctx.out
         weight = st["weight"]
+        # the workers' states sent for this checkpoint (the replies of the round before, or a stop's Collect)
+        workers = {r: w for r, w in ctx.gm.worker_states.items() if w["round"] == st["round"] and r in ctx.state.alive}
         return Snapshot(  # copies of everything the next rounds change in place (W); the rest is rebuilt
             round=st["round"], epoch=st["epoch"], **ctx.gm.checkpoint_fields(), members=ctx.state.alive,
             dead=[r for r, m in st["members"].items() if not m["alive"]], owner=st["owner"], dropped=st["dropped"],
@@ -166,7 +218,7 @@ class Lifecycle:
             wall_seconds=t.wall_before + time.monotonic() - t.t_start,
             bytes_total=t.bytes_before + tr.bytes_sent + tr.bytes_recv, dataset=ctx.data.name,
             n_classes=ctx.data.n_classes, created=time.time(), weight=weight if np.any(weight != 1.0) else None,
-            term=ctx.state.term)
+            term=ctx.state.term, workers=workers or None)
 
     def finish(self, code: int) -> int:
         """Write every output first, then stop the workers: without ULFM, prterun kills the whole job as soon
@@ -184,6 +236,8 @@ class Lifecycle:
         if t.dealt:
             if not np.isfinite(out.last_acc):  # e.g. resumed a run that had finished
                 out.last_acc, out.last_per_class = gm.evaluate()
+            if code == EXIT_PREEMPTED and s.alive:  # a resume from this checkpoint continues exactly
+                self._collect_states()
             try:
                 self.checkpoint(wait=True)
             except WriteFailed as exc:
@@ -216,6 +270,9 @@ class Lifecycle:
         doc["deputy"] = {"rank": rep.deputy, "replicas": rep.sender.sent, "bytes": rep.replica_bytes,
                          "seconds": rep.replica_seconds}
         doc["coordinator_changes"] = rep.all_changes()
+        doc["exact"] = {"resume": self.exact_resume,  # issue 23: did a recovery change anything
+                        "takeovers": [{k: c.get(k) for k in ("round", "new", "exact", "why")}
+                                      for c in doc["coordinator_changes"]]}
         doc["screen"] = gm.screen.record()  # updates rejected by rank 0 (ftmpi.core.screen)
         rep.check_replaced(now=True)  # the verdict is the current term's alone
         try:

@@ -27,6 +27,7 @@ from ftmpi.core.events import Accept, Chosen, Effect, Expel, Heard, Log, Lost, R
 from ftmpi.core.handoff import Policy, Scored
 from ftmpi.core.kinds import How, Phase
 from ftmpi.core.partition import Ownership, assign_handoff
+from ftmpi.core.quorum import Stragglers
 
 __all__ = ["Accept", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "How", "Log", "Lost", "Member",
            "Phase", "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
@@ -111,6 +112,8 @@ class ClusterState:
         self._restage: set[int] = set()
         self._round_epoch = 0  # the epoch the current round began in
         self._replied: set[int] = set()
+        # quorum rounds (executor.quorum < 1, ftmpi.core.quorum): the workers' pace, late replies, rebalancing
+        self.stragglers = Stragglers()
 
     # ------------------------------------------------------------------------------------------ views
     @property
@@ -177,9 +180,13 @@ class ClusterState:
         self._to(Phase.DONE)
 
     # ------------------------------------------------------------------------------------------ rounds
-    def begin_round(self) -> None:
+    def begin_round(self, iters: int = 0) -> None:
+        """Round ``self.round`` goes out with ``iters`` local iterations (a rebalanced worker is given fewer:
+        ``stragglers.iters_for``)."""
         self._round_epoch = self.epoch
         self._replied = set()
+        if self.stragglers.rules.active:
+            self.stragglers.begin(self.round, self.epoch, iters)
 
     def waiting_for(self) -> list[int]:
         """Alive workers that have not replied in this round."""
@@ -189,6 +196,9 @@ class ClusterState:
         """The round's replies are in (or its deadline passed, and :class:`Lost` was applied): note recoveries,
         restage the shards that changed once no loss awaits recovery, and move to the next round."""
         out: list[Effect] = []
+        if self.stragglers.rules.active:  # a quorum round: who was late, who is rebalanced (logged)
+            out += [Log(t, tb=t, kind="straggler") for t in self.stragglers.close(self.round, self.alive,
+                                                                                   self._replied)]
         if self._awaiting and self.alive and not self.waiting_for():
             self._recovered(now)
             if not self._awaiting and self._restage:
@@ -233,15 +243,30 @@ class ClusterState:
                 and src not in self._replied:
             # >= the round's epoch: a loss handled during the round moved rank 0 on
             self._replied.add(src)
-            if isinstance(self.policy, Scored):
-                m.rep = np.asarray(msg.rep, np.int64)
-            for e, wall in msg.ready.items():
-                self._ready.setdefault(int(e), {})[src] = float(wall)
-            for e, n in msg.prefetched.items():
-                self._prefetched[int(e)] = self._prefetched.get(int(e), 0) + int(n)
-            return [Accept(src, msg)] + self._unreadable(src, msg.unreadable)
+            if self.stragglers.rules.active:
+                self.stragglers.heard(src, msg.round, msg.t_compute, msg.n, msg.loss)
+            return self._accepted(src, m, msg)
+        if isinstance(msg, P.Reply) and self.stragglers.rules.active and msg.round < self.round:
+            # a late reply of a quorum round: folded into this round (bounded staleness), else dropped and counted
+            if self.stragglers.can_fold(src, msg.round, msg.epoch, self.round):
+                self.stragglers.heard(src, msg.round, msg.t_compute, msg.n, msg.loss)
+                return self._accepted(src, m, msg)
+            self.stragglers.heard(src, msg.round, msg.t_compute)  # its pace still counts
+            self.stragglers.dropped += 1
+            return []
         self.stale += 1
         return []
+
+    def _accepted(self, src: int, m: Member, msg: P.Reply) -> list[Effect]:
+        """A reply is aggregated (this round's, or a late one folded into it; the driver tells them apart by
+        ``round``): its representative ids, handoff readiness and unreadable slices are taken."""
+        if isinstance(self.policy, Scored):
+            m.rep = np.asarray(msg.rep, np.int64)
+        for e, wall in msg.ready.items():
+            self._ready.setdefault(int(e), {})[src] = float(wall)
+        for e, n in msg.prefetched.items():
+            self._prefetched[int(e)] = self._prefetched.get(int(e), 0) + int(n)
+        return [Accept(src, msg)] + self._unreadable(src, msg.unreadable)
 
     def _unreadable(self, src: int, reports: list[tuple[int, str, int, int]]) -> list[Effect]:
         """A survivor could not read rows handed to it: they are dropped, with a warning (handing them to
@@ -419,6 +444,7 @@ class ClusterState:
             # in the same order (stop - start of them each): unreadable reports and unwritten files act on them
             "sent": [(e, r, p, a, b) for e, r, p, a, b, _ in self._sent_parts()],
             "sent_ids": np.concatenate([ids for *_, ids in self._sent_parts()] + [np.zeros(0, np.int64)]),
+            "stragglers": self.stragglers.snapshot(),
         }
 
     def _sent_parts(self) -> list[tuple[int, int, str, int, int, np.ndarray]]:
@@ -447,6 +473,7 @@ class ClusterState:
         s._ready = {int(e): dict(v) for e, v in snap["ready"].items()}
         s._prefetched = dict(snap["prefetched"])
         s._restage = set(snap["restage"])
+        s.stragglers = Stragglers.restore(snap.get("stragglers"))
         ids, at = np.asarray(snap.get("sent_ids", np.zeros(0)), np.int64), 0
         for e, r, p, a, b in snap.get("sent", []):
             s._sent.setdefault(int(e), {}).setdefault(int(r), []).append((str(p), int(a), int(b),

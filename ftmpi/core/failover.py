@@ -52,6 +52,13 @@ def silence_limit(timeout: float) -> float:
     return timeout + 2 * beat_period(timeout)
 
 
+def write_stall_limit(timeout: float) -> float:
+    """How long a write in the run dir may go without coming back before it is given up on as stalled (a
+    failed write; its thread is left behind): the timeout, and never less than 10 s. A timeout tuned small to
+    detect lost ranks quickly says nothing of how long a healthy but busy disk takes."""
+    return max(timeout, 10.0)
+
+
 def majority(reports: int, alive: int) -> bool:
     """True when ``reports`` distinct workers are more than half of the ``alive`` workers."""
     return alive > 0 and 2 * reports > alive

@@ -1,7 +1,8 @@
 """Every message between rank 0 and a worker, as a dataclass. No MPI, no I/O.
 
-Rank 0 sends on ``TAG_CTRL``: :class:`Round`, :class:`Handoff`, :class:`Ping`, :class:`Stop`, :class:`Exit`.
-A worker sends on ``TAG_REPLY``: :class:`Hello`, :class:`Reply`, :class:`Error`, :class:`Bye`.
+Rank 0 sends on ``TAG_CTRL``: :class:`Round`, :class:`Handoff`, :class:`Ping`, :class:`Stop`, :class:`Exit`,
+:class:`Restore`, :class:`Collect`.
+A worker sends on ``TAG_REPLY``: :class:`Hello`, :class:`Reply`, :class:`Error`, :class:`Bye`, :class:`State`.
 The wire format is pickle (:class:`ftmpi.comm.Channel`). Each message pickles as its class and the tuple of
 its fields (:class:`Wire`), not as a dict of field names, so a typed message costs no more bytes or time
 than a plain dict of its fields would (docs/ARCHITECTURE.md has the measurement).
@@ -20,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Abdicate", "Beat", "Bye", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica", "Reply",
-           "Round", "Segment", "Setup", "Stop", "Suspect", "coerce", "term_of"]
+__all__ = ["Abdicate", "Beat", "Bye", "Collect", "Deposed", "Error", "Exit", "Handoff", "Hello", "Ping", "Replica",
+           "Reply", "Restore", "Round", "Segment", "Setup", "State", "Stop", "Suspect", "coerce", "term_of"]
 
 
 class Wire:
@@ -117,6 +118,26 @@ class Exit(Wire):
 
 
 @dataclass
+class Restore(Wire):
+    """An exact resume (issue 23): the worker's own state as of the start of round ``round`` (its local
+    optimizer, its error-feedback residual: :meth:`ftmpi.worker.loop.Worker.local_state`), from the checkpoint.
+    Sent before the first round message; the worker applies it with that round's setup."""
+
+    round: int
+    state: dict[str, Any]
+    term: int = 1
+
+
+@dataclass
+class Collect(Wire):
+    """Send your state now (:class:`State`): rank 0 is about to take a checkpoint of round ``round`` outside
+    the periodic ones (a stop signal)."""
+
+    round: int
+    term: int = 1
+
+
+@dataclass
 class Abdicate(Wire):
     """The coordinator is leaving (it crashed): the deputy takes over at once, without waiting for a deadline."""
 
@@ -183,6 +204,18 @@ class Reply(Wire):
     prefetched: dict[int, int] = field(default_factory=dict)  # handoff epoch -> rows served from read-ahead
     unreadable: list[tuple[int, str, int, int]] = field(default_factory=list)  # (epoch, path, start, stop)
     t_compute: float = 0.0
+    # exact resume and takeover (issue 23)
+    state: dict[str, Any] | None = None  # the worker's state as of the next round's start, before a checkpoint
+    redo: int = 0  # a round redone for a new coordinator: 1 from the state it started with, -1 without it
+
+
+@dataclass
+class State(Wire):
+    """A worker's answer to :class:`Collect`: its state as of the start of round ``round``."""
+
+    rank: int
+    round: int
+    state: dict[str, Any]
 
 
 @dataclass
@@ -224,7 +257,7 @@ class Suspect(Wire):
 
 
 Message = (Round | Handoff | Ping | Stop | Exit | Abdicate | Deposed | Replica | Hello | Reply | Error | Bye | Beat
-           | Suspect)
+           | Suspect | Restore | Collect | State)
 
 
 def coerce(obj: Any) -> Any:

@@ -28,6 +28,9 @@ FIELDS = [
     # the round's screening (ftmpi.core.screen): updates rejected, and the largest accepted update's norm over
     # its reference (how close honest updates came to executor.screen_factor; empty when none had one)
     "rejected", "norm_ratio",
+    # quorum rounds (ftmpi.core.quorum): late replies folded into this round, late replies dropped so far (later
+    # than executor.max_staleness), workers rebalanced (given fewer local iterations) at the round's end
+    "late_folded", "late_dropped", "rebalanced",
 ]
 
 

@@ -20,6 +20,16 @@ Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func
                                    weight is not 1: representative rows handed over under rep_weight: shard)
     /representative/worker-0003    int64 global ids, one dataset per worker
     /metrics/per_class_acc         float64
+    /model/bcast                   float32, what the workers hold of the model under quantization (the sum of
+                                   the broadcast changes; absent without quantization)
+    /workers/worker-0003/m, /v     float32, that worker's local optimizer moments as of the start of round
+                                   ``round`` (v empty for SGD); /workers/worker-0003/residual its uplink
+                                   error-feedback residual (empty without quantization); attrs round, step,
+                                   shard (:func:`shard_key` of its rows). Present for the workers that sent
+                                   their state with the round before (issue 23: an exact resume needs every
+                                   member's); absent in checkpoints written before.
+
+The root attribute ``screen`` (JSON, optional) holds the update screen's recent norms per worker.
 
 The parameters are stored per layer so a user sees matrices, not one long vector; :func:`load` puts them
 back into the flat layout of :func:`ftmpi.kernels.layout.layer_slices`.
@@ -70,7 +80,7 @@ from ftmpi.kernels.layout import layer_slices
 from ftmpi.storage.fsutil import TEMP_RE, fsync_dir, temp_beside, write_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SET_ASIDE", "Snapshot", "ckpt_path", "format_summary", "intact",
-           "list_checkpoints", "load", "newest_valid", "prune", "save", "summarize"]
+           "list_checkpoints", "load", "newest_valid", "prune", "save", "shard_key", "summarize"]
 
 FORMAT = "ftmpi-checkpoint"
 FORMAT_VERSION = 1
@@ -142,6 +152,11 @@ class Snapshot:
     term: int = 0  # the coordinator term that wrote it (0: written before terms existed)
     model: str = ""  # a plug-in model's spec (its params are stored flat); "" for the built-in layered models
     labels: np.ndarray | None = None
+    # exact resume (issue 23): what the workers hold of the model under quantization; each worker's own state
+    # (rank -> {"round", "step", "m", "v", "residual", "shard"}); the update screen's history (JSON-able)
+    bcast: np.ndarray | None = None
+    workers: dict[int, dict[str, Any]] | None = None
+    screen: dict[str, Any] | None = None
 
     @property
     def coverage(self) -> float:
@@ -152,6 +167,16 @@ class Snapshot:
 
 class _Invalid(Exception):
     """What is wrong with a checkpoint file (the caller adds the file name)."""
+
+
+def shard_key(ids: np.ndarray, weight: np.ndarray | None) -> int:
+    """A fingerprint of a worker's rows in order (global ids, and their weights when some are not 1): a
+    worker's state is restored only onto the very rows it was trained on."""
+    crc = zlib.crc32(np.ascontiguousarray(ids, dtype="<i8").data)
+    w = None if weight is None else np.asarray(weight, np.float64)
+    if w is not None and np.any(w != 1.0):
+        crc = zlib.crc32(np.ascontiguousarray(w, dtype="<f8").data, crc)
+    return int(crc)
 
 
 def ckpt_path(run_dir: _PathLike, round: int) -> Path:
@@ -224,6 +249,12 @@ def _inconsistency(s: Snapshot) -> str | None:
         return f"params hold {bad} value(s) that are not finite (NaN/Inf)"
     if np.shape(s.optim["m"]) != (n,):
         return f"optimizer m has shape {np.shape(s.optim['m'])}, expected ({n},)"
+    if s.bcast is not None and np.shape(s.bcast) != (n,):
+        return f"model bcast has shape {np.shape(s.bcast)}, expected ({n},)"
+    for rank, ws in (s.workers or {}).items():
+        if np.shape(ws["m"]) not in ((0,), (n,)) or np.shape(ws["v"]) not in ((0,), (n,)) \
+                or np.shape(ws["residual"]) not in ((0,), (n,)):
+            return f"the state of worker {rank} does not match the model's {n} parameters"
     if np.shape(s.optim["v"]) not in ((0,), (n,)):
         return f"optimizer v has shape {np.shape(s.optim['v'])}, expected (0,) or ({n},)"
     owner, dropped = np.asarray(s.owner), np.asarray(s.dropped)
@@ -263,6 +294,8 @@ def save(path: _PathLike, snap: Snapshot) -> Path:
         raise ValueError(f"{dest}: refusing to save an inconsistent snapshot: {problem}")
     texts = {"config": _yaml(snap.config),  # fail before touching the disk
              "failures": json.dumps(snap.failures), "rng": json.dumps(snap.rng)}
+    if snap.screen:
+        texts["screen"] = json.dumps(snap.screen)
     dest.parent.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(snap)
     need = 256 + sum(len(name) + 64 for name in arrays)  # manifest: name, offset, nbytes, crc per dataset
@@ -321,6 +354,11 @@ def _arrays(s: Snapshot) -> dict[str, np.ndarray]:
                "metrics/per_class_acc": np.asarray(s.per_class_acc, np.float64).reshape(-1)}
     if s.weight is not None and np.any(np.asarray(s.weight) != 1.0):
         arrays["ownership/weight"] = np.asarray(s.weight, np.float64)
+    if s.bcast is not None:
+        arrays["model/bcast"] = np.asarray(s.bcast, np.float32)
+    for r, ws in sorted((s.workers or {}).items()):
+        for key in ("m", "v", "residual"):
+            arrays[f"workers/worker-{int(r):04d}/{key}"] = np.asarray(ws[key], np.float32).reshape(-1)
     return arrays | {f"representative/worker-{int(r):04d}": np.asarray(ids, np.int64)
                      for r, ids in sorted(s.representative.items())}
 
@@ -345,6 +383,9 @@ def _write(f: h5py.File, s: Snapshot, texts: dict[str, str], arrays: dict[str, n
     for name, data in arrays.items():  # intermediate groups are created on the way
         _put(f, name, data)
     f["optimizer"].attrs["name"], f["optimizer"].attrs["step"] = str(s.optim["name"]), int(s.optim["step"])
+    for r, ws in sorted((s.workers or {}).items()):
+        g = f[f"workers/worker-{int(r):04d}"]
+        g.attrs["round"], g.attrs["step"], g.attrs["shard"] = int(ws["round"]), int(ws["step"]), int(ws["shard"])
     if s.model:
         f["model"].attrs["spec"] = s.model
 
@@ -521,6 +562,14 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
             raise _Invalid(f"unexpected object /representative/{key} (expected worker-NNNN datasets)")
         representative[int(m.group(1))] = _get(f, f"representative/{key}", np.int64, 1)
     switched_at = _attr(f, "switched_at", int)
+    workers = {}
+    for key, obj in (f["workers"].items() if isinstance(f.get("workers"), h5py.Group) else []):
+        m = _WORKER_RE.match(key)
+        if m is None or not isinstance(obj, h5py.Group):
+            raise _Invalid(f"unexpected object /workers/{key} (expected worker-NNNN groups)")
+        workers[int(m.group(1))] = {"round": _attr(obj, "round", int), "step": _attr(obj, "step", int),
+                                    "shard": _attr(obj, "shard", int),
+                                    **{k: _get(f, f"workers/{key}/{k}", np.float32, 1) for k in ("m", "v", "residual")}}
     snap = Snapshot(
         **{k: _attr(f, k, int) for k in _INT_ATTRS}, **{k: _attr(f, k, float) for k in _FLOAT_ATTRS},
         switched_at=None if switched_at < 0 else switched_at, params=params, sizes=sizes, optim=optim,
@@ -532,7 +581,9 @@ def _read(f: h5py.File, sealed: bool) -> tuple[Snapshot, float]:
         per_class_acc=_get(f, "metrics/per_class_acc", np.float64, 1),
         failures=_text(f, "failures", json.loads, list), dataset=_attr(f, "dataset", str), weight=weight,
         term=_attr(f, "term", int) if "term" in f.attrs else 0, model=spec,
-        labels=np.asarray(_text(f, "labels", json.loads, list), np.int64) if "labels" in f.attrs else None)
+        labels=np.asarray(_text(f, "labels", json.loads, list), np.int64) if "labels" in f.attrs else None,
+        bcast=_get(f, "model/bcast", np.float32, 1) if "bcast" in _group(f, "model") else None,
+        workers=workers or None, screen=_text(f, "screen", json.loads, dict) if "screen" in f.attrs else None)
     return snap, _attr(f, "coverage", float)
 
 
@@ -743,6 +794,7 @@ def summarize(path: _PathLike) -> dict[str, Any]:
         "labels": None if s.labels is None else s.labels.tolist(),
         "stale_dropped": s.stale_dropped, "rows_handed": s.rows_handed, "wall_seconds": s.wall_seconds,
         "bytes_total": s.bytes_total, "rng": s.rng, "config": s.config,
+        "worker_states": {r: {"round": ws["round"], "step": ws["step"]} for r, ws in sorted((s.workers or {}).items())},
     }
 
 
@@ -783,6 +835,8 @@ def format_summary(d: dict[str, Any]) -> str:
         ("per-class acc", " ".join(_num(x, ".3f") for x in d["per_class_acc"]) or "n/a"),
         ("optimizer", f"{d['optimizer']['name']}, step {d['optimizer']['step']}"),
         ("representative", _per_rank(d["representative"])),
+        ("worker states", "  ".join(f"w{r}=round {w['round']}" for r, w in d.get("worker_states", {}).items())
+         or "none (a resume restarts the workers' optimizers)"),
         ("dataset", f"{d['dataset']}, {d['n_classes']} classes"),
         *([("labels", "  ".join(f"{c}={v}" for c, v in enumerate(d["labels"])) + " (class=label in the file)")]
           if d.get("labels") is not None else []),

@@ -40,6 +40,7 @@ from ftmpi.model.optim import Optimizer, clip
 from ftmpi.model.plugin import is_plugin
 from ftmpi.observe.timeline import mark
 from ftmpi.procs import hostname, start_time
+from ftmpi.storage.checkpoint import shard_key
 from ftmpi.storage.shards import Shard, read_shard
 from ftmpi.worker.localshard import LocalShard
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ftmpi.storage.rundata import DatasetAhead
 
 _SCORE_ROWS = 4096  # rows whose features are converted at once when a worker scores its shard (uint8 rows)
+_RING = 3  # rounds whose starting state a worker keeps, so that a new coordinator can redo them exactly
 
 
 class Worker:
@@ -89,6 +91,11 @@ class Worker:
         self.grad = np.zeros(0, np.float32)
         self.uplink = ErrorFeedback(0, self.tensors, 0, False)
         self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
+        # exact resume and takeover (issue 23): the newest round trained, this worker's state at the start of
+        # its last rounds (when a deputy may redo them), and the state a resume restores with the first round
+        self._trained = -1
+        self._ring: dict[int, dict[str, Any]] = {}
+        self._restore: P.Restore | None = None
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
@@ -342,9 +349,15 @@ class Worker:
         pid = os.getpid()
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
         msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
+        while isinstance(msg, P.Restore):  # an exact resume: applied with the first round's setup
+            self._restore = msg
+            msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         if isinstance(msg, P.Round) and msg.setup is not None:
             self._faults_at(FAULT_POINTS["deal"])
             self._setup(msg.setup)
+            if self._restore is not None and self._restore.round == msg.round:
+                self.load_local_state(self._restore.state)
+            self._restore = None
             mark("shard")
         while True:
             if isinstance(msg, P.Stop):
@@ -359,6 +372,8 @@ class Worker:
             elif isinstance(msg, P.Handoff):  # while idle: load now, stamp when the next round's training starts
                 self._take_handoff(msg)
                 self._unstamped.append(msg.epoch)
+            elif isinstance(msg, P.Collect):  # a checkpoint outside the periodic ones: the state as it stands
+                self.ch.send(self.coord, TAG_REPLY, P.State(self.rank, msg.round, self.local_state(msg.round)))
             try:
                 msg = self._wait_ctrl(silence_limit(cfg.executor.timeout),
                                       f"waiting for round {getattr(msg, 'round', '?')}")
@@ -417,6 +432,53 @@ class Worker:
         self.grad = np.zeros(n, np.float32)
         self.uplink = ErrorFeedback(n, self.tensors, cfg.executor.quantize, cfg.executor.stochastic_rounding)
         self.scores = None
+
+    def local_state(self, rnd: int, key: bool = True) -> dict[str, Any]:
+        """Copies of what this worker's next round depends on besides the global model and its rows, as of the
+        start of round ``rnd``: the local optimizer (moments, step) and the uplink's error-feedback residual;
+        ``key``: with :func:`~ftmpi.storage.checkpoint.shard_key` of its rows (a checkpoint's, not the ring's).
+        Its minibatches are drawn from seeds of (seed, rank, round) and need nothing kept."""
+        o = self.opt
+        return {"round": int(rnd), "step": o.step_count, "m": o.m.copy(), "v": o.v.copy(),
+                "residual": self.uplink.residual.copy(), "shard": shard_key(self.shard.ids, self.shard.w) if key else 0}
+
+    def load_local_state(self, st: dict[str, Any]) -> None:
+        """Put back a state of :meth:`local_state` (parts of another size, e.g. no residual, are left as they
+        are)."""
+        o, n = self.opt, self.model.n_params
+        if np.size(st["m"]) == o.m.size:
+            o.m[...] = st["m"]
+        if np.size(st["v"]) == o.v.size:
+            o.v[...] = st["v"]
+        o.step_count = int(st["step"])
+        if np.size(st["residual"]) == n:
+            self.uplink.residual = np.array(st["residual"], np.float32)
+
+    def _keep_start(self, rnd: int) -> int:
+        """Before training round ``rnd``: a round this worker trained already is redone for a new coordinator
+        (a takeover): from the state it started with when the ring holds it (returns 1), else from the state as
+        it stands (-1: not exact). Then this round's starting state is kept (when a deputy could redo it)."""
+        redo = 0
+        if rnd <= self._trained:
+            st = self._ring.get(rnd)
+            redo = -1 if st is None else 1
+            if st is not None:
+                self.load_local_state(st)
+            self._ring = {r: v for r, v in self._ring.items() if r < rnd}
+        ex = self.cfg.executor
+        if ex.deputy or ex.standby_coordinator:
+            # the oldest slot's arrays are reused (a copy into memory already mapped: ~50 us for 100k parameters)
+            old = self._ring.pop(min(self._ring)) if len(self._ring) >= _RING else None
+            o = self.opt
+            if old is not None and all(old[k].shape == a.shape for k, a in
+                                       (("m", o.m), ("v", o.v), ("residual", self.uplink.residual))):
+                for k, a in (("m", o.m), ("v", o.v), ("residual", self.uplink.residual)):
+                    np.copyto(old[k], a)
+                old["round"], old["step"] = rnd, o.step_count
+                self._ring[rnd] = old
+            else:
+                self._ring[rnd] = self.local_state(rnd, key=False)
+        return redo
 
     def _take_handoff(self, msg: P.Handoff) -> int:
         """Append the rows of a handoff to the shard; returns how many. A slice that cannot be read is noted
@@ -497,6 +559,28 @@ class Worker:
 
     def _round(self, msg: P.Round) -> None:
         cfg, ex = self.cfg, self.cfg.executor
+        if ex.quorum < 1.0:  # quorum rounds (issue 25): the rounds sent while this worker was late are caught up
+            # on (their models applied, their faults fired, rows handed meanwhile taken) and only the newest trained
+            self._poll_ctrl()
+            while self._stash and isinstance(self._stash[0], (P.Round, P.Handoff)):
+                nxt = self._stash.pop(0)
+                if isinstance(nxt, P.Handoff):
+                    self._take_handoff(nxt)
+                    self._unstamped.append(nxt.epoch)
+                    continue
+                if nxt.setup is not None or msg.rebuild:  # never skipped
+                    self._stash.insert(0, nxt)
+                    break
+                self._faults_at(msg.round)
+                self._named(msg.deputy)
+                if msg.full:
+                    self.replica[...] = msg.params
+                else:
+                    self.replica += decode(msg.params, self.tensors, self.model.n_params)
+                self._plan = msg.prefetch if msg.prefetch is not None else self._plan
+                msg = nxt
+            if self._stash and isinstance(self._stash[0], (P.Stop, P.Exit)):
+                return  # the run is over, or this worker is told to leave: nothing to train
         self.epoch, rnd = msg.epoch, msg.round
         self._last_round = max(self._last_round, rnd)
         self._named(msg.deputy)
@@ -513,6 +597,7 @@ class Worker:
         self._unstamped = []
         if msg.prefetch is not None:
             self._plan = msg.prefetch
+        redo = self._keep_start(rnd)
         iters = int(msg.iters)
         self.opt.lr = float(msg.lr)
         mu = cfg.optimizer.mu_g
@@ -524,7 +609,9 @@ class Worker:
         if len(self.shard) == 0:  # nothing to train on (yet): a handoff may have arrived meanwhile
             self._poll_ctrl()
         batches = self._batches(rnd, iters, min(cfg.model.batch_size, len(self.shard)))
+        slow = F.slowdown(cfg.faults, self.rank, rnd)  # injected slowdown:R@N:F (a straggler), else 1
         for i in range(len(batches)):
+            ts = time.monotonic()
             b = batches[i]
             losses.append(self.model.loss_grad(local, self.shard.rows(b), self.shard.y[b], self.grad))
             if acc is not None:
@@ -534,6 +621,8 @@ class Worker:
                     self.grad += mu * (local - self.replica)
                 clip(self.grad, cfg.optimizer.clip_norm, cfg.optimizer.clip_val)
                 self.opt.step(local, self.grad)
+            if slow > 1:  # each step followed by (F - 1) times its duration
+                time.sleep((slow - 1) * (time.monotonic() - ts))
             if i + 1 < iters and self._poll_ctrl():  # rows handed over: the rest of the round draws from them
                 batches[i + 1:] = self._batches(rnd, iters - i - 1, min(cfg.model.batch_size, len(self.shard)),
                                                 salt=(self.epoch,))
@@ -546,9 +635,13 @@ class Worker:
         payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
         payload = F.tamper(cfg.faults, self.rank, rnd, payload)  # injected nan/corrupt faults only (issue 23)
         rep = self._representative(local, rnd)
+        self._trained = rnd
+        # the round before a periodic checkpoint: the state the next round starts from goes with the reply
+        state = self.local_state(rnd + 1) if ex.checkpoint_every > 0 and (rnd + 1) % ex.checkpoint_every == 0 \
+            else None
         reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
                         self.shard.mass, len(self.shard), rep, self._handed, self._ready, self._prefetched,
-                        self._unreadable, time.monotonic() - t0)
+                        self._unreadable, time.monotonic() - t0, state=state, redo=redo)
         self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
         self.ch.send(self.coord, TAG_REPLY, reply)
         if rnd == 0:

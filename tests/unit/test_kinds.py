@@ -242,12 +242,17 @@ def test_a_process_ending_with_an_exit_code_member_exits_with_its_number(how):
 # ------------------------------------------------------------------------------------------ fault kinds
 @pytest.mark.parametrize("kind", list(FaultKind))
 def test_every_fault_kind_parses_and_prints_back(kind):
-    text = f"{kind}:2@5" + (":0.5" if kind.timed else "")
+    text = f"{kind}:2@5" + (":0.5" if kind.timed else ":4" if kind is FaultKind.SLOWDOWN else "")
     spec = parse_fault(text)
     assert FaultKind(spec.kind) is kind and (spec.rank, spec.round) == (2, 5) and str(spec) == text
     if kind is FaultKind.CORRUPT:  # a scale, optional (none: a bit flipped)
         assert str(parse_fault("corrupt:2@5:1000")) == "corrupt:2@5:1000"
         wrong = "corrupt:2@5:1"
+    elif kind is FaultKind.SLOWDOWN:  # a factor F >= 1, required
+        assert parse_fault("slowdown:2@5:1.5").seconds == 1.5
+        with pytest.raises(ConfigError):
+            parse_fault("slowdown:2@5")
+        wrong = "slowdown:2@5:0.5"
     else:
         wrong = f"{kind}:2@5" if kind.timed else f"{kind}:2@5:0.5"  # seconds exactly for the timed kinds
     with pytest.raises(ConfigError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -109,15 +110,17 @@ def test_a_good_model_by_path_is_bound_to_the_contract(tmp_path):
 def test_the_same_file_is_imported_once_under_its_own_name(tmp_path):
     """numba's cache finds a kernel's module by name: a model file gets its stem as its name (what a user
     imports it by), and one module per process."""
-    p = model_file(tmp_path)
+    # a stem no other test (in this process) has imported: the suite's other tests load their own my_model.py
+    stem = f"own_model_{uuid.uuid4().hex[:8]}"
+    p = model_file(tmp_path, name=f"{stem}.py")
     a = load(f"{p}:Softmax", {}, 6, 3)
     b = load(f"{p}:Softmax", {}, 6, 3, check=False)
-    assert type(a.obj) is type(b.obj) and type(a.obj).__module__ == "my_model"
+    assert type(a.obj) is type(b.obj) and type(a.obj).__module__ == stem
     other = tmp_path / "other"
     other.mkdir()
-    q = model_file(other)  # another file of the same name: another module, not the first one again
+    q = model_file(other, name=f"{stem}.py")  # another file of the same name: another module, not the first one again
     c = load(f"{q}:Softmax", {}, 6, 3)
-    assert type(c.obj) is not type(a.obj) and type(c.obj).__module__ != "my_model"
+    assert type(c.obj) is not type(a.obj) and type(c.obj).__module__ != stem
     json_named = model_file(tmp_path, name="json.py")  # a name taken by another module keeps it intact
     assert type(load(f"{json_named}:Softmax", {}, 6, 3).obj).__module__ != "json"
     assert sys.modules["json"].__file__ != str(json_named)

@@ -149,7 +149,7 @@ def test_fallbacks_and_notes_for_unfinished_runs(runs):
     assert "summary.json: bad JSON" in got["bad-json"]["note"]
     assert got["bad-json"]["rounds"] == 20, "a corrupt summary still shows what the metrics say"
     trunc = got["truncated-csv"]
-    assert "metrics.csv: line 22 has 6 of 20 fields" in trunc["note"] and "summary says running" in trunc["note"]
+    assert "metrics.csv: line 22 has 6 of 23 fields" in trunc["note"] and "summary says running" in trunc["note"]
     assert trunc["rounds"] == 20, "the rows before the cut are kept"
     assert "config.yaml: bad YAML at line" in got["bad-yaml"]["note"] and got["bad-yaml"]["final_acc"] == 0.86
     assert got["empty"]["note"].startswith("no summary.json, metrics.csv")
