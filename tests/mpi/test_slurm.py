@@ -42,10 +42,11 @@ def slurm():
         pytest.skip(why)
 
 
-def submit(cwd: Path, run_dir: str, *args: str, ntasks: int = 3, extra: tuple[str, ...] = ("--time=5",)) -> str:
+def submit(cwd: Path, run_dir: str, *args: str, ntasks: int = 3, extra: tuple[str, ...] = ("--time=5",),
+           job_timeout: int = 150) -> str:
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "smoke.yaml").write_text(SMOKE.read_text())  # submitted from elsewhere, with a relative config
-    env = dict(os.environ, PYTHON=sys.executable, FTMPI_JOB_TIMEOUT="150")
+    env = dict(os.environ, PYTHON=sys.executable, FTMPI_JOB_TIMEOUT=str(job_timeout))
     p = subprocess.run(["sbatch", "--parsable", "--overcommit", f"--ntasks={ntasks}", *extra,
                         f"--output={cwd}/slurm-%j.out", str(SBATCH), "smoke.yaml", "--run-dir", run_dir, "--quiet",
                         *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
@@ -103,7 +104,7 @@ def test_scontrol_requeue_resumes_from_its_checkpoints(slurm, reference, tmp_pat
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     requeued_runs_again(job)
     # the requeued job waits ~120 s (EligibleTime) before it runs the rest: a generous bound, not a timing claim
-    wait(job, lambda: state(job) == "", 240, "done after the requeue")
+    wait(job, lambda: state(job) == "", 420, "done after the requeue")
     s = summary(run_dir)
     assert s["status"] == "completed" and s["rounds"] == 4000, s
     # SIGTERM reaches every process: rank 0 checkpoints if it can before mpirun ends it, else the job resumes
@@ -122,7 +123,7 @@ def test_scancel_usr1_checkpoints_requeues_and_completes(slurm, reference, tmp_p
     assert (run_dir / "ckpt" / f"round-{stopped:06d}.h5").exists()  # the round it stopped at, not a periodic one
     requeued_runs_again(job)
     # the requeued job waits ~120 s (EligibleTime) before it runs the rest: a generous bound, not a timing claim
-    wait(job, lambda: state(job) == "", 240, "done after the requeue")
+    wait(job, lambda: state(job) == "", 420, "done after the requeue")
     s = summary(run_dir)
     assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped, s  # work lost: none
     assert s["relaunches"][0]["requeue"] == job and "SIGUSR1" in s["relaunches"][0]["reason"]
@@ -136,7 +137,8 @@ def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp
     # finished before a late warning once)
     run_dir = tmp_path / "sub" / "runs" / "t"
     job = submit(tmp_path / "sub", "runs/t", "--set", "model.n_iterations=400000", "--set",
-                 "executor.checkpoint_every=1000", extra=("--time=2", "--signal=B:USR1@110"))
+                 "executor.checkpoint_every=1000", extra=("--time=2", "--signal=B:USR1@110"),
+                 job_timeout=280)  # a liveness bound: the requeued launch trains the rest (~30 000 rounds)
     wait(job, lambda: summary(run_dir).get("status") == "preempted" if (run_dir / "summary.json").exists() else False,
          120, "preempted by the time-limit warning")
     stopped = summary(run_dir)["preempted"]["round"]
@@ -145,7 +147,7 @@ def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=5"], check=True, capture_output=True)
     requeued_runs_again(job)
     # the requeued job waits ~120 s (EligibleTime) before it runs the rest: a generous bound, not a timing claim
-    wait(job, lambda: state(job) == "", 240, "done after the requeue")
+    wait(job, lambda: state(job) == "", 420, "done after the requeue")
     s = summary(run_dir)
     assert s["status"] == "completed" and s["resumed_from"]["round"] == stopped and s["rounds"] == 40000, s
 
