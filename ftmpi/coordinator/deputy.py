@@ -22,7 +22,7 @@ from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST
 from ftmpi.observe.metrics import write_json_atomic
 from ftmpi.procs import hostname, kill_if_same, start_time
-from ftmpi.storage.term import Fence, current_term, holder
+from ftmpi.storage.term import Fence, current_term, holder, verdict_written
 
 
 class Replaced(Exception):  # noqa: N818 (control flow, not an error)
@@ -31,18 +31,6 @@ class Replaced(Exception):  # noqa: N818 (control flow, not an error)
     def __init__(self, msg: P.Deposed) -> None:
         super().__init__(f"replaced by rank {msg.rank} at round {msg.round}")
         self.msg = msg
-
-
-def verdict_written(run_dir: Path, term: int) -> bool:
-    """Whether ``run_dir/summary.json`` holds a final verdict (not "running") of ``term`` or a later term."""
-    import json
-
-    try:
-        doc = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and doc.get("status") not in (None, "running") and \
-        isinstance(doc.get("term"), int) and doc["term"] >= term
 
 
 def restore_staged(standby: Standby, rep: P.Replica) -> None:

@@ -344,6 +344,10 @@ class Coordinator:
                 break
             if self.state.round == 1:
                 mark("round-0")
+        if code == EXIT_OK and not self.state.alive:  # the last worker was lost in the last round
+            code = EXIT_NO_WORKERS
+            sys.stderr.write(f"ftmpi: rank {self.me}: error: every worker is lost (round {self.state.round - 1}); "
+                             f"metrics and summary saved in {self.run_dir}\n")
         mark("rounds-done")
         self._faults_at(FAULT_POINTS["finish"])
         code = self.lifecycle.finish(code)

@@ -349,6 +349,11 @@ class ClusterState:
                            tb=f"worker {ev.rank} lost ({ev.how}{', ' + f.kind if f.kind else ''})"))
             if ev.how is How.REJECTED:  # alive, but treated as failed: told why, it leaves (ftmpi.core.screen)
                 out.append(Expel(ev.rank, f"treated as failed at round {self.round}: {ev.reason}"))
+            elif ev.how.suspect:  # silent past the limit, maybe only stopped: told now, so that when it wakes up
+                # the first thing it reads after what was already sent is why it must leave (a deputy among
+                # them must not take over from its stale replica)
+                out.append(Expel(ev.rank, f"declared dead at round {self.round} ({ev.how}"
+                                          + (f": {ev.reason}" if ev.reason else "") + "); its messages are ignored"))
         if not dead or self.phase is not Phase.TRAINING:
             return out
         return out + self._handoff(dead, failures)

@@ -100,3 +100,13 @@ class Fence:
 
     def still_holds(self) -> bool:
         return current_term(self.run_dir) <= self.term
+
+
+def verdict_written(run_dir: Path, term: int) -> bool:
+    """Whether ``run_dir/summary.json`` holds a final verdict (not "running") of ``term`` or a later term."""
+    try:
+        doc = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") not in (None, "running") and \
+        isinstance(doc.get("term"), int) and doc["term"] >= term

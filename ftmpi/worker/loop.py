@@ -42,6 +42,7 @@ from ftmpi.observe.timeline import mark
 from ftmpi.procs import hostname, start_time
 from ftmpi.storage.checkpoint import shard_key
 from ftmpi.storage.shards import Shard, read_shard
+from ftmpi.storage.term import current_term, verdict_written
 from ftmpi.worker.localshard import LocalShard
 
 if TYPE_CHECKING:
@@ -308,6 +309,9 @@ class Worker:
         if rep is None or self._data_ahead is None:
             raise CoordinatorLost(f"worker {self.rank}: lost the coordinator and, as its deputy, holds no complete "
                                   f"replica yet ({lost})", lost.how)
+        why = self._stale(rep)
+        if why:  # this deputy was itself the silent one (declared lost meanwhile): it must not take over
+            raise Expelled(f"worker {self.rank}: not taking over from rank {old}: {why}")
         change = Change(old, lost.how, self.rank, rep.round,
                         max(0, self._last_round - rep.round + 1), detected, lost_id=tuple(rep.coord[1:]),
                         reason=str(lost), replica_age=max(0.0, detected - rep.sent_at))
@@ -336,6 +340,21 @@ class Worker:
             if (self.rank, at) not in self.fired:
                 self.fired.add((self.rank, at))
                 F.inject(f, self.run_dir)
+
+    def _stale(self, rep: P.Replica) -> str:
+        """Why this deputy's replica is not the run's newest state (it stalled past the limit, was declared
+        lost, and the run went on, or ended, without it), or "" when it may take over: a final verdict in the
+        run dir, a term claimed after the replica's, or metrics rows written past the replica's round."""
+        run_dir = self.run_dir
+        if verdict_written(run_dir, rep.term):
+            return "the run is over (summary.json holds its verdict)"
+        now = current_term(run_dir)
+        if now > rep.term:
+            return f"coordinator term {now} was claimed after this replica's term {rep.term}"
+        last = _last_row(run_dir / "metrics.csv")
+        if last is not None and last > rep.round + 1:
+            return f"metrics.csv holds round {last}, this replica is of round {rep.round}"
+        return ""
 
     # --------------------------------------------------------------- the loop
     def run(self) -> int:
@@ -689,6 +708,22 @@ class Worker:
         local = select_representative(o.rep_selection, self.scores, self.shard.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
         return self.shard.ids[local].astype(np.int64)
+
+def _last_row(path: Path) -> int | None:
+    """The round of a metrics.csv's last row (its first field), or None (no file, no row)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        head = line.split(b",", 1)[0].strip()
+        if head.isdigit():
+            return int(head)
+    return None
+
 
 def run_worker(ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> int:
     return Worker(ch, cfg, run_dir, resuming).run()

@@ -36,27 +36,31 @@ LAST_ROUND = ("defect C: the last worker lost in the last round: summary 'comple
               "coverage 0, every row orphaned, the round's loss NaN; the README says exit 3 (no-workers)")
 KNOWN = {
     (1026, 1): HUNG_EARLY,
-    (2001, 2): LAST_ROUND,
 }
+# fixed (the schedules that showed them now pass and run as plain cases): defect A (a deputy declared lost
+# that wakes up checks the run dir before it takes over, and is told to leave the moment it is declared lost),
+# defect C (rank 0's verdict is exit 3 when the last worker is lost in the last round)
+FIXED = [(2001, 2)]
 
 # Hand-made schedules (name, faults, hosts, timeout, detector, known defect or None): small ones that show a
 # defect found by random seeds with wide timing margins (two-host seed 2007 shows defect A too, but by a
 # margin of a second: the zombie must wake before the launcher ends the job).
 DIRECTED = [
-    ("zombie-deputy-after-takeover", "pause:1@5:6 kill:0@8 " + " ".join(f"slow:{3 + r % 2}@{r}:1.4" for r in range(9, 19)),
-     1, 2.0, "ulfm", ZOMBIE_DEPUTY),
-    ("last-worker-lost-in-last-round", "kill:1@5 kill:2@6 kill:3@7 kill:4@19", 1, 2.0, "ulfm", LAST_ROUND),
+    ("zombie-deputy-after-takeover",
+     "pause:1@5:6 kill:0@8 " + " ".join(f"slow:{3 + r % 2}@{r}:1.4" for r in range(9, 19)),
+     1, 2.0, "ulfm", None),  # was ZOMBIE_DEPUTY
+    ("last-worker-lost-in-last-round", "kill:1@5 kill:2@6 kill:3@7 kill:4@19", 1, 2.0, "ulfm", None),  # LAST_ROUND
 ]
 
 # Seeds for CI (one host, two hosts), passing today; together they cover every kind on rank 0, its deputy
 # and other workers, at start, deal, rounds and finish, both detectors, exits 0, 3 and 4, and chained
 # takeovers (python -m tests.nemesis --dry --seed N shows a schedule)
-ONE_HOST = [1, 11, 18, 19, 23, 25, 27, 29, 39, 1027]
+ONE_HOST = [11, 18, 19, 23, 25, 27, 29, 39, 1027]
 TWO_HOSTS = [14, 16, 17]
 
 
 def _cases() -> list:
-    seeds = [(s, 1) for s in ONE_HOST] + [(s, 2) for s in TWO_HOSTS] + sorted(KNOWN)
+    seeds = [(s, 1) for s in ONE_HOST] + [(s, 2) for s in TWO_HOSTS] + FIXED + sorted(KNOWN)
     extra = int(os.environ.get("FTMPI_NEMESIS", "0") or 0)
     if extra:
         hosts = int(os.environ.get("FTMPI_NEMESIS_HOSTS", "1"))

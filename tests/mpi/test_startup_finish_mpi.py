@@ -49,7 +49,8 @@ def test_a_worker_that_says_hello_after_the_deadline_is_told_to_leave(tmp_path):
     s = job.summary
     assert [(f["rank"], f["how"]) for f in s["failures"]] == [(2, "never-joined")]
     assert s["coverage"] == 1.0
-    assert "declared lost" in job.err or "declared dead earlier" in job.err, job.err[-2000:]
+    assert "rank 2: error: worker 2: declared dead at round 0 (never-joined" in job.err \
+        or "after this rank was declared lost" in job.err, job.err[-2000:]
 
 
 def test_a_worker_that_hangs_when_told_to_stop_does_not_keep_the_job_alive(tmp_path):

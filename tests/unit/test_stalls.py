@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ftmpi.config import ConfigError, parse_fault
-from ftmpi.coordinator.deputy import verdict_written
+from ftmpi.storage.term import verdict_written
 from ftmpi.coordinator.saver import BackgroundWriter
 from ftmpi.errors import WriteFailed
 from ftmpi.launch.environ import check_launch_env
