@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ftmpi.errors import EXIT_CRASH, FtmpiError
+from ftmpi.errors import EXIT_COORDINATOR_LOST, EXIT_CRASH, FtmpiError
 from ftmpi.launch.args import overrides
 from ftmpi.observe.timeline import mark
 from ftmpi.procs import hostname
@@ -159,6 +159,10 @@ def train(args: argparse.Namespace) -> int:
         if rank == ch.coordinator:
             _tell_workers_to_leave(ch, str(exc), code)
             _failed_summary(run_dir, str(exc), code)
+        elif code == EXIT_COORDINATOR_LOST and os.environ.get("FTMPI_LAUNCH_ID"):  # for ftmpi launch: see note_left
+            from ftmpi.launch.record import note_left
+
+            note_left(run_dir, rank, code, str(exc), os.environ["FTMPI_LAUNCH_ID"])
     except BaseException as exc:  # a real crash: tell rank 0 who, where and why, then leave
         tb = traceback.format_exc()
         _say(rank, f"crashed on {hostname()}: {type(exc).__name__}: {exc}\n{tb}")

@@ -29,7 +29,7 @@ from ftmpi.errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT
 from ftmpi.launch.environ import check_launch_env, seconds
 from ftmpi.launch.hosts import Host, lost_hosts, ranks_on, read_hostfile, short_of_slots, slurm_hosts, write_hostfile
 from ftmpi.launch.mpicmd import Launch, build, flavour, rank_env
-from ftmpi.launch.record import EXIT_OVERRAN, note_relaunch, read_summary, write_outcome
+from ftmpi.launch.record import EXIT_OVERRAN, note_relaunch, read_summary, workers_left, write_outcome
 from ftmpi.observe.timeline import mark
 
 START_RETRIES = 2  # launches again when mpirun fails, or hangs, before rank 0 ran at all (not counted as restarts)
@@ -149,6 +149,7 @@ class Launcher:
     pending: bool = False  # it is still to be passed on to the ranks
     proc: subprocess.Popen | None = None
     relaunches: list[dict[str, Any]] = field(default_factory=list)
+    _next_left_look: float = 0.0
 
     # -------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
@@ -231,13 +232,17 @@ class Launcher:
                 if now - t0 > start_limit and not _rank0_ran(status):
                     hung = True  # mpirun never got rank 0 through MPI_Init: launched again by _loop
                     break
-                if verdict_at is None and _verdict(status) is not None:
+                if verdict_at is None and (_verdict(status) is not None or self._all_left(now)):
                     verdict_at = now
                 elif verdict_at is not None and now - verdict_at > grace:
-                    # the verdict is final; a rank that hangs (on any host, or one that never said hello)
-                    # keeps mpirun alive: end the job rather than wait for FTMPI_JOB_TIMEOUT
-                    _say(f"rank 0's verdict (exit {_verdict(status)}) was written {grace:g}s ago and mpirun still "
-                         "runs (a rank that does not end: hung or stopped?): ending the job")
+                    # the verdict is final (rank 0's, or every worker left without a coordinator); a rank that
+                    # hangs (on any host, or one that never said hello) keeps mpirun alive: end the job rather
+                    # than wait for FTMPI_JOB_TIMEOUT
+                    said = _verdict(status)
+                    _say(f"rank 0's verdict (exit {said}) was written {grace:g}s ago and mpirun still runs (a rank "
+                         "that does not end: hung or stopped?): ending the job" if said is not None else
+                         f"every worker left {grace:g}s ago, the coordinator lost and nobody taking over, and "
+                         "mpirun still runs (rank 0 hung or stopped?): ending the job")
                     ended = True
                     break
         if rc is None:
@@ -254,11 +259,22 @@ class Launcher:
             th.join(timeout=5)
         self.proc = None
         verdict = _verdict(status)
-        if verdict is None:  # e.g. the status file could not be written: rank 0's summary of this launch says it
+        if verdict is None and ended:  # every worker left without a coordinator: theirs is the outcome (4)
+            rc = int(EXIT_COORDINATOR_LOST)
+        elif verdict is None:  # e.g. the status file could not be written: rank 0's summary of this launch says it
             verdict = _summary_verdict(self.opts.run_dir, started)
         rc = 128 - rc if rc < 0 else rc
         code = verdict if verdict is not None else (rc or EXIT_COORDINATOR_LOST)
         return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started, hung, ended)
+
+    def _all_left(self, now: float) -> bool:
+        """Every worker of this launch left because the coordinator was lost and nobody took over
+        (``run_dir/left``, :func:`~ftmpi.launch.record.note_left`); looked at twice a second at most."""
+        if now < self._next_left_look:
+            return False
+        self._next_left_look = now + 0.5
+        left = workers_left(self.opts.run_dir, self.env.get("FTMPI_LAUNCH_ID", ""))
+        return len(left) >= self.opts.workers
 
     def run(self) -> int:
         o = self.opts

@@ -62,3 +62,34 @@ def write_outcome(run_dir: Path, code: int, reason: str) -> None:
         changed = True
     if changed:
         _write_json(run_dir / "summary.json", s)
+
+
+# ------------------------------------------------------------------ workers that left without a coordinator
+LEFT = "left"  # run_dir/left/rank-NNNN.json: a worker that left because its coordinator was lost
+
+
+def note_left(run_dir: Path, rank: int, code: int, reason: str, launch: str) -> None:
+    """A worker leaves with ``code`` because its coordinator was lost and nobody took over: say so in the run
+    dir, so that the launcher can end a job whose rank 0 hangs (stopped before any replica: it would keep
+    mpirun alive) instead of waiting for FTMPI_JOB_TIMEOUT. Each rank writes its own file; best effort."""
+    from ftmpi.observe.metrics import write_json_atomic
+
+    try:
+        (run_dir / LEFT).mkdir(exist_ok=True)
+        write_json_atomic(run_dir / LEFT / f"rank-{rank:04d}.json",
+                          {"rank": rank, "code": int(code), "reason": reason, "launch": launch, "time": time.time()})
+    except OSError:
+        pass
+
+
+def workers_left(run_dir: Path, launch: str) -> dict[int, int]:
+    """Rank -> exit code of the workers of launch ``launch`` that left without a coordinator (:func:`note_left`)."""
+    out: dict[int, int] = {}
+    folder = run_dir / LEFT
+    if not folder.is_dir():
+        return out
+    for p in folder.glob("rank-*.json"):
+        d = _read(p, {})
+        if isinstance(d, dict) and d.get("launch") == launch and isinstance(d.get("rank"), int):
+            out[d["rank"]] = int(d.get("code", 0))
+    return out

@@ -34,13 +34,13 @@ HUNG_EARLY = ("defect B: rank 0 hung (SIGSTOP) before any replica (start, deal, 
               "exit 4, but the stopped rank 0 keeps mpirun alive until FTMPI_JOB_TIMEOUT: exit 124, not 4")
 LAST_ROUND = ("defect C: the last worker lost in the last round: summary 'completed', exit 0, alive_workers 0, "
               "coverage 0, every row orphaned, the round's loss NaN; the README says exit 3 (no-workers)")
-KNOWN = {
-    (1026, 1): HUNG_EARLY,
-}
+KNOWN: dict[tuple[int, int], str] = {}
 # fixed (the schedules that showed them now pass and run as plain cases): defect A (a deputy declared lost
 # that wakes up checks the run dir before it takes over, and is told to leave the moment it is declared lost),
-# defect C (rank 0's verdict is exit 3 when the last worker is lost in the last round)
-FIXED = [(2001, 2)]
+# defect B (workers that leave without a coordinator say so in run_dir/left; the launcher ends the job once
+# all have, with their exit 4), defect C (rank 0's verdict is exit 3 when the last worker is lost in the last
+# round)
+FIXED = [(1026, 1), (2001, 2)]
 
 # Hand-made schedules (name, faults, hosts, timeout, detector, known defect or None): small ones that show a
 # defect found by random seeds with wide timing margins (two-host seed 2007 shows defect A too, but by a
