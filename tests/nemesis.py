@@ -311,6 +311,8 @@ def expect(s: Schedule) -> Expect:
                 bound += ST
             else:
                 bound += 2 * L
+        if not alive and pos == -2:  # nothing was dealt: the README says nothing of coverage or rows then
+            raise Ambiguous("no worker said hello")
         if not alive:
             e.notes.append("every worker lost: exit 3")
             code = 3
