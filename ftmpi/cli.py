@@ -8,6 +8,7 @@ Errors of the commands run here become one line and an exit code; a training job
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return launch(argv[1:])
     args = _parser(argv[0] if argv else None).parse_args(argv)
     if getattr(args, "run", None):
-        return args.run(args)
+        try:
+            return args.run(args)
+        except BrokenPipeError:  # e.g. `ftmpi verify A B | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if args.cmd == "train":
         return train(args)
     if args.cmd == "inspect":

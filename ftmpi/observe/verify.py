@@ -44,6 +44,7 @@ class Verdict:
 
     rounds: int = 0
     fields: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # training fields only one of the two files has
     first: dict[str, Any] | None = None
     rows_differing: int = 0
     checkpoint: int | None = None
@@ -56,7 +57,8 @@ class Verdict:
         return self.first is None and self.checkpoint is None and bool(self.final.get("equal"))
 
     def record(self) -> dict[str, Any]:
-        return {"identical": self.identical, "rounds": self.rounds, "fields": self.fields, "first": self.first,
+        return {"identical": self.identical, "rounds": self.rounds, "fields": self.fields, "skipped": self.skipped,
+                "first": self.first,
                 "rows_differing": self.rows_differing, "checkpoint": self.checkpoint,
                 "checkpoints_compared": self.checkpoints_compared, "final": self.final, "exact": self.exact}
 
@@ -98,9 +100,12 @@ def compare(a: Path, b: Path, fields: list[str] | None = None) -> Verdict:
     a, b = Path(a), Path(b)
     cols_a, rows_a = _rows(a)
     cols_b, rows_b = _rows(b)
-    if fields is None:
-        fields = [f for f in (*FIELDS, *(c for c in cols_a if c.startswith("acc_class"))) if f in cols_a]
-    v = Verdict(fields=list(fields))
+    skipped: list[str] = []
+    if fields is None:  # the training fields both files have (a column added by a later version is skipped)
+        wanted = [*FIELDS, *(c for c in cols_a if c.startswith("acc_class"))]
+        fields = [f for f in wanted if f in cols_a and f in cols_b]
+        skipped = [f for f in wanted if (f in cols_a) != (f in cols_b)]
+    v = Verdict(fields=list(fields), skipped=skipped)
     for rnd in sorted(set(rows_a) | set(rows_b)):
         v.rounds += 1
         ra, rb = rows_a.get(rnd), rows_b.get(rnd)
@@ -139,6 +144,8 @@ def compare(a: Path, b: Path, fields: list[str] | None = None) -> Verdict:
 
 def to_text(v: Verdict, a: Path, b: Path) -> str:
     lines = [f"ftmpi verify {a} {b}"]
+    if v.skipped:
+        lines.append(f"  not compared: {', '.join(v.skipped)} (in one metrics.csv only: another ftmpi version?)")
     if v.first is None:
         lines.append(f"  metrics     : {v.rounds} rounds identical ({', '.join(v.fields)})")
     elif v.first["field"] == "row":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ftmpi.core import protocol as P
-from ftmpi.observe.verify import compare
+from ftmpi.observe.verify import compare, to_text
 from ftmpi.storage.checkpoint import ckpt_path, load, save, shard_key
 from tests.unit.test_checkpoint import make_snapshot
 
@@ -218,3 +218,15 @@ def test_verify_command_exit_codes(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     assert "final params: round-000002.h5 vs round-000002.h5: differ" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "a"), str(tmp_path / "none")]) == 2
+
+
+def test_verify_skips_a_training_column_only_one_run_has(tmp_path):
+    """A run of an older version lacks a column (e.g. rejected): it is named as not compared, not a difference."""
+    p = make_snapshot().params
+    _run(tmp_path / "a", [1.5, 1.2], {2: p})
+    _run(tmp_path / "b", [1.5, 1.2], {2: p})
+    text = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    (tmp_path / "b" / "metrics.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in text) + "\n")
+    v = compare(tmp_path / "a", tmp_path / "b")
+    assert v.identical and v.skipped == ["acc_class0"] and "acc_class0" not in v.fields
+    assert "not compared: acc_class0" in to_text(v, tmp_path / "a", tmp_path / "b")
