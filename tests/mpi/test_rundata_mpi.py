@@ -52,10 +52,12 @@ def test_a_deputy_without_its_data_says_why_and_every_rank_leaves(tmp_path):
     its checkpoint (rank 0 has the dataset)."""
     run = tmp_path / "nt"
     (run / "shards" / "test.h5").mkdir(parents=True)
-    job = run_job(3, SMOKE, run, "--inject", "kill:0@8", "--max-restarts", "1", *ARGS, limit=120)
+    # killed 9 rounds after the round-5 checkpoint (one in the background writer, ~ms rounds: at round 8 it was
+    # once still being written, and the relaunch found nothing to resume from); the round-10 one may be
+    job = run_job(3, SMOKE, run, "--inject", "kill:0@14", "--max-restarts", "1", *ARGS, limit=120)
     assert job.rc == 0, job.err[-3000:]
     s = job.summary
-    assert s["status"] == "completed" and s["resumed_from"]["round"] == 5 and s["coordinator"] == 0
+    assert s["status"] == "completed" and s["resumed_from"]["round"] in (5, 10) and s["coordinator"] == 0
     assert "warning: cannot write" in job.err and "a deputy could not take over" in job.err
     lines = [ln for ln in job.err.splitlines() if "cannot take over" in ln]
     assert len(lines) == 1 and "test.h5: no test set in the run dir" in lines[0], job.err[-3000:]
