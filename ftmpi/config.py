@@ -279,7 +279,7 @@ class ExecutorConfig:
     screen: bool = _f(True, _bool)
     screen_factor: float = _f(10.0, _num(1, lo_open=True))
     reject_limit: int = _f(3, _int(1))
-    # quorum rounds (issue 25, ftmpi/core/quorum.py): a round closes once `quorum` of the alive workers replied and
+    # quorum rounds (ftmpi/core/quorum.py): a round closes once `quorum` of the alive workers replied and
     # `straggler_wait` passed since (seconds, or "Nx": N times the median reply time), or when all replied; 1.0 =
     # wait for every alive worker (as before). A reply after its round closed is folded into a later one, at most
     # `max_staleness` rounds late, weighed by `late_weight`; a worker late in most of the last `straggler_window`

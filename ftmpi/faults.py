@@ -11,7 +11,7 @@ Kinds (:class:`FaultKind`; ``--inject KIND:R@N[:S]`` or the config's ``faults:``
 - ``slow``  sleep S seconds once, then carry on (must NOT be declared dead when S < timeout);
 - ``slowdown`` (``slowdown:R@N:F``) rank R is F times slower from round N on: a worker sleeps (F-1) times the
   duration of each local step after it, rank 0 (F-1) times its own work of each round (:func:`slowdown`); a
-  straggler, alive and beating (issue 25);
+  straggler, alive and beating;
 - ``nan``   the worker's update of round N becomes NaN (a worker of bad numbers; rank 0 must reject it);
 - ``corrupt`` the worker's update of round N is silently corrupted: scaled by S (``corrupt:R@N:S``), or, with
   no S, a high exponent bit of one element flipped (silent data corruption: a faulty core or memory).

@@ -135,7 +135,7 @@ class Replication:
         return self.changes + ([self.change.record() | self.exactness()] if self.change is not None else [])
 
     def exactness(self) -> dict[str, Any]:
-        """Whether this process's takeover changed nothing (issue 23): the training workers are the same (the
+        """Whether this process's takeover changed nothing: the training workers are the same (the
         deputy did not train: a standby coordinator) and every worker that redid a round it had trained
         restored the state it had started that round with (``GlobalModel.redone``), with no worker lost in the
         rounds redone."""

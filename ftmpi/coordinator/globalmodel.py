@@ -44,7 +44,7 @@ class GlobalModel:
         self.switched_at: int | None = None
         self.screen = Screen(cfg.executor.screen_factor, cfg.executor.reject_limit, cfg.executor.screen)
         self.screened: Outcome | None = None  # the last round's screening
-        # exact resume and takeover (issue 23): W_bcast as of the start of the round in flight (what a replica
+        # exact resume and takeover: W_bcast as of the start of the round in flight (what a replica
         # carries: a new coordinator redoes that round), whether W_bcast came from a checkpoint or a replica
         # (then the first round message sends what the workers would hold instead of W), the workers' states
         # sent with the last round's replies (rank -> state, for the checkpoint), and the replies of rounds

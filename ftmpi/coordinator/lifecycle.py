@@ -47,7 +47,7 @@ class Lifecycle:
         target_model: (parameters, test accuracy, per-class accuracy) of the first model evaluated at or
             above ``executor.target_accuracy``, or None.
         exact_resume: For a resumed run, ``{"round", "exact", "why"}``: whether every worker continues from
-            the state it had at the checkpoint (issue 23), and if not why; None for a fresh run.
+            the state it had at the checkpoint, and if not why; None for a fresh run.
     """
 
     def __init__(self, ctx: Context, driver: Driver, replication: Replication, resume: Snapshot | None) -> None:
@@ -149,7 +149,7 @@ class Lifecycle:
         states = snap.workers or {}
         why = ""
         if not states:
-            why = "the checkpoint holds no worker state (written by an ftmpi before issue 23)"
+            why = "the checkpoint holds no worker state (written by an older ftmpi)"
         elif sorted(s.alive) != sorted(snap.members):
             why = f"workers {sorted(s.alive)} resume a checkpoint of workers {sorted(snap.members)}"
         else:
@@ -270,7 +270,7 @@ class Lifecycle:
         doc["deputy"] = {"rank": rep.deputy, "replicas": rep.sender.sent, "bytes": rep.replica_bytes,
                          "seconds": rep.replica_seconds}
         doc["coordinator_changes"] = rep.all_changes()
-        doc["exact"] = {"resume": self.exact_resume,  # issue 23: did a recovery change anything
+        doc["exact"] = {"resume": self.exact_resume,  # did a recovery change anything
                         "takeovers": [{k: c.get(k) for k in ("round", "new", "exact", "why")}
                                       for c in doc["coordinator_changes"]]}
         doc["screen"] = gm.screen.record()  # updates rejected by rank 0 (ftmpi.core.screen)

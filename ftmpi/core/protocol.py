@@ -119,7 +119,7 @@ class Exit(Wire):
 
 @dataclass
 class Restore(Wire):
-    """An exact resume (issue 23): the worker's own state as of the start of round ``round`` (its local
+    """An exact resume: the worker's own state as of the start of round ``round`` (its local
     optimizer, its error-feedback residual: :meth:`ftmpi.worker.loop.Worker.local_state`), from the checkpoint.
     Sent before the first round message; the worker applies it with that round's setup."""
 
@@ -204,7 +204,7 @@ class Reply(Wire):
     prefetched: dict[int, int] = field(default_factory=dict)  # handoff epoch -> rows served from read-ahead
     unreadable: list[tuple[int, str, int, int]] = field(default_factory=list)  # (epoch, path, start, stop)
     t_compute: float = 0.0
-    # exact resume and takeover (issue 23)
+    # exact resume and takeover
     state: dict[str, Any] | None = None  # the worker's state as of the next round's start, before a checkpoint
     redo: int = 0  # a round redone for a new coordinator: 1 from the state it started with, -1 without it
 

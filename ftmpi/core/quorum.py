@@ -1,4 +1,4 @@
-"""Quorum rounds, late replies and chronic stragglers (issue 25): the decisions, with no MPI, no I/O and no clock
+"""Quorum rounds, late replies and chronic stragglers: the decisions, with no MPI, no I/O and no clock
 (times come in as arguments, in seconds since the round went out).
 
 - :func:`close_time`: when a round may close: once ``executor.quorum`` of the alive workers replied and

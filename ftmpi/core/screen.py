@@ -156,7 +156,7 @@ class Outcome:
 
 class Screen:
     """The rule of the module docstring over a run: each worker's recent accepted norms, its rejections in a
-    row, and the totals summary.json reports. Its history is checkpointed and replicated (issue 23's exact
+    row, and the totals summary.json reports. Its history is checkpointed and replicated (for an exact
     resume): a resumed run, or a deputy that takes over, judges the next update as the first run would.
 
     Args:

@@ -1,4 +1,4 @@
-"""Compare two runs: ``python -m ftmpi verify RUN_A RUN_B [--fields F,...] [--json]`` (issue 23).
+"""Compare two runs: ``python -m ftmpi verify RUN_A RUN_B [--fields F,...] [--json]``.
 
 Two runs of the same config, seed and workers are exact copies of each other, whatever recovered in between
 (a resume with the same workers, a takeover by a standby coordinator): this says whether they are, and where

@@ -26,7 +26,7 @@ Its layout is meant to be read with ``h5ls -r`` / ``h5dump`` as well as by :func
                                    ``round`` (v empty for SGD); /workers/worker-0003/residual its uplink
                                    error-feedback residual (empty without quantization); attrs round, step,
                                    shard (:func:`shard_key` of its rows). Present for the workers that sent
-                                   their state with the round before (issue 23: an exact resume needs every
+                                   their state with the round before (an exact resume needs every
                                    member's); absent in checkpoints written before.
 
 The root attribute ``screen`` (JSON, optional) holds the update screen's recent norms per worker.
@@ -152,7 +152,7 @@ class Snapshot:
     term: int = 0  # the coordinator term that wrote it (0: written before terms existed)
     model: str = ""  # a plug-in model's spec (its params are stored flat); "" for the built-in layered models
     labels: np.ndarray | None = None
-    # exact resume (issue 23): what the workers hold of the model under quantization; each worker's own state
+    # exact resume: what the workers hold of the model under quantization; each worker's own state
     # (rank -> {"round", "step", "m", "v", "residual", "shard"}); the update screen's history (JSON-able)
     bcast: np.ndarray | None = None
     workers: dict[int, dict[str, Any]] | None = None
@@ -245,7 +245,7 @@ def _inconsistency(s: Snapshot) -> str | None:
     if np.shape(s.params) != (n,):
         return f"params has shape {np.shape(s.params)} but sizes {sizes.tolist()} need ({n},)"
     bad = int(np.size(s.params) - np.count_nonzero(np.isfinite(s.params)))
-    if bad:  # a model that diverged is never a checkpoint (issue 23): the last finite one stays the newest
+    if bad:  # a model that diverged is never a checkpoint: the last finite one stays the newest
         return f"params hold {bad} value(s) that are not finite (NaN/Inf)"
     if np.shape(s.optim["m"]) != (n,):
         return f"optimizer m has shape {np.shape(s.optim['m'])}, expected ({n},)"

@@ -92,7 +92,7 @@ class Worker:
         self.grad = np.zeros(0, np.float32)
         self.uplink = ErrorFeedback(0, self.tensors, 0, False)
         self.scores: np.ndarray | None = None  # latest per-sample loss of every row of the shard
-        # exact resume and takeover (issue 23): the newest round trained, this worker's state at the start of
+        # exact resume and takeover: the newest round trained, this worker's state at the start of
         # its last rounds (when a deputy may redo them), and the state a resume restores with the first round
         self._trained = -1
         self._ring: dict[int, dict[str, Any]] = {}
@@ -578,7 +578,7 @@ class Worker:
 
     def _round(self, msg: P.Round) -> None:
         cfg, ex = self.cfg, self.cfg.executor
-        if ex.quorum < 1.0:  # quorum rounds (issue 25): the rounds sent while this worker was late are caught up
+        if ex.quorum < 1.0:  # quorum rounds: the rounds sent while this worker was late are caught up
             # on (their models applied, their faults fired, rows handed meanwhile taken) and only the newest trained
             self._poll_ctrl()
             while self._stash and isinstance(self._stash[0], (P.Round, P.Handoff)):
@@ -652,7 +652,7 @@ class Worker:
         else:
             update = local - self.replica
         payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
-        payload = F.tamper(cfg.faults, self.rank, rnd, payload)  # injected nan/corrupt faults only (issue 23)
+        payload = F.tamper(cfg.faults, self.rank, rnd, payload)  # injected nan/corrupt faults only
         rep = self._representative(local, rnd)
         self._trained = rnd
         # the round before a periodic checkpoint: the state the next round starts from goes with the reply
