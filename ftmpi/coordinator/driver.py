@@ -185,6 +185,18 @@ class Coordinator:
         finally:
             self._warn_writes()
 
+    def _let_writes_finish(self) -> None:
+        """A coordinator that leaves on an error lets the writes in flight (a checkpoint in the background)
+        finish first, within the stall limit and pinging the workers meanwhile, so that a relaunch resumes
+        from the newest checkpoint rather than an older one. Their failures no longer matter: it is leaving."""
+        step = min(0.2, max(0.05, self.cfg.executor.timeout / 4))
+        end = time.monotonic() + write_stall_limit(self.cfg.executor.timeout)
+        try:
+            while not self.writer.wait(step) and time.monotonic() < end:
+                self._service(self.state.alive)
+        except Exception:  # a failed or fenced write, or a broken channel: nothing more to keep
+            pass
+
     def apply(self, effects: list[Effect], replies: dict[int, P.Reply]) -> None:
         """Carry out ``effects`` in order, each by the handler of its type (:attr:`HANDLERS`)."""
         for e in effects:
@@ -278,6 +290,7 @@ class Coordinator:
             return self.replication.leave_replaced(Replaced(self.replication.deposed_by_run_dir()))
         except BaseException as exc:
             if isinstance(exc, FtmpiError) or not self.replication.hands_over_crash():
+                self._let_writes_finish()
                 raise  # a crash hands over once per run: the same bug would go round every worker
             # a crash with a deputy holding a replica: it takes over at once; the others follow it
             for r in self.state.alive:

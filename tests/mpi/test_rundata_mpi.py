@@ -35,9 +35,11 @@ def test_a_run_taken_over_resumes_from_the_new_coordinators_checkpoint(tmp_path)
 def test_a_relaunch_resumes_from_the_new_coordinators_checkpoint(tmp_path):
     """Rank 0 raises at round 5 (rank 1 takes over at once and checkpoints at round 10), then rank 1 raises at
     round 12: a crash hands over once per run, so the job ends as a crash and the launcher relaunches it from
-    the new coordinator's checkpoint of round 10 (the faults that fired are not replayed)."""
+    the new coordinator's checkpoint of round 10 (the faults that fired are not replayed). Every checkpoint
+    write takes 1 s (FTMPI_TEST_SLOW), so the round-10 one is still being written when rank 1 raises: a
+    coordinator leaving on an error lets it finish (a CI run once lost it and resumed from round 5)."""
     job = run_job(3, SMOKE, tmp_path / "re", "--inject", "raise:0@5", "--inject", "raise:1@12",
-                  "--max-restarts", "1", *ARGS, limit=150)
+                  "--max-restarts", "1", *ARGS, limit=150, env={"FTMPI_TEST_SLOW": "checkpoint:1"})
     assert job.rc == 0, job.err[-3000:]
     s = job.summary
     assert s["status"] == "completed" and s["resumed_from"]["round"] == 10 and s["rounds"] == 20
