@@ -290,16 +290,19 @@ class Channel:
         until: Callable[[Outcome], bool],
         on_tick: Callable[[], None] | None = None,
         tick_every: float = 1.0,
+        nap: float | None = None,
     ) -> Outcome:
         """The one wait loop. Receive from ``sources`` until ``until(outcome)`` or ``deadline``.
 
         A source that ULFM reports as failed goes to ``outcome.failed`` (only when the ULFM detector is in
         force; under the timeout detector such errors are ignored and the deadline decides). Sources still
-        silent at the deadline go to ``outcome.timed_out``. Several messages per source may arrive.
+        silent at the deadline go to ``outcome.timed_out``. Several messages per source may arrive. ``nap``:
+        the longest sleep between two looks (default :class:`Backoff`'s cap): a rank with nothing to do but
+        wait (a hot spare) naps longer and costs next to no CPU.
         """
         out = Outcome()
         live = list(sources)
-        back = Backoff()
+        back = Backoff() if nap is None else Backoff(cap=nap)
         next_tick = time.monotonic() + tick_every
         while True:
             got = False

@@ -268,6 +268,10 @@ class ExecutorConfig:
     progress: bool = _f(True, _bool)
     deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
     standby_coordinator: bool = _f(False, _bool)  # rank 1 trains nothing: it is the deputy (needs 3+ ranks)
+    # hot spares: the highest `spares` ranks train nothing and wait (blocked, a few wake-ups a second) until a
+    # worker is lost; one then takes that worker's whole shard (ftmpi/core/cluster.py). `ftmpi launch -n W`
+    # starts 1 + W + spares ranks
+    spares: int = _f(0, _int(0))
     # ULFM: rebuild the survivors' communicator (Ack_failed, Shrink, Agree) at each epoch change, in a helper
     # thread. Off by default: the star traffic never needs it, and Open MPI 5.0.11 can segfault in its failure
     # handler while a rebuild runs beside the main thread's probes (docs/NOTES.md)

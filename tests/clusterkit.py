@@ -70,7 +70,7 @@ class Kit:
         """One round in which every alive worker replies (with ``kw``, e.g. ``ready``); returns every effect."""
         s = self.state
         s.begin_round()
-        effects = self.apply([Heard(r, self.reply(r, **{k: dict(v) for k, v in kw.items()})) for r in s.alive])
+        effects = self.apply([Heard(r, self.reply(r, **{k: dict(v) for k, v in kw.items()})) for r in s.in_round()])
         self.clock += 1.0
         effects += s.end_round(self.clock)
         self.carry_out(effects)
@@ -79,7 +79,7 @@ class Kit:
 
 def make_cluster(tmp_path: Path, remap: str, n_most_rep: float = 10, selection: str = "loss", weight: str = "one",
                  sub: str = "", n: int = 400, n_classes: int = 4, workers: tuple[int, ...] = (1, 2, 3, 4),
-                 seed: int = 0, partition_kind: str = "label-skew") -> Kit:
+                 seed: int = 0, partition_kind: str = "label-skew", spares: tuple[int, ...] = ()) -> Kit:
     run_dir = Path(tmp_path) / sub if sub else Path(tmp_path)
     cfg = load_config(None, [f"executor.remap={remap}", f"optimizer.n_most_rep={n_most_rep}",
                              f"optimizer.rep_selection={selection}", f"data.partition={partition_kind}",
@@ -99,6 +99,8 @@ def make_cluster(tmp_path: Path, remap: str, n_most_rep: float = 10, selection: 
 
     policy = make_policy(remap, selection, n_most_rep, weight, standby if standby.active else None, score, data=data,
                          schedule=Schedule(cfg.model.n_iterations, cfg.executor.comm_period, cfg.model.batch_size))
-    state = ClusterState(len(y), list(workers), policy, seed, 0.0, lambda e: str(handoff_path(run_dir, e)))
+    state = ClusterState(len(y), list(workers), policy, seed, 0.0, lambda e: str(handoff_path(run_dir, e)),
+                         spares=list(spares))
+    state.apply([Heard(r, P.Hello(r, "h", 100 + r, 1)) for r in spares], 0.0)  # the spares said hello
     state.deal(dict(zip(workers, partition(y, len(workers), partition_kind, seed=seed), strict=True)))
     return Kit(state, data, standby, writer, cfg, run_dir)

@@ -21,12 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
+
 from ftmpi import faults as F
 from ftmpi.comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from ftmpi.config import FAULT_POINTS, Config
 from ftmpi.coordinator.context import Context, Tally
 from ftmpi.coordinator.deputy import Replaced, Replication, restore_staged
-from ftmpi.coordinator.files import HandoffWrite
+from ftmpi.coordinator.files import HandoffWrite, shards_by_reference, write_shards
 from ftmpi.coordinator.globalmodel import GlobalModel
 from ftmpi.coordinator.lifecycle import Lifecycle
 from ftmpi.coordinator.outputs import Outputs
@@ -35,6 +37,7 @@ from ftmpi.coordinator.staging import Standby
 from ftmpi.core import protocol as P
 from ftmpi.core.cluster import (
     Accept,
+    Adopt,
     Chosen,
     ClusterState,
     Effect,
@@ -47,7 +50,7 @@ from ftmpi.core.cluster import (
     Stage,
     WriteHandoff,
 )
-from ftmpi.core.failover import Change, beat_period, silence_limit, takeover_state, write_stall_limit
+from ftmpi.core.failover import Change, beat_period, silence_limit, spare_ranks, takeover_state, write_stall_limit
 from ftmpi.core.handoff import Schedule, make_policy
 from ftmpi.core.kinds import How
 from ftmpi.core.quorum import Rules, close_time
@@ -121,8 +124,10 @@ class Coordinator:
         # the alive communicator: only when asked (executor.alive_comm), and not after a takeover (see failover)
         self.rebuilds = takeover is None and cfg.executor.alive_comm
         if takeover is None:
-            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size) if r not in (self.me, spare)],
-                                      policy, cfg.model.seed, launch, hfile)
+            spares = spare_ranks(ch.size, ex.spares)  # hot spares: the highest ranks (executor.spares)
+            self.state = ClusterState(len(data.y_train), [r for r in range(ch.size)
+                                                          if r not in (self.me, spare) and r not in spares],
+                                      policy, cfg.model.seed, launch, hfile, spares)
         else:
             restore_staged(self.standby, takeover[0])
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
@@ -158,7 +163,7 @@ class Coordinator:
         now = time.monotonic()
         if force or now >= self._next_ping:
             spare = self.replication.spare
-            for r in ranks + ([spare] if spare >= 0 else []):
+            for r in ranks + ([spare] if spare >= 0 else []) + sorted(self.state.spares):  # idle spares too
                 self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.replication.deputy,
                                                  self.state.term))
             self._next_ping = now + beat_period(self.cfg.executor.timeout)
@@ -228,6 +233,17 @@ class Coordinator:
     def _on_stage(self, e: Stage, replies: dict[int, P.Reply]) -> None:
         self._stage(e.ranks)
 
+    def _on_adopt(self, e: Adopt, replies: dict[int, P.Reply]) -> None:
+        """A spare takes a lost worker's whole shard: its shard file is written now (rows by reference where
+        it shares this host, else its rows), before the next round message, which carries its setup and the
+        whole model; the survivors train on meanwhile."""
+        m = self.state.members[e.rank]
+        self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
+        weight = np.ones(len(self.data.y_train))
+        weight[e.ids] = e.weights
+        write_shards(self.run_dir, self.data, {e.rank: e.ids}, weight, shards_by_reference(self.data, [m.host]),
+                     self.cfg.data.compress_shards)
+
     def _on_rebuild(self, e: Rebuild, replies: dict[int, P.Reply]) -> None:
         """Rebuild the alive communicator at the end of the round, under ULFM, when every rank declared dead is
         one ULFM knows failed (a hung or exited rank it does not know would keep the shrink from completing)."""
@@ -243,6 +259,7 @@ class Coordinator:
         SendHandoff: _on_send_handoff,
         Stage: _on_stage,
         Rebuild: _on_rebuild,
+        Adopt: _on_adopt,
     }
 
     # -------------------------------------------------------------------------------- helpers
@@ -373,10 +390,12 @@ class Coordinator:
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
         deputy = self.replication.name_deputy()
         for r in s.alive:
+            fresh = r in s.adopting  # a spare that took a lost worker's shard: its first round, the whole model
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
-                          self.gm.model.sizes.tolist()) if setup else None
+                          self.gm.model.sizes.tolist()) if setup or fresh else None
+            params, whole = (self.gm.W_bcast.copy(), True) if fresh and not full else (payload, full)
             # a rebalanced straggler is given fewer iterations (ftmpi.core.quorum; all of them under quorum 1.0)
-            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, full, payload, how,
+            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, whole, params, how,
                                               self.standby.news_for(r, plans), self.pending_rebuild, deputy,
                                               s.term))
         self.replication.round_sent(rnd)
@@ -413,7 +432,8 @@ class Coordinator:
             if close is not None and now >= start + close:
                 return replies
             due = min(heard.get(r, start) for r in waiting) + limit
-            sources = [r for r in s.alive + sorted(s.suspects) if r not in self._silent]
+            # idle spares too: MPI may report one failed (they send nothing else here while idle)
+            sources = [r for r in s.alive + sorted(s.spares) + sorted(s.suspects) if r not in self._silent]
             deadline = min(max(due, now), now + tick)
             out = self.ch.poll(sources, TAG_REPLY, deadline if close is None else min(deadline, start + close),
                                until=lambda o: bool(o.messages or o.failed) or self._written())
@@ -424,7 +444,7 @@ class Coordinator:
                 events += [self.ctx.heard(r, m) for m in ms if not isinstance(m, P.Beat)]
             for r in out.failed:
                 self._silent.add(r)
-                if r in s.alive:  # acted on at once: the survivors take the rows between two steps
+                if r in s.alive or r in s.spares:  # acted on at once: the survivors take the rows between two steps
                     events.append(Lost(r, How.ULFM, "", self.ctx.mark(r)))
             if events:
                 effects = s.apply(events, time.time())

@@ -75,7 +75,7 @@ class Lifecycle:
         ex = ctx.cfg.executor
         if ex.deputy or ex.standby_coordinator:  # a takeover reads the test set from the run dir
             self._test_write = EvalSetWrite(ctx.run_dir, ctx.data)
-        ranks = list(ctx.state.members)
+        ranks = list(ctx.state.members) + sorted(ctx.state.spares)  # the hot spares say hello too
         # startup_timeout, not timeout: a worker says hello once its kernels are loaded (or compiled, on a
         # cold numba cache: seconds) so that round 0 is as quick as any other. The workers that said hello
         # are pinged every beat meanwhile: a late one costs the others time, not their deadline.
@@ -274,6 +274,9 @@ class Lifecycle:
                         "takeovers": [{k: c.get(k) for k in ("round", "new", "exact", "why")}
                                       for c in doc["coordinator_changes"]]}
         doc["screen"] = gm.screen.record()  # updates rejected by rank 0 (ftmpi.core.screen)
+        doc["spares"] = {"configured": ex.spares, "idle": sorted(s.spares),  # hot spares: who took which shard
+                         "used": [d for d in s.spare_log if "took" in d],
+                         "lost": [d for d in s.spare_log if d.get("lost")]}
         rep.check_replaced(now=True)  # the verdict is the current term's alone
         try:
             write_json_atomic(ctx.run_dir / "summary.json", doc)
@@ -282,7 +285,7 @@ class Lifecycle:
                              f"{' '.join(str(exc).split())}\n")
             code = EXIT_DISK
         write_status(code)
-        alive = s.alive
+        alive = s.alive + sorted(s.spares)  # idle spares are stopped and say goodbye like the workers
         for r in alive + ([rep.spare] if rep.spare >= 0 else []):
             ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round, s.term))
         for r in sorted(s.suspects):  # declared lost by deadline: one that wakes up later leaves at once, told why
@@ -308,7 +311,9 @@ class Lifecycle:
         me = hostname()
         s = self.ctx.state
         for r in sorted(s.suspects | set(unanswered or ())):
-            m = s.members[r]
+            m = s.members[r] if r in s.members else s.spares.get(r)
+            if m is None:  # a spare declared lost while idle (its record is in spare_log)
+                continue
             if m.host == me:
                 kill_if_same(m.pid, m.start_time)
         self.replication.end_lost_coordinators()

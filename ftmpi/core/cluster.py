@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from ftmpi.core import protocol as P
-from ftmpi.core.events import Accept, Chosen, Effect, Expel, Heard, Log, Lost, Rebuild, SendHandoff, Stage, WriteHandoff
+from ftmpi.core.events import (Accept, Adopt, Chosen, Effect, Expel, Heard, Log, Lost, Rebuild, SendHandoff, Stage,
+                               WriteHandoff)
 from ftmpi.core.handoff import Policy, Scored
 from ftmpi.core.kinds import How, Phase
 from ftmpi.core.partition import Ownership, assign_handoff
 from ftmpi.core.quorum import Stragglers
 
-__all__ = ["Accept", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "How", "Log", "Lost", "Member",
+__all__ = ["Accept", "Adopt", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "How", "Log", "Lost", "Member",
            "Phase", "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
 
 
@@ -65,6 +66,8 @@ class Failure:
     rows_prefetched: int = 0  # of the rows handed, those the survivors had read ahead (in memory at the loss)
     row_weight: float | None = None  # rep_weight shard: M/k, the weight of one draw of the dead shard's rows
     rows_orphaned: int = 0  # rows kept unowned because no worker was left (a resume re-assigns them)
+    spare: int | None = None  # the hot spare that took the whole shard (then nothing was handed to survivors)
+    rows_to_spare: int = 0
 
     def __post_init__(self) -> None:
         self.how = How(self.how)
@@ -85,10 +88,15 @@ class ClusterState:
         seed: The run's seed (deals are seeded from it and the epoch).
         launch_time: Wall time this launch began: a fault mark older than it is never attributed.
         handoff_file: Epoch -> the path of that epoch's handoff file (a name, nothing is opened).
+        spares: World ranks of the hot spares (``executor.spares``): members that train nothing until a worker
+            is lost; the first idle one that said hello then takes the lost worker's whole shard
+            (:class:`Adopt`), and the survivors are handed nothing. A worker that never joins is stood in for
+            at the deal. Without a spare left, losses are handed over as before.
     """
 
     def __init__(self, n_rows: int, workers: list[int], policy: Policy, seed: int = 0, launch_time: float = 0.0,
-                 handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5") -> None:
+                 handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5",
+                 spares: list[int] | tuple[int, ...] = ()) -> None:
         self.policy, self.seed, self.launch_time, self.handoff_file = policy, seed, launch_time, handoff_file
         self.phase = Phase.JOINING
         self.coordinator = 0  # the coordinator's rank (a deputy that took over: its own)
@@ -114,6 +122,12 @@ class ClusterState:
         self._replied: set[int] = set()
         # quorum rounds (executor.quorum < 1, ftmpi.core.quorum): the workers' pace, late replies, rebalancing
         self.stragglers = Stragglers()
+        self.spares: dict[int, Member] = {r: Member(r) for r in spares}  # idle hot spares
+        self.spare_log: list[dict[str, Any]] = []  # one record per spare that took a shard, or was lost idle
+        self.adopting: dict[int, int] = {}  # spare -> the epoch it took a shard in, until its first reply
+        self._starts: dict[int, int] = {}  # spare -> the first round it trains (the one after it took the shard)
+        self._joined_spares: set[int] = set()  # idle spares that said hello (only those can take a shard)
+        self._now = 0.0
 
     # ------------------------------------------------------------------------------------------ views
     @property
@@ -188,16 +202,21 @@ class ClusterState:
         if self.stragglers.rules.active:
             self.stragglers.begin(self.round, self.epoch, iters)
 
+    def in_round(self) -> list[int]:
+        """Alive workers this round is sent to: all but a spare that took a shard during it (it starts with
+        the next round)."""
+        return [r for r in self.alive if self._starts.get(r, 0) <= self.round]
+
     def waiting_for(self) -> list[int]:
-        """Alive workers that have not replied in this round."""
-        return [r for r in self.alive if r not in self._replied]
+        """Alive workers of this round that have not replied in it."""
+        return [r for r in self.in_round() if r not in self._replied]
 
     def end_round(self, now: float) -> list[Effect]:
         """The round's replies are in (or its deadline passed, and :class:`Lost` was applied): note recoveries,
         restage the shards that changed once no loss awaits recovery, and move to the next round."""
         out: list[Effect] = []
         if self.stragglers.rules.active:  # a quorum round: who was late, who is rebalanced (logged)
-            out += [Log(t, tb=t, kind="straggler") for t in self.stragglers.close(self.round, self.alive,
+            out += [Log(t, tb=t, kind="straggler") for t in self.stragglers.close(self.round, self.in_round(),
                                                                                    self._replied)]
         if self._awaiting and self.alive and not self.waiting_for():
             self._recovered(now)
@@ -213,6 +232,7 @@ class ClusterState:
         that came with the worker's reply) is handled together, in one new epoch."""
         out: list[Effect] = []
         lost: list[Lost] = []
+        self._now = now
         for ev in events:
             if isinstance(ev, Lost):
                 lost.append(ev)
@@ -226,6 +246,14 @@ class ClusterState:
 
     def _heard(self, ev: Heard, msg: Any, lost: list[Lost]) -> list[Effect]:
         src = ev.src
+        if src in self.spares:  # an idle spare only says hello (its beats and suspicions go to the driver)
+            if isinstance(msg, P.Hello):
+                sp = self.spares[src]
+                sp.host, sp.pid, sp.start_time = msg.host, int(msg.pid), int(msg.start_time)
+                self._joined_spares.add(src)
+            elif isinstance(msg, P.Error):
+                lost.append(Lost(src, How.ERROR, msg.error, ev.mark))
+            return []
         m = self.members.get(src)
         if m is None or not m.alive:  # a rank declared dead speaks: a zombie; it is told to leave
             self.stale += 1
@@ -262,6 +290,8 @@ class ClusterState:
         ``round``): its representative ids, handoff readiness and unreadable slices are taken."""
         if isinstance(self.policy, Scored):
             m.rep = np.asarray(msg.rep, np.int64)
+        if src in self.adopting:  # a spare's first reply: it trained on the shard it took
+            self._ready.setdefault(self.adopting.pop(src), {})[src] = self._now
         for e, wall in msg.ready.items():
             self._ready.setdefault(int(e), {})[src] = float(wall)
         for e, n in msg.prefetched.items():
@@ -332,6 +362,9 @@ class ClusterState:
         dead: list[int] = []
         failures: list[Failure] = []
         for ev in events:
+            if ev.rank in self.spares:
+                out += self._lose_spare(ev)
+                continue
             m = self.members.get(ev.rank)
             if m is None or not m.alive or ev.rank in dead:
                 continue
@@ -354,12 +387,79 @@ class ClusterState:
                 # them must not take over from its stale replica)
                 out.append(Expel(ev.rank, f"declared dead at round {self.round} ({ev.how}"
                                           + (f": {ev.reason}" if ev.reason else "") + "); its messages are ignored"))
+        if dead and self.phase is Phase.JOINING:  # not dealt yet: a spare stands in, its rows dealt to it
+            for r in dead:
+                sp = self._idle_spare()
+                if sp is not None:
+                    self.members[sp] = self.spares.pop(sp)
+                    self.spare_log.append({"spare": sp, "took": r, "round": self.round, "epoch": self.epoch,
+                                           "rows": 0, "at_deal": True})
+                    out.append(Log(f"spare {sp} stands in for worker {r} (lost before the deal)",
+                                   tb=f"spare {sp} stands in for worker {r}", kind="spare"))
         if not dead or self.phase is not Phase.TRAINING:
             return out
         return out + self._handoff(dead, failures)
 
+    def _idle_spare(self) -> int | None:
+        """The lowest idle spare that said hello, or None."""
+        ready = sorted(r for r in self.spares if r in self._joined_spares)
+        return ready[0] if ready else None
+
+    def _lose_spare(self, ev: Lost) -> list[Effect]:
+        """An idle spare is gone: nothing of the training changes; it is logged (and told to leave, if it may
+        only be stopped)."""
+        self.spares.pop(ev.rank)
+        self._joined_spares.discard(ev.rank)
+        self.spare_log.append({"spare": ev.rank, "lost": True, "round": self.round, "how": ev.how.value,
+                               "reason": ev.reason})
+        out: list[Effect] = [Log(f"spare {ev.rank} lost at round {self.round} ({ev.how}"
+                                 + (f": {ev.reason}" if ev.reason else "") + f"); {len(self.spares)} spare(s) left",
+                                 tb=f"spare {ev.rank} lost ({ev.how})", kind="spare")]
+        if ev.how.suspect:
+            self.suspects.add(ev.rank)
+            out.append(Expel(ev.rank, f"declared dead at round {self.round} ({ev.how}); its messages are ignored"))
+        return out
+
+    def _adopt(self, dead: list[int], failures: list[Failure]) -> dict[int, int]:
+        """Pair lost workers with idle spares (in order); each spare takes its worker's whole shard, rows and
+        weights unchanged. Returns lost rank -> spare."""
+        pairs: dict[int, int] = {}
+        for r, f in zip(dead, failures, strict=True):
+            sp = self._idle_spare()
+            if sp is None:
+                break
+            ids = self.ownership.release(r)
+            self.ownership.assign(sp, ids)
+            m = self.spares.pop(sp)
+            m.alive = True
+            self.members[sp] = m
+            self.adopting[sp] = self.epoch
+            self._starts[sp] = self.round + 1
+            f.epoch, f.spare, f.rows_to_spare = self.epoch, sp, int(len(ids))
+            self.spare_log.append({"spare": sp, "took": r, "round": self.round, "epoch": self.epoch,
+                                   "rows": int(len(ids))})
+            pairs[r] = sp
+        return pairs
+
     def _handoff(self, dead: list[int], failures: list[Failure]) -> list[Effect]:
         self.epoch += 1
+        out: list[Effect] = []
+        adopted = self._adopt(dead, failures)
+        for r, sp in adopted.items():
+            ids = self.ownership.owned(sp)
+            out.append(Adopt(sp, r, ids, self.weight[ids].copy()))
+            out.append(Log(f"epoch {self.epoch}: spare {sp} takes worker {r}'s whole shard ({len(ids)} rows) from "
+                           f"round {self.round + 1}; nothing handed to the others; {len(self.spares)} spare(s) left",
+                           tb=f"epoch {self.epoch}: spare {sp} takes worker {r}'s shard", kind="spare"))
+        self._receivers[self.epoch] = set(adopted.values())
+        self._restage |= set(adopted.values())  # its representative rows are staged once it trains
+        self._awaiting += [f for r, f in zip(dead, failures, strict=True) if r in adopted]
+        failures = [f for r, f in zip(dead, failures, strict=True) if r not in adopted]
+        dead = [r for r in dead if r not in adopted]
+        if not dead:
+            if self.alive:
+                out.append(Rebuild(sorted([self.coordinator] + self.alive)))
+            return out
         survivors = self.alive
         plan = self.policy.plan(dead, survivors, self)
         owned_by = {r: self.ownership.owned(r) for r in dead}
@@ -373,7 +473,6 @@ class ClusterState:
                 self.ownership.drop(rest)
             if not survivors:
                 f.rows_dropped, f.rows_orphaned = 0, int(len(rest))
-        out: list[Effect] = []
         path = self.handoff_file(self.epoch)
         if plan.fresh:
             out.append(WriteHandoff(self.epoch, path, dict(plan.fresh),
@@ -392,7 +491,7 @@ class ClusterState:
         self.rows_handed += n_handed
         receivers = set(plan.parts)
         self._restage |= receivers  # their choice changed with their shard: staged again once they train on it
-        self._receivers[self.epoch] = receivers
+        self._receivers[self.epoch] = receivers | self._receivers.get(self.epoch, set())
         self._awaiting += failures
         n_fresh = sum(len(v) for v in plan.fresh.values())
         # what the handed rows weigh now, after the rep_weight rule (f.row_weight is the draw's M/k)
@@ -450,6 +549,10 @@ class ClusterState:
             "sent": [(e, r, p, a, b) for e, r, p, a, b, _ in self._sent_parts()],
             "sent_ids": np.concatenate([ids for *_, ids in self._sent_parts()] + [np.zeros(0, np.int64)]),
             "stragglers": self.stragglers.snapshot(),
+            "spares": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time,
+                           "joined": r in self._joined_spares} for r, m in self.spares.items()},
+            "spare_log": [dict(d) for d in self.spare_log], "adopting": dict(self.adopting),
+            "starts": dict(self._starts),
         }
 
     def _sent_parts(self) -> list[tuple[int, int, str, int, int, np.ndarray]]:
@@ -479,6 +582,13 @@ class ClusterState:
         s._prefetched = dict(snap["prefetched"])
         s._restage = set(snap["restage"])
         s.stragglers = Stragglers.restore(snap.get("stragglers"))
+        for r, d in snap.get("spares", {}).items():
+            s.spares[int(r)] = Member(int(r), d["host"], int(d["pid"]), int(d["start_time"]))
+            if d.get("joined"):
+                s._joined_spares.add(int(r))
+        s.spare_log = [dict(d) for d in snap.get("spare_log", [])]
+        s.adopting = {int(r): int(e) for r, e in snap.get("adopting", {}).items()}
+        s._starts = {int(r): int(e) for r, e in snap.get("starts", {}).items()}
         ids, at = np.asarray(snap.get("sent_ids", np.zeros(0)), np.int64), 0
         for e, r, p, a, b in snap.get("sent", []):
             s._sent.setdefault(int(e), {}).setdefault(int(r), []).append((str(p), int(a), int(b),

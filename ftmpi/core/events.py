@@ -104,4 +104,15 @@ class Log:
     kind: str = "event"
 
 
-Effect = Accept | WriteHandoff | SendHandoff | Stage | Rebuild | Expel | Log
+@dataclass
+class Adopt:
+    """Spare ``rank`` takes lost worker ``lost``'s whole shard, ``ids`` with their ``weights`` (its shard file is
+    written before its first round message, which carries the setup and the full model)."""
+
+    rank: int
+    lost: int
+    ids: np.ndarray
+    weights: np.ndarray
+
+
+Effect = Accept | WriteHandoff | SendHandoff | Stage | Rebuild | Expel | Log | Adopt

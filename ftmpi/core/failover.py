@@ -26,7 +26,7 @@ from ftmpi.core.handoff import Policy
 from ftmpi.core.kinds import How
 
 __all__ = ["Change", "Promoted", "ReplicaKeeper", "ReplicaSender", "beat_period", "choose_deputy", "majority",
-           "silence_limit", "state_key", "takeover_state"]
+           "silence_limit", "spare_ranks", "state_key", "takeover_state"]
 
 
 class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coordinator's code in cli.py)
@@ -36,6 +36,20 @@ class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coor
     def __init__(self, replica: P.Replica, change: Change, data: Any) -> None:
         super().__init__(f"rank {change.new} takes over from rank {change.lost}")
         self.replica, self.change, self.data = replica, change, data
+
+
+def spare_ranks(size: int, spares: int) -> list[int]:
+    """The world ranks of the hot spares (``executor.spares``) in a job of ``size`` ranks: the highest ones.
+
+    Raises:
+        ConfigError: No worker would be left (rank 0 coordinates, every other rank would be a spare).
+    """
+    if spares and size - 1 - spares < 1:
+        from ftmpi.errors import ConfigError
+
+        raise ConfigError(f"executor.spares: {spares} spare(s) leave no worker in a job of {size} ranks (expected "
+                          f"at most {max(0, size - 2)}; ftmpi launch -n W starts 1 + W + spares ranks)")
+    return list(range(size - spares, size)) if spares else []
 
 
 def beat_period(timeout: float) -> float:
@@ -78,7 +92,8 @@ def state_key(s: ClusterState) -> tuple:
     the recovery bookkeeping and the rows dropped since. Representative ids chosen by the workers' scores are
     refreshed with the next snapshot only (a takeover in between uses the previous ones)."""
     return (s.epoch, len(s.failures), len(s._awaiting), sum(f.recovery_time is not None for f in s.failures),
-            s.rows_unreadable, s.rows_unwritten, s.phase.value)
+            s.rows_unreadable, s.rows_unwritten, s.phase.value, tuple(sorted(s.spares)), len(s.spare_log),
+            tuple(sorted(s.adopting)))
 
 
 class ReplicaSender:

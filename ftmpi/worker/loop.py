@@ -30,7 +30,7 @@ from ftmpi import faults as F
 from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, TAG_SUSPECT, Channel
 from ftmpi.config import FAULT_POINTS, Config
 from ftmpi.core import protocol as P
-from ftmpi.core.failover import Change, Promoted, ReplicaKeeper, beat_period, majority, silence_limit
+from ftmpi.core.failover import Change, Promoted, ReplicaKeeper, beat_period, majority, silence_limit, spare_ranks
 from ftmpi.core.handoff import SCORED, rep_count, select_representative
 from ftmpi.core.kinds import How
 from ftmpi.errors import EXIT_COORDINATOR_LOST, CoordinatorLost, DataError, Expelled, PeerError, PeerFailed, PeerTimeout
@@ -97,6 +97,10 @@ class Worker:
         self._trained = -1
         self._ring: dict[int, dict[str, Any]] = {}
         self._restore: P.Restore | None = None
+        # a hot spare (executor.spares) waits, napping, until it is given a lost worker's shard
+        self.spare = bool(cfg.executor.spares) and self.rank in spare_ranks(ch.size, cfg.executor.spares)
+        self._nap: float | None = None
+        self._early: list[P.Handoff] = []  # rows handed to a spare before its first round (set up with it)
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
@@ -167,7 +171,7 @@ class Worker:
             tick, every = self._peek_deputy, beat_period(self.cfg.executor.timeout)
         out = self.ch.poll(sources, TAG_CTRL, t0 + timeout,
                            until=lambda o: bool(o.messages) or bool(self._stash) or (deputy and self._majority_lost()),
-                           on_tick=tick, tick_every=every)
+                           on_tick=tick, tick_every=every, nap=self._nap)
         if not out.messages and self._stash:
             return self._stash.pop(0)
         if out.messages:
@@ -367,7 +371,10 @@ class Worker:
         self._faults_at(FAULT_POINTS["start"])
         pid = os.getpid()
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
-        msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
+        if self.spare:
+            msg = self._wait_as_spare()
+        else:
+            msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
         while isinstance(msg, P.Restore):  # an exact resume: applied with the first round's setup
             self._restore = msg
             msg = self._wait_ctrl(cfg.executor.startup_timeout, "start-up (waiting for the shard)")
@@ -378,6 +385,10 @@ class Worker:
                 self.load_local_state(self._restore.state)
             self._restore = None
             mark("shard")
+            for h in self._early:  # a spare: rows handed to it before it was set up
+                self._take_handoff(h)
+                self._unstamped.append(h.epoch)
+            self._early = []
         while True:
             if isinstance(msg, P.Stop):
                 self._faults_at(FAULT_POINTS["finish"])
@@ -398,6 +409,30 @@ class Worker:
                                       f"waiting for round {getattr(msg, 'round', '?')}")
             except CoordinatorLost as lost:
                 msg = self._failover(lost)
+
+    def _wait_as_spare(self) -> Any:
+        """A hot spare (``executor.spares``): train nothing and wait, napping between looks (a few wake-ups a
+        second), for the round message that gives it a lost worker's shard (its setup and the whole model), or
+        for the end of the run. It answers pings as any worker does (they extend its deadline), follows a
+        coordinator that took over, and keeps the rows handed to it before its first round for after its
+        setup. Returns that round message, or Stop / Exit."""
+        cfg = self.cfg
+        self._nap = 0.05
+        timeout, then = cfg.executor.startup_timeout, silence_limit(cfg.executor.timeout)
+        try:
+            while True:
+                try:
+                    msg = self._wait_ctrl(timeout, "hot spare (waiting for a lost worker's shard)", then)
+                except CoordinatorLost as lost:
+                    msg = self._failover(lost)
+                timeout = then
+                if isinstance(msg, P.Handoff):
+                    self.epoch = max(self.epoch, msg.epoch)
+                    self._early.append(msg)
+                elif isinstance(msg, (P.Round, P.Stop, P.Exit)):
+                    return msg
+        finally:
+            self._nap = None
 
     def _standby(self) -> int:
         """``executor.standby_coordinator``: train nothing, keep the coordinator's replicas, take over if it is

@@ -1,0 +1,163 @@
+"""Hot spares in rank 0's cluster state, in process (issue 24): a spare takes a lost worker's whole shard
+(nothing handed to the survivors, coverage and every class's mass unchanged), a spare lost before or while it
+takes over, two losses and one spare, a spare that stands in for a worker that never joined, and an adopted
+spare named deputy and then promoted. Real handoff files are written and read back where rows move."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ftmpi.core import protocol as P
+from ftmpi.core.cluster import Adopt, ClusterState, Heard, Lost, SendHandoff, WriteHandoff
+from ftmpi.core.failover import choose_deputy, spare_ranks, state_key, takeover_state
+from ftmpi.core.handoff import make_policy
+from ftmpi.errors import ConfigError
+from ftmpi.storage.shards import read_shard
+from tests.clusterkit import make_cluster
+from tests.unit.test_cluster import check_ownership, class_mass, of
+
+
+def _kit(tmp_path, remap="representative", selection="random", **kw):
+    return make_cluster(tmp_path, remap, n_most_rep=0.1, selection=selection, weight="shard", **kw)
+
+
+@pytest.mark.parametrize("remap,selection", [("representative", "random"), ("full", "loss"), ("none", "loss")])
+def test_a_spare_takes_the_whole_shard_and_the_survivors_get_nothing(tmp_path, remap, selection):
+    k = _kit(tmp_path, remap, selection, workers=(1, 2, 3, 4), spares=(5, 6))
+    s, y = k.state, k.data.y_train
+    before = class_mass(s, y, k.data.n_classes)
+    owned2, w2 = s.ownership.owned(2).copy(), s.weight[s.ownership.owned(2)].copy()
+    survivors = {r: s.ownership.owned(r).copy() for r in (1, 3, 4)}
+    sent, effects = k.lose(2)
+    adopt = of(effects, Adopt)
+    assert len(adopt) == 1 and adopt[0].rank == 5 and adopt[0].lost == 2
+    assert np.array_equal(adopt[0].ids, owned2) and np.array_equal(adopt[0].weights, w2)
+    assert not sent and not of(effects, WriteHandoff) and not of(effects, SendHandoff), "nothing to the survivors"
+    assert s.alive == [1, 3, 4, 5] and sorted(s.spares) == [6] and s.adopting == {5: s.epoch}
+    assert np.array_equal(s.ownership.owned(5), owned2)
+    assert all(np.array_equal(s.ownership.owned(r), ids) for r, ids in survivors.items())
+    check_ownership(s)
+    assert s.ownership.coverage() == 1.0 and np.array_equal(class_mass(s, y, k.data.n_classes), before)
+    f = s.failures[-1]
+    assert (f.spare, f.rows_to_spare, f.rows_handed, f.rows_dropped) == (5, len(owned2), 0, 0)
+    assert s.rows_handed == 0 and s.spare_log[-1] == {"spare": 5, "took": 2, "round": 0, "epoch": 1,
+                                                       "rows": len(owned2)}
+    # the spare is sent the next round (not the one in flight); the loss is recovered from once it replied
+    assert s.waiting_for() == [1, 3, 4] and s.in_round() == [1, 3, 4]
+    k.round_with_replies()
+    assert f.recovered_round is None and s.adopting == {5: 1} and s.in_round() == [1, 3, 4, 5]
+    k.round_with_replies()
+    assert f.recovered_round == 1 and f.handoff_time is not None and not s.adopting
+
+
+def test_a_spare_lost_while_idle_changes_nothing_and_the_next_loss_is_handed_over(tmp_path):
+    k = _kit(tmp_path, workers=(1, 2, 3), spares=(4,))
+    s = k.state
+    before = class_mass(s, k.data.y_train, k.data.n_classes)
+    _, effects = k.lose(4)
+    assert not s.spares and s.alive == [1, 2, 3] and s.epoch == 0 and not s.failures
+    assert s.spare_log[-1]["lost"] and np.array_equal(class_mass(s, k.data.y_train, k.data.n_classes), before)
+    sent, effects = k.lose(2)
+    assert not of(effects, Adopt) and set(sent) <= {1, 3} and sent, "no spare left: today's handoff"
+
+
+def test_a_spare_that_never_said_hello_takes_nothing(tmp_path):
+    k = _kit(tmp_path, workers=(1, 2, 3))
+    s = k.state
+    s.spares[4] = type(next(iter(s.members.values())))(4)  # a spare of the job that never said hello
+    _, effects = k.lose(2)
+    assert not of(effects, Adopt) and 4 in s.spares
+
+
+def test_a_spare_lost_while_it_takes_over_hands_the_shard_to_the_survivors(tmp_path):
+    """Lost after it was given the shard and before its first reply: the shard is handed over from it as
+    from any worker (no spare left), and nothing is lost."""
+    k = _kit(tmp_path, "full", "loss", workers=(1, 2, 3), spares=(4,))
+    s, y = k.state, k.data.y_train
+    before = class_mass(s, y, k.data.n_classes)
+    owned2 = s.ownership.owned(2).copy()
+    k.lose(2)
+    assert 4 in s.adopting
+    sent, effects = k.lose(4)
+    assert set(sent) == {1, 3} and not of(effects, Adopt)
+    check_ownership(s)
+    assert s.ownership.coverage() == 1.0 and np.allclose(class_mass(s, y, k.data.n_classes), before)
+    # the survivors read worker 2's rows back from the real handoff file
+    got = np.concatenate([read_shard(seg.path, (seg.start, seg.stop)).ids for m in sent.values() for seg in m.segments])
+    assert np.array_equal(np.sort(got), np.sort(owned2))
+    k.round_with_replies(ready={s.epoch: 1.0})
+    assert all(f.recovered_round is not None for f in s.failures)
+
+
+@pytest.mark.parametrize("remap,selection", [("full", "loss"), ("representative", "random")])
+def test_two_losses_and_one_spare(tmp_path, remap, selection):
+    k = _kit(tmp_path, remap, selection, workers=(1, 2, 3, 4), spares=(5,))
+    s, y = k.state, k.data.y_train
+    before = class_mass(s, y, k.data.n_classes)
+    owned2 = s.ownership.owned(2).copy()
+    sent, effects = k.lose(2, 3)
+    adopt = of(effects, Adopt)
+    assert [(a.rank, a.lost) for a in adopt] == [(5, 2)] and np.array_equal(adopt[0].ids, owned2)
+    assert np.all(np.isin(owned2, s.ownership.owned(5)))
+    assert sent and set(sent) <= {1, 4, 5}, "worker 3's rows go to the others, the spare among them"
+    f2, f3 = s.failures[-2:]
+    assert f2.spare == 5 and f3.spare is None and f3.rows_handed > 0 and f2.epoch == f3.epoch == s.epoch
+    check_ownership(s)
+    mass = class_mass(s, y, k.data.n_classes)
+    if remap == "full":
+        assert s.ownership.coverage() == 1.0 and np.allclose(mass, before)
+    else:  # representative rows weighted by the shard they stand for: every class keeps its mass in expectation
+        assert np.allclose(mass.sum(), before.sum(), rtol=0.02)
+    k.round_with_replies(ready={s.epoch: 1.0})
+    k.round_with_replies(ready={s.epoch: 1.0})
+    assert f2.recovered_round == f3.recovered_round == 1
+
+
+def test_a_spare_stands_in_for_a_worker_that_never_joined(tmp_path):
+    k = _kit(tmp_path, workers=(1, 2, 3), spares=(4,))
+    # the kit dealt already: build a fresh state in the joining phase instead
+    s = ClusterState(400, [1, 2, 3], k.state.policy, 0, spares=[4])
+    s.apply([Heard(r, P.Hello(r, "h", 10 + r, 1)) for r in (1, 3, 4)], 1.0)
+    effects = s.apply([Lost(2, "never-joined", "no hello")], 2.0)
+    assert s.alive == [1, 3, 4] and not s.spares and s.spare_log[-1]["took"] == 2
+    assert any("stands in" in getattr(e, "text", "") for e in effects)
+    s.deal({r: np.arange(i, 400, 3) for i, r in enumerate(s.alive)})
+    assert s.ownership.coverage() == 1.0
+
+
+def test_an_adopted_spare_is_named_deputy_and_promoted(tmp_path):
+    k = _kit(tmp_path, "full", "loss", workers=(1, 2), spares=(3, 4))
+    s, y = k.state, k.data.y_train
+    before = class_mass(s, y, k.data.n_classes)
+    k.lose(1)
+    k.round_with_replies()
+    k.lose(2)
+    k.round_with_replies()
+    assert s.alive == [3, 4] and not s.spares
+    deputy = choose_deputy(s.alive)
+    assert deputy == 3
+    # the deputy takes over from a replica of this state (snapshot), its own rows handed to the other spare
+    rep = P.Replica(s.round, s.epoch, {}, s.snapshot(), state_key(s), None, {}, (0, "h", 1, 1), 0.0, s.term)
+    t, effects = takeover_state(rep, 3, make_policy("full", "loss", 0.1, "shard", data=k.data), 0, 0.0, 10.0,
+                                s.handoff_file)
+    assert t.alive == [4] and t.coordinator == 3 and t.term == s.term + 1
+    sent = k.carry_out(effects)
+    assert list(sent) == [4]
+    check_ownership(t)
+    assert t.ownership.coverage() == 1.0 and np.allclose(class_mass(t, y, k.data.n_classes), before)
+    assert [d["spare"] for d in t.spare_log] == [3, 4]
+
+
+def test_snapshot_and_restore_keep_the_spares(tmp_path):
+    k = _kit(tmp_path, workers=(1, 2, 3), spares=(4, 5))
+    s = k.state
+    k.lose(2)
+    r = ClusterState.restore(s.snapshot(), s.policy)
+    assert sorted(r.spares) == [5] and r.adopting == s.adopting and r.spare_log == s.spare_log
+    assert r._idle_spare() == 5 and state_key(r) == state_key(s)
+
+
+def test_spare_ranks_are_the_highest_and_leave_a_worker():
+    assert spare_ranks(6, 1) == [5] and spare_ranks(6, 0) == [] and spare_ranks(3, 1) == [2]
+    with pytest.raises(ConfigError, match="executor.spares"):
+        spare_ranks(3, 2)
