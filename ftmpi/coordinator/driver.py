@@ -152,6 +152,7 @@ class Coordinator:
         if takeover is not None:
             self.replication.from_replica(*takeover)
         self.pending_rebuild: list[int] | None = None
+        self._spares_told = -1  # the deputy the idle spares were last told of
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
@@ -389,7 +390,11 @@ class Coordinator:
         payload, full, lr = self.gm.payload(rnd, iters, first)
         plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
         deputy = self.replication.name_deputy()
-        for r in s.alive:
+        if deputy != self._spares_told:  # idle spares get no round message: told at once whom to follow
+            for r in sorted(s.spares):
+                self.ch.send(r, TAG_CTRL, P.Ping(s.epoch, s.round, deputy, s.term))
+            self._spares_told = deputy
+        for r in s.in_round():  # not a spare that took a shard during the round in flight: it starts with the next
             fresh = r in s.adopting  # a spare that took a lost worker's shard: its first round, the whole model
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup or fresh else None

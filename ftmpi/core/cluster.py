@@ -268,7 +268,7 @@ class ClusterState:
             lost.append(Lost(src, How.ERROR, msg.error, ev.mark))
             return []
         if isinstance(msg, P.Reply) and msg.round == self.round and msg.epoch >= self._round_epoch \
-                and src not in self._replied:
+                and src not in self._replied and self._starts.get(src, 0) <= self.round:
             # >= the round's epoch: a loss handled during the round moved rank 0 on
             self._replied.add(src)
             if self.stragglers.rules.active:

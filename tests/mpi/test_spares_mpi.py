@@ -1,0 +1,53 @@
+"""Hot spares in real mpirun jobs (issue 24): ``jobs/local.sh 3 ... --set executor.spares=1`` runs 1 + 3 + 1
+ranks; a SIGKILLed worker's whole shard goes to the spare (its shard file holds exactly the lost worker's
+rows), the survivors are handed nothing and coverage stays 1.0; a spare lost before it is needed leaves the
+handoff as it was; when the coordinator is killed, the deputy takes over and the spare takes the deputy's
+rows. Each job runs under a hard time limit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ftmpi.storage.shards import list_handoffs, read_shard, shard_path
+from tests.mpirun import ROOT, needs_mpi, run_job
+
+pytestmark = [pytest.mark.mpi, needs_mpi]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+ARGS = ("--set", "executor.timeout=2", "--set", "executor.spares=1")
+
+
+def test_a_spare_takes_a_killed_workers_whole_shard(tmp_path):
+    run = tmp_path / "s"
+    job = run_job(3, SMOKE, run, "--inject", "kill:2@8", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coverage"] == 1.0 and s["ranks"] == 5
+    (f,) = s["failures"]
+    assert (f["rank"], f["spare"], f["rows_handed"], f["recovered_round"]) == (2, 4, 0, 9)
+    assert s["spares"]["used"] == [{"spare": 4, "took": 2, "round": 8, "epoch": 1, "rows": f["rows_to_spare"]}]
+    assert not list_handoffs(run), "nothing handed to the survivors"
+    took, lost = read_shard(shard_path(run, 4)), read_shard(shard_path(run, 2))
+    assert np.array_equal(np.sort(took.ids), np.sort(lost.ids)) and len(took.ids) == f["rows_to_spare"]
+    rows = job.metrics()
+    assert [int(r["alive_workers"]) for r in rows][9:] == [3] * (len(rows) - 9)
+
+
+def test_a_spare_lost_before_it_is_needed_leaves_the_handoff_as_it_was(tmp_path):
+    job = run_job(3, SMOKE, tmp_path / "l", "--inject", "kill:4@start", "--inject", "kill:2@8", *ARGS,
+                  "--set", "executor.remap=full", limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coverage"] == 1.0 and not s["spares"]["used"]
+    assert [d["spare"] for d in s["spares"]["lost"]] == [4]
+    (f,) = s["failures"]
+    assert f["rank"] == 2 and f["spare"] is None and f["rows_handed"] > 0
+
+
+def test_the_coordinator_killed_its_deputy_takes_over_and_the_spare_takes_the_deputys_rows(tmp_path):
+    run = tmp_path / "c"
+    job = run_job(3, SMOKE, run, "--inject", "kill:0@8", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coordinator"] == 1 and s["coverage"] == 1.0
+    assert [(d["spare"], d["took"]) for d in s["spares"]["used"]] == [(4, 1)]
+    assert np.array_equal(np.sort(read_shard(shard_path(run, 4)).ids), np.sort(read_shard(shard_path(run, 1)).ids))
