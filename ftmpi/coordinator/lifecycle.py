@@ -274,6 +274,10 @@ class Lifecycle:
                         "takeovers": [{k: c.get(k) for k in ("round", "new", "exact", "why")}
                                       for c in doc["coordinator_changes"]]}
         doc["screen"] = gm.screen.record()  # updates rejected by rank 0 (ftmpi.core.screen)
+        doc["rejected_updates"] = doc["screen"]["rejected"]
+        st = s.stragglers  # quorum rounds (ftmpi.core.quorum): what the straggler rules did over the run
+        doc["stragglers"] = {"quorum": ex.quorum, "late_folded": st.folded, "late_dropped": st.dropped,
+                             "rebalances": st.rebalances, "rebalanced_now": sorted(int(r) for r in st.share)}
         doc["spares"] = {"configured": ex.spares, "idle": sorted(s.spares),  # hot spares: who took which shard
                          "used": [d for d in s.spare_log if "took" in d],
                          "lost": [d for d in s.spare_log if d.get("lost")]}

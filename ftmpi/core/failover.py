@@ -93,7 +93,7 @@ def state_key(s: ClusterState) -> tuple:
     refreshed with the next snapshot only (a takeover in between uses the previous ones)."""
     return (s.epoch, len(s.failures), len(s._awaiting), sum(f.recovery_time is not None for f in s.failures),
             s.rows_unreadable, s.rows_unwritten, s.phase.value, tuple(sorted(s.spares)), len(s.spare_log),
-            tuple(sorted(s.adopting)))
+            tuple(sorted(s.adopting)), s.stragglers.rebalances)
 
 
 class ReplicaSender:

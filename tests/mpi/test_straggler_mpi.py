@@ -47,6 +47,9 @@ def test_quorum_rounds_fold_the_stragglers_replies_and_rebalance_it(tmp_path):
     assert any(int(r["rebalanced"]) == 1 for r in rows), "the straggler is given fewer iterations"
     assert "worker 2 is a chronic straggler" in job.err + job.out, "rank 0 logs the rebalancing"
     assert s["final_test_acc"] > 0.80
+    st = s["stragglers"]  # the run's totals in summary.json, as the rows count them
+    assert st["quorum"] == 0.75 and st["late_folded"] == sum(int(r["late_folded"]) for r in rows)
+    assert st["late_dropped"] == int(rows[-1]["late_dropped"]) and st["rebalances"] >= 1
     marks = list((tmp_path / "q" / "faults").glob("rank-2.json"))
     assert marks, "the slowdown is recorded like any injected fault"
 
@@ -58,3 +61,5 @@ def test_quorum_one_waits_for_the_straggler_and_changes_nothing_else(tmp_path):
     assert slow.summary["failures"] == [] and slow.summary["status"] == "completed"
     assert _numbers(slow) == _numbers(clean), "quorum 1.0: the same losses and accuracies, round by round"
     assert all(int(r["late_folded"]) == 0 and int(r["rebalanced"]) == 0 for r in slow.metrics())
+    assert slow.summary["stragglers"] == {"quorum": 1.0, "late_folded": 0, "late_dropped": 0, "rebalances": 0,
+                                          "rebalanced_now": []}

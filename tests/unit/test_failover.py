@@ -121,3 +121,12 @@ def test_restore_keeps_the_coordinator_rank(tmp_path):
     c = make_cluster(tmp_path, "full")
     c.state.coordinator = 3
     assert ClusterState.restore(c.state.snapshot(), c.state.policy).coordinator == 3
+
+
+def test_the_replica_state_is_sent_again_when_a_straggler_is_rebalanced(tmp_path):
+    """A deputy must take over with the rebalancing as it stands (a rebalanced worker's fewer iterations),
+    so a rebalancing decision changes the state key, as a loss does."""
+    s = make_cluster(tmp_path, "full").state
+    key = state_key(s)
+    s.stragglers.rebalances += 1
+    assert state_key(s) != key
