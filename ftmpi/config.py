@@ -268,6 +268,9 @@ class ExecutorConfig:
     progress: bool = _f(True, _bool)
     deputy: bool = _f(True, _bool)  # a worker holds a replica of rank 0's state and takes over if it is lost
     standby_coordinator: bool = _f(False, _bool)  # rank 1 trains nothing: it is the deputy (needs 3+ ranks)
+    # a training deputy that takes over goes on training its own rows in the coordinator's process: the run keeps
+    # every worker and the takeover changes nothing (exact); false: its rows are handed over as a lost worker's
+    deputy_keeps_rows: bool = _f(True, _bool)
     # hot spares: the highest `spares` ranks train nothing and wait (blocked, a few wake-ups a second) until a
     # worker is lost; one then takes that worker's whole shard (ftmpi/core/cluster.py). `ftmpi launch -n W`
     # starts 1 + W + spares ranks

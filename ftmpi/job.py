@@ -151,7 +151,8 @@ def train(args: argparse.Namespace) -> int:
                 from ftmpi.coordinator.driver import take_over
 
                 _take_lock_over(ch, run_dir, p.change.lost_id)
-                code = take_over(ch, cfg, run_dir, p.replica, p.change, p.data)
+                code = take_over(ch, cfg, run_dir, p.replica, p.change, p.data,
+                                 p.worker if cfg.executor.deputy_keeps_rows else None)
     except FtmpiError as exc:
         code = exc.exit_code
         if not getattr(exc, "quiet", False):

@@ -86,6 +86,8 @@ class Context:
 class Driver(Protocol):
     """What the parts ask of the round driver."""
 
+    local: Any  # a coordinator that trains its own rows (a deputy that took over): its worker, else None
+
     def apply(self, effects: list[Effect], replies: dict[int, P.Reply]) -> None:
         """Carry out ``effects`` in order (an accepted reply goes into ``replies``)."""
 

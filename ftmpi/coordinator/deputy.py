@@ -76,7 +76,8 @@ class Replication:
         self._unflushed = False  # a replica of a changed state went out this round
         self._next_fence_check = 0.0
         self.fence: Fence | None = None  # this coordinator's term in the run dir (set by the driver)
-        self._trained_before = False  # this process took over as a deputy that trained (its rows were handed)
+        self._trained_before = False  # this process took over as a deputy that trained
+        self.kept = False  # ... and goes on training its rows in this process (else they were handed over)
 
     # ------------------------------------------------------------------------------------- takeover
     def from_replica(self, rep: P.Replica, change: Change) -> None:
@@ -142,7 +143,7 @@ class Replication:
         assert self.change is not None
         gm, s = self.ctx.gm, self.ctx.state
         why = []
-        if self._trained_before:
+        if self._trained_before and not self.kept:
             why.append(f"the deputy (rank {self.ctx.ch.rank}) was a training worker: it stopped training and its "
                        "rows were handed over, as a lost worker's (executor.standby_coordinator keeps the training "
                        "workers as they were)")
@@ -175,7 +176,8 @@ class Replication:
 
     def _choose_deputy(self) -> int:
         s = self.ctx.state
-        return choose_deputy(s.alive, {r: s.members[r].host for r in s.alive}, self.identity[1])
+        others = [r for r in s.alive if r != s.coordinator]  # not a coordinator that trains its own rows
+        return choose_deputy(others, {r: s.members[r].host for r in others}, self.identity[1])
 
     def outputs_state(self) -> dict[str, Any]:
         """The counters and outputs a takeover goes on from (the replica's ``outputs``)."""

@@ -93,7 +93,7 @@ class Coordinator:
 
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, progress: Progress, t_start: float, data: Dataset,
                  resume: Snapshot | None = None, tb: TBWriter | None = None,
-                 takeover: tuple[P.Replica, Change] | None = None) -> None:
+                 takeover: tuple[P.Replica, Change] | None = None, local: Any = None) -> None:
         self.ch, self.cfg, self.run_dir, self.data = ch, cfg, Path(run_dir), data
         self.me = ch.rank
         # executor.standby_coordinator: rank 1 trains nothing and is the deputy (a takeover hands nothing over)
@@ -120,6 +120,9 @@ class Coordinator:
                                    "takeover": takeover is not None})
         hfile = lambda e: str(handoff_path(self.run_dir, e, term))  # noqa: E731
         self._effects0: list[Effect] = []  # a takeover's first effects: its own rows handed over
+        self.local: Any = None  # a deputy that took over and trains its own rows: its worker (ftmpi.worker.loop)
+        self._not_kept = ""  # why a deputy that trained did not keep its rows
+        self._own: P.Round | None = None  # this round's message to the local worker
         self.takeover = takeover
         # the alive communicator: only when asked (executor.alive_comm), and not after a takeover (see failover)
         self.rebuilds = takeover is None and cfg.executor.alive_comm
@@ -130,8 +133,11 @@ class Coordinator:
                                       policy, cfg.model.seed, launch, hfile, spares)
         else:
             restore_staged(self.standby, takeover[0])
+            # a deputy that trained goes on training its rows in this process (the run keeps its workers)
+            self.local, self._not_kept = (local, "") if local is None else _keeps_rows(local, takeover[0], self.me)
             self.state, self._effects0 = takeover_state(takeover[0], self.me, policy, cfg.model.seed, launch,
-                                                        time.time(), hfile)
+                                                        time.time(), hfile, keep=self.local is not None,
+                                                        how=takeover[1].how)
         self.state.term = term
         self.fence = Fence(self.run_dir, term)
         self.standby.term, self.standby.fence = term, self.fence
@@ -147,12 +153,19 @@ class Coordinator:
         self.ctx = Context(ch, cfg, self.run_dir, data, self.state, self.gm, self.out, self.writer, self.standby,
                            self.tally)
         self.replication = Replication(self.ctx, self, spare)
+        self.replication.kept = self.local is not None
+        if self.local is not None:  # its coordinator is now this process; its beats are this process's pings
+            w = self.local
+            w.coord, w.term, w._stash = self.me, term, []
+            w.fired |= {(self.me, f.round) for f in cfg.faults if f.rank == self.me}  # fired by the driver
+            w.on_beat = lambda: self.ping(self.state.alive)
         self.replication.fence = self.fence
         self.lifecycle = Lifecycle(self.ctx, self, self.replication, resume)
         if takeover is not None:
             self.replication.from_replica(*takeover)
         self.pending_rebuild: list[int] | None = None
         self._spares_told = -1  # the deputy the idle spares were last told of
+        self._spare_states: dict[int, dict] = {}  # spare -> the lost worker's newest known state, sent once
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
@@ -165,6 +178,8 @@ class Coordinator:
         if force or now >= self._next_ping:
             spare = self.replication.spare
             for r in ranks + ([spare] if spare >= 0 else []) + sorted(self.state.spares):  # idle spares too
+                if r == self.me:  # a coordinator that trains its own rows
+                    continue
                 self.ch.send(r, TAG_CTRL, P.Ping(self.state.epoch, self.state.round, self.replication.deputy,
                                                  self.state.term))
             self._next_ping = now + beat_period(self.cfg.executor.timeout)
@@ -190,6 +205,16 @@ class Coordinator:
                 self.writer.abandon_stalled(write_stall_limit(self.cfg.executor.timeout))
         finally:
             self._warn_writes()
+
+    def _train_own(self) -> None:
+        """A coordinator that trains its own rows (a deputy that took over) trains this round's share now, in
+        this process, while the workers train theirs; its reply reaches the collection like theirs (a message
+        to itself). Rows handed to it meanwhile are taken first."""
+        msg, self._own = self._own, None
+        if msg is None or self.local is None:
+            return
+        self.local._poll_ctrl()
+        self.local._round(msg)
 
     def _let_writes_finish(self) -> None:
         """A coordinator that leaves on an error lets the writes in flight (a checkpoint in the background)
@@ -217,6 +242,9 @@ class Coordinator:
         self.out.log(e, self.state.round)
 
     def _on_expel(self, e: Expel, replies: dict[int, P.Reply]) -> None:
+        if e.rank == self.me:  # its own rows, rejected: it stops training them (they were handed over)
+            self.local = None
+            return
         self.ch.send(e.rank, TAG_CTRL, P.Exit(e.why))
 
     def _on_write_handoff(self, e: WriteHandoff, replies: dict[int, P.Reply]) -> None:
@@ -240,6 +268,9 @@ class Coordinator:
         whole model; the survivors train on meanwhile."""
         m = self.state.members[e.rank]
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
+        st = self.gm.known_states.get(e.lost)
+        if st is not None:  # the lost worker's optimizer as of its last checkpoint, not zeros (no stale residual)
+            self._spare_states[e.rank] = {**st, "residual": np.zeros(0, np.float32)}
         weight = np.ones(len(self.data.y_train))
         weight[e.ids] = e.weights
         write_shards(self.run_dir, self.data, {e.rank: e.ids}, weight, shards_by_reference(self.data, [m.host]),
@@ -395,10 +426,17 @@ class Coordinator:
                 self.ch.send(r, TAG_CTRL, P.Ping(s.epoch, s.round, deputy, s.term))
             self._spares_told = deputy
         for r in s.in_round():  # not a spare that took a shard during the round in flight: it starts with the next
+            if r == self.me:  # its own rows, trained in this process once the others have their message
+                self._own = P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, full, payload, None,
+                                    None, None, deputy, s.term)
+                continue
             fresh = r in s.adopting  # a spare that took a lost worker's shard: its first round, the whole model
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
                           self.gm.model.sizes.tolist()) if setup or fresh else None
             params, whole = (self.gm.W_bcast.copy(), True) if fresh and not full else (payload, full)
+            if fresh and r in self._spare_states:
+                st = self._spare_states.pop(r)
+                self.ch.send(r, TAG_CTRL, P.Restore(int(st["round"]), st, s.term))
             # a rebalanced straggler is given fewer iterations (ftmpi.core.quorum; all of them under quorum 1.0)
             self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, whole, params, how,
                                               self.standby.news_for(r, plans), self.pending_rebuild, deputy,
@@ -491,6 +529,7 @@ class Coordinator:
         self._broadcast(rnd, iters, first, setup)
         self.replication.replicate()  # the state after the previous round, with its row not written yet
         self.out.write_row(self.lifecycle.evaluate)  # the previous round's row, evaluated while the workers train
+        self._train_own()
         rebuild, self.pending_rebuild = self.pending_rebuild, None
         n_failures = len(s.failures)
         late: list[P.Reply] = []  # quorum rounds: replies to earlier rounds, folded into this one
@@ -541,8 +580,26 @@ def run_coordinator(ch: Channel, cfg: Config, run_dir: Path, progress: Progress,
     return Coordinator(ch, cfg, run_dir, progress, t_start, data, resume, tb).run()
 
 
-def take_over(ch: Channel, cfg: Config, run_dir: Path, replica: P.Replica, change: Change, data: Dataset) -> int:
-    """A deputy becomes the coordinator in its own process, from its newest replica (see ftmpi.core.failover)."""
+def _keeps_rows(worker: Any, rep: P.Replica, me: int) -> tuple[Any, str]:
+    """``(worker, "")`` when the deputy's worker holds exactly the rows and weights the replica says it owns
+    (it can go on training them as the coordinator), else ``(None, why)``: its rows are then handed over."""
+    st = rep.state or {}
+    owner = np.asarray(st.get("owner", np.zeros(0)))
+    ids = np.flatnonzero(owner == me)
+    sh = worker.shard
+    mine = np.asarray(sh.ids, np.int64)
+    if len(mine) != len(ids) or not np.array_equal(np.sort(mine), ids):
+        return None, f"its rows ({len(mine)}) are not those the replica gives it ({len(ids)})"
+    w = st.get("weight")
+    if w is not None and sh.w is not None and not np.array_equal(np.asarray(w)[mine], sh.w):
+        return None, "its rows' weights are not those of the replica"
+    return worker, ""
+
+
+def take_over(ch: Channel, cfg: Config, run_dir: Path, replica: P.Replica, change: Change, data: Dataset,
+              worker: Any = None) -> int:
+    """A deputy becomes the coordinator in its own process, from its newest replica (see ftmpi.core.failover);
+    ``worker``: its worker, when it trained (it goes on training its rows in this process)."""
     tb: TBWriter | None = None
     if cfg.executor.tensorboard:
         from ftmpi.observe.tb import TBWriter
@@ -550,4 +607,5 @@ def take_over(ch: Channel, cfg: Config, run_dir: Path, replica: P.Replica, chang
         tb = TBWriter(Path(run_dir) / "tb")
     progress = Progress(cfg.executor.progress)
     progress.who = f"rank {ch.rank} (coordinator)"
-    return Coordinator(ch, cfg, run_dir, progress, time.monotonic(), data, None, tb, (replica, change)).run()
+    return Coordinator(ch, cfg, run_dir, progress, time.monotonic(), data, None, tb, (replica, change),
+                       worker).run()

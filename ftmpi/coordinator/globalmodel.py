@@ -52,6 +52,7 @@ class GlobalModel:
         self._bcast_start = self.W_bcast
         self.bcast_known = False
         self.worker_states: dict[int, dict[str, Any]] = {}
+        self.known_states: dict[int, dict[str, Any]] = {}  # each worker's newest state seen (a spare's start)
         self.redone: dict[int, int] = {}
 
     def restore(self, snap: Any) -> None:
@@ -127,6 +128,7 @@ class GlobalModel:
         """
         ex = self.cfg.executor
         self.worker_states = {r: m.state for r, m in replies.items() if getattr(m, "state", None) is not None}
+        self.known_states.update(self.worker_states)
         self.redone.update({r: m.redo for r, m in replies.items() if getattr(m, "redo", 0)})
         ranks = [r for r in sorted(replies) if replies[r].rows > 0]
         updates = {r: decode(replies[r].update, self.tensors, self.model.n_params) for r in ranks}

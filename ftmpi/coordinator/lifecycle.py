@@ -173,9 +173,11 @@ class Lifecycle:
         ``executor.timeout``; a worker that does not answer is missing from the checkpoint)."""
         ctx = self.ctx
         s, gm = ctx.state, ctx.gm
-        for r in s.alive:
+        me = ctx.ch.rank
+        own = self.driver.local  # a coordinator that trains its own rows
+        alive = [r for r in s.alive if r != me]
+        for r in alive:
             ctx.ch.send(r, TAG_CTRL, P.Collect(s.round, s.term))
-        alive = list(s.alive)
 
         def state(m: object) -> bool:
             return isinstance(m, P.State) and m.round == s.round
@@ -184,7 +186,10 @@ class Lifecycle:
                           until=lambda o: all(r in o.failed or any(state(P.coerce(m)) for m in o.messages.get(r, []))
                                               for r in alive))
         got = {r: m.state for r, ms in out.messages.items() for m in map(P.coerce, ms) if state(m)}
+        if own is not None and me in s.alive:
+            got[me] = own.local_state(s.round)
         gm.worker_states = got
+        gm.known_states.update(got)
 
     def checkpoint(self, wait: bool = False) -> None:
         """Take a consistent snapshot (after the round's row is written) and have it saved in the background
@@ -289,7 +294,8 @@ class Lifecycle:
                              f"{' '.join(str(exc).split())}\n")
             code = EXIT_DISK
         write_status(code)
-        alive = s.alive + sorted(s.spares)  # idle spares are stopped and say goodbye like the workers
+        # idle spares are stopped and say goodbye like the workers; not this process's own rows
+        alive = [r for r in s.alive if r != ch.rank] + sorted(s.spares)
         for r in alive + ([rep.spare] if rep.spare >= 0 else []):
             ch.send(r, TAG_CTRL, P.Stop(s.epoch, s.round, s.term))
         for r in sorted(s.suspects):  # declared lost by deadline: one that wakes up later leaves at once, told why
@@ -315,6 +321,8 @@ class Lifecycle:
         me = hostname()
         s = self.ctx.state
         for r in sorted(s.suspects | set(unanswered or ())):
+            if r == self.ctx.ch.rank:
+                continue
             m = s.members[r] if r in s.members else s.spares.get(r)
             if m is None:  # a spare declared lost while idle (its record is in spare_log)
                 continue

@@ -458,7 +458,7 @@ class ClusterState:
         dead = [r for r in dead if r not in adopted]
         if not dead:
             if self.alive:
-                out.append(Rebuild(sorted([self.coordinator] + self.alive)))
+                out.append(Rebuild(sorted({self.coordinator, *self.alive})))
             return out
         survivors = self.alive
         plan = self.policy.plan(dead, survivors, self)
@@ -504,7 +504,7 @@ class ClusterState:
                        f"{self.ownership.coverage():.4f})",
                        tb=f"epoch {self.epoch}: {n_handed} rows of {dead} handed to {survivors}", kind="remap"))
         if survivors:
-            out.append(Rebuild(sorted([self.coordinator] + survivors)))
+            out.append(Rebuild(sorted({self.coordinator, *survivors})))
         return out
 
     def _recovered(self, now: float) -> None:

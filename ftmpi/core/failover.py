@@ -33,9 +33,10 @@ class Promoted(Exception):  # noqa: N818 (not an error: control goes to the coor
     """Raised by a deputy's worker loop when it is to become the coordinator: cli.py then runs
     ``coordinator.take_over`` in the same process (a worker never imports the coordinator's modules)."""
 
-    def __init__(self, replica: P.Replica, change: Change, data: Any) -> None:
+    def __init__(self, replica: P.Replica, change: Change, data: Any, worker: Any = None) -> None:
         super().__init__(f"rank {change.new} takes over from rank {change.lost}")
         self.replica, self.change, self.data = replica, change, data
+        self.worker = worker  # the deputy's worker (its shard and optimizer state), when it trained
 
 
 def spare_ranks(size: int, spares: int) -> list[int]:
@@ -189,18 +190,24 @@ class Change:
 
 
 def takeover_state(rep: P.Replica, me: int, policy: Policy, seed: int, launch_time: float, now: float,
-                   handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5"
-                   ) -> tuple[ClusterState, list[Effect]]:
-    """The state the deputy ``me`` coordinates from: the replica's snapshot, with ``me`` as the coordinator
-    and its own rows handed to the other workers like a lost worker's (one new epoch). Returns the state and
-    the effects to carry out (handoff write and messages, log lines)."""
+                   handoff_file: Callable[[int], str] = lambda e: f"handoff-e{e:04d}.h5", keep: bool = False,
+                   how: How | str = How.TIMEOUT) -> tuple[ClusterState, list[Effect]]:
+    """The state the deputy ``me`` coordinates from: the replica's snapshot, with ``me`` as the coordinator.
+    ``keep``: the deputy goes on training its own rows in its own process (a member still, so the training
+    workers are those of the run before the takeover); else its rows are handed to the other workers like a
+    lost worker's (one new epoch). A lost coordinator that itself trained rows (a deputy that kept them) is
+    lost like a worker, noticed ``how``. Returns the state and the effects to carry out (handoff write and
+    messages, log lines)."""
     if rep.state is None:
         raise ValueError("a replica without its state snapshot cannot be taken over from")
     s = ClusterState.restore(rep.state, policy, seed, launch_time, handoff_file)
     s.coordinator = me
     s.term = int(rep.term) + 1  # at least: the run dir may hold a higher claim (storage.term)
     s.round = int(rep.round)
-    effects: list[Effect] = []
-    if me in s.members and s.members[me].alive:
-        effects = s.apply([Lost(me, How.PROMOTED, f"became the coordinator (rank {rep.coord[0]} lost)")], now)
-    return s, effects
+    lost: list[Lost] = []
+    old = int(rep.coord[0])
+    if old != me and old in s.members and s.members[old].alive:
+        lost.append(Lost(old, how, "the coordinator, which trained its own rows, was lost"))
+    if not keep and me in s.members and s.members[me].alive:
+        lost.append(Lost(me, How.PROMOTED, f"became the coordinator (rank {old} lost)"))
+    return s, (s.apply(lost, now) if lost else [])

@@ -1,11 +1,16 @@
 """``ftmpi launch -n W CONFIG [train args]``: start, watch, stop and restart one training job.
 
 The launcher owns what happens around the MPI job: the mpirun flags a fault-tolerant run needs, the hard
-wall-clock limit, rank 0's verdict (``$FTMPI_STATUS_FILE``; mpirun's own exit code also counts ranks that
-died on the way), restarts from the newest checkpoint after rank 0 or a host is lost (on the hosts that
-remain), the outcome in ``summary.json`` when rank 0 could not write it, and stop signals: SIGTERM, SIGUSR1
-or SIGINT become "checkpoint now and stop" (exit 6), and under SLURM a SIGUSR1 requeues the job, which
-resumes (``--resume auto``). ``jobs/local.sh`` and ``jobs/slurm.sbatch`` are thin wrappers around it.
+wall-clock limit, rank 0's verdict (``$FTMPI_STATUS_FILE``; mpirun's own exit code also counts ranks that died
+on the way), restarts from the newest checkpoint after rank 0 or a host is lost (each relaunch reads the
+hostfile or the SLURM allocation again and runs at the launch's full width on every host that answers, a host
+that came back included), the outcome in ``summary.json`` when rank 0 could not write it, and stop signals:
+SIGTERM, SIGUSR1 or SIGINT become "checkpoint now and stop" (exit 6), and under SLURM a SIGUSR1 requeues the
+job, which resumes (``--resume auto``). ``jobs/local.sh`` and ``jobs/slurm.sbatch`` are thin wrappers around
+it.
+
+The job has 1 + W + N ranks: rank 0 coordinates, ranks 1..W are the workers and ranks W+1..W+N the hot
+spares of ``executor.spares: N`` (the config file, ``--set executor.spares=N`` or ``FTMPI_EXECUTOR_SPARES``).
 
 Open MPI 5.0.11's mpirun forwards SIGUSR1 to every rank, but on SIGTERM it SIGTERMs the ranks and kills
 them a fraction of a second later, far too soon for a checkpoint. So the launcher starts mpirun in its own
@@ -27,15 +32,24 @@ from typing import Any
 
 from ftmpi.errors import EXIT_BAD_INPUT, EXIT_COORDINATOR_LOST, EXIT_CRASH, EXIT_NO_WORKERS, EXIT_PREEMPTED, FtmpiError
 from ftmpi.launch.environ import check_launch_env, seconds
-from ftmpi.launch.hosts import Host, lost_hosts, ranks_on, read_hostfile, short_of_slots, slurm_hosts, write_hostfile
-from ftmpi.launch.mpicmd import Launch, build, flavour, rank_env
+from ftmpi.launch.hosts import (
+    Host,
+    answering,
+    lost_hosts,
+    ranks_on,
+    read_hostfile,
+    short_of_slots,
+    slurm_hosts,
+    write_hostfile,
+)
+from ftmpi.launch.mpicmd import Launch, build, flavour, probe, rank_env
 from ftmpi.launch.record import EXIT_OVERRAN, note_relaunch, read_summary, workers_left, write_outcome
 from ftmpi.observe.timeline import mark
 
 START_RETRIES = 2  # launches again when mpirun fails, or hangs, before rank 0 ran at all (not counted as restarts)
 
 USAGE = ("usage: ftmpi launch -n W CONFIG [--max-restarts N] [--hostfile FILE] [--mpi auto|openmpi|mpich|srun] "
-         "[train args...]")
+         "[train args...]  (1 + W + N ranks, N = executor.spares)")
 
 
 def _say(text: str) -> None:
@@ -61,6 +75,11 @@ class Options:
     mode: str = "fresh"
     config_passed: str = ""  # the checked config for the ranks (ftmpi.config.pass_on)
     grace: float = 30.0  # seconds mpirun may run on once rank 0's verdict is written (finish_grace)
+    spares: int = 0  # executor.spares: hot spare ranks W+1..W+N on top of the workers
+
+    def ranks(self, workers: int | None = None) -> int:
+        """The width of a launch with ``workers`` workers (``-n`` by default): coordinator, workers, spares."""
+        return 1 + (self.workers if workers is None else workers) + self.spares
 
 
 def parse(argv: Sequence[str]) -> Options:
@@ -125,7 +144,8 @@ def parse(argv: Sequence[str]) -> Options:
             train.append(a)
     return Options(int(own["workers"]), config, train, int(own.get("max_restarts", 0)),
                    Path(own["hostfile"]).absolute() if "hostfile" in own else None, own.get("mpi", "auto"),
-                   run_dir, mode, pass_on(cfg, str(config), overrides), finish_grace(cfg.executor.timeout))
+                   run_dir, mode, pass_on(cfg, str(config), overrides), finish_grace(cfg.executor.timeout),
+                   cfg.executor.spares)
 
 
 @dataclass
@@ -150,6 +170,7 @@ class Launcher:
     proc: subprocess.Popen | None = None
     relaunches: list[dict[str, Any]] = field(default_factory=list)
     _next_left_look: float = 0.0
+    _leavers: int = 0  # the ranks of this launch that leave with exit 4 without a coordinator: workers + spares
 
     # -------------------------------------------------------------- signals
     def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
@@ -268,13 +289,13 @@ class Launcher:
         return Outcome(code, verdict, rc, overran, "".join(tail), time.monotonic() - t0, started, hung, ended)
 
     def _all_left(self, now: float) -> bool:
-        """Every worker of this launch left because the coordinator was lost and nobody took over
+        """Every worker and spare of this launch left because the coordinator was lost and nobody took over
         (``run_dir/left``, :func:`~ftmpi.launch.record.note_left`); looked at twice a second at most."""
         if now < self._next_left_look:
             return False
         self._next_left_look = now + 0.5
         left = workers_left(self.opts.run_dir, self.env.get("FTMPI_LAUNCH_ID", ""))
-        return len(left) >= self.opts.workers
+        return len(left) >= (self._leavers or self.opts.workers + self.opts.spares)
 
     def run(self) -> int:
         o = self.opts
@@ -306,10 +327,10 @@ class Launcher:
         mpirun = self.env.get("FTMPI_MPIRUN") or self.env.get("MPIRUN") or "mpirun"
         kind = flavour(mpirun) if o.mpi == "auto" else o.mpi
         # the hosts are ours to track with --hostfile, or in a multi-node SLURM allocation (run with --no-kill,
-        # it outlives a lost node): a relaunch then goes to the hosts that remain
+        # it outlives a lost node): each relaunch reads them again and goes to every host that answers
         hosts = read_hostfile(o.hostfile) if o.hostfile else slurm_hosts(self.env) if kind == "openmpi" else None
         workers = o.workers
-        short = short_of_slots(hosts, workers + 1, f"hostfile {o.hostfile}" if o.hostfile else "the SLURM allocation")
+        short = short_of_slots(hosts, o.ranks(), self._where(), o.spares)
         if short:
             _say(f"warning: {short}")
         mode_args = {"resume": ["--resume", str(o.run_dir)], "auto": ["--resume", "auto"],
@@ -318,7 +339,9 @@ class Launcher:
         while True:
             hostfile = write_hostfile(tmp / f"hosts.{restarts}", hosts, kind) if hosts else None
             self.env.update(rank_env(kind, self.env))
-            spec = Launch(kind, mpirun, self.env.get("PYTHON") or sys.executable, workers + 1,
+            self._leavers = workers + o.spares
+            self._forget_left()
+            spec = Launch(kind, mpirun, self.env.get("PYTHON") or sys.executable, o.ranks(workers),
                           [str(o.config), *o.train, "--run-dir", str(o.run_dir), *mode_args], hostfile,
                           self.env.get("FTMPI_MPIRUN_ARGS", "").split(), self.env)
             out = self._once(spec, limit)
@@ -369,23 +392,78 @@ class Launcher:
             rec: dict[str, Any] = {"restart": restarts, "reason": why, "exit_code": out.code,
                                    "after_seconds": round(out.seconds, 2), "workers_before": workers,
                                    "rounds_written": _rows(o.run_dir / "metrics.csv")}
+            where = ""
             if lost and hosts is not None:
-                placed = ranks_on(hosts, workers + 1)
+                placed = ranks_on(hosts, o.ranks(workers))
                 rec["lost_hosts"] = lost
                 rec["lost_ranks"] = sorted(r for h in lost for r in placed.get(h, []))
-                hosts = [h for h in hosts if h.name not in lost]
+            if hosts is not None:
+                rec["hosts_before"] = [h.name for h in hosts]
+                hosts, where = self._regain(kind, mpirun, hosts, lost, rec)
                 if not hosts:
-                    _say(f"{why}: no host left")
-                    return self._done(out.code, f"{why}: no host left")
-                workers = max(1, min(workers, sum(h.slots for h in hosts) - 1))
+                    _say(f"{why}: no host answers ({where})")
+                    return self._done(out.code, f"{why}: no host answers")
+                # the launch's full width when every host listed answers (oversubscribed, as the first launch,
+                # if they are short of slots); else no more ranks than the hosts answering have slots: fewer
+                # workers (the spares stay)
+                workers = o.workers
+                if rec.get("not_answering"):
+                    workers = max(1, min(o.workers, sum(h.slots for h in hosts) - 1 - o.spares))
+                elif short := short_of_slots(hosts, o.ranks(), self._where(), o.spares):
+                    _say(f"warning: {short}")
                 rec["hosts"] = [h.name for h in hosts]
             rec["workers"] = workers
+            if o.spares:
+                rec["spares"] = o.spares
             if self.stop:  # a stop signal came while deciding: do not start again
                 return self._done(out.code, f"{why}; {self.stop} before the restart")
             self._note_relaunch(rec)
-            _say(f"{why}; restart {restarts} of {o.max_restarts} with {workers} worker(s) " +
+            _say(f"{why}; restart {restarts} of {o.max_restarts} with {workers} worker(s)" +
+                 (f" + {o.spares} spare(s)" if o.spares else "") + (f" on {where}" if where else "") + " " +
                  (f"from the newest checkpoint in {o.run_dir}" if resumable else "from the start (no checkpoint)"))
             mode_args = ["--resume", str(o.run_dir)] if resumable else ["--resume", "auto"]
+
+    # ---------------------------------------------------------------- hosts
+    def _where(self) -> str:
+        return f"hostfile {self.opts.hostfile}" if self.opts.hostfile else "the SLURM allocation"
+
+    def _regain(self, kind: str, mpirun: str, before: list[Host], lost: list[str],
+                rec: dict[str, Any]) -> tuple[list[Host], str]:
+        """The hosts of the next launch: the hostfile (it may have been edited) or the SLURM allocation read
+        again, each host probed (:func:`~ftmpi.launch.hosts.answering`, bounded by ``FTMPI_PROBE_TIMEOUT``,
+        default 20 s), every one that answers kept, a lost one too once it answers again. Returns them and
+        the words for the restart line: the hosts, and those regained (not in the launch that ended, or
+        lost by it) and left out, which go into the relaunch record ``rec`` too."""
+        listed: list[Host] | None = None
+        if self.opts.hostfile:
+            try:
+                listed = read_hostfile(self.opts.hostfile)
+            except FtmpiError as exc:
+                _say(f"warning: {exc}; the relaunch probes the hosts of the launch that ended")
+        else:
+            listed = slurm_hosts(self.env)
+        if not listed:
+            listed = before
+        extra = self.env.get("FTMPI_MPIRUN_ARGS", "").split()
+        up, why = answering(listed, lambda h: probe(kind, mpirun, h, extra), self.env,
+                            seconds(self.env, "FTMPI_PROBE_TIMEOUT", 20.0))
+        used = {h.name for h in before}
+        regained = [h.name for h in up if h.name not in used or h.name in lost]
+        words = ", ".join(h.name for h in up) + f" ({sum(h.slots for h in up)} slot(s))"
+        if regained:
+            words += f", regained {', '.join(regained)}"
+        if why:
+            words += "; not answering: " + "; ".join(f"{n} ({w})" for n, w in why.items())
+        rec.update({"regained": regained, "not_answering": why} if why else {"regained": regained})
+        return up, words
+
+    def _forget_left(self) -> None:
+        """Drop the records of ranks that left without a coordinator in an earlier launch of this launcher
+        (the same FTMPI_LAUNCH_ID): only this launch's count for :meth:`_all_left`."""
+        from ftmpi.launch.record import LEFT
+
+        for rank in workers_left(self.opts.run_dir, self.env.get("FTMPI_LAUNCH_ID", "")):
+            (self.opts.run_dir / LEFT / f"rank-{rank:04d}.json").unlink(missing_ok=True)
 
     # -------------------------------------------------------------- outputs
     def _note_relaunch(self, rec: dict[str, Any]) -> None:
@@ -514,6 +592,7 @@ def main(argv: Sequence[str]) -> int:
         return 0 if argv else EXIT_BAD_INPUT
     try:
         check_launch_env(os.environ)
+        seconds(os.environ, "FTMPI_PROBE_TIMEOUT", 20.0)  # the relaunch's probe of the hosts (Launcher._regain)
         opts = parse(argv)
         if opts.hostfile:
             read_hostfile(opts.hostfile)

@@ -74,3 +74,15 @@ def build(s: Launch) -> list[str]:
     if s.hostfile:
         cmd += ["--hostfile", str(s.hostfile), "--map-by", "slot"]
     return [*cmd, *s.extra, "-n", str(s.ranks), *train]
+
+
+def probe(kind: str, mpirun: str, host: str, extra: list[str]) -> list[str]:
+    """The cheapest start of a process on ``host`` the way a launch starts its ranks there (the same mpirun,
+    ``FTMPI_MPIRUN_ARGS`` and so the same rsh agent, ssh or SLURM daemon start): ``true`` as one rank. Exit 0
+    means the host answers (:func:`ftmpi.launch.hosts.answering`)."""
+    if kind == "mpich":
+        return [mpirun, "-n", "1", "-hosts", host, *extra, "true"]
+    cmd = [mpirun]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return [*cmd, "--host", f"{host}:1", *extra, "-n", "1", "true"]

@@ -29,7 +29,7 @@ import yaml
 
 __all__ = [
     "COLUMNS", "RUN_FILES", "Run", "add_report_args", "collect", "expand_run_dirs", "load_run",
-    "main_report", "run_report", "to_markdown", "to_text", "write_csv",
+    "main_report", "run_report", "spare_lines", "to_markdown", "to_text", "write_csv",
 ]
 
 #: Files that make a folder a run dir.
@@ -384,7 +384,40 @@ def failure_lines(run_dirs: Sequence[Path]) -> list[str]:
                 if _num(f.get("handoff_time")) is not None and f["rows_handed"]:
                     text += f", training on them {1000 * f['handoff_time']:.0f} ms after detection"
                 text += f", {f.get('rows_dropped')} dropped"
+            if f.get("spare") is not None:
+                text += f", its whole shard ({f.get('rows_to_spare', '?')} rows) to spare {f['spare']}"
             out.append(text + (f", reason: {f['reason']}" if f.get("reason") else ""))
+    return out
+
+
+def spare_lines(run_dirs: Sequence[Path]) -> list[str]:
+    """One line per run that had hot spares (``executor.spares``, summary ``spares``): how many, which spare
+    took which lost worker's shard and from which round it trained, the spares lost and those idle at the end."""
+    out = []
+    for p in run_dirs:
+        run = load_run(p)
+        s = run.summary or {}
+        sp = s.get("spares")
+        if not isinstance(sp, dict) or not sp.get("configured"):
+            continue
+        starts = {f.get("spare"): f.get("recovered_round") for f in s.get("failures") or []
+                  if isinstance(f, dict) and f.get("spare") is not None}
+        parts = [f"{sp['configured']} configured"]
+        for u in sp.get("used") or []:
+            if not isinstance(u, dict):
+                continue
+            if u.get("at_deal"):
+                parts.append(f"spare {u.get('spare')} stood in for worker {u.get('took')} (lost before the deal)")
+                continue
+            start = _pick(starts.get(u.get("spare")), u["round"] + 1 if isinstance(u.get("round"), int) else None)
+            parts.append(f"spare {u.get('spare')} took worker {u.get('took')}'s shard ({u.get('rows', '?')} rows) "
+                         f"at round {u.get('round')}, training from round {start if start is not None else '?'}")
+        lost = [d for d in sp.get("lost") or [] if isinstance(d, dict)]
+        parts.append("lost: " + (", ".join(f"spare {d.get('spare')} at round {d.get('round')} ({d.get('how')})"
+                                           for d in lost) or "none"))
+        idle = sp.get("idle") or []
+        parts.append("idle at the end: " + (", ".join(str(r) for r in idle) or "none"))
+        out.append(f"{run.name}: " + "; ".join(parts))
     return out
 
 
@@ -433,8 +466,10 @@ def run_report(ns: argparse.Namespace) -> int:
     dirs = expand_run_dirs(present)
     rows = collect(dirs)
     fails = [] if ns.markdown else failure_lines(dirs)
+    spares = [] if ns.markdown else spare_lines(dirs)
     text = to_markdown(rows) if ns.markdown else to_text(rows)
     text += "\nfailures:\n" + "".join(f"  {f}\n" for f in fails) if fails else ""
+    text += "\nspares:\n" + "".join(f"  {f}\n" for f in spares) if spares else ""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

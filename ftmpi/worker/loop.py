@@ -101,6 +101,9 @@ class Worker:
         self.spare = bool(cfg.executor.spares) and self.rank in spare_ranks(ch.size, cfg.executor.spares)
         self._nap: float | None = None
         self._early: list[P.Handoff] = []  # rows handed to a spare before its first round (set up with it)
+        # a deputy that took over and trains its rows in the coordinator's process: its beats are the
+        # coordinator's pings
+        self.on_beat: Any = None
 
     # ------------------------------------------------------------------ waits
     def _wait_ctrl(self, timeout: float, phase: str, then: float | None = None) -> Any:
@@ -335,7 +338,7 @@ class Worker:
                     self.ch.send(r, TAG_CTRL, P.Exit(str(lost), EXIT_COORDINATOR_LOST, True))
             self.ch.flush(time.monotonic() + 2.0)
             raise lost from None
-        raise Promoted(rep, change, data)
+        raise Promoted(rep, change, data, self if self._trains else None)
 
     def _faults_at(self, at: int) -> None:
         """Inject this rank's faults due at round ``at`` (or at a named point, config.FAULT_POINTS); each fires
@@ -381,8 +384,8 @@ class Worker:
         if isinstance(msg, P.Round) and msg.setup is not None:
             self._faults_at(FAULT_POINTS["deal"])
             self._setup(msg.setup)
-            if self._restore is not None and self._restore.round == msg.round:
-                self.load_local_state(self._restore.state)
+            if self._restore is not None and (self._restore.round == msg.round or self.spare):
+                self.load_local_state(self._restore.state)  # a spare: the state of the worker it stands in for
             self._restore = None
             mark("shard")
             for h in self._early:  # a spare: rows handed to it before it was set up
@@ -429,6 +432,8 @@ class Worker:
                 if isinstance(msg, P.Handoff):
                     self.epoch = max(self.epoch, msg.epoch)
                     self._early.append(msg)
+                elif isinstance(msg, P.Restore):  # the lost worker's optimizer state, for the round that follows
+                    self._restore = msg
                 elif isinstance(msg, (P.Round, P.Stop, P.Exit)):
                     return msg
         finally:
@@ -559,8 +564,11 @@ class Worker:
             self._take_replicas()
         if now >= self._next_beat:  # a long round is slow, not silent: say so once per beat period
             self._next_beat = now + beat_period(self.cfg.executor.timeout)
-            self.ch.send(self.coord, TAG_REPLY, P.Beat(self.rank, self._last_round))
-            self._peek_deputy()  # it took over mid-round: follow it after the round
+            if self.on_beat is not None:
+                self.on_beat()
+            else:
+                self.ch.send(self.coord, TAG_REPLY, P.Beat(self.rank, self._last_round))
+                self._peek_deputy()  # it took over mid-round: follow it after the round
         while True:
             raw = self.ch.try_recv(self.coord, TAG_CTRL)
             if raw is None:

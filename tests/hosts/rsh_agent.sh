@@ -4,7 +4,13 @@
 # A host listed in $FTMPI_TEST_DOWN_HOSTS (comma-separated) is down: the agent fails like ssh would.
 while [ $# -gt 0 ]; do case "$1" in -*) shift;; *) break;; esac; done
 host=$1; shift
-case ",${FTMPI_TEST_DOWN_HOSTS:-}," in *",$host,"*) echo "ssh: connect to host $host: No route to host" >&2; exit 255;; esac
+# So is a host named on a line of the file $FTMPI_TEST_DOWN_FILE, read at each call: a test takes a host down
+# and brings it back by editing that file while the launcher runs.
+down=${FTMPI_TEST_DOWN_HOSTS:-}
+if [ -n "${FTMPI_TEST_DOWN_FILE:-}" ] && [ -f "$FTMPI_TEST_DOWN_FILE" ]; then
+  down="$down,$(tr -s ' \n' ',,' < "$FTMPI_TEST_DOWN_FILE")"
+fi
+case ",$down," in *",$host,"*) echo "ssh: connect to host $host: No route to host" >&2; exit 255;; esac
 # A hard limit on every daemon it starts (the launcher's own limit plus a margin): a watchdog outside the
 # daemon's signal path SIGKILLs it if it is still there (timeout(1) in the path forwards mpirun's SIGTERM at
 # a node loss to the surviving host's ranks, measured: they took it for a preemption).

@@ -116,8 +116,42 @@ def test_a_standby_coordinators_takeover_changes_nothing(tmp_path, fault, extra)
     assert v.returncode == 0, v.stdout + v.stderr
 
 
-def test_a_training_deputys_takeover_is_said_not_exact(tmp_path):
-    job = run_job(3, SMOKE, tmp_path / "f", *ADAM, "--inject", "kill:0@8")
+@pytest.mark.parametrize("fault,extra", [("kill:0@8", ()), ("kill:0@8", QUANT), ("hang:0@8", ())],
+                         ids=["kill", "kill-q8", "hang"])
+def test_a_training_deputys_takeover_changes_nothing(tmp_path, fault, extra):
+    """The default deputy trains; once it takes over it goes on training its rows in the coordinator's process
+    (executor.deputy_keeps_rows), and redoes the round in flight from the state it started it with."""
+    ref = run_job(3, SMOKE, tmp_path / "ref", *ADAM, *extra)
+    assert ref.rc == 0, ref.err
+    job = run_job(3, SMOKE, tmp_path / "f", *ADAM, *extra, "--inject", fault)
+    assert job.rc == 0, job.err
+    s = job.summary
+    assert [(c["lost"], c["new"]) for c in s["coordinator_changes"]] == [(0, 1)] and s["coordinator"] == 1
+    assert s["exact"]["takeovers"][0]["exact"] is True, s["exact"]
+    assert s["failures"] == [] and s["alive_workers"] == 3, "the deputy's rows stay where they were"
+    assert _rows(job) == _rows(ref)
+    assert np.array_equal(_final(tmp_path / "f").params, _final(tmp_path / "ref").params)
+    v = _verify(tmp_path / "ref", tmp_path / "f")
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_a_deputy_that_hands_its_rows_over_is_said_not_exact(tmp_path):
+    job = run_job(3, SMOKE, tmp_path / "f", *ADAM, "--inject", "kill:0@8", "--set", "executor.deputy_keeps_rows=false")
     assert job.rc == 0, job.err
     t = job.summary["exact"]["takeovers"]
     assert len(t) == 1 and t[0]["exact"] is False and "was a training worker" in t[0]["why"], t
+    assert [(f["rank"], f["how"]) for f in job.summary["failures"]] == [(1, "promoted")]
+
+
+def test_a_coordinator_that_trains_its_rows_is_lost_like_a_worker(tmp_path):
+    """Rank 1 took over and trains its rows; when it is killed too, rank 2 takes over and rank 1's rows are
+    handed over as a lost worker's (remap full: nothing lost)."""
+    job = run_job(3, SMOKE, tmp_path / "f", *ADAM, "--set", "executor.remap=full", "--inject", "kill:0@8",
+                  "--inject", "kill:1@14")
+    assert job.rc == 0, job.err
+    s = job.summary
+    assert [(c["lost"], c["new"]) for c in s["coordinator_changes"]] == [(0, 1), (1, 2)] and s["coordinator"] == 2
+    (f,) = s["failures"]
+    assert f["rank"] == 1 and f["how"] == "ulfm" and f["rows_handed"] > 0 and f["rows_dropped"] == 0
+    assert s["coverage"] == 1.0 and s["alive_workers"] == 2 and s["rounds"] == 20
+    assert [t["exact"] for t in s["exact"]["takeovers"]] == [True, False]

@@ -141,7 +141,6 @@ def _fake_run(tmp_path, s, e) -> N.Outcome:
     rows = ["round,term"] + [f"{r},{1 if r < 8 else len(e.coordinators)}" for r in range(N.ROUNDS)]
     (d / "metrics.csv").write_text("\n".join(rows) + "\n")
     fails = [{"rank": w, "round": r, "how": "timeout", "rows_dropped": 0} for w, r in e.lost.items()]
-    fails += [{"rank": p, "round": 7, "how": "promoted", "rows_dropped": 0} for p in e.promoted]
     (d / "summary.json").write_text(json.dumps({
         "status": "completed", "exit_code": 0, "term": len(e.coordinators), "coordinator": e.coordinators[-1],
         "coordinator_changes": [{"lost": a, "new": b} for a, b in e.changes], "failures": fails,

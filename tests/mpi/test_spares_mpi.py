@@ -1,13 +1,14 @@
 """Hot spares in real mpirun jobs (issue 24): ``jobs/local.sh 3 ... --set executor.spares=1`` runs 1 + 3 + 1
 ranks; a SIGKILLed worker's whole shard goes to the spare (its shard file holds exactly the lost worker's
 rows), the survivors are handed nothing and coverage stays 1.0; a spare lost before it is needed leaves the
-handoff as it was; when the coordinator is killed, the deputy takes over and the spare takes the deputy's
-rows. Each job runs under a hard time limit."""
+handoff as it was; when the coordinator is killed, the deputy takes over and trains on (the spare waits on),
+or, with deputy_keeps_rows false, the spare takes the deputy's rows. Each job runs under a hard time limit."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from ftmpi.storage.checkpoint import newest_valid
 from ftmpi.storage.shards import list_handoffs, read_shard, shard_path
 from tests.mpirun import ROOT, needs_mpi, run_job
 
@@ -30,6 +31,11 @@ def test_a_spare_takes_a_killed_workers_whole_shard(tmp_path):
     assert np.array_equal(np.sort(took.ids), np.sort(lost.ids)) and len(took.ids) == f["rows_to_spare"]
     rows = job.metrics()
     assert [int(r["alive_workers"]) for r in rows][9:] == [3] * (len(rows) - 9)
+    # the spare started from worker 2's optimizer state of the round-5 checkpoint (step 50), not from zeros:
+    # at the end it is 4 rounds (5..8, 10 steps each) behind a worker that trained every round
+    _, snap, _ = newest_valid(run)
+    assert snap.round == 20 and snap.workers[1]["step"] == 200, snap.workers[1]["step"]
+    assert snap.workers[4]["step"] == 200 - 4 * 10, snap.workers[4]["step"]
 
 
 def test_a_spare_lost_before_it_is_needed_leaves_the_handoff_as_it_was(tmp_path):
@@ -43,11 +49,25 @@ def test_a_spare_lost_before_it_is_needed_leaves_the_handoff_as_it_was(tmp_path)
     assert f["rank"] == 2 and f["spare"] is None and f["rows_handed"] > 0
 
 
-def test_the_coordinator_killed_its_deputy_takes_over_and_the_spare_takes_the_deputys_rows(tmp_path):
+def test_the_coordinator_killed_the_deputy_takes_over_training_its_rows_and_the_spare_waits_on(tmp_path):
+    """executor.deputy_keeps_rows (the default): the deputy coordinates and trains its own rows; no worker is
+    lost, so the spare stays idle until the end and leaves when told to."""
+    job = run_job(3, SMOKE, tmp_path / "k", "--inject", "kill:0@8", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coordinator"] == 1 and s["coverage"] == 1.0
+    assert s["failures"] == [] and s["alive_workers"] == 3
+    assert s["spares"]["used"] == [] and s["spares"]["idle"] == [4] and s["spares"]["lost"] == []
+
+
+def test_the_coordinator_killed_a_deputy_that_gives_its_rows_up_hands_them_to_the_spare(tmp_path):
+    """deputy_keeps_rows false: the new coordinator's own rows go, whole, to the spare."""
     run = tmp_path / "c"
-    job = run_job(3, SMOKE, run, "--inject", "kill:0@8", *ARGS, limit=120)
+    job = run_job(3, SMOKE, run, "--inject", "kill:0@8", *ARGS, "--set", "executor.deputy_keeps_rows=false",
+                  limit=120)
     assert job.rc == 0, job.err[-3000:]
     s = job.summary
     assert s["status"] == "completed" and s["coordinator"] == 1 and s["coverage"] == 1.0
     assert [(d["spare"], d["took"]) for d in s["spares"]["used"]] == [(4, 1)]
     assert np.array_equal(np.sort(read_shard(shard_path(run, 4)).ids), np.sort(read_shard(shard_path(run, 1)).ids))
+    assert not list_handoffs(run), "nothing handed to the survivors"

@@ -19,6 +19,7 @@ from ftmpi.observe.report import (
     load_run,
     main_report,
     run_report,
+    spare_lines,
     to_markdown,
     to_text,
     write_csv,
@@ -216,6 +217,35 @@ def test_cli_entry_points(runs, tmp_path, capsys):
     parser = add_report_args(argparse.ArgumentParser())
     assert run_report(parser.parse_args([str(runs["kill"]), "--markdown"])) == 0
     assert capsys.readouterr().out.startswith("| run | status |")
+
+
+def test_spares_are_reported(tmp_path, capsys):
+    """executor.spares: which spare took which lost worker's shard and from which round it trained, the spares
+    lost and those idle at the end; a run without spares gets no line."""
+    root = tmp_path / "spares"
+    took = make_run(root, "w4-kill-spare", kill_at=5, extra=("executor.spares=2",))
+    summary = load_run(took).summary
+    summary["failures"][0].update(rows_handed=0, rows_dropped=0, rows_prefetched=0, row_weight=None, spare=6,
+                                  rows_to_spare=800, recovered_round=6)
+    summary["spares"] = {"configured": 2, "idle": [], "used": [
+        {"spare": 6, "took": 2, "round": 5, "epoch": 1, "rows": 800}], "lost": [
+        {"spare": 5, "lost": True, "round": 3, "how": "ulfm", "reason": ""}]}
+    write_json_atomic(took / "summary.json", summary)
+    idle = make_run(root, "w4-spare-idle", extra=("executor.spares=1",))
+    summary = load_run(idle).summary
+    summary["spares"] = {"configured": 1, "idle": [5], "used": [], "lost": []}
+    write_json_atomic(idle / "summary.json", summary)
+    plain = make_run(root, "w4-kill", kill_at=5)
+    assert spare_lines([took, idle, plain]) == [
+        "w4-kill-spare: 2 configured; spare 6 took worker 2's shard (800 rows) at round 5, training from round 6; "
+        "lost: spare 5 at round 3 (ulfm); idle at the end: none",
+        "w4-spare-idle: 1 configured; lost: none; idle at the end: 5"]
+    assert main_report([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "\nspares:\n  w4-kill-spare: 2 configured; spare 6 took worker 2's shard" in out
+    assert "rank 2 lost at round 5 (kill, seen by ulfm), detected after 0.030s, recovered after 0.060s, 0 rows " \
+           "handed, 0 dropped, its whole shard (800 rows) to spare 6" in out
+    assert out.count("w4-kill:") == 1, "the run without spares has its failure line and no spares line"
 
 
 # ------------------------------------------------------------------------------------------------ plots
