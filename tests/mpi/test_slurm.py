@@ -143,8 +143,9 @@ def test_time_limit_warning_signal_checkpoints_requeues_and_completes(slurm, tmp
          120, "preempted by the time-limit warning")
     stopped = summary(run_dir)["preempted"]["round"]
     assert (run_dir / "ckpt" / f"round-{stopped:06d}.h5").exists()
-    # the requeued job gets a longer limit (else it would be warned and requeued again, 10 s in)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=5"], check=True, capture_output=True)
+    # the requeued job gets a longer limit (else it would be warned and requeued again, 10 s in); 5 minutes was
+    # too short on a loaded machine (a CI run: warned again at 190 s, resumed a second time from round 26081)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], check=True, capture_output=True)
     requeued_runs_again(job)
     # the requeued job waits ~120 s (EligibleTime) before it runs the rest: a generous bound, not a timing claim
     wait(job, lambda: state(job) == "", 420, "done after the requeue")
