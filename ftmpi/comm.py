@@ -333,8 +333,10 @@ class Channel:
             if on_tick is not None and now >= next_tick:
                 on_tick()
                 next_tick = now + tick_every
-            if got:
-                back.reset()
+            if got or any((src, tag) in self._inflight for src in live):  # a message matched and streaming in
+                back.reset()  # is looked at again at once (a napping spare took two naps for a large one)
+                if not got:
+                    back.sleep(deadline - now)
             else:
                 back.sleep(deadline - now)
 

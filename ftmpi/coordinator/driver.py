@@ -166,6 +166,7 @@ class Coordinator:
         self.pending_rebuild: list[int] | None = None
         self._spares_told = -1  # the deputy the idle spares were last told of
         self._spare_states: dict[int, dict] = {}  # spare -> the lost worker's newest known state, sent once
+        self._flight: tuple[int, int, float, int] | None = None  # the round in flight: round, iters, lr, deputy
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
@@ -268,6 +269,7 @@ class Coordinator:
         whole model; the survivors train on meanwhile."""
         m = self.state.members[e.rank]
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
+        mark("adopt")
         st = self.gm.known_states.get(e.lost)
         if st is not None:  # the lost worker's optimizer as of its last checkpoint, not zeros (no stale residual)
             self._spare_states[e.rank] = {**st, "residual": np.zeros(0, np.float32)}
@@ -275,6 +277,10 @@ class Coordinator:
         weight[e.ids] = e.weights
         write_shards(self.run_dir, self.data, {e.rank: e.ids}, weight, shards_by_reference(self.data, [m.host]),
                      self.cfg.data.compress_shards)
+        if e.in_flight and self._flight is not None:  # it trains the round in flight in the lost worker's place,
+            rnd, iters, lr, deputy = self._flight  # from the model the others started it from
+            self._send_fresh(e.rank, rnd, iters, lr, self.gm.W_bcast.copy(), deputy)
+        mark("adopt-sent")
 
     def _on_rebuild(self, e: Rebuild, replies: dict[int, P.Reply]) -> None:
         """Rebuild the alive communicator at the end of the round, under ULFM, when every rank declared dead is
@@ -430,18 +436,30 @@ class Coordinator:
                 self._own = P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, full, payload, None,
                                     None, None, deputy, s.term)
                 continue
-            fresh = r in s.adopting  # a spare that took a lost worker's shard: its first round, the whole model
+            if r in s.adopting:  # a spare that took a lost worker's shard: its first round, the whole model
+                self._send_fresh(r, rnd, iters, lr, self.gm.W_bcast.copy() if not full else payload, deputy,
+                                 self.standby.news_for(r, plans))
+                continue
             how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes,
-                          self.gm.model.sizes.tolist()) if setup or fresh else None
-            params, whole = (self.gm.W_bcast.copy(), True) if fresh and not full else (payload, full)
-            if fresh and r in self._spare_states:
-                st = self._spare_states.pop(r)
-                self.ch.send(r, TAG_CTRL, P.Restore(int(st["round"]), st, s.term))
+                          self.gm.model.sizes.tolist()) if setup else None
             # a rebalanced straggler is given fewer iterations (ftmpi.core.quorum; all of them under quorum 1.0)
-            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, whole, params, how,
+            self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, full, payload, how,
                                               self.standby.news_for(r, plans), self.pending_rebuild, deputy,
                                               s.term))
+        self._flight = (rnd, iters, lr, deputy)
         self.replication.round_sent(rnd)
+
+    def _send_fresh(self, r: int, rnd: int, iters: int, lr: float, params: np.ndarray, deputy: int,
+                    news: Any = None) -> None:
+        """A spare's first round message: the lost worker's optimizer state when known (:class:`P.Restore`
+        first), then the round with its setup and the whole model."""
+        s = self.state
+        if r in self._spare_states:
+            st = self._spare_states.pop(r)
+            self.ch.send(r, TAG_CTRL, P.Restore(int(st["round"]), st, s.term))
+        how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes, self.gm.model.sizes.tolist())
+        self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, True, params, how,
+                                          news, self.pending_rebuild, deputy, s.term))
 
     def _collect(self, late: list[P.Reply] | None = None) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives. A worker is lost
@@ -471,6 +489,8 @@ class Coordinator:
             if not waiting:
                 return replies
             now = time.monotonic()
+            for r in waiting:  # a spare sent this round mid-way (in a lost worker's place): silent from now on
+                heard.setdefault(r, now)
             close = close_time(rules, len(s.alive), arrived.values(), final) if rules.active else None
             if close is not None and now >= start + close:
                 return replies
@@ -498,10 +518,10 @@ class Coordinator:
                     effects = [e for e in effects if not any(e is o for o in old)]
                 self.apply(effects, replies)
                 arrived.update({r: now - start for r in replies if r not in arrived})
-            silent = [r for r in s.waiting_for() if now - heard.get(r, start) > limit]
+            silent = [r for r in s.waiting_for() if now - heard.get(r, now) > limit]  # (a spare that joined just now)
             if silent:
                 lost: list[Heard | Lost | Chosen] = [
-                    Lost(r, How.TIMEOUT, self._silence(r, now - heard.get(r, start)), self.ctx.mark(r))
+                    Lost(r, How.TIMEOUT, self._silence(r, now - heard[r]), self.ctx.mark(r))
                     for r in silent]
                 self.apply(s.apply(lost, time.time()), replies)
 
@@ -534,7 +554,11 @@ class Coordinator:
         n_failures = len(s.failures)
         late: list[P.Reply] = []  # quorum rounds: replies to earlier rounds, folded into this one
         t_wait = time.monotonic()
-        replies = self._collect(late)
+        s.collecting = True  # a spare that takes a lost worker's shard now trains this round in its place
+        try:
+            replies = self._collect(late)
+        finally:
+            s.collecting = False
         t_wait = time.monotonic() - t_wait
         self.replication.replicate_after_loss()
         if rebuild is not None:  # in a helper thread: each survivor starts the same rebuild after its reply

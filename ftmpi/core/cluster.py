@@ -125,6 +125,9 @@ class ClusterState:
         self.spares: dict[int, Member] = {r: Member(r) for r in spares}  # idle hot spares
         self.spare_log: list[dict[str, Any]] = []  # one record per spare that took a shard, or was lost idle
         self.adopting: dict[int, int] = {}  # spare -> the epoch it took a shard in, until its first reply
+        # set by the driver while it collects the round's replies: a spare that takes a shard then trains the
+        # round in flight in the lost worker's place (not kept in snapshots: a restored state is between rounds)
+        self.collecting = False
         self._starts: dict[int, int] = {}  # spare -> the first round it trains (the one after it took the shard)
         self._joined_spares: set[int] = set()  # idle spares that said hello (only those can take a shard)
         self._now = 0.0
@@ -203,8 +206,8 @@ class ClusterState:
             self.stragglers.begin(self.round, self.epoch, iters)
 
     def in_round(self) -> list[int]:
-        """Alive workers this round is sent to: all but a spare that took a shard during it (it starts with
-        the next round)."""
+        """Alive workers this round is sent to: all but a spare that took a shard after the round's replies were
+        collected (it starts with the next round); one that took it while they were is sent the round then."""
         return [r for r in self.alive if self._starts.get(r, 0) <= self.round]
 
     def waiting_for(self) -> list[int]:
@@ -434,7 +437,7 @@ class ClusterState:
             m.alive = True
             self.members[sp] = m
             self.adopting[sp] = self.epoch
-            self._starts[sp] = self.round + 1
+            self._starts[sp] = self.round if self.collecting else self.round + 1
             f.epoch, f.spare, f.rows_to_spare = self.epoch, sp, int(len(ids))
             self.spare_log.append({"spare": sp, "took": r, "round": self.round, "epoch": self.epoch,
                                    "rows": int(len(ids))})
@@ -447,9 +450,11 @@ class ClusterState:
         adopted = self._adopt(dead, failures)
         for r, sp in adopted.items():
             ids = self.ownership.owned(sp)
-            out.append(Adopt(sp, r, ids, self.weight[ids].copy()))
-            out.append(Log(f"epoch {self.epoch}: spare {sp} takes worker {r}'s whole shard ({len(ids)} rows) from "
-                           f"round {self.round + 1}; nothing handed to the others; {len(self.spares)} spare(s) left",
+            now = self._starts[sp] == self.round
+            out.append(Adopt(sp, r, ids, self.weight[ids].copy(), now))
+            out.append(Log(f"epoch {self.epoch}: spare {sp} takes worker {r}'s whole shard ({len(ids)} rows) "
+                           + (f"and trains round {self.round} in its place" if now else f"from round {self.round + 1}")
+                           + f"; nothing handed to the others; {len(self.spares)} spare(s) left",
                            tb=f"epoch {self.epoch}: spare {sp} takes worker {r}'s shard", kind="spare"))
         self._receivers[self.epoch] = set(adopted.values())
         self._restage |= set(adopted.values())  # its representative rows are staged once it trains

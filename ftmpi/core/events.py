@@ -107,12 +107,15 @@ class Log:
 @dataclass
 class Adopt:
     """Spare ``rank`` takes lost worker ``lost``'s whole shard, ``ids`` with their ``weights`` (its shard file is
-    written before its first round message, which carries the setup and the full model)."""
+    written before its first round message, which carries the setup and the full model). ``in_flight``: the
+    loss came while the round's replies were being collected, and the spare trains that round in the lost
+    worker's place (sent at once, waited for); else it starts with the next round."""
 
     rank: int
     lost: int
     ids: np.ndarray
     weights: np.ndarray
+    in_flight: bool = False
 
 
 Effect = Accept | WriteHandoff | SendHandoff | Stage | Rebuild | Expel | Log | Adopt

@@ -7,8 +7,10 @@ The phases, in order: ``start`` (the interpreter reached ``python -m ftmpi``), `
 worker's modules), ``kernels`` (a worker's numba kernels loaded), ``shard`` (a worker read its shard),
 ``first-reply`` (a worker's reply to round 0), ``data`` (rank 0 holds the dataset), ``joined`` (every worker
 said hello), ``dealt`` (shards written), ``round-0`` (rank 0 has round 0's replies), ``rounds-done``,
-``finished`` (outputs written, workers stopped) and ``exit``. :func:`read` turns a file back into rows;
-benchmarks/bench_e2e.py reports them.
+``finished`` (outputs written, workers stopped) and ``exit``. A hot spare that takes a shard adds rank 0's
+``adopt`` and ``adopt-sent`` (its shard file written, its round sent) and its own ``spare-restore`` (the lost
+worker's optimizer state), ``spare-round`` (its first round message) and ``shard``. :func:`read` turns a file
+back into rows; benchmarks/bench_e2e.py reports them.
 """
 from __future__ import annotations
 

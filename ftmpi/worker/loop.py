@@ -433,8 +433,10 @@ class Worker:
                     self.epoch = max(self.epoch, msg.epoch)
                     self._early.append(msg)
                 elif isinstance(msg, P.Restore):  # the lost worker's optimizer state, for the round that follows
+                    mark("spare-restore")
                     self._restore = msg
                 elif isinstance(msg, (P.Round, P.Stop, P.Exit)):
+                    mark("spare-round")
                     return msg
         finally:
             self._nap = None

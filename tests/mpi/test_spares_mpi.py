@@ -24,18 +24,19 @@ def test_a_spare_takes_a_killed_workers_whole_shard(tmp_path):
     s = job.summary
     assert s["status"] == "completed" and s["coverage"] == 1.0 and s["ranks"] == 5
     (f,) = s["failures"]
-    assert (f["rank"], f["spare"], f["rows_handed"], f["recovered_round"]) == (2, 4, 0, 9)
+    assert (f["rank"], f["spare"], f["rows_handed"], f["recovered_round"]) == (2, 4, 0, 8)
     assert s["spares"]["used"] == [{"spare": 4, "took": 2, "round": 8, "epoch": 1, "rows": f["rows_to_spare"]}]
     assert not list_handoffs(run), "nothing handed to the survivors"
     took, lost = read_shard(shard_path(run, 4)), read_shard(shard_path(run, 2))
     assert np.array_equal(np.sort(took.ids), np.sort(lost.ids)) and len(took.ids) == f["rows_to_spare"]
     rows = job.metrics()
     assert [int(r["alive_workers"]) for r in rows][9:] == [3] * (len(rows) - 9)
-    # the spare started from worker 2's optimizer state of the round-5 checkpoint (step 50), not from zeros:
-    # at the end it is 4 rounds (5..8, 10 steps each) behind a worker that trained every round
+    # the spare trained round 8 in worker 2's place (sent to it as soon as the loss was known), starting from
+    # worker 2's optimizer state of the round-5 checkpoint (step 50), not from zeros: at the end it is 3 rounds
+    # (5..7, 10 steps each) behind a worker that trained every round
     _, snap, _ = newest_valid(run)
     assert snap.round == 20 and snap.workers[1]["step"] == 200, snap.workers[1]["step"]
-    assert snap.workers[4]["step"] == 200 - 4 * 10, snap.workers[4]["step"]
+    assert snap.workers[4]["step"] == 200 - 3 * 10, snap.workers[4]["step"]
 
 
 def test_a_spare_lost_before_it_is_needed_leaves_the_handoff_as_it_was(tmp_path):
@@ -71,3 +72,17 @@ def test_the_coordinator_killed_a_deputy_that_gives_its_rows_up_hands_them_to_th
     assert [(d["spare"], d["took"]) for d in s["spares"]["used"]] == [(4, 1)]
     assert np.array_equal(np.sort(read_shard(shard_path(run, 4)).ids), np.sort(read_shard(shard_path(run, 1)).ids))
     assert not list_handoffs(run), "nothing handed to the survivors"
+
+
+def test_a_worker_lost_by_silence_mid_round_is_replaced_by_a_spare_that_is_not_taken_for_silent_too(tmp_path):
+    """hang:2@8: worker 2 is declared lost by silence, a silence limit into round 8; the spare is sent round 8
+    then, and its own silence counts from then, not from the round's start (else it was declared lost at once
+    and its rows handed to the survivors)."""
+    run = tmp_path / "h"
+    job = run_job(3, SMOKE, run, "--inject", "hang:2@8", *ARGS, limit=120)
+    assert job.rc == 0, job.err[-3000:]
+    s = job.summary
+    assert s["status"] == "completed" and s["coverage"] == 1.0
+    assert [(f["rank"], f["how"], f["spare"], f["rows_handed"]) for f in s["failures"]] == [(2, "timeout", 4, 0)]
+    assert [(d["spare"], d["took"]) for d in s["spares"]["used"]] == [(4, 2)] and s["spares"]["lost"] == []
+    assert s["failures"][0]["recovered_round"] == 8, "the spare trained round 8 in worker 2's place"

@@ -161,3 +161,28 @@ def test_spare_ranks_are_the_highest_and_leave_a_worker():
     assert spare_ranks(6, 1) == [5] and spare_ranks(6, 0) == [] and spare_ranks(3, 1) == [2]
     with pytest.raises(ConfigError, match="executor.spares"):
         spare_ranks(3, 2)
+
+
+def test_a_spare_that_takes_a_shard_while_the_replies_are_collected_trains_that_round(tmp_path):
+    """A loss while rank 0 collects the round's replies (``collecting``): the spare is sent the round in flight
+    (``Adopt.in_flight``), waited for and its reply to that round accepted; the loss is recovered from in that
+    same round. After the replies were collected it waits for the next round, as above."""
+    k = _kit(tmp_path, "full", "loss", workers=(1, 2, 3), spares=(4, 5))
+    s = k.state
+    s.begin_round()
+    s.collecting = True
+    _, effects = k.lose(2)
+    (adopt,) = of(effects, Adopt)
+    assert adopt.rank == 4 and adopt.in_flight
+    assert s.in_round() == [1, 3, 4] and s.waiting_for() == [1, 3, 4]
+    f = s.failures[-1]
+    k.carry_out(k.apply([Heard(r, k.reply(r)) for r in (1, 3, 4)]))
+    assert s.waiting_for() == [] and not s.adopting, "the spare's reply to the round in flight is taken"
+    k.clock += 1.0
+    k.carry_out(s.end_round(k.clock))
+    assert f.recovered_round == 0
+    s.collecting = False  # after the replies: a loss now waits for the next round
+    s.begin_round()
+    _, effects = k.lose(3)
+    (adopt,) = of(effects, Adopt)
+    assert adopt.rank == 5 and not adopt.in_flight and s.in_round() == [1, 4]
