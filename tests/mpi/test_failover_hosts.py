@@ -30,4 +30,4 @@ def test_the_deputy_is_on_another_host_and_takes_over(tmp_path):
     assert s["status"] == "completed" and s["coordinator"] == 2, s.get("coordinator_changes")
     (c,) = s["coordinator_changes"]
     assert (c["lost"], c["new"], c["how"]) == (0, 2, "ulfm")
-    assert s["coverage"] == 1.0 and s["alive_workers"] == 2 and s["iterations"] == 200
+    assert s["coverage"] == 1.0 and s["alive_workers"] == 3 and s["iterations"] == 200
