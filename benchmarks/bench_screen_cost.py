@@ -109,8 +109,8 @@ def main() -> int:
         rej = sum(int(r["rejected"] or 0) for r in on) if on else "—"
         out[name] = {"params": n, "screen_us": cost[name], "round_ms_on": m_on, "round_ms_off": m_off,
                      "share": share}
-        md.append(f"| {name} | {n} | {cost[name]:.0f} | {m_on if m_on is None else format(m_on, '.1f')} | "
-                  f"{m_off if m_off is None else format(m_off, '.1f')} | "
+        md.append(f"| {name} | {n} | {cost[name]:.0f} | {'—' if m_on is None else format(m_on, '.1f')} | "
+                  f"{'—' if m_off is None else format(m_off, '.1f')} | "
                   f"{'—' if share is None else format(100 * share, '.2f') + ' %'} | {acc} | {rej} |")
     md += ["", "The cost column is the in-process screening time over the median round with screening on; the "
            "two round-time columns are wall-clock medians of interleaved runs, for information only (their "

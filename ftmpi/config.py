@@ -321,7 +321,7 @@ class DataConfig:
     compress_shards: bool = _f(True, _bool)
 
 
-_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|slowdown|nan|corrupt):(\d+)@(\d+|start|deal|finish)"
+_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|slowdown|nan|corrupt|flip|scale):(\d+)@(\d+|start|deal|finish)"
                        r"(?::([^:]+))?$")
 
 #: The named points a fault can also fire at (``KIND:R@start``), as the negative ``FaultSpec.round`` that stands
@@ -332,7 +332,7 @@ FAULT_POINTS = {"start": -1, "deal": -2, "finish": -3}
 
 
 _TIMED = ("pause", "slow")
-_TAMPER = ("nan", "corrupt")  # a worker's reply's update is tampered with (ftmpi.faults.tamper); corrupt takes :S
+_TAMPER = ("nan", "corrupt", "flip", "scale")  # a worker's reply's update is tampered with (ftmpi.faults.tamper)
 
 
 @dataclass(frozen=True)
@@ -360,9 +360,18 @@ def _fault(spec: Any) -> FaultSpec:
         raise _Bad("a fault string such as 'kill:1@3' or 'slow:2@0:0.5'")
     m = _FAULT_RE.match(spec.strip())
     if m is None:
-        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S, slow:R@N:S, slowdown:R@N:F, nan:R@N "
-                   "or corrupt:R@N[:S] (R world rank, N a round >= 0 or one of start, deal, finish)")
+        raise _Bad("kill:R@N, exit:R@N, raise:R@N, hang:R@N, pause:R@N:S, slow:R@N:S, slowdown:R@N:F, nan:R@N, "
+                   "corrupt:R@N[:S], flip:R@N or scale:R@N:F (R world rank, N a round >= 0 or one of start, deal, "
+                   "finish)")
     kind, rank, secs = m.group(1), int(m.group(2)), m.group(4)
+    if kind == "flip":  # corrupt:R@N by its plain name: one high exponent bit flipped
+        if secs is not None:
+            raise _Bad("flip:R@N without a number (scale:R@N:F scales the update by F)")
+        kind = "corrupt"
+    elif kind == "scale":  # corrupt:R@N:F by its plain name
+        if secs is None:
+            raise _Bad("scale:R@N:F with F the factor the update is scaled by")
+        kind = "corrupt"
     rnd = FAULT_POINTS[m.group(3)] if m.group(3) in FAULT_POINTS else int(m.group(3))
     if kind in _TAMPER and (rank < 1 or rnd < 0):
         raise _Bad(f"{kind}:R@N with R a worker (>= 1) and N a round number: it tampers with a worker's update")

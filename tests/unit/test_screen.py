@@ -213,7 +213,10 @@ def test_the_fault_kinds_parse_and_refuse_rank_0():
     c = parse_fault("corrupt:3@4:250")
     assert (c.kind, c.rank, c.round, c.seconds) == ("corrupt", 3, 4, 250.0) and str(c) == "corrupt:3@4:250"
     assert parse_fault("corrupt:3@4").seconds == 0 and not FaultKind("kill").tampers
-    for bad in ("nan:0@5", "corrupt:0@5", "nan:2@5:3", "corrupt:2@5:0", "corrupt:2@5:x", "nan:2@start"):
+    assert parse_fault("flip:2@20") == parse_fault("corrupt:2@20")  # the names for the two corruptions
+    assert parse_fault("scale:2@20:1000") == parse_fault("corrupt:2@20:1000")
+    for bad in ("nan:0@5", "corrupt:0@5", "nan:2@5:3", "corrupt:2@5:0", "corrupt:2@5:x", "nan:2@start",
+                "flip:2@5:3", "scale:2@5", "scale:2@5:1", "flip:0@5"):
         with pytest.raises(ConfigError):
             parse_fault(bad)
 
