@@ -21,6 +21,7 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 ADAM = ("--set", "optimizer.name=adam", "--set", "optimizer.learning_rate=0.01", "--set", "executor.timeout=2",
         "--set", "executor.checkpoint_every=5", "--set", "executor.keep=100")
 QUANT = ("--set", "executor.quantize=8")
+MLP = ("--set", "model.type=mlp", "--set", "model.hidden=[16]")
 
 
 def _rows(job, start=0):
@@ -45,7 +46,7 @@ def _resume_copy(src, dst, at, *args):
     return run_job(3, SMOKE, dst, "--resume", str(dst), *args)
 
 
-@pytest.mark.parametrize("extra", [(), QUANT], ids=["adam", "adam-q8"])
+@pytest.mark.parametrize("extra", [(), QUANT, MLP, (*MLP, *QUANT)], ids=["adam", "adam-q8", "mlp", "mlp-q8"])
 def test_resume_with_the_same_workers_continues_bit_for_bit(tmp_path, extra):
     ref = run_job(3, SMOKE, tmp_path / "ref", *ADAM, *extra)
     assert ref.rc == 0, ref.err
@@ -116,8 +117,9 @@ def test_a_standby_coordinators_takeover_changes_nothing(tmp_path, fault, extra)
     assert v.returncode == 0, v.stdout + v.stderr
 
 
-@pytest.mark.parametrize("fault,extra", [("kill:0@8", ()), ("kill:0@8", QUANT), ("hang:0@8", ())],
-                         ids=["kill", "kill-q8", "hang"])
+@pytest.mark.parametrize("fault,extra", [("kill:0@8", ()), ("kill:0@8", QUANT), ("hang:0@8", ()),
+                                         ("kill:0@8", (*MLP, *QUANT)), ("hang:0@8", MLP)],
+                         ids=["kill", "kill-q8", "hang", "kill-mlp-q8", "hang-mlp"])
 def test_a_training_deputys_takeover_changes_nothing(tmp_path, fault, extra):
     """The default deputy trains; once it takes over it goes on training its rows in the coordinator's process
     (executor.deputy_keeps_rows), and redoes the round in flight from the state it started it with."""
