@@ -5,7 +5,8 @@ the CPU seconds of every process (``FTMPI_TIMELINE``).
     python benchmarks/ab_checkouts.py /tmp/ftmpi-base [--pairs 8] [--out FILE] -- [train args...]
 
 The default job is time to 84 % (``jobs/local.sh 4 configs/fashion_mnist.yaml --set
-executor.target_accuracy=0.84``). Each checkout runs from its own directory: ``python -m ftmpi`` puts the
+executor.target_accuracy=0.84``); every run's median round time (``metrics.csv``) is compared too, pair by
+pair (for the fault-free round time, pass the whole run: ``-- --set model.seed=0``). Each checkout runs from its own directory: ``python -m ftmpi`` puts the
 current directory first on ``sys.path``, so pointing ``PYTHONPATH`` at the other checkout while running from
 this one would run this one's code on both sides. Both use the active environment's Python and packages
 (the numba kernels and ``ftmpi.kernels`` of this checkout's editable install); byte-compile both first
@@ -14,6 +15,7 @@ this one would run this one's code on both sides. Both use the active environmen
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -29,6 +31,16 @@ sys.path.insert(0, str(ROOT))
 from ftmpi.observe.timeline import read  # noqa: E402
 
 DEFAULT = ["--set", "executor.target_accuracy=0.84"]
+
+
+def round_ms(run_dir: Path) -> float | None:
+    """The median round time of a run (``metrics.csv`` ``round_time``, round 0 left out), in ms."""
+    try:
+        with open(run_dir / "metrics.csv") as fh:
+            t = [float(r["round_time"]) for r in list(csv.DictReader(fh))[1:]]
+    except (OSError, KeyError, ValueError):
+        return None
+    return 1000 * statistics.median(t) if t else None
 
 
 def one(checkout: Path, run_dir: Path, timeline: Path, args: list[str]) -> tuple[float, dict[str, float]]:
@@ -51,11 +63,14 @@ def main() -> int:
     ap.add_argument("base", type=Path, help="the other checkout (e.g. a git worktree of an older commit)")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
-    ap.add_argument("args", nargs="*", help="train arguments after --, default: " + " ".join(DEFAULT))
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    train = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap.epilog = "train arguments go after --, default: " + " ".join(DEFAULT)
+    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    a.args = train
     sides = {"base": a.base.resolve(), "this": ROOT}
     args = a.args or DEFAULT
-    res: dict[str, dict[str, list]] = {k: {"wall": [], "cpu_all": [], "cpu_worker": []} for k in sides}
+    res: dict[str, dict[str, list]] = {k: {"wall": [], "cpu_all": [], "cpu_worker": [], "round_ms": []} for k in sides}
     tmp = Path(tempfile.mkdtemp(prefix="ftmpi-ab."))
     try:
         for i in range(a.pairs):
@@ -65,16 +80,26 @@ def main() -> int:
                 res[side]["cpu_all"].append(sum(cpu.values()))
                 workers = [v for k, v in cpu.items() if k not in ("0", "L")]
                 res[side]["cpu_worker"].append(statistics.mean(workers) if workers else 0.0)
+                res[side]["round_ms"].append(round_ms(tmp / f"{side}{i}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in res.items()}
+    med = {s: {k: statistics.median(x for x in v if x is not None) for k, v in r.items()} for s, r in res.items()}
     paired = statistics.median(t - b for b, t in zip(res["base"]["wall"], res["this"]["wall"], strict=True))
+    pct = [100 * (t / b - 1) for b, t in zip(res["base"]["round_ms"], res["this"]["round_ms"], strict=True)
+           if b and t]
     out = {"base": str(sides["base"]), "args": args, "pairs": a.pairs, "runs": res, "median": med,
-           "paired_wall_difference": paired}
+           "paired_wall_difference": paired, "round_ms_paired_pct": pct,
+           "round_ms_paired_median_pct": statistics.median(pct) if pct else None,
+           "round_ms_paired_mean_pct": statistics.mean(pct) if pct else None,
+           "round_ms_paired_sd_pct": statistics.stdev(pct) if len(pct) > 1 else None}
     print(f"wall: base {med['base']['wall']:.3f} s, this {med['this']['wall']:.3f} s, paired difference "
           f"{paired * 1000:+.0f} ms; CPU of all processes {med['base']['cpu_all']:.3f} -> "
           f"{med['this']['cpu_all']:.3f} s; per worker {med['base']['cpu_worker']:.3f} -> "
           f"{med['this']['cpu_worker']:.3f} s")
+    if pct:
+        print(f"median round time: base {med['base']['round_ms']:.2f} ms, this {med['this']['round_ms']:.2f} ms; "
+              f"paired {statistics.median(pct):+.1f} % (median), {statistics.mean(pct):+.1f} % (mean)"
+              + (f", sd {statistics.stdev(pct):.1f} %" if len(pct) > 1 else ""))
     if a.out:
         a.out.write_text(json.dumps(out, indent=2) + "\n")
     return 0
