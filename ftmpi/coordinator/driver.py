@@ -265,8 +265,10 @@ class Coordinator:
 
     def _on_adopt(self, e: Adopt, replies: dict[int, P.Reply]) -> None:
         """A spare takes a lost worker's whole shard: its shard file is written now (rows by reference where
-        it shares this host, else its rows), before the next round message, which carries its setup and the
-        whole model; the survivors train on meanwhile."""
+        it shares this host, else its rows). During the collection of a round's replies (``e.in_flight``) the
+        spare is sent that round at once, from the model the others started it from, and the round waits for
+        it; else the next round message carries its setup and the whole model. Either way the lost worker's
+        optimizer state of the last checkpoint goes first, where rank 0 holds it."""
         m = self.state.members[e.rank]
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
         mark("adopt")
