@@ -34,6 +34,15 @@ def run(workers: int, config: str, run_dir: Path, *args: str, limit: float = 600
     return summary
 
 
+def held_classes(summary: dict, index: int = 1) -> list[int]:
+    """The classes of which the ``index``-th worker (world ranks 1.. in order: rank 2 is index 1) held the most rows
+    at the deal (``summary.json`` ``class_histogram``); empty when unknown."""
+    hist = summary.get("class_histogram") or []
+    if len(hist) <= index:
+        return []
+    return [c for c in range(len(hist[index])) if hist[index][c] == max(h[c] for h in hist)]
+
+
 def machine() -> dict:
     import numpy
 

@@ -6,8 +6,8 @@ the CPU seconds of every process (``FTMPI_TIMELINE``).
 
 The default job is time to 84 % (``jobs/local.sh 4 configs/fashion_mnist.yaml --set
 executor.target_accuracy=0.84``); every run's median round time (``metrics.csv``) is compared too, pair by
-pair (for the fault-free round time, pass the whole run: ``-- --set model.seed=0``). Each checkout runs from its own directory: ``python -m ftmpi`` puts the
-current directory first on ``sys.path``, so pointing ``PYTHONPATH`` at the other checkout while running from
+pair (for the fault-free round time, pass the whole run: ``-- --set model.seed=0``). Each checkout runs from
+its own directory: ``python -m ftmpi`` puts the current directory first on ``sys.path``, so pointing ``PYTHONPATH`` at the other checkout while running from
 this one would run this one's code on both sides. Both use the active environment's Python and packages
 (the numba kernels and ``ftmpi.kernels`` of this checkout's editable install); byte-compile both first
 (``python -m compileall -q ftmpi kernels`` in each), as ``jobs/setup.sh`` does.

@@ -98,7 +98,7 @@ def main() -> int:
           "screen off (ms) | cost / round | final acc on / off | rejected (honest runs) |",
           "|---|---|---|---|---|---|---|---|"]
     out = {}
-    for name, (n, config) in MODELS.items():
+    for name, (n, _) in MODELS.items():
         on = [r for r in runs if r["model"] == name and r["screen"]]
         off = [r for r in runs if r["model"] == name and not r["screen"]]
         m_on = statistics.median([r["round_ms"] for r in on if r["round_ms"]]) if on else None

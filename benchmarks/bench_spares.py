@@ -11,9 +11,9 @@ and under ``remap: representative``; repeat k runs every variant with ``model.se
 row at or above 0.84 (0.82 on label-skew, where the fault-free run ends near 0.83); training time to target:
 the same less the wall clock of round 0's row (start-up differs by tenths of a second between identical runs
 and has nothing to do with the fault); its ratio to the fault-free run of the same repeat (median of the
-per-repeat ratios) is the goal's measure. Final accuracy after all 80 rounds, coverage, rows handed to the survivors (sum of
-``failures[].rows_handed``), the round the spare first trained (``failures[].recovered_round``), the median
-round time; on label-skew, the accuracy of the lost worker's classes (those of which world rank 2 holds the
+per-repeat ratios) is the goal's measure. Final accuracy after all 80 rounds, coverage, rows handed to the
+survivors (sum of ``failures[].rows_handed``), the round the spare first trained
+(``failures[].recovered_round``), the median round time; on label-skew, the accuracy of the lost worker's classes (those of which world rank 2 holds the
 most rows at the deal).
 
 The spare's cost, per repeat: a longer fault-free run with one spare (``model.n_iterations`` from
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import ROOT, machine, run, write  # noqa: E402
+from _runs import ROOT, held_classes, machine, run, write  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 WORKERS = 4
@@ -64,10 +64,7 @@ def measure(run_dir: Path, summary: dict, target: float) -> dict:
     except OSError:
         rows = []
     hit = next((r for r in rows if float(r["test_acc"]) >= target), None)
-    hist = summary.get("class_histogram") or []
-    mine = []
-    if len(hist) >= 2:  # world ranks 1..4 in order: rank 2 is the second
-        mine = [c for c in range(len(hist[1])) if hist[1][c] == max(h[c] for h in hist)]
+    mine = held_classes(summary)  # world rank 2's classes
     per_class = summary.get("per_class_acc") or []
     fails = summary.get("failures") or []
     sp = summary.get("spares") or {}
@@ -78,7 +75,8 @@ def measure(run_dir: Path, summary: dict, target: float) -> dict:
     return {"status": summary.get("status"), "rc": summary.get("rc"), "run_dir": str(run_dir),
             "lost": [f["rank"] for f in fails], "final_acc": summary.get("final_test_acc"), "target": target,
             "t84": float(hit["wall"]) if hit else None,
-            "t84_train": float(hit["wall"]) - float(rows[0]["wall"]) if hit else None, "round84": int(hit["round"]) if hit else None,
+            "t84_train": float(hit["wall"]) - float(rows[0]["wall"]) if hit else None,
+            "round84": int(hit["round"]) if hit else None,
             "wall": summary.get("wall_seconds"), "outer_wall": summary.get("outer_wall"),
             "coverage": summary.get("coverage"), "rows_handed": sum(int(f.get("rows_handed") or 0) for f in fails),
             "rows_to_spare": sum(int(f.get("rows_to_spare") or 0) for f in fails),
@@ -261,7 +259,8 @@ def ratios(rows: list[dict], part: str, label: str) -> list[float]:
 
 
 def table(rows: list[dict], partitions: list[str]) -> list[str]:
-    md = ["| partition (target) | run | exit (runs) | time to target (s, median) | training time to target (s, median) | "
+    md = ["| partition (target) | run | exit (runs) | time to target (s, median) | "
+          "training time to target (s, median) | "
           "vs fault-free (median of ratios) | "
           "rounds to target | final acc | Δ acc (pts) | lost worker's classes acc | Δ (pts) | coverage | "
           "rows handed to survivors | spare trained from round | median round (ms) |",
@@ -277,7 +276,8 @@ def table(rows: list[dict], partitions: list[str]) -> list[str]:
             exits = ",".join(sorted({str(r["rc"]) for r in rs}))
             spare_from = sorted({r["spare_from"] for r in rs if r["spare_from"] is not None})
             md.append(f"| {part} ({TARGET[part]:.0%}) | {label} | {exits} ({len(rs)}) | {fmt(med(rs, 't84'), '.2f')} "
-                      f"| {fmt(med(rs, 't84_train'), '.2f')} | {fmt(med(ratios(rows, part, label)), '.2f')}× | {fmt(med(rs, 'round84'), '.0f')} | "
+                      f"| {fmt(med(rs, 't84_train'), '.2f')} | {fmt(med(ratios(rows, part, label)), '.2f')}× | "
+                      f"{fmt(med(rs, 'round84'), '.0f')} | "
                       f"{fmt(a, '.4f')} | "
                       f"{fmt(100 * (a - a0) if a is not None and a0 is not None else None, '+.2f')} | "
                       f"{fmt(c, '.4f')} | {fmt(100 * (c - c0) if c is not None and c0 is not None else None, '+.2f')} "
@@ -422,7 +422,8 @@ def main() -> int:
         md += ["", "Odd runs:", ""] + [f"- {r['variant']} ({r['partition']}, repeat {r['repeat']}): exit {r['rc']}, "
                                       f"status {r['status']}, spares used {r['spares_used']}, run dir {r['run_dir']}"
                                       for r in odd]
-    write("spares" + (f"-{a.tag}" if a.tag else ""), {"machine": machine(), "config": CONFIG, "workers": WORKERS, "target": TARGET,
+    write("spares" + (f"-{a.tag}" if a.tag else ""), {"machine": machine(), "config": CONFIG, "workers": WORKERS,
+                                                     "target": TARGET,
                      "repeats": a.repeats, "minutes": (time.time() - t0) / 60,
                      "load": {"start": load0, "end": load1, "before_runs": loads}, "runs": rows, "cpu": cpu},
           "\n".join(md) + "\n")

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import machine, run, write  # noqa: E402
+from _runs import held_classes, machine, run, write  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 SLOW = ["--inject", "slowdown:2@0:4"]
@@ -47,10 +47,7 @@ def measure(run_dir: Path, summary: dict, target: float) -> dict:
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     hit = next((r for r in rows if float(r["test_acc"]) >= target), None)
-    hist = summary.get("class_histogram") or []
-    mine = []
-    if len(hist) >= 2:  # world ranks 1..4 in order: rank 2 is the second
-        mine = [c for c in range(len(hist[1])) if hist[1][c] == max(h[c] for h in hist)]
+    mine = held_classes(summary)  # world rank 2's classes
     per_class = summary.get("per_class_acc") or []
     return {"status": summary.get("status"), "lost": [f["rank"] for f in summary.get("failures", [])],
             "final_acc": summary.get("final_test_acc"), "target": target, "t84": float(hit["wall"]) if hit else None,

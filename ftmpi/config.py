@@ -321,8 +321,8 @@ class DataConfig:
     compress_shards: bool = _f(True, _bool)
 
 
-_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|slowdown|nan|corrupt|flip|scale):(\d+)@(\d+|start|deal|finish)"
-                       r"(?::([^:]+))?$")
+_FAULT_RE = re.compile(r"^(kill|exit|raise|hang|pause|slow|slowdown|nan|corrupt|flip|scale)"
+                       r":(\d+)@(\d+|start|deal|finish)(?::([^:]+))?$")
 
 #: The named points a fault can also fire at (``KIND:R@start``), as the negative ``FaultSpec.round`` that stands
 #: for each: ``start`` before the rank's hello (a worker) or before the join (rank 0), after MPI_Init; ``deal``

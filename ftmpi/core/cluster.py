@@ -23,8 +23,20 @@ from typing import Any
 import numpy as np
 
 from ftmpi.core import protocol as P
-from ftmpi.core.events import (Accept, Adopt, Chosen, Effect, Expel, Heard, Log, Lost, Rebuild, SendHandoff, Stage,
-                               WriteHandoff)
+from ftmpi.core.events import (
+    Accept,
+    Adopt,
+    Chosen,
+    Effect,
+    Expel,
+    Heard,
+    Log,
+    Lost,
+    Rebuild,
+    SendHandoff,
+    Stage,
+    WriteHandoff,
+)
 from ftmpi.core.handoff import Policy, Scored
 from ftmpi.core.kinds import How, Phase
 from ftmpi.core.partition import Ownership, assign_handoff

@@ -43,7 +43,7 @@ from ftmpi.launch.hosts import (
     write_hostfile,
 )
 from ftmpi.launch.mpicmd import Launch, build, flavour, probe, rank_env
-from ftmpi.launch.record import EXIT_OVERRAN, note_relaunch, read_summary, workers_left, write_outcome
+from ftmpi.launch.record import EXIT_OVERRAN, LEFT, note_relaunch, read_summary, workers_left, write_outcome
 from ftmpi.observe.timeline import mark
 
 START_RETRIES = 2  # launches again when mpirun fails, or hangs, before rank 0 ran at all (not counted as restarts)
@@ -460,8 +460,6 @@ class Launcher:
     def _forget_left(self) -> None:
         """Drop the records of ranks that left without a coordinator in an earlier launch of this launcher
         (the same FTMPI_LAUNCH_ID): only this launch's count for :meth:`_all_left`."""
-        from ftmpi.launch.record import LEFT
-
         for rank in workers_left(self.opts.run_dir, self.env.get("FTMPI_LAUNCH_ID", "")):
             (self.opts.run_dir / LEFT / f"rank-{rank:04d}.json").unlink(missing_ok=True)
 

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.mpi.test_hosts import AGENT, SMOKE, _descendants, _host_of, kill_host, why_no_hosts
+from tests.mpi.test_hosts import (
+    AGENT,
+    SMOKE,
+    _descendants,
+    _host_of,
+    hosts,  # noqa: F401 (its autouse fixture: skips with the reason when no hosts)
+    kill_host,
+)
 from tests.mpirun import ended, launched, metrics_rows, needs_mpi
 
 pytestmark = needs_mpi
-
-
-@pytest.fixture(scope="module", autouse=True)
-def hosts():
-    why = why_no_hosts()
-    if why:
-        pytest.skip(why)
 
 
 def ranks_by_host(launcher: int) -> dict[str, int]:
