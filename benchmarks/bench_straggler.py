@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import tempfile
@@ -62,18 +63,42 @@ def measure(run_dir: Path, summary: dict, target: float) -> dict:
             "median_round_ms": 1000 * statistics.median(float(r["round_time"]) for r in rows[1:]) if rows else None}
 
 
-def series(tmp: Path, name: str, variants: list, partitions: list[str], repeats: int) -> list[dict]:
+def series(tmp: Path, name: str, variants: list, partitions: list[str], repeats: int, seeds: bool = True) -> list[dict]:
     out = []
     for rep in range(repeats):  # interleaved: one run of each variant, then again
+        seed = ["--set", f"model.seed={rep}"] if seeds else []  # the same deal, another init and minibatches
         for part in partitions:
             for i, (label, args) in enumerate(variants):
                 d = tmp / f"{name}-{part}-{i}-{rep}"
-                s = run(4, CONFIG, d, "--set", f"data.partition={part}", *args)
+                s = run(4, CONFIG, d, "--set", f"data.partition={part}", *seed, *args)
                 row = {"series": name, "partition": part, "variant": label, "repeat": rep,
                        **measure(d, s, TARGET[part])}
                 out.append(row)
                 print(row, flush=True)
     return out
+
+
+def machine_line() -> str:
+    m = machine()
+    return (f"{m['date']}, {m['cores']} cores, load average (1 min) {os.getloadavg()[0]:.1f} at the end; "
+            "times on a 2-core machine vary by tens of percent between identical runs: rounds to target and "
+            "accuracies do not")
+
+
+def per_repeat(rows: list[dict], variants: list, partitions: list[str]) -> list[str]:
+    """Each repeat's training-time ratio and rounds to target against the fault-free run of the same repeat."""
+    md = ["Per repeat (training time to target over the same repeat's fault-free run; rounds to target):", "",
+          "| partition | run | ratios | median ratio | rounds (fault-free rounds) |", "|---|---|---|---|---|"]
+    for part in partitions:
+        ref = {r["repeat"]: r for r in rows if r["partition"] == part and r["variant"] == variants[0][0]}
+        for label, _ in variants[1:]:
+            rs = [r for r in rows if r["partition"] == part and r["variant"] == label]
+            ratios = [r["t84_train"] / ref[r["repeat"]]["t84_train"] for r in rs
+                      if r["t84_train"] and ref.get(r["repeat"], {}).get("t84_train")]
+            rounds = ", ".join(f"{r['round84']} ({ref[r['repeat']]['round84']})" for r in rs if r["repeat"] in ref)
+            md.append(f"| {part} | {label} | {', '.join(f'{x:.2f}' for x in ratios)} | "
+                      f"{statistics.median(ratios) if ratios else float('nan'):.2f}× | {rounds} |")
+    return md
 
 
 def med(rows: list[dict], key: str) -> float | None:
@@ -110,12 +135,17 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rules-repeats", type=int, default=2)
     ap.add_argument("--partitions", default="iid,label-skew")
+    ap.add_argument("--same-seed", action="store_true",
+                    help="every repeat with model.seed 0 (timing repeats); default: repeat k with model.seed=k")
     a = ap.parse_args()
     parts = a.partitions.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="ftmpi-straggler-"))
-    rows = series(tmp, "main", VARIANTS, parts, a.repeats)
-    rules = series(tmp, "rules", RULES, ["label-skew"], a.rules_repeats) if a.rules_repeats > 0 else []
-    md = ["Main comparison (medians over the repeats; every run interleaved):", "", *table(rows, VARIANTS, parts)]
+    rows = series(tmp, "main", VARIANTS, parts, a.repeats, not a.same_seed)
+    rules = series(tmp, "rules", RULES, ["label-skew"], a.rules_repeats, not a.same_seed) if a.rules_repeats > 0 else []
+    how = "repeat k with model.seed=k" if not a.same_seed else "every repeat model.seed=0"
+    md = [f"`{' '.join(['nice python benchmarks/bench_straggler.py', *sys.argv[1:]])}`, {machine_line()}", "",
+          f"Main comparison ({a.repeats} repeats, {how}; medians over the repeats; every run interleaved):", "",
+          *table(rows, VARIANTS, parts), "", *per_repeat(rows, VARIANTS, parts)]
     if rules:
         md += ["", "Late-reply rule (label-skew, `slowdown:2@0:3`, quorum 0.75, rebalancing off, max_staleness 4):",
                "", *table(rules, RULES, ["label-skew"])]

@@ -42,7 +42,9 @@ class ErrorFeedback:
     """Compress a stream of vectors so that the sum of what was decoded tracks the sum of what was sent."""
 
     def __init__(self, n: int, tensors: list[slice], bits: int, stochastic: bool) -> None:
-        self.residual = np.zeros(n, np.float32)
+        # without quantization nothing is ever left over: an empty residual (not n zeros carried in every
+        # state copy, reply and checkpoint)
+        self.residual = np.zeros(n if bits else 0, np.float32)
         self.tensors, self.bits, self.stochastic, self.n = tensors, bits, stochastic, n
 
     def compress(self, vec: np.ndarray, seed: int) -> tuple[Any, np.ndarray]:

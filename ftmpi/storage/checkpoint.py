@@ -675,15 +675,29 @@ def _round_of(p: Path) -> int:
     return int(m.group(1)) if m else -1
 
 
+_VERIFIED: dict[tuple[int, int, int, int], None] = {}  # (device, inode, size, mtime_ns) of files found intact
+
+
 def intact(path: _PathLike) -> bool:
-    """True when a checkpoint file passes the integrity manifest check (no HDF5 parsing: fast and safe)."""
+    """True when a checkpoint file passes the integrity manifest check (no HDF5 parsing: fast and safe).
+
+    A file this process already found intact, unchanged since (same device, inode, size and modification
+    time), is not read again: :func:`prune` asks about every kept checkpoint after each write, and the
+    re-reads were most of its cost (measured in issue 22). A file replaced or rewritten has another key."""
     try:
         with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key in _VERIFIED:
+                return True
             if fh.read(len(_MAGIC)) != _MAGIC:
                 return False
-            _verify(fh, os.fstat(fh.fileno()).st_size)
+            _verify(fh, st.st_size)
     except (OSError, _Invalid):
         return False
+    if len(_VERIFIED) >= 64:
+        _VERIFIED.pop(next(iter(_VERIFIED)))
+    _VERIFIED[key] = None
     return True
 
 

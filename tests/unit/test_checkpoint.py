@@ -540,6 +540,22 @@ def test_prune_keeps_the_newest(tmp_path):
         prune(tmp_path, 0)
 
 
+def test_intact_reads_a_file_once_until_it_changes(tmp_path, monkeypatch):
+    """prune asks about every kept checkpoint after each write: a file already verified and unchanged is
+    not read again, and one changed in place (new modification time) or replaced is verified anew."""
+    path = save(ckpt_path(tmp_path, 1), make_snapshot(round=1))
+    calls = []
+    real = ck._verify
+    monkeypatch.setattr(ck, "_verify", lambda fh, size: calls.append(size) or real(fh, size))
+    assert ck.intact(path) and ck.intact(path) and len(calls) == 1
+    flip_byte(path, "optimizer/m")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert not ck.intact(path) and len(calls) == 2
+    save(path, make_snapshot(round=1))  # replaced: another inode
+    assert ck.intact(path) and len(calls) == 3
+
+
 # -------------------------------------------------------------------------------------------- inspect
 def test_summarize_and_format_summary(tmp_path):
     snap = make_snapshot((5, 4, 3))

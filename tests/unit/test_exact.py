@@ -50,6 +50,21 @@ def test_worker_states_round_trip_through_a_checkpoint_with_their_layout(tmp_pat
         assert f["model/bcast"].dtype == np.float32
 
 
+def test_an_uplink_without_quantization_keeps_an_empty_residual_and_with_it_tracks_the_error():
+    """The format says a worker's residual is empty without quantization: its state copies, replies and
+    checkpoints then carry no n zeros (issue 22's round cost); with 8 bits the residual is what the payload
+    left out, and what was decoded plus it is what was sent."""
+    from ftmpi.model.codec import ErrorFeedback
+    vec = np.random.default_rng(0).normal(size=N).astype(np.float32)
+    plain = ErrorFeedback(N, [slice(0, N)], 0, False)
+    _, out = plain.compress(vec, 1)
+    assert plain.residual.shape == (0,) and np.array_equal(out, vec)
+    q8 = ErrorFeedback(N, [slice(0, N)], 8, False)
+    _, approx = q8.compress(vec, 1)
+    assert q8.residual.shape == (N,) and np.abs(q8.residual).max() > 0
+    assert np.allclose(approx + q8.residual, vec, atol=1e-6)
+
+
 def test_a_checkpoint_without_worker_states_loads_as_before(tmp_path):
     back = load(save(ckpt_path(tmp_path, 12), make_snapshot()))
     assert back.workers is None and back.bcast is None and back.screen is None
