@@ -273,8 +273,11 @@ class Coordinator:
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
         mark("adopt")
         st = self.gm.known_states.get(e.lost)
-        if st is not None:  # the lost worker's optimizer as of its last checkpoint, not zeros (no stale residual)
-            self._spare_states[e.rank] = {**st, "residual": np.zeros(0, np.float32)}
+        self.gm.ident[e.rank] = self.gm.ident.get(e.lost, e.lost)  # it trains as the lost worker would have,
+        self.gm.screen.inherit(e.rank, e.lost)  # and its updates are screened against that worker's record
+        if st is not None:  # the lost worker's state as of its last reply (workers send it every round when
+            # there are spares: the spare's round is then exactly the lost one's), else of its last checkpoint
+            self._spare_states[e.rank] = st
         weight = np.ones(len(self.data.y_train))
         weight[e.ids] = e.weights
         write_shards(self.run_dir, self.data, {e.rank: e.ids}, weight, shards_by_reference(self.data, [m.host]),
@@ -458,8 +461,11 @@ class Coordinator:
         s = self.state
         if r in self._spare_states:
             st = self._spare_states.pop(r)
+            if int(st["round"]) != rnd:  # an older state (a checkpoint's): its optimizer, not zeros, but no
+                st = {**st, "residual": np.zeros(0, np.float32)}  # stale error-feedback residual
             self.ch.send(r, TAG_CTRL, P.Restore(int(st["round"]), st, s.term))
-        how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes, self.gm.model.sizes.tolist())
+        how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes, self.gm.model.sizes.tolist(),
+                      self.gm.ident.get(r, -1))
         self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, True, params, how,
                                           news, self.pending_rebuild, deputy, s.term))
 

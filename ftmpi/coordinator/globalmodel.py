@@ -53,6 +53,9 @@ class GlobalModel:
         self.bcast_known = False
         self.worker_states: dict[int, dict[str, Any]] = {}
         self.known_states: dict[int, dict[str, Any]] = {}  # each worker's newest state seen (a spare's start)
+        # a spare's rank -> the lost worker it stands in for: updates are summed in the order of the workers
+        # whose data they train (float sums depend on order: a spare's round is then the lost worker's, exactly)
+        self.ident: dict[int, int] = {}
         self.redone: dict[int, int] = {}
 
     def restore(self, snap: Any) -> None:
@@ -156,7 +159,7 @@ class GlobalModel:
             raise Diverged(f"round {rnd}: {bad} of the {len(norms)} workers' updates are not finite (NaN/Inf): "
                            f"the model diverged (optimizer.learning_rate={lr:g} too high?); stopped, the last "
                            f"finite model (before round {rnd}) is kept")
-        ranks = screened.accepted
+        ranks = sorted(screened.accepted, key=lambda r: (self.ident.get(r, r), r))
         self.iters_done += iters
         said = "; ".join(f"round {rnd}: worker {r}'s update rejected, left out of the aggregate: {why}"
                          for r, why in screened.rejected.items()) or None

@@ -40,6 +40,8 @@ class Setup(Wire):
     shard: str
     n_classes: int
     sizes: list[int]
+    ident: int = -1  # a spare: the lost worker it stands in for (its minibatches and rounding seeded as that
+    #                  worker's were, so that it trains what the lost worker would have); -1: its own rank
 
 
 @dataclass

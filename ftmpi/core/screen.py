@@ -209,6 +209,13 @@ class Screen:
             self.max_ratio = out.max_ratio
         return out
 
+    def inherit(self, rank: int, lost: int) -> None:
+        """A hot spare ``rank`` that took the lost worker ``lost``'s shard and state continues its series of
+        norms: it is judged against that worker's history (a copy), as that worker would have been."""
+        h = self.history.get(lost)
+        if h is not None:
+            self.history[rank] = deque(h, maxlen=h.maxlen)
+
     def forget(self, rank: int) -> None:
         """A worker that is gone: its history and streak go (its totals stay for the summary)."""
         self.history.pop(rank, None)

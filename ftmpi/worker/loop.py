@@ -56,6 +56,7 @@ class Worker:
     def __init__(self, ch: Channel, cfg: Config, run_dir: Path, resuming: bool = False) -> None:
         self.ch, self.cfg, self.run_dir = ch, cfg, Path(run_dir)
         self.rank = ch.rank
+        self.ident = ch.rank  # whose minibatches and rounding this rank draws: a spare takes the lost worker's
         self.epoch = -1
         self.coord = 0  # the coordinator's rank: 0, or the deputy that took over
         self.deputy = -1  # announced in every round message
@@ -480,6 +481,8 @@ class Worker:
         cfg = self.cfg
         self.shard = LocalShard(self._load_shard(setup.shard))
         self.n_classes = int(setup.n_classes)
+        if int(getattr(setup, "ident", -1)) >= 0:
+            self.ident = int(setup.ident)
         if is_plugin(cfg.model.type):  # the user's class, constructed as rank 0 did (it checked the contract)
             self.model = build_model(cfg.model.type, (), setup.sizes[0], setup.sizes[-1], cfg.model.options,
                                      check=False)
@@ -618,7 +621,7 @@ class Worker:
     def _batches(self, rnd: int, iters: int, bs: int, salt: tuple[int, ...] = ()) -> list[np.ndarray]:
         """This round's minibatches, seeded by (seed, rank, round) and ``salt`` (the epoch) when the shard grew
         mid-round (:meth:`LocalShard.batches`)."""
-        return self.shard.batches([self.cfg.model.seed, self.rank, rnd, *salt], rnd, iters, bs,
+        return self.shard.batches([self.cfg.model.seed, self.ident, rnd, *salt], rnd, iters, bs,
                                   self.cfg.model.shuffle)
 
     def _round(self, msg: P.Round) -> None:
@@ -696,13 +699,14 @@ class Worker:
             update = acc
         else:
             update = local - self.replica
-        payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.rank)
+        payload, _ = self.uplink.compress(update, seed=cfg.model.seed * 7919 + rnd * 131 + self.ident)
         payload = F.tamper(cfg.faults, self.rank, rnd, payload)  # injected nan/corrupt faults only
         rep = self._representative(local, rnd)
         self._trained = rnd
-        # the round before a periodic checkpoint: the state the next round starts from goes with the reply
-        state = self.local_state(rnd + 1) if ex.checkpoint_every > 0 and (rnd + 1) % ex.checkpoint_every == 0 \
-            else None
+        # the round before a periodic checkpoint: the state the next round starts from goes with the reply; with
+        # hot spares, every round's (a spare then starts from exactly where a lost worker stood: issue 24)
+        ckpt = ex.checkpoint_every > 0 and (rnd + 1) % ex.checkpoint_every == 0
+        state = self.local_state(rnd + 1, key=ckpt) if ckpt or ex.spares > 0 else None
         reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
                         self.shard.mass, len(self.shard), rep, self._handed, self._ready, self._prefetched,
                         self._unreadable, time.monotonic() - t0, state=state, redo=redo)
@@ -751,7 +755,7 @@ class Worker:
         self._rescore(params, rnd)
         assert self.scores is not None
         local = select_representative(o.rep_selection, self.scores, self.shard.y, k, self.n_classes,
-                                      seed=self.cfg.model.seed * 104729 + rnd * 31 + self.rank)
+                                      seed=self.cfg.model.seed * 104729 + rnd * 31 + self.ident)
         return self.shard.ids[local].astype(np.int64)
 
 def _last_row(path: Path) -> int | None:

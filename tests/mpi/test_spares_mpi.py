@@ -5,6 +5,9 @@ handoff as it was; when the coordinator is killed, the deputy takes over and tra
 or, with deputy_keeps_rows false, the spare takes the deputy's rows. Each job runs under a hard time limit."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -32,11 +35,30 @@ def test_a_spare_takes_a_killed_workers_whole_shard(tmp_path):
     rows = job.metrics()
     assert [int(r["alive_workers"]) for r in rows][9:] == [3] * (len(rows) - 9)
     # the spare trained round 8 in worker 2's place (sent to it as soon as the loss was known), starting from
-    # worker 2's optimizer state of the round-5 checkpoint (step 50), not from zeros: at the end it is 3 rounds
-    # (5..7, 10 steps each) behind a worker that trained every round
+    # worker 2's state as of its reply to round 7 (workers send it every round when there are spares), not
+    # from its checkpoint's (round 5: it would end 3 rounds, 30 steps, behind) nor from zeros
     _, snap, _ = newest_valid(run)
     assert snap.round == 20 and snap.workers[1]["step"] == 200, snap.workers[1]["step"]
-    assert snap.workers[4]["step"] == 200 - 3 * 10, snap.workers[4]["step"]
+    assert snap.workers[4]["step"] == 200, snap.workers[4]["step"]
+
+
+def _verify(a, b):
+    return subprocess.run([sys.executable, "-m", "ftmpi", "verify", str(a), str(b)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("extra", [(), ("--set", "executor.quantize=8")], ids=["adam", "adam-q8"])
+def test_a_kill_with_a_spare_changes_nothing_in_the_run(tmp_path, extra):
+    """The spare trains as the lost worker would have: its state of the round in flight, its minibatches and
+    rounding (seeded by the lost worker's rank), its update summed in its place and screened against its
+    record. The run with the kill is the fault-free run, bit for bit (``ftmpi verify``)."""
+    adam = ("--set", "optimizer.name=adam", "--set", "optimizer.learning_rate=0.01", *extra)
+    ref = run_job(3, SMOKE, tmp_path / "ref", *ARGS, *adam, limit=120)
+    job = run_job(3, SMOKE, tmp_path / "kill", "--inject", "kill:2@8", *ARGS, *adam, limit=120)
+    assert ref.rc == 0 and job.rc == 0, job.err[-3000:]
+    assert [(d["spare"], d["took"], d["round"]) for d in job.summary["spares"]["used"]] == [(4, 2, 8)]
+    v = _verify(tmp_path / "ref", tmp_path / "kill")
+    assert v.returncode == 0 and "20 rounds identical" in v.stdout and "final params" in v.stdout, v.stdout
 
 
 def test_a_spare_lost_before_it_is_needed_leaves_the_handoff_as_it_was(tmp_path):

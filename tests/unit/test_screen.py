@@ -4,6 +4,7 @@ model's aggregation of screened updates (:meth:`GlobalModel.aggregate`), a worke
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import pytest
@@ -259,3 +260,25 @@ def test_a_checkpoint_of_params_that_are_not_finite_is_never_written_nor_resumed
     assert not C.ckpt_path(tmp_path, 20).exists()
     path, snap, warnings = C.newest_valid(tmp_path)
     assert path == C.ckpt_path(tmp_path, 10) and np.isfinite(snap.params).all() and warnings == []
+
+
+def test_a_spare_inherits_the_lost_workers_record_and_its_update_is_summed_in_that_workers_place():
+    """A hot spare that took worker 2's shard (issue 24): screened against worker 2's history, as worker 2 would
+    have been, and its update added where worker 2's was (float sums depend on order): the aggregate is the
+    one worker 2's own reply would have given, bit for bit."""
+    rng = np.random.default_rng(3)
+    ups = {r: rng.normal(size=_gm().model.n_params).astype(np.float32) * 10 ** (r % 3) for r in (1, 2, 3)}
+    ref, spared = _gm(), _gm()
+    for gm in (ref, spared):
+        gm.screen.history[2] = deque([40.0] * HISTORY, maxlen=HISTORY)
+    spared.screen.inherit(5, 2)
+    spared.ident[5] = 2
+    assert list(spared.screen.history[5]) == [40.0] * HISTORY
+    spared.screen.history[5].append(1.0)  # a copy: the lost worker's own record is left as it was
+    assert list(spared.screen.history[2]) == [40.0] * HISTORY
+    spared.screen.history[5].pop()
+    ref.aggregate({r: _reply(ref, r, u) for r, u in ups.items()}, 0, 10)
+    spared.aggregate({(5 if r == 2 else r): _reply(spared, 5 if r == 2 else r, u) for r, u in ups.items()}, 0, 10)
+    assert np.array_equal(ref.W, spared.W)
+    spared.screen.inherit(6, 9)  # nothing known of worker 9: nothing inherited
+    assert 6 not in spared.screen.history
