@@ -1,10 +1,12 @@
 """Shared by the end-to-end benchmarks: run a real job through jobs/local.sh and time it from outside."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -59,3 +61,14 @@ def write(name: str, payload: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def round_ms(run_dir: Path) -> float | None:
+    """The median round time of a run (``metrics.csv`` ``round_time``, round 0 left out), in ms."""
+    try:
+        with open(run_dir / "metrics.csv") as fh:
+            t = [float(r["round_time"]) for r in list(csv.DictReader(fh))[1:]]
+    except (OSError, KeyError, ValueError):
+        return None
+    return 1000 * statistics.median(t) if t else None
+

@@ -19,7 +19,6 @@ benchmarks/results/screen_cost.{json,md}.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _runs import machine, run, write  # noqa: E402
+from _runs import machine, round_ms, run, write  # noqa: E402
 
 from ftmpi.core.screen import Screen, measure  # noqa: E402
 
@@ -60,16 +59,6 @@ def screen_us(n_params: int, rounds: int = 300, repeats: int = 5) -> float:
             assert len(out.accepted) == WORKERS
         best = min(best, statistics.median(times))
     return best * 1e6
-
-
-def round_ms(run_dir: Path) -> float | None:
-    try:
-        with open(run_dir / "metrics.csv") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError:
-        return None
-    t = [float(r["round_time"]) for r in rows[1:]]
-    return 1000 * statistics.median(t) if t else None
 
 
 def main() -> int:

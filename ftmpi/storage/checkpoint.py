@@ -327,14 +327,16 @@ def _write_file(tmp: Path, snap: Snapshot, texts: dict[str, str], arrays: dict[s
     buf = io.BytesIO()  # h5py's file-object driver; the core driver's file image would lack the user block
     with h5py.File(buf, "w", userblock_size=block) as f:
         _write(f, snap, texts, arrays)
+        f.flush()  # raw data has its final place once written: the manifest is built from the image in memory
+        regions = {f"/{name}": _region(f[name]) for name in arrays}  # (no re-open and re-read of the file)
     image = buf.getbuffer()
+    image[:block] = _manifest(image, block, regions)
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
     try:
         while image:
             image = image[os.write(fd, image):]
     finally:
         os.close(fd)
-    _seal(tmp)
 
 
 def _arrays(s: Snapshot) -> dict[str, np.ndarray]:
@@ -401,29 +403,38 @@ def _crc_range(fh: BinaryIO, start: int, stop: int, crc: int = 0) -> int:
     return crc
 
 
+def _region(ds: h5py.Dataset) -> list[int]:
+    return [ds.id.get_offset() or 0, ds.id.get_storage_size()]
+
+
 def _seal(path: Path) -> None:
-    """Write the integrity manifest into the user block of a closed, complete checkpoint file."""
+    """Write the integrity manifest into the user block of a closed, complete checkpoint file (a file that
+    :func:`save` did not build: e.g. one a tool edited with h5py)."""
+    regions: dict[str, list[int]] = {}
     with h5py.File(path, "r") as f:
         block = f.userblock_size
-        regions: dict[str, list[int]] = {}
-
-        def note(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                regions[obj.name] = [obj.id.get_offset() or 0, obj.id.get_storage_size()]
-        f.visititems(note)
-    size, pos, meta = path.stat().st_size, block, 0
+        f.visititems(lambda name, obj: regions.__setitem__(obj.name, _region(obj))
+                     if isinstance(obj, h5py.Dataset) else None)
     with open(path, "r+b") as fh:
-        for name, (off, n) in sorted(regions.items(), key=lambda kv: kv[1][0]):
-            meta = _crc_range(fh, pos, off, meta) if n else meta
-            regions[name].append(_crc_range(fh, off, off + n))
-            pos = off + n if n else pos
-        manifest = {"format_version": FORMAT_VERSION, "size": size, "datasets": regions,
-                    "meta_crc32": _crc_range(fh, pos, size, meta)}
-        text = _MAGIC + f"{block}\n".encode() + json.dumps(manifest, separators=(",", ":")).encode()
-        if len(text) > block:
-            raise ValueError(f"{path}: a {len(text)}-byte manifest does not fit the {block}-byte user block")
+        header = _manifest(memoryview(fh.read()), block, regions)
         fh.seek(0)
-        fh.write(text.ljust(block, b"\0"))
+        fh.write(header)
+
+
+def _manifest(image: memoryview, block: int, regions: dict[str, list[int]]) -> bytes:
+    """The user block of a complete file ``image``: its manifest (``regions``: dataset -> [offset, nbytes],
+    each given its crc32 here), padded to ``block`` bytes."""
+    size, pos, meta = len(image), block, 0
+    for name, (off, n) in sorted(regions.items(), key=lambda kv: kv[1][0]):
+        meta = zlib.crc32(image[pos:off], meta) if n else meta
+        regions[name].append(zlib.crc32(image[off:off + n]))
+        pos = off + n if n else pos
+    manifest = {"format_version": FORMAT_VERSION, "size": size, "datasets": regions,
+                "meta_crc32": zlib.crc32(image[pos:size], meta)}
+    text = _MAGIC + f"{block}\n".encode() + json.dumps(manifest, separators=(",", ":")).encode()
+    if len(text) > block:
+        raise ValueError(f"a {len(text)}-byte manifest does not fit the {block}-byte user block")
+    return text.ljust(block, b"\0")
 
 
 def _wrong_version(version: Any) -> str:
