@@ -28,6 +28,7 @@ from typing import Any
 
 from mpi4py import MPI
 
+from ftmpi import signals
 from ftmpi.core.kinds import StrEnum
 from ftmpi.errors import PeerFailed, PeerTimeout
 
@@ -138,15 +139,15 @@ class Backoff:
     the same total CPU, a smaller one shortens it no further (docs/NOTES.md has the measurement).
     """
 
-    def __init__(self, first: float = 5e-5, cap: float = 2.5e-4) -> None:
-        self.first, self.cap, self.cur = first, cap, first
+    def __init__(self, first: float = 5e-5, cap: float = 2.5e-4, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.first, self.cap, self.cur, self._sleep = first, cap, first, sleep
 
     def reset(self) -> None:
         self.cur = self.first
 
     def sleep(self, limit: float | None = None) -> None:
         d = self.cur if limit is None else max(0.0, min(self.cur, limit))
-        time.sleep(d)
+        self._sleep(d)
         self.cur = min(self.cap, self.cur * 2)
 
 
@@ -302,7 +303,7 @@ class Channel:
         """
         out = Outcome()
         live = list(sources)
-        back = Backoff() if nap is None else Backoff(cap=nap)
+        back = Backoff() if nap is None else Backoff(cap=nap, sleep=signals.nap)  # a spare: woken by a signal
         next_tick = time.monotonic() + tick_every
         while True:
             got = False

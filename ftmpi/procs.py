@@ -55,13 +55,13 @@ def running(pid: int, started: int = 0) -> bool:
     return not started or start_time(pid) == started
 
 
-def kill_if_same(pid: int, started: int) -> bool:
-    """SIGKILL ``pid`` only if it is still the process that started at ``started`` (never when unknown);
-    True if signalled."""
+def kill_if_same(pid: int, started: int, sig: int = signal.SIGKILL) -> bool:
+    """Send ``sig`` (SIGKILL) to ``pid`` only if it is still the process that started at ``started`` (never
+    when unknown); True if signalled."""
     if pid <= 0 or started <= 0 or start_time(pid) != started:
         return False
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         return False
     return True

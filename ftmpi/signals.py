@@ -13,6 +13,8 @@ action runs (the process ends).
 """
 from __future__ import annotations
 
+import os
+import select
 import signal
 import time
 
@@ -48,3 +50,41 @@ def stop_requested() -> str | None:
 def clear() -> None:
     """Forget received requests (tests)."""
     _STOP.clear()
+
+
+# ------------------------------------------------------------------------------- waking a napping spare
+WAKE = signal.SIGUSR2  # rank 0 sends it to a hot spare on its own host right after the spare's first round
+_wake_fd: int | None = None
+
+
+def wakeable() -> None:
+    """Let a signal end this process's naps (:func:`nap`) at once (main thread only; a hot spare, before its
+    hello, so that rank 0 never signals it before it is ready): SIGUSR2 gets a handler that does nothing,
+    and every signal with a Python handler (the stop signals too) writes a byte to a pipe that naps wait on.
+    A pipe and ``select``, not ``sigtimedwait``: the signal may be delivered to any of the threads MPI started
+    (a mask set now would not cover them), and Python's handler writes the byte whichever thread got it."""
+    global _wake_fd
+    if _wake_fd is not None:
+        return
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    signal.signal(WAKE, lambda signum, frame: None)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    _wake_fd = r
+
+
+def nap(seconds: float) -> None:
+    """Sleep ``seconds``, or less if a signal arrives meanwhile in a :func:`wakeable` process (else a plain
+    sleep)."""
+    if _wake_fd is None:
+        time.sleep(seconds)
+        return
+    ready, _, _ = select.select([_wake_fd], [], [], max(0.0, seconds))
+    if ready:
+        try:
+            while os.read(_wake_fd, 64):
+                pass
+        except BlockingIOError:
+            pass
+

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from ftmpi import faults as F
+from ftmpi import signals
 from ftmpi.comm import TAG_CTRL, TAG_REPLY, Channel, Detector
 from ftmpi.config import FAULT_POINTS, Config
 from ftmpi.coordinator.context import Context, Tally
@@ -58,7 +59,7 @@ from ftmpi.errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Deposed, Dive
 from ftmpi.model.models import warmup
 from ftmpi.observe.metrics import Progress, truncate_metrics
 from ftmpi.observe.timeline import mark
-from ftmpi.procs import hostname
+from ftmpi.procs import hostname, kill_if_same
 from ftmpi.signals import stop_requested
 from ftmpi.storage.checkpoint import Snapshot
 from ftmpi.storage.data import Dataset, load_dataset
@@ -468,6 +469,9 @@ class Coordinator:
                       self.gm.ident.get(r, -1))
         self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, True, params, how,
                                           news, self.pending_rebuild, deputy, s.term))
+        m = s.members.get(r)
+        if m is not None and m.host == hostname():  # a napping spare on this host looks at once (a signal
+            kill_if_same(m.pid, m.start_time, signals.WAKE)  # ends its nap), not at its next look (<= 50 ms)
 
     def _collect(self, late: list[P.Reply] | None = None) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives. A worker is lost

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftmpi import faults as F
+from ftmpi import signals
 from ftmpi.comm import TAG_CTRL, TAG_REPLICA, TAG_REPLY, TAG_SUSPECT, Channel
 from ftmpi.config import FAULT_POINTS, Config
 from ftmpi.core import protocol as P
@@ -374,6 +375,8 @@ class Worker:
         mark("kernels")
         self._faults_at(FAULT_POINTS["start"])
         pid = os.getpid()
+        if self.spare:  # rank 0 may signal it (on this host) as soon as it knows its pid: ready before the hello
+            signals.wakeable()
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
         if self.spare:
             msg = self._wait_as_spare()
