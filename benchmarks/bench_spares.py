@@ -91,7 +91,23 @@ def measure(run_dir: Path, summary: dict, target: float) -> dict:
             "acc_at": {int(r["round"]): float(r["test_acc"]) for r in rows if int(r["round"]) in ACC_ROUNDS},
             "norm_ratio_33": next((float(r["norm_ratio"]) for r in rows if r["round"] == "33" and r.get("norm_ratio")),
                                   None),
-            "round_ms_33": next((1000 * float(r["round_time"]) for r in rows if r["round"] == "33"), None)}
+            "round_ms_33": next((1000 * float(r["round_time"]) for r in rows if r["round"] == "33"), None),
+            "loss_cost": loss_cost(rows)}
+
+
+LOSS_ROUNDS = range(32, 36)  # the round of the loss (32) and the three after it
+
+
+def loss_cost(rows: list[dict]) -> float | None:
+    """Seconds the rounds 32-35 took beyond the run's own median round before the loss (rounds 1-31): what the
+    loss cost this run, free of how fast this run's rounds were overall (identical runs differ by ±10 % in
+    round time on this machine, more than a loss costs a run of 36 rounds). In a fault-free run: the noise."""
+    t = {int(r["round"]): float(r["round_time"]) for r in rows}
+    before = [t[n] for n in range(1, 32) if n in t]
+    if not before or any(n not in t for n in LOSS_ROUNDS):
+        return None
+    base = statistics.median(before)
+    return sum(t[n] - base for n in LOSS_ROUNDS)
 
 
 def series(tmp: Path, partitions: list[str], repeats: int, cpu_iters: int) -> tuple[list[dict], list[dict]]:
@@ -329,6 +345,15 @@ def goals(rows: list[dict], partitions: list[str]) -> list[str]:
         rt = ratios(rows, part, VARIANTS[2][0])
         md.append(f"| {part}: time to {TARGET[part]:.0%} ≤ 1.05× fault-free | {', '.join(f'{x:.2f}' for x in rt)}× "
                   f"(median {fmt(med(rt), '.2f')}×) | {yes(bool(rt) and med(rt) <= 1.05)} |")
+        lc = [(r["loss_cost"], f["loss_cost"], f["t84_train"]) for r, f in pairs
+              if f and r["loss_cost"] is not None and f["loss_cost"] is not None and f["t84_train"]]
+        est = [1 + c / t for c, _, t in lc]
+        md.append(f"| {part}: the loss's cost within its run (rounds 32-35 beyond the run's median round before "
+                  f"the loss; the fault-free run's same sum in brackets: the noise), and 1 + that cost over the "
+                  f"fault-free training time | "
+                  f"{', '.join(f'{1000 * c:.0f} ms ({1000 * n:+.0f})' for c, n, _ in lc)}; "
+                  f"{', '.join(f'{x:.2f}' for x in est)}× (median {fmt(med(est), '.2f')}×) | "
+                  f"{yes(bool(est) and med(est) <= 1.05)} |")
         if part == "label-skew":
             d = [100 * (r["lost_class_acc"] - f["lost_class_acc"]) for r, f in pairs
                  if f and r["lost_class_acc"] is not None and f["lost_class_acc"] is not None]

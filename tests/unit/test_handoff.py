@@ -250,9 +250,10 @@ class _WorkerChannel:
     rank = 3
 
     def __init__(self, queued: list, quiet: int) -> None:
-        self.queued, self.quiet, self.sent = list(queued), quiet, []
+        self.queued, self.quiet, self.sent, self.probes = list(queued), quiet, [], 0
 
     def try_recv(self, source: int, tag: int) -> object:
+        self.probes += 1
         if self.quiet > 0:
             self.quiet -= 1
             return None
@@ -284,6 +285,7 @@ def test_worker_takes_handed_rows_between_two_steps_of_a_round(tmp_path):
     stop = P.Stop(1, 0)
     ch = _WorkerChannel([P.Handoff(1, [P.Segment(str(handed), 20, 70)]), stop], quiet=2)
     w = Worker(ch, cfg, tmp_path)
+    w.ctrl_poll = 0.0  # a look after every step (these steps take microseconds; by default one per 2 ms)
     w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
     seen = []  # the largest feature of each step's batch: the handed rows are the only ones at 100
 
@@ -510,3 +512,25 @@ def test_kill_if_same_spares_a_process_that_is_not_the_one_recorded(tmp_path):
         assert p.wait(timeout=10) == -9
     finally:
         p.kill()
+
+
+def test_a_worker_looks_for_control_messages_between_steps_at_most_every_ctrl_poll_seconds(tmp_path):
+    """An MPI probe costs about what a small local step does: between the steps of a round a worker probes
+    at most once per ``ctrl_poll`` (2 ms), not after every step (8 fast steps: one look, at the first)."""
+    pytest.importorskip("mpi4py").rc.initialize = False
+    from ftmpi.config import load_config
+    from ftmpi.storage.shards import write_shard  # noqa: F811
+    from ftmpi.worker.loop import Worker
+
+    rng = np.random.default_rng(0)
+    write_shard(tmp_path / "mine.h5", rng.random((200, 6)).astype(np.float32), labels(200, 4), np.arange(200))
+    cfg = load_config(None, ["model.batch_size=16"], env={})
+    ch = _WorkerChannel([], quiet=0)
+    w = Worker(ch, cfg, tmp_path)
+    w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
+    w._round(P.Round(0, 0, 8, 0.01, True, w.model.init(0)))
+    assert ch.probes == 1, ch.probes
+    w.ctrl_poll, w._next_ctrl_poll = 0.0, 0.0
+    ch.probes = 0
+    w._round(P.Round(0, 1, 8, 0.01, True, w.model.init(0)))
+    assert ch.probes == 7, ch.probes  # after every step but the last
