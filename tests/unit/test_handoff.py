@@ -516,7 +516,8 @@ def test_kill_if_same_spares_a_process_that_is_not_the_one_recorded(tmp_path):
 
 def test_a_worker_looks_for_control_messages_between_steps_at_most_every_ctrl_poll_seconds(tmp_path):
     """An MPI probe costs about what a small local step does: between the steps of a round a worker probes
-    at most once per ``ctrl_poll`` (2 ms), not after every step (8 fast steps: one look, at the first)."""
+    at most once per ``ctrl_poll`` (2 ms), and once at the round's middle, not after every step (8 fast
+    steps: two looks, after the first step and after the fourth)."""
     pytest.importorskip("mpi4py").rc.initialize = False
     from ftmpi.config import load_config
     from ftmpi.storage.shards import write_shard  # noqa: F811
@@ -529,7 +530,7 @@ def test_a_worker_looks_for_control_messages_between_steps_at_most_every_ctrl_po
     w = Worker(ch, cfg, tmp_path)
     w._setup(P.Setup(str(tmp_path / "mine.h5"), 4, [6, 4]))
     w._round(P.Round(0, 0, 8, 0.01, True, w.model.init(0)))
-    assert ch.probes == 1, ch.probes
+    assert ch.probes == 2, ch.probes
     w.ctrl_poll, w._next_ctrl_poll = 0.0, 0.0
     ch.probes = 0
     w._round(P.Round(0, 1, 8, 0.01, True, w.model.init(0)))
