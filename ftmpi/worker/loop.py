@@ -706,8 +706,9 @@ class Worker:
             if slow > 1:  # each step followed by (F - 1) times its duration
                 time.sleep((slow - 1) * (time.monotonic() - ts))
             # after a step: every ctrl_poll seconds, and once at the middle of the round whatever the time (a
-            # round of fast steps still looks twice: a first look may only start receiving a message)
-            if i + 1 < iters and self._poll_ctrl(every_step=i + 1 != iters // 2):  # rows handed over: the rest of the round draws from them
+            # round of fast steps still looks twice: a first look may only start receiving a message); rows
+            # handed over meanwhile: the rest of the round draws from them
+            if i + 1 < iters and self._poll_ctrl(every_step=i + 1 != iters // 2):
                 batches[i + 1:] = self._batches(rnd, iters - i - 1, min(cfg.model.batch_size, len(self.shard)),
                                                 salt=(self.epoch,))
         if acc is not None:
