@@ -7,15 +7,15 @@ the CPU seconds of every process (``FTMPI_TIMELINE``).
 The default job is time to 84 % (``jobs/local.sh 4 configs/fashion_mnist.yaml --set
 executor.target_accuracy=0.84``); every run's median round time (``metrics.csv``) is compared too, pair by
 pair (for the fault-free round time, pass the whole run: ``-- --set model.seed=0``). Each checkout runs from
-its own directory: ``python -m ftmpi`` puts the current directory first on ``sys.path``, so pointing ``PYTHONPATH`` at the other checkout while running from
-this one would run this one's code on both sides. Both use the active environment's Python and packages
+its own directory: ``python -m ftmpi`` puts the current directory first on ``sys.path``, so pointing
+``PYTHONPATH`` at the other checkout while running from this one would run this one's code on both sides.
+Both use the active environment's Python and packages
 (the numba kernels and ``ftmpi.kernels`` of this checkout's editable install); byte-compile both first
 (``python -m compileall -q ftmpi kernels`` in each), as ``jobs/setup.sh`` does.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -28,19 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _runs import round_ms  # noqa: E402
+
 from ftmpi.observe.timeline import read  # noqa: E402
 
 DEFAULT = ["--set", "executor.target_accuracy=0.84"]
-
-
-def round_ms(run_dir: Path) -> float | None:
-    """The median round time of a run (``metrics.csv`` ``round_time``, round 0 left out), in ms."""
-    try:
-        with open(run_dir / "metrics.csv") as fh:
-            t = [float(r["round_time"]) for r in list(csv.DictReader(fh))[1:]]
-    except (OSError, KeyError, ValueError):
-        return None
-    return 1000 * statistics.median(t) if t else None
 
 
 def one(checkout: Path, run_dir: Path, timeline: Path, args: list[str]) -> tuple[float, dict[str, float]]:

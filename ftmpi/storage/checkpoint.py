@@ -694,7 +694,7 @@ def intact(path: _PathLike) -> bool:
 
     A file this process already found intact, unchanged since (same device, inode, size and modification
     time), is not read again: :func:`prune` asks about every kept checkpoint after each write, and the
-    re-reads were most of its cost (measured in issue 22). A file replaced or rewritten has another key."""
+    re-reads were most of its cost (measured: docs/NOTES.md). A file replaced or rewritten has another key."""
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())

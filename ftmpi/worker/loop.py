@@ -722,7 +722,7 @@ class Worker:
         rep = self._representative(local, rnd)
         self._trained = rnd
         # the round before a periodic checkpoint: the state the next round starts from goes with the reply; with
-        # hot spares, every round's (a spare then starts from exactly where a lost worker stood: issue 24)
+        # hot spares, every round's (a spare then starts from exactly where a lost worker stood)
         ckpt = ex.checkpoint_every > 0 and (rnd + 1) % ex.checkpoint_every == 0
         state = self.local_state(rnd + 1, key=ckpt) if ckpt or ex.spares > 0 else None
         reply = P.Reply(self.epoch, rnd, self.rank, payload, float(np.mean(losses)) if losses else float("nan"),
