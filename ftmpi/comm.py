@@ -139,16 +139,19 @@ class Backoff:
     the same total CPU, a smaller one shortens it no further (docs/NOTES.md has the measurement).
     """
 
-    def __init__(self, first: float = 5e-5, cap: float = 2.5e-4, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, first: float = 5e-5, cap: float = 2.5e-4, sleep: Callable[[float], object] = time.sleep) -> None:
         self.first, self.cap, self.cur, self._sleep = first, cap, first, sleep
 
     def reset(self) -> None:
         self.cur = self.first
 
     def sleep(self, limit: float | None = None) -> None:
+        """Sleep the current step and double it; a sleep that says it was woken (a signal ended a spare's
+        nap: the message it waits for is being sent) starts the steps again from ``first``, so that the
+        looks that follow are quick while the message arrives, not one more long nap."""
         d = self.cur if limit is None else max(0.0, min(self.cur, limit))
-        self._sleep(d)
-        self.cur = min(self.cap, self.cur * 2)
+        woken = self._sleep(d)
+        self.cur = self.first if woken else min(self.cap, self.cur * 2)
 
 
 class Channel:

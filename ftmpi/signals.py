@@ -74,17 +74,18 @@ def wakeable() -> None:
     _wake_fd = r
 
 
-def nap(seconds: float) -> None:
+def nap(seconds: float) -> bool:
     """Sleep ``seconds``, or less if a signal arrives meanwhile in a :func:`wakeable` process (else a plain
-    sleep)."""
+    sleep). True when a signal ended the nap early."""
     if _wake_fd is None:
         time.sleep(seconds)
-        return
+        return False
     ready, _, _ = select.select([_wake_fd], [], [], max(0.0, seconds))
-    if ready:
-        try:
-            while os.read(_wake_fd, 64):
-                pass
-        except BlockingIOError:
+    if not ready:
+        return False
+    try:
+        while os.read(_wake_fd, 64):
             pass
-
+    except BlockingIOError:
+        pass
+    return True

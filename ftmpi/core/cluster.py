@@ -582,7 +582,8 @@ class ClusterState:
         """The object :meth:`snapshot` described (a deputy taking over, or a test)."""
         s = cls(len(snap["owner"]), [int(r) for r in snap["members"]], policy, seed, launch_time, handoff_file)
         s.ownership = Ownership.from_arrays(snap["owner"], np.flatnonzero(snap["dropped"]))
-        s.weight = np.asarray(snap["weight"], np.float64).copy()
+        w = snap.get("weight")  # None: every row weighs 1 (a replica leaves the ones out)
+        s.weight = np.ones(len(snap["owner"])) if w is None else np.asarray(w, np.float64).copy()
         s.phase, s.epoch, s.round = Phase(snap["phase"]), int(snap["epoch"]), int(snap["round"])
         s.coordinator = int(snap.get("coordinator", 0))
         s.term = int(snap.get("term", 1))

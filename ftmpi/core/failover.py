@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ftmpi.core import protocol as P
 from ftmpi.core.cluster import ClusterState, Effect, Lost
 from ftmpi.core.handoff import Policy
@@ -114,9 +116,25 @@ class ReplicaSender:
         self.sent += 1
         snap = None
         if self._sent != (deputy, key):
-            snap, self._sent = state.snapshot(), (deputy, key)
+            snap, self._sent = compact(state.snapshot()), (deputy, key)
             snap["staged"] = dict(staged)
         return P.Replica(state.round, state.epoch, model, snap, key, pending, outputs, coord, now, state.term)
+
+
+def compact(snap: dict[str, Any]) -> dict[str, Any]:
+    """A :meth:`ClusterState.snapshot` as a replica sends it, a fifth of the bytes for a fresh run: the row
+    weights left out when every one is 1 (:meth:`ClusterState.restore` puts the ones back) and the owners in
+    16 bits when every rank fits (restored as int32). A loss changes the state several times in a round or two
+    (the loss, the spare's adoption, its recovery time), and each change sends the deputy the snapshot anew,
+    between the deputy's training steps."""
+    out = dict(snap)
+    w = out.get("weight")
+    if w is not None and not np.any(w != 1.0):
+        out["weight"] = None
+    owner = out["owner"]
+    if len(owner) and int(owner.max(initial=-1)) < np.iinfo(np.int16).max:
+        out["owner"] = owner.astype(np.int16)
+    return out
 
 
 class ReplicaKeeper:

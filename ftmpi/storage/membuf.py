@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["MIN_BYTES", "populated"]
+__all__ = ["MIN_BYTES", "populated", "reserve"]
 
 MIN_BYTES = 4 << 20  # below this, np.empty (the allocator's own pages are cheap enough)
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux's value; Python 3.11 does not name it
@@ -29,6 +29,11 @@ def populated(shape: tuple[int, ...], dtype: np.dtype | type = np.float32, ready
     nbytes = math.prod(shape) * dt.itemsize
     if nbytes < MIN_BYTES or not sys.platform.startswith("linux"):
         return np.empty(shape, dt)
+    fits = [m for m in _RESERVED if len(m) >= nbytes]
+    if fits:  # mapped ahead (reserve): zero-filled, every page already in
+        m = min(fits, key=len)
+        _RESERVED.remove(m)
+        return np.frombuffer(m, dt, count=math.prod(shape)).reshape(shape)
     try:
         m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except (OSError, ValueError, OverflowError):
@@ -41,3 +46,24 @@ def populated(shape: tuple[int, ...], dtype: np.dtype | type = np.float32, ready
         except (OSError, ValueError):
             pass  # an older kernel: faults at first touch
     return np.frombuffer(m, dt).reshape(shape)  # the array keeps the mapping alive; writable
+
+
+_RESERVED: list[mmap.mmap] = []  # buffers mapped ahead by reserve, each handed out once by populated
+
+
+def reserve(nbytes: int) -> bool:
+    """Map ``nbytes`` of zero-filled memory now, every page of it, for the next :func:`populated` call that
+    fits in it (a hot spare, while it waits, for the shard it may take: ~5 ms of mapping then not paid
+    while the others wait for it). False if nothing was reserved (small, not Linux, refused)."""
+    if nbytes < MIN_BYTES or not sys.platform.startswith("linux"):
+        return False
+    try:
+        m = mmap.mmap(-1, int(nbytes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError, OverflowError):
+        return False
+    try:
+        m.madvise(MADV_POPULATE_WRITE, 0, int(nbytes))
+    except (OSError, ValueError):
+        pass
+    _RESERVED.append(m)
+    return True

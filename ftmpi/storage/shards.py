@@ -26,7 +26,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,11 @@ import numpy as np
 from ftmpi.errors import DataError
 from ftmpi.storage.fsutil import temp_beside
 from ftmpi.storage.h5zip import write_deflated
-from ftmpi.storage.membuf import populated
-from ftmpi.storage.rows import RowBlocks, RowStore, features
+from ftmpi.storage.membuf import populated, reserve
+from ftmpi.storage.rows import RowBlocks, RowStore, features, keep_resident
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
-           "read_shard", "rows_by_reference", "shard_path", "standby_path", "stale_standbys", "write_handoff",
+           "read_shard", "ready_for_any", "rows_by_reference", "shard_path", "standby_path", "stale_standbys", "write_handoff",
            "write_shard"]
 
 FORMAT = "ftmpi-shard"
@@ -356,6 +356,35 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     if w is not None and not _weights_ok(w, len(ids)):
         raise DataError(f"{path}: /w holds weights that are not positive numbers")
     return Shard(X, y, ids, attrs, w, room_buf if room is not None else None, scale)
+
+
+def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int], int], raw: bool = False) -> int:
+    """Get this process ready to :func:`read_shard` any one of the shard files ``paths`` (with ``room`` and
+    ``raw`` as it will be read) at short notice: the training rows they refer to stay mapped with their
+    pages in (:func:`~ftmpi.storage.rows.keep_resident`), and a buffer for the largest of them with its room
+    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`). A hot spare does it while it waits; the files
+    are only looked at (ids' length, the row reference), and one that cannot be read is passed over (the
+    read then goes as it would have). Returns the bytes reserved (0: none)."""
+    biggest, stores = 0, {}
+    for p in paths:
+        try:
+            with h5py.File(p, "r") as f:
+                n = int(f["ids"].shape[0])
+                ref, xd = f.attrs.get("rows_from"), f.get("X")
+                if ref is not None:
+                    store = RowStore.from_ref(str(_plain(ref)), str(p))
+                    stores[str(store.path.resolve())] = store
+                    d, u8 = store.d, store.stored == np.uint8
+                elif isinstance(xd, h5py.Dataset) and xd.ndim == 2:
+                    d, u8 = int(xd.shape[1]), xd.dtype == np.uint8 and "x_scale" in f.attrs
+                else:
+                    continue
+        except (OSError, KeyError, ValueError, RuntimeError, DataError):
+            continue
+        biggest = max(biggest, (n + max(int(room(n)), 0)) * d * (1 if raw and u8 else 4))
+    for store in stores.values():
+        keep_resident(store)
+    return biggest if biggest and reserve(biggest) else 0
 
 
 def _scale(v: Any, path: Path) -> float:

@@ -130,3 +130,24 @@ def test_the_replica_state_is_sent_again_when_a_straggler_is_rebalanced(tmp_path
     key = state_key(s)
     s.stragglers.rebalances += 1
     assert state_key(s) != key
+
+
+def test_a_replica_leaves_unit_weights_out_and_sends_owners_in_16_bits_and_restores_the_same_state(tmp_path):
+    """The snapshot a replica carries is a fifth of the state's arrays for a fresh run (a loss sends it
+    several times in a round or two, between the deputy's steps), and restores to the same state."""
+    c = make_cluster(tmp_path, "full")
+    full = c.state.snapshot()
+    rep = replica(ReplicaSender(), c, 1)
+    assert rep.state is not None and rep.state["weight"] is None and rep.state["owner"].dtype == np.int16
+    wire = len(pickle.dumps(rep.state))
+    saved = len(pickle.dumps(full)) - wire
+    assert saved >= full["weight"].nbytes + full["owner"].nbytes // 2, (saved, full["weight"].nbytes)
+    back = ClusterState.restore(rep.state, c.state.policy).snapshot()
+    assert back["owner"].dtype == full["owner"].dtype and np.array_equal(back["owner"], full["owner"])
+    assert np.array_equal(back["weight"], full["weight"]) and np.array_equal(back["dropped"], full["dropped"])
+    c.state.weight[:5] = 2.5  # weights other than 1 go out as they are
+    c.round_with_replies()
+    c.lose(3)
+    rep = replica(ReplicaSender(), c, 1)
+    assert rep.state is not None and rep.state["weight"] is not None
+    assert np.array_equal(ClusterState.restore(rep.state, c.state.policy).weight, c.state.weight)

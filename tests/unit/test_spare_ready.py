@@ -1,0 +1,91 @@
+"""A waiting hot spare gets ready to read any worker's shard at short notice: the training rows stay mapped
+with their pages in (``rows.keep_resident``), a buffer for the largest shard is mapped ahead
+(``membuf.reserve``), and ``shards.ready_for_any`` does both from the shard files. The rows read afterwards are
+the same bytes as without it, from the file as it was when it was made resident."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftmpi.storage import membuf
+from ftmpi.storage import rows as rows_mod
+from ftmpi.storage.rows import RowStore
+from ftmpi.storage.shards import read_shard, ready_for_any, write_shard
+
+N, D = 6000, 784
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rows_mod, "_RESIDENT", {})
+    monkeypatch.setattr(membuf, "_RESERVED", [])
+    monkeypatch.setattr(membuf, "MIN_BYTES", 1 << 20)  # this file's small shards are "large"
+
+
+def _idx_file(path: Path, seed: int = 0) -> tuple[RowStore, np.ndarray]:
+    X = np.random.default_rng(seed).integers(0, 256, (N, D), dtype=np.uint8)
+    path.write_bytes(bytes([0, 0, 8, 2]) + np.array([N, D], ">u4").tobytes() + X.tobytes())
+    return RowStore(path, 12, N, D, np.uint8, 1 / 255), X
+
+
+def test_a_resident_file_gives_the_same_rows_in_the_order_asked(tmp_path: Path) -> None:
+    store, X = _idx_file(tmp_path / "train")
+    ids = np.random.default_rng(1).integers(0, N, 5000)  # unsorted, with duplicates
+    cold_raw, cold_rows = store.raw(ids), store.rows(ids)
+    assert rows_mod.keep_resident(store) and len(rows_mod._RESIDENT) == 1
+    assert rows_mod.keep_resident(store) and len(rows_mod._RESIDENT) == 1, "kept once"
+    again = RowStore(tmp_path / "train", 12, N, D, np.uint8, 1 / 255)  # another store of the same file
+    out = np.full((len(ids), D), 7, np.uint8)
+    assert again.raw(ids, out) is out
+    assert np.array_equal(out, X[ids]) and np.array_equal(out, cold_raw)
+    hot = again.rows(ids)
+    assert hot.dtype == np.float32 and np.array_equal(hot, cold_rows)  # bit for bit: uint8 * float32(1/255)
+    assert np.array_equal(hot, X[ids].astype(np.float32) * np.float32(1 / 255))
+    with pytest.raises(IndexError):
+        again.raw(np.array([N]))
+
+
+def test_a_file_replaced_since_is_read_anew_not_through_the_old_mapping(tmp_path: Path) -> None:
+    store, _ = _idx_file(tmp_path / "train")
+    assert rows_mod.keep_resident(store)
+    os.replace(_idx_file(tmp_path / "new", seed=5)[0].path, tmp_path / "train")
+    _, X2 = _idx_file(tmp_path / "x", seed=5)
+    fresh = RowStore(tmp_path / "train", 12, N, D, np.uint8, 1 / 255)
+    assert np.array_equal(fresh.raw(np.arange(10)), X2[:10])
+
+
+def test_a_reserved_buffer_is_handed_out_once_zeroed_to_the_first_read_that_fits(monkeypatch) -> None:
+    assert not membuf.reserve(1000), "below MIN_BYTES nothing is reserved"
+    nbytes = 5 << 20
+    assert membuf.reserve(nbytes) and len(membuf._RESERVED) == 1
+    m = membuf._RESERVED[0]
+    too_big = membuf.populated((nbytes // 784 + 10, 784), np.uint8)
+    assert len(membuf._RESERVED) == 1, "a buffer larger than the reserved one is mapped as usual"
+    a = membuf.populated((5000, 784), np.uint8, ready=3000)
+    assert not membuf._RESERVED and not a.any() and a.flags.writeable and a.shape == (5000, 784)
+    assert np.shares_memory(a, np.frombuffer(m, np.uint8)), "the reserved mapping itself"
+    b = membuf.populated((5000, 784), np.uint8)
+    assert not np.shares_memory(a, b) and too_big.shape[0] > 0
+
+
+def test_ready_for_any_reserves_the_largest_shard_with_its_room_and_reads_the_same(tmp_path: Path) -> None:
+    store, X = _idx_file(tmp_path / "train")
+    ref = store.ref_json()
+    y = np.arange(N, dtype=np.int32) % 10
+    parts = {1: np.arange(0, 4000), 2: np.arange(4000, 6000)[::-1]}
+    for r, ids in parts.items():
+        write_shard(tmp_path / f"worker-{r:04d}.h5", None, y[ids], ids, {"rank": r}, rows_from=ref)
+    room = lambda n: max(n // 2, 1024)  # noqa: E731
+    before = read_shard(tmp_path / "worker-0002.h5", room=room, raw=True)
+    paths = [tmp_path / "worker-0001.h5", tmp_path / "worker-0002.h5", tmp_path / "worker-0009.h5"]  # one missing
+    assert ready_for_any(paths, room, raw=True) == (4000 + 2000) * D
+    assert len(rows_mod._RESIDENT) == 1 and len(membuf._RESERVED) == 1
+    after = read_shard(tmp_path / "worker-0002.h5", room=room, raw=True)
+    assert not membuf._RESERVED, "the shard's buffer is the reserved one"
+    assert after.buf is not None and after.buf.shape == (2000 + 1024, D) and not after.buf[2000:].any()
+    assert np.array_equal(after.X, before.X) and np.array_equal(after.X, X[parts[2]])
+    assert np.array_equal(after.ids, before.ids) and after.scale == before.scale
+    assert ready_for_any([tmp_path / "nothing.h5"], room) == 0
