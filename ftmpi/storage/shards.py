@@ -41,8 +41,8 @@ from ftmpi.storage.membuf import populated, reserve
 from ftmpi.storage.rows import RowBlocks, RowStore, features, keep_resident
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
-           "read_shard", "ready_for_any", "rows_by_reference", "shard_path", "standby_path", "stale_standbys", "write_handoff",
-           "write_shard"]
+           "read_shard", "ready_for_any", "rows_by_reference", "shard_path", "standby_path", "stale_standbys",
+           "write_handoff", "write_shard"]
 
 FORMAT = "ftmpi-shard"
 FORMAT_VERSION = 2  # 2: /X may be uint8 (x_scale) or absent (rows_from); version 1 files still read
