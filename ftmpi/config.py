@@ -254,6 +254,7 @@ class ExecutorConfig:
     timeout: float = _f(10.0, _num(0, lo_open=True))  # join handshake and each round's replies
     startup_timeout: float = _f(120.0, _num(0, lo_open=True))  # a worker's wait while rank 0 loads data
     failure_detector: str = _f("auto", _choice("auto", "ulfm", "timeout"))
+    watch_exits: bool = _f(True, _bool)  # the coordinator sees its own host's ranks end at once (a pidfd each)
     remap: str = _f("representative", _choice("representative", "full", "none"))
     checkpoint_every: int = _f(0, _int(0))  # 0 = only at the end
     keep: int = _f(3, _int(1))

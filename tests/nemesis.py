@@ -65,7 +65,7 @@ START_TIMEOUT = 20.0
 KINDS = ("kill", "exit", "hang", "pause", "slow")
 POINTS = ("start", "deal", "finish")
 TIMED = ("pause", "slow")
-LOST_HOW_AT_START = {"never-joined", "ulfm", "timeout"}
+LOST_HOW_AT_START = {"never-joined", "ulfm", "timeout", "exited"}
 
 
 class Ambiguous(Exception):  # noqa: N818 (not an error: the generator draws again)

@@ -59,7 +59,7 @@ from ftmpi.errors import EXIT_NO_WORKERS, EXIT_OK, EXIT_PREEMPTED, Deposed, Dive
 from ftmpi.model.models import warmup
 from ftmpi.observe.metrics import Progress, truncate_metrics
 from ftmpi.observe.timeline import mark
-from ftmpi.procs import hostname, kill_if_same
+from ftmpi.procs import ExitWatch, hostname, kill_if_same
 from ftmpi.signals import stop_requested
 from ftmpi.storage.checkpoint import Snapshot
 from ftmpi.storage.data import Dataset, load_dataset
@@ -171,6 +171,11 @@ class Coordinator:
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
         self._next_ping = 0.0
+        # the ranks on this host whose process ends are lost at once, not when MPI says so (or never does)
+        self._exits = ExitWatch() if cfg.executor.watch_exits else None
+        self._ended: list[int] = []  # ranks whose process the watch saw end, not acted on yet
+        self._host = hostname()
+        self._rebuild_when_known: tuple[list[int], set[int]] | None = None  # members; dead ULFM must know of
 
     # ------------------------------------------------------------------- what the parts ask of the driver
     def ping(self, ranks: list[int], force: bool = False) -> None:
@@ -292,8 +297,17 @@ class Coordinator:
         """Rebuild the alive communicator at the end of the round, under ULFM, when every rank declared dead is
         one ULFM knows failed (a hung or exited rank it does not know would keep the shrink from completing)."""
         dead = {r for r, m in self.state.members.items() if not m.alive}
-        if self.rebuilds and self.ch.detector is Detector.ULFM and dead <= self.ch.failed_ranks():
-            self.pending_rebuild = e.members
+        if self.rebuilds and self.ch.detector is Detector.ULFM:
+            failed = self.ch.failed_ranks()
+            if dead <= failed:
+                self.pending_rebuild, self._rebuild_when_known = e.members, None
+            elif dead <= failed | self._exits_seen:  # seen ending here first: rebuilt once ULFM knows too
+                self._rebuild_when_known = (e.members, dead)
+
+    def _rebuild_once_known(self) -> None:
+        """A rebuild put off until ULFM reports the ranks this host saw end (:meth:`_on_rebuild`)."""
+        if self._rebuild_when_known is not None and self._rebuild_when_known[1] <= self.ch.failed_ranks():
+            self.pending_rebuild, self._rebuild_when_known = self._rebuild_when_known[0], None
 
     HANDLERS: ClassVar[dict[type, Handler]] = {
         Accept: _on_accept,
@@ -510,8 +524,10 @@ class Coordinator:
             # idle spares too: MPI may report one failed (they send nothing else here while idle)
             sources = [r for r in s.alive + sorted(s.spares) + sorted(s.suspects) if r not in self._silent]
             deadline = min(max(due, now), now + tick)
+            self._watch_new()
             out = self.ch.poll(sources, TAG_REPLY, deadline if close is None else min(deadline, start + close),
-                               until=lambda o: bool(o.messages or o.failed) or self._written())
+                               until=lambda o: bool(o.messages or o.failed) or self._written() or self._exit_seen())
+            ended = self._take_ended(out, sources)
             now = time.monotonic()
             events: list[Heard | Lost | Chosen] = []
             for r, ms in out.messages.items():
@@ -521,6 +537,9 @@ class Coordinator:
                 self._silent.add(r)
                 if r in s.alive or r in s.spares:  # acted on at once: the survivors take the rows between two steps
                     events.append(Lost(r, How.ULFM, "", self.ctx.mark(r)))
+            for r in ended:
+                self._silent.add(r)
+                events.append(Lost(r, How.EXITED, "its process ended (seen on this host)", self.ctx.mark(r)))
             if events:
                 effects = s.apply(events, time.time())
                 if rules.active:  # a late reply (an earlier round's) is folded, not this round's
@@ -536,6 +555,42 @@ class Coordinator:
                     Lost(r, How.TIMEOUT, self._silence(r, now - heard[r]), self.ctx.mark(r))
                     for r in silent]
                 self.apply(s.apply(lost, time.time()), replies)
+
+    # ------------------------------------------------------------------------- processes seen ending
+    def _watch_new(self) -> None:
+        """Watch the process of every alive worker and idle spare on this host not watched yet."""
+        if self._exits is None:
+            return
+        s = self.state
+        for r in s.alive + sorted(s.spares):
+            if r != self.me and r not in self._exits:
+                m = s.members.get(r) or s.spares.get(r)
+                same = m is not None and m.host == self._host
+                self._exits.watch(r, m.pid if same else 0, m.start_time if same else 0)  # type: ignore[union-attr]
+
+    def _exit_seen(self) -> bool:
+        if self._exits is not None:
+            self._ended += self._exits.ended()
+        return bool(self._ended)
+
+    @property
+    def _exits_seen(self) -> set[int]:
+        return {f.rank for f in self.state.failures if f.how is How.EXITED}
+
+    def _take_ended(self, out: Any, sources: list[int]) -> list[int]:
+        """The alive workers and idle spares whose process the watch saw end (not reported failed by MPI in
+        the same poll), after one more look for what they sent before they ended (a last reply or an error
+        report may have landed after the poll's own look): it goes into ``out`` and is applied first."""
+        self._exit_seen()
+        s = self.state
+        ended = [r for r in dict.fromkeys(self._ended) if r not in out.failed and r not in self._silent
+                 and (r in s.alive or r in s.spares)]
+        self._ended = []
+        if ended:
+            last = self.ch.poll([r for r in ended if r in sources], TAG_REPLY, time.monotonic(), until=lambda o: False)
+            for r, ms in last.messages.items():
+                out.messages.setdefault(r, []).extend(ms)
+        return ended
 
     def _silence(self, r: int, seconds: float) -> str:
         nbytes = self.ch.partial(r, TAG_REPLY)
@@ -558,6 +613,7 @@ class Coordinator:
         iters = self.gm.next_iters()
         s.stragglers.rules = Rules.of(ex)  # the quorum keys (a deputy's restored state holds them too)
         s.begin_round(iters)
+        self._rebuild_once_known()
         self._broadcast(rnd, iters, first, setup)
         self.replication.replicate()  # the state after the previous round, with its row not written yet
         self.out.write_row(self.lifecycle.evaluate)  # the previous round's row, evaluated while the workers train

@@ -59,6 +59,8 @@ class How(StrEnum):
     (``Change.how``, ``CoordinatorLost.how``).
 
     - ``ULFM``: the MPI library reported the process as failed.
+    - ``EXITED``: its process ended, seen by the coordinator on the same host (``executor.watch_exits``),
+      before MPI reported it or where MPI never would (an exit without ``MPI_Finalize``).
     - ``TIMEOUT``: it said nothing before its deadline.
     - ``ERROR``: it said it was failing (a worker's ``Error`` report, the coordinator's ``Abdicate``).
     - ``NEVER_JOINED``: a worker that sent no hello before the start-up deadline.
@@ -68,6 +70,7 @@ class How(StrEnum):
     """
 
     ULFM = "ulfm"
+    EXITED = "exited"
     TIMEOUT = "timeout"
     ERROR = "error"
     NEVER_JOINED = "never-joined"

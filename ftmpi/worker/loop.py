@@ -106,7 +106,7 @@ class Worker:
         # a hot spare (executor.spares) waits, napping, until it is given a lost worker's shard
         self.spare = bool(cfg.executor.spares) and self.rank in spare_ranks(ch.size, cfg.executor.spares)
         self._nap: float | None = None
-        self._spare_ready = False  # ready_for_any done (at the first ping while waiting)
+        self._spare_ready = 0  # pings at which a waiting spare looked for the shard files (see _READY_TRIES)
         self._next_ctrl_poll = 0.0  # the next look for control messages between two local steps
         self.ctrl_poll = _CTRL_POLL
         self._early: list[P.Handoff] = []  # rows handed to a spare before its first round (set up with it)
@@ -265,7 +265,7 @@ class Worker:
         ftmpi.storage.rundata). A deputy that trains reads them at the takeover instead: in a thread of its own
         process the read takes the interpreter from its training steps, and every round waits for the
         slowest worker (docs/NOTES.md has the measurement)."""
-        if self.spare and self._nap is not None and not self._spare_ready:
+        if self.spare and self._nap is not None and self._spare_ready < _READY_TRIES:
             self._get_ready_as_spare()
         if deputy < 0:
             return
@@ -274,12 +274,18 @@ class Worker:
             self._read_run_dir_ahead()
 
     def _get_ready_as_spare(self) -> None:
-        """A waiting spare, at its first ping (the shards are written by then): ready to read any worker's
-        shard at short notice (:func:`~ftmpi.storage.shards.ready_for_any`: the dataset's pages mapped in and
-        a buffer mapped ahead), so that the others wait ~5 ms for its rows after a loss instead of ~25."""
-        self._spare_ready = True
-        idle = set(spare_ranks(self.ch.size, self.cfg.executor.spares))
-        ready_for_any([shard_path(self.run_dir, r) for r in range(1, self.ch.size) if r not in idle], _room, raw=True)
+        """A waiting spare, at the first ping after every worker's shard file is written (pings come before
+        the deal too; at most :data:`_READY_TRIES` looks): ready to read any worker's shard at short notice
+        (:func:`~ftmpi.storage.shards.ready_for_any`: the dataset's pages mapped in and a buffer mapped
+        ahead), so that the others wait ~5 ms for its rows after a loss instead of ~25."""
+        ex = self.cfg.executor
+        idle = set(spare_ranks(self.ch.size, ex.spares)) | ({1} if ex.standby_coordinator else set())
+        paths = [shard_path(self.run_dir, r) for r in range(1, self.ch.size) if r not in idle]
+        self._spare_ready += 1
+        if not all(p.is_file() for p in paths) and self._spare_ready < _READY_TRIES:
+            return  # not dealt yet (files appear whole: written aside, then renamed)
+        self._spare_ready = _READY_TRIES
+        ready_for_any(paths, _room, raw=True)
         mark("spare-ready")
 
     def _read_run_dir_ahead(self) -> None:
@@ -787,6 +793,9 @@ class Worker:
         local = select_representative(o.rep_selection, self.scores, self.shard.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.ident)
         return self.shard.ids[local].astype(np.int64)
+
+_READY_TRIES = 40  # pings (a quarter of the timeout apart, at most 0.25 s) a spare waits for the deal to get ready
+
 
 def _room(n: int) -> int:
     """Rows of room a worker's shard buffer leaves after its ``n`` rows, for handed rows."""

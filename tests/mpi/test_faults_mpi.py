@@ -20,16 +20,20 @@ def _failures(job):
     return {f["rank"]: f for f in job.summary["failures"]}
 
 
-def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp_path):
+@pytest.mark.parametrize("watch,how", [(True, "exited"), (False, "ulfm")])
+def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp_path, watch, how):
+    """Seen ending by rank 0 on its host (``executor.watch_exits``), or else reported by ULFM; either way the
+    ULFM communicator of the survivors is rebuilt (once ULFM knows of the loss too)."""
     # the survivors sleep 0.5 s at the start of the failure round: the loss is known long before they train
     job = run_job(4, SMOKE, tmp_path / "r", "--inject", "kill:2@5", "--detector", "ulfm",
                   *(a for r in (1, 3, 4) for a in ("--inject", f"slow:{r}@5:0.5")),
-                  "--set", "executor.remap=full", "--set", "executor.alive_comm=true", *FAST)
+                  "--set", "executor.remap=full", "--set", "executor.alive_comm=true",
+                  "--set", f"executor.watch_exits={str(watch).lower()}", *FAST)
     assert job.rc == 0, job.err
     s = job.summary
     f = _failures(job)[2]
     assert s["status"] == "completed" and s["alive_workers"] == 3
-    assert f["how"] == "ulfm" and f["kind"] == "kill" and f["round"] == 5
+    assert f["how"] == how and f["kind"] == "kill" and f["round"] == 5
     assert f["detection_latency"] < 1.0 and f["recovery_time"] < 1.5
     assert s["coverage"] == 1.0 and f["rows_dropped"] == 0
     # ULFM: the survivors rebuilt their communicator (Shrink) and agreed on its members (Agree)
@@ -50,7 +54,8 @@ def test_kill_under_ulfm_is_reported_at_once_and_full_remap_keeps_everything(tmp
 
 @pytest.mark.parametrize("kind", ["kill", "exit"])
 def test_timeout_detector_catches_kill_and_exit(tmp_path, kind):
-    job = run_job(4, SMOKE, tmp_path / kind, "--inject", f"{kind}:3@8", "--detector", "timeout", *FAST)
+    job = run_job(4, SMOKE, tmp_path / kind, "--inject", f"{kind}:3@8", "--detector", "timeout",
+                  "--set", "executor.watch_exits=false", *FAST)  # the deadline alone
     assert job.rc == 0, job.err  # ftmpi's verdict; mpirun itself may report the dead rank
     f = _failures(job)[3]
     assert f["how"] == "timeout" and f["kind"] == kind
@@ -66,10 +71,25 @@ def test_timeout_detector_catches_kill_and_exit(tmp_path, kind):
 
 
 def test_exit_under_auto_falls_back_to_the_deadline(tmp_path):
-    job = run_job(4, SMOKE, tmp_path / "x", "--inject", "exit:1@3", *FAST)
+    job = run_job(4, SMOKE, tmp_path / "x", "--inject", "exit:1@3", "--set", "executor.watch_exits=false", *FAST)
     assert job.rc == 0, job.err
     assert job.summary["detector"] == "ulfm"
     assert _failures(job)[1]["how"] == "timeout"
+
+
+@pytest.mark.parametrize("kind", ["exit", "kill"])
+def test_a_worker_that_ends_on_rank_0s_host_is_lost_at_once_not_at_its_deadline(tmp_path, kind):
+    """``os._exit`` without MPI_Finalize is never reported by ULFM: without the watch only the deadline (the
+    silence limit, over 10 s here) catches it. Rank 0 sees the process end on its host and goes on within a
+    round; under the timeout detector too."""
+    job = run_job(4, SMOKE, tmp_path / kind, "--inject", f"{kind}:3@6", "--detector", "timeout",
+                  "--set", "executor.timeout=10", "--set", "executor.remap=full")
+    assert job.rc == 0, job.err
+    s, f = job.summary, _failures(job)[3]
+    assert s["status"] == "completed" and s["alive_workers"] == 3 and s["coverage"] == 1.0
+    assert f["how"] == "exited" and f["kind"] == kind and f["round"] == 6, f
+    assert f["detection_latency"] < 5.0 and f["rows_dropped"] == 0, f  # not the 10 s deadline
+    assert f["recovered_round"] in (6, 7)
 
 
 def test_hung_worker_is_detected_and_the_job_still_ends(tmp_path):
@@ -177,9 +197,10 @@ def test_two_lost_at_once_fall_back_to_reading_the_standby_files(tmp_path):
     """The survivors read ahead their share of a *single* loss; two workers lost in the same round are dealt
     over fewer survivors, so the slices differ from the plan and are read from the standby files instead.
     Either way every handed row arrives, with the weight of the shard it stands for."""
-    # the timeout detector: both are declared dead at the same deadline (ULFM may report them a moment apart)
+    # the timeout detector: both are declared dead at the same deadline (ULFM, or rank 0 watching them end on
+    # its host, may see them a moment apart)
     job = run_job(4, SMOKE, tmp_path / "two", "--inject", "kill:1@8", "--inject", "kill:2@8", "--detector",
-                  "timeout", *FAST, "--set", "optimizer.rep_weight=shard")
+                  "timeout", "--set", "executor.watch_exits=false", *FAST, "--set", "optimizer.rep_weight=shard")
     assert job.rc == 0, job.err
     s, f = job.summary, _failures(job)
     assert sorted(f) == [1, 2] and s["alive_workers"] == 2 and s["rep_weight"] == "shard"

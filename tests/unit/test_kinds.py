@@ -75,7 +75,7 @@ def test_phases_follow_the_drawn_lifecycle(tmp_path):
 
 
 def test_how_covers_every_way_a_loss_is_noticed():
-    assert {h.value for h in How} == {"ulfm", "timeout", "error", "never-joined", "promoted", "rejected"}
+    assert {h.value for h in How} == {"ulfm", "exited", "timeout", "error", "never-joined", "promoted", "rejected"}
     assert {h for h in How if h.suspect} == {How.TIMEOUT, How.NEVER_JOINED}, "only the silent may speak again"
 
 
