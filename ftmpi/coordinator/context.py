@@ -12,7 +12,7 @@ to the deputy (:class:`ftmpi.coordinator.deputy.Replication`) and the start and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +56,9 @@ class Tally:
     alive_comm: dict[str, Any] | None = None  # the latest alive-communicator rebuild (Channel.rebuild_status)
     preempted: dict[str, Any] | None = None  # {signal, round} when a stop signal ended the run
     target_stop: bool = False  # the rounds ended at executor.target_accuracy
+    # rank -> (ids, weights) of the shard file this process wrote for it at the deal (a spare that takes
+    # exactly those rows reads that file: nothing to write while the others wait)
+    shard_files: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,7 @@ class Coordinator:
         self.pending_rebuild: list[int] | None = None
         self._spares_told = -1  # the deputy the idle spares were last told of
         self._spare_states: dict[int, dict] = {}  # spare -> the lost worker's newest known state, sent once
+        self._spare_files: dict[int, Path] = {}  # spare -> the shard file it reads (its own, or the lost one's)
         self._flight: tuple[int, int, float, int] | None = None  # the round in flight: round, iters, lr, deputy
         self._writes: dict[int, HandoffWrite] = {}  # epoch -> its handoff file being written
         self._silent: set[int] = set()  # ranks whose receives ULFM reports failed: never polled again
@@ -270,11 +271,12 @@ class Coordinator:
         self._stage(e.ranks)
 
     def _on_adopt(self, e: Adopt, replies: dict[int, P.Reply]) -> None:
-        """A spare takes a lost worker's whole shard: its shard file is written now (rows by reference where
-        it shares this host, else its rows). During the collection of a round's replies (``e.in_flight``) the
-        spare is sent that round at once, from the model the others started it from, and the round waits for
-        it; else the next round message carries its setup and the whole model. Either way the lost worker's
-        optimizer state of the last checkpoint goes first, where rank 0 holds it."""
+        """A spare takes a lost worker's whole shard: it reads the lost worker's own shard file when that holds
+        exactly these rows (the deal's, by reference: nothing to write while the others wait), else its own
+        file is written now (rows by reference where it shares this host, else its rows). During the
+        collection of a round's replies (``e.in_flight``) the spare is sent that round at once, from the model
+        the others started it from, and the round waits for it; else the next round message carries its setup
+        and the whole model. Either way the lost worker's optimizer state goes first, where rank 0 holds it."""
         m = self.state.members[e.rank]
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
         mark("adopt")
@@ -284,10 +286,15 @@ class Coordinator:
         if st is not None:  # the lost worker's state as of its last reply (workers send it every round when
             # there are spares: the spare's round is then exactly the lost one's), else of its last checkpoint
             self._spare_states[e.rank] = st
-        weight = np.ones(len(self.data.y_train))
-        weight[e.ids] = e.weights
-        write_shards(self.run_dir, self.data, {e.rank: e.ids}, weight, shards_by_reference(self.data, [m.host]),
-                     self.cfg.data.compress_shards)
+        dealt = self.tally.shard_files.get(e.lost)
+        by_ref = shards_by_reference(self.data, [m.host])
+        if by_ref and dealt is not None and np.array_equal(dealt[0], e.ids) and np.array_equal(dealt[1], e.weights):
+            self._spare_files[e.rank] = shard_path(self.run_dir, e.lost)  # its rows as dealt: the same file
+        else:
+            weight = np.ones(len(self.data.y_train))
+            weight[e.ids] = e.weights
+            write_shards(self.run_dir, self.data, {e.rank: e.ids}, weight, by_ref, self.cfg.data.compress_shards)
+            self._spare_files[e.rank] = shard_path(self.run_dir, e.rank)
         if e.in_flight and self._flight is not None:  # it trains the round in flight in the lost worker's place,
             rnd, iters, lr, deputy = self._flight  # from the model the others started it from
             self._send_fresh(e.rank, rnd, iters, lr, self.gm.W_bcast.copy(), deputy)
@@ -479,8 +486,8 @@ class Coordinator:
             if int(st["round"]) != rnd:  # an older state (a checkpoint's): its optimizer, not zeros, but no
                 st = {**st, "residual": np.zeros(0, np.float32)}  # stale error-feedback residual
             self.ch.send(r, TAG_CTRL, P.Restore(int(st["round"]), st, s.term))
-        how = P.Setup(str(shard_path(self.run_dir, r)), self.data.n_classes, self.gm.model.sizes.tolist(),
-                      self.gm.ident.get(r, -1))
+        how = P.Setup(str(self._spare_files.get(r, shard_path(self.run_dir, r))), self.data.n_classes,
+                      self.gm.model.sizes.tolist(), self.gm.ident.get(r, -1))
         self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, True, params, how,
                                           news, self.pending_rebuild, deputy, s.term))
         m = s.members.get(r)

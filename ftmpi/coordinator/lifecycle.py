@@ -131,6 +131,8 @@ class Lifecycle:
         by_ref = shards_by_reference(d, [s.members[r].host for r in s.alive])
         ctx.standby.by_ref = by_ref  # standby files likewise: ids only, or uint8 rows
         t.shard_bytes = write_shards(ctx.run_dir, d, parts, s.weight, by_ref, cfg.data.compress_shards)
+        if by_ref:
+            t.shard_files = {r: (ids, s.weight[ids]) for r, ids in parts.items()}
         t.initial_shards = {r: int(len(ids)) for r, ids in parts.items()}
         if snap is not None:
             self._restore_workers(snap, parts)

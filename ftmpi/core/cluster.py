@@ -42,8 +42,8 @@ from ftmpi.core.kinds import How, Phase
 from ftmpi.core.partition import Ownership, assign_handoff
 from ftmpi.core.quorum import Stragglers
 
-__all__ = ["Accept", "Adopt", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "How", "Log", "Lost", "Member",
-           "Phase", "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
+__all__ = ["Accept", "Adopt", "Chosen", "ClusterState", "Effect", "Expel", "Failure", "Heard", "How", "Log", "Lost",
+           "Member", "Phase", "Rebuild", "SendHandoff", "Stage", "WriteHandoff"]
 
 
 @dataclass

@@ -19,6 +19,8 @@ from tests.mpirun import ROOT, launched, metrics_rows, needs_mpi, run_job
 pytestmark = [pytest.mark.mpi, needs_mpi]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 ARGS = ("--set", "executor.timeout=2", "--set", "executor.remap=full")
+# a worker killed on the coordinator's host: seen ending there (executor.watch_exits), or reported by ULFM first
+KILLED_HERE = ("exited", "ulfm")
 
 
 @pytest.mark.parametrize("kind,how", [("kill", "ulfm"), ("exit", "timeout"), ("hang", "timeout"), ("raise", "error")])
@@ -79,7 +81,7 @@ def test_the_deputy_lost_then_rank_0_the_next_deputy_takes_over(tmp_path):
     s = job.summary
     assert s["status"] == "completed" and s["coordinator"] == 2
     assert [(c["lost"], c["new"]) for c in s["coordinator_changes"]] == [(0, 2)]
-    assert [(f["rank"], f["how"]) for f in s["failures"]] == [(1, "ulfm")]
+    assert [(f["rank"], f["how"] in KILLED_HERE) for f in s["failures"]] == [(1, True)]
     assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
     assert s["coverage"] == 1.0 and s["alive_workers"] == 2
 
@@ -91,7 +93,7 @@ def test_a_worker_lost_then_rank_0_every_row_is_handed_once(tmp_path):
     assert job.rc == 0, job.err[-3000:]
     s = job.summary
     # rank 1 keeps training its rows only if they are those the replica says it owns: the replica knew the handoff
-    assert [(f["rank"], f["how"]) for f in s["failures"]] == [(3, "ulfm")]
+    assert [(f["rank"], f["how"] in KILLED_HERE) for f in s["failures"]] == [(3, True)]
     (f3,) = s["failures"]
     assert f3["rows_handed"] == s["initial_shards"]["3"] and s["points_handed"] == f3["rows_handed"]
     assert s["exact"]["takeovers"][0]["why"] == "" or "lost in the rounds redone" in s["exact"]["takeovers"][0]["why"]
@@ -168,7 +170,7 @@ def test_rank_0_and_a_worker_lost_in_the_same_round(tmp_path):
     assert job.rc == 0, job.err[-3000:]
     s = job.summary
     assert s["status"] == "completed" and s["coordinator"] == 1
-    assert sorted((f["rank"], f["how"]) for f in s["failures"]) == [(3, "ulfm")]
+    assert sorted((f["rank"], f["how"] in KILLED_HERE) for f in s["failures"]) == [(3, True)]
     assert s["coverage"] == 1.0 and s["alive_workers"] == 2
     assert [r["round"] for r in job.metrics()] == [str(r) for r in range(20)]
 

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from ftmpi.config import ConfigError, parse_fault
-from ftmpi.storage.term import verdict_written
 from ftmpi.coordinator.saver import BackgroundWriter
 from ftmpi.errors import WriteFailed
 from ftmpi.launch.environ import check_launch_env
 from ftmpi.storage.shards import handoff_path, list_handoffs, parse_handoff_name, stale_standbys, standby_path
+from ftmpi.storage.term import verdict_written
 
 
 def test_a_stalled_write_is_given_up_after_the_deadline_and_the_queue_goes_on():
