@@ -41,8 +41,8 @@ from ftmpi.storage.membuf import populated, reserve
 from ftmpi.storage.rows import RowBlocks, RowStore, features, keep_resident
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
-           "read_shard", "ready_for_any", "rows_by_reference", "shard_path", "standby_path", "stale_standbys",
-           "write_handoff", "write_shard"]
+           "ShardsAhead", "read_shard", "ready_for_any", "rows_by_reference", "shard_path", "standby_path",
+           "stale_standbys", "write_handoff", "write_shard"]
 
 FORMAT = "ftmpi-shard"
 FORMAT_VERSION = 2  # 2: /X may be uint8 (x_scale) or absent (rows_from); version 1 files still read
@@ -358,33 +358,89 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
     return Shard(X, y, ids, attrs, w, room_buf if room is not None else None, scale)
 
 
-def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int], int], raw: bool = False) -> int:
+def _extent(path: str | os.PathLike[str], raw: bool) -> tuple[int, int, int, RowStore | None] | None:
+    """(rows, features, bytes per feature as :func:`read_shard` with ``raw`` would hold them, the row store the
+    file refers to or None) of a shard file, from its datasets' shapes and attributes only; None if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            n = int(f["ids"].shape[0])
+            ref, xd = f.attrs.get("rows_from"), f.get("X")
+            if ref is not None:
+                store = RowStore.from_ref(str(_plain(ref)), str(path))
+                return n, store.d, 1 if raw and store.stored == np.uint8 else 4, store
+            if isinstance(xd, h5py.Dataset) and xd.ndim == 2:
+                u8 = xd.dtype == np.uint8 and "x_scale" in f.attrs
+                return n, int(xd.shape[1]), 1 if raw and u8 else 4, None
+    except (OSError, KeyError, ValueError, RuntimeError, DataError):
+        pass
+    return None
+
+
+def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int], int], raw: bool = False,
+                  buffer: bool = True) -> int:
     """Get this process ready to :func:`read_shard` any one of the shard files ``paths`` (with ``room`` and
     ``raw`` as it will be read) at short notice: the training rows they refer to stay mapped with their
     pages in (:func:`~ftmpi.storage.rows.keep_resident`), and a buffer for the largest of them with its room
-    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`). A hot spare does it while it waits; the files
-    are only looked at (ids' length, the row reference), and one that cannot be read is passed over (the
-    read then goes as it would have). Returns the bytes reserved (0: none)."""
+    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`; not if ``buffer`` is false). A hot spare does it
+    while it waits (the buffer only when the shards are too large to read ahead whole, :class:`ShardsAhead`);
+    the files are only looked at (ids' length, the row reference), and one that cannot be read is passed
+    over (the read then goes as it would have). Returns the bytes reserved (0: none)."""
     biggest, stores = 0, {}
     for p in paths:
-        try:
-            with h5py.File(p, "r") as f:
-                n = int(f["ids"].shape[0])
-                ref, xd = f.attrs.get("rows_from"), f.get("X")
-                if ref is not None:
-                    store = RowStore.from_ref(str(_plain(ref)), str(p))
-                    stores[str(store.path.resolve())] = store
-                    d, u8 = store.d, store.stored == np.uint8
-                elif isinstance(xd, h5py.Dataset) and xd.ndim == 2:
-                    d, u8 = int(xd.shape[1]), xd.dtype == np.uint8 and "x_scale" in f.attrs
-                else:
-                    continue
-        except (OSError, KeyError, ValueError, RuntimeError, DataError):
+        ext = _extent(p, raw)
+        if ext is None:
             continue
-        biggest = max(biggest, (n + max(int(room(n)), 0)) * d * (1 if raw and u8 else 4))
+        n, d, size, store = ext
+        if store is not None:
+            stores[str(store.path.resolve())] = store
+        biggest = max(biggest, (n + max(int(room(n)), 0)) * d * size)
     for store in stores.values():
         keep_resident(store)
-    return biggest if biggest and reserve(biggest) else 0
+    return biggest if buffer and biggest and reserve(biggest) else 0
+
+
+class ShardsAhead:
+    """Shard files read whole ahead of need, for one of them to be taken later without reading anything: a
+    hot spare's, since any worker may be the one it replaces. Each is read as :func:`read_shard` with
+    ``raw`` would (no room after the rows: :class:`~ftmpi.worker.localshard.LocalShard` grows its buffer when
+    rows are handed to it), when all of them take at most ``budget`` bytes; else nothing is read
+    (``self.held`` is 0) and the caller falls back on :func:`ready_for_any`."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]], raw: bool, budget: int) -> None:
+        self._shards: dict[str, tuple[tuple[int, int, int], Shard]] = {}
+        self.held = 0
+        paths = [Path(p) for p in paths]
+        ext = [_extent(p, raw) for p in paths]
+        total = sum(n * d * size for n, d, size, _ in (e for e in ext if e is not None))
+        if not total or total > budget:
+            return
+        for p, e in zip(paths, ext, strict=True):
+            if e is None:
+                continue
+            try:
+                stamp = _stamp(p)
+                self._shards[str(p.resolve())] = (stamp, read_shard(p, room=lambda n: 0, raw=raw))
+            except (OSError, DataError):
+                continue
+        self.held = sum(sh.X.nbytes for _, sh in self._shards.values())
+
+    def take(self, path: str | os.PathLike[str]) -> Shard | None:
+        """The shard of ``path`` as read ahead, if the file is still the one read (same inode, size and
+        modification time), else None. The others stay held until this object is let go (freeing them takes
+        milliseconds: not while the others wait)."""
+        key = str(Path(path).resolve())
+        got = self._shards.pop(key, None)
+        if got is None:
+            return None
+        try:
+            return got[1] if _stamp(Path(path)) == got[0] else None
+        except OSError:
+            return None
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _scale(v: Any, path: Path) -> float:

@@ -42,7 +42,7 @@ from ftmpi.model.plugin import is_plugin
 from ftmpi.observe.timeline import mark
 from ftmpi.procs import hostname, start_time
 from ftmpi.storage.checkpoint import shard_key
-from ftmpi.storage.shards import Shard, read_shard, ready_for_any, shard_path
+from ftmpi.storage.shards import Shard, ShardsAhead, read_shard, ready_for_any, shard_path
 from ftmpi.storage.term import current_term, verdict_written
 from ftmpi.worker.localshard import LocalShard
 
@@ -107,6 +107,7 @@ class Worker:
         self.spare = bool(cfg.executor.spares) and self.rank in spare_ranks(ch.size, cfg.executor.spares)
         self._nap: float | None = None
         self._spare_ready = 0  # pings at which a waiting spare looked for the shard files (see _READY_TRIES)
+        self._ahead: ShardsAhead | None = None  # a waiting spare's shards, read ahead
         self._next_ctrl_poll = 0.0  # the next look for control messages between two local steps
         self.ctrl_poll = _CTRL_POLL
         self._early: list[P.Handoff] = []  # rows handed to a spare before its first round (set up with it)
@@ -275,9 +276,11 @@ class Worker:
 
     def _get_ready_as_spare(self) -> None:
         """A waiting spare, at the first ping after every worker's shard file is written (pings come before
-        the deal too; at most :data:`_READY_TRIES` looks): ready to read any worker's shard at short notice
-        (:func:`~ftmpi.storage.shards.ready_for_any`: the dataset's pages mapped in and a buffer mapped
-        ahead), so that the others wait ~5 ms for its rows after a loss instead of ~25."""
+        the deal too; at most :data:`_READY_TRIES` looks): every worker's shard read ahead when they fit in
+        ``executor.spare_memory_mb`` (:class:`~ftmpi.storage.shards.ShardsAhead`: taking one is then free),
+        and in any case the dataset's pages mapped in (:func:`~ftmpi.storage.shards.ready_for_any`, which
+        also maps a buffer ahead for a shard that was not read ahead), so that the others wait ~1 ms for its
+        rows after a loss (~7 ms from the mapping) instead of ~25."""
         ex = self.cfg.executor
         idle = set(spare_ranks(self.ch.size, ex.spares)) | ({1} if ex.standby_coordinator else set())
         paths = [shard_path(self.run_dir, r) for r in range(1, self.ch.size) if r not in idle]
@@ -285,7 +288,9 @@ class Worker:
         if not all(p.is_file() for p in paths) and self._spare_ready < _READY_TRIES:
             return  # not dealt yet (files appear whole: written aside, then renamed)
         self._spare_ready = _READY_TRIES
-        ready_for_any(paths, _room, raw=True)
+        np.random.default_rng([0, 1]).permutation(8)  # numpy.random's first use costs ~15 ms: not in its round
+        self._ahead = ShardsAhead(paths, raw=True, budget=ex.spare_memory_mb << 20)
+        ready_for_any(paths, _room, raw=True, buffer=not self._ahead.held)
         mark("spare-ready")
 
     def _read_run_dir_ahead(self) -> None:
@@ -500,9 +505,11 @@ class Worker:
         return Expelled(f"worker {self.rank}: {msg.reason}", exit_code=msg.code, quiet=msg.quiet)
 
     def _load_shard(self, path: str) -> Shard:
-        """Read this worker's shard file (rows, labels, global ids, weights)."""
+        """Read this worker's shard file (rows, labels, global ids, weights); a spare's, as read ahead if it
+        was (and the file did not change since)."""
+        got = self._ahead.take(path) if self._ahead is not None else None  # (the rest let go after its reply)
         # room for handed rows (see LocalShard), read straight into that buffer
-        return read_shard(path, room=_room, raw=True)
+        return got if got is not None else read_shard(path, room=_room, raw=True)
 
     def _setup(self, setup: P.Setup) -> None:
         cfg = self.cfg
@@ -748,6 +755,7 @@ class Worker:
                         self._unreadable, time.monotonic() - t0, state=state, redo=redo)
         self._handed, self._ready, self._prefetched, self._unreadable = 0, {}, {}, []
         self.ch.send(self.coord, TAG_REPLY, reply)
+        self._ahead = None  # a spare's other shards read ahead: freed now, not while the others waited for it
         if rnd == 0:
             mark("first-reply")
         self._take_replicas()  # the deputy: once a round, after its reply (the replica went out with the round)

@@ -1,7 +1,8 @@
-"""A waiting hot spare gets ready to read any worker's shard at short notice: the training rows stay mapped
-with their pages in (``rows.keep_resident``), a buffer for the largest shard is mapped ahead
-(``membuf.reserve``), and ``shards.ready_for_any`` does both from the shard files. The rows read afterwards are
-the same bytes as without it, from the file as it was when it was made resident."""
+"""A waiting hot spare gets ready to take any worker's shard at short notice: every shard read ahead when
+they fit in its budget (``shards.ShardsAhead``), and the training rows mapped with their pages in
+(``rows.keep_resident``) with a buffer for the largest shard mapped ahead (``membuf.reserve``;
+``shards.ready_for_any`` does both from the shard files). What is taken or read afterwards is the same bytes
+as without it, from the file as it was when it was read ahead or made resident."""
 from __future__ import annotations
 
 import os
@@ -12,8 +13,9 @@ import pytest
 
 from ftmpi.storage import membuf
 from ftmpi.storage import rows as rows_mod
+from ftmpi.storage import shards as shards_mod
 from ftmpi.storage.rows import RowStore
-from ftmpi.storage.shards import read_shard, ready_for_any, write_shard
+from ftmpi.storage.shards import ShardsAhead, read_shard, ready_for_any, write_shard
 
 N, D = 6000, 784
 
@@ -89,3 +91,40 @@ def test_ready_for_any_reserves_the_largest_shard_with_its_room_and_reads_the_sa
     assert np.array_equal(after.X, before.X) and np.array_equal(after.X, X[parts[2]])
     assert np.array_equal(after.ids, before.ids) and after.scale == before.scale
     assert ready_for_any([tmp_path / "nothing.h5"], room) == 0
+
+
+def _dealt(tmp_path: Path) -> tuple[np.ndarray, dict[int, np.ndarray], list[Path]]:
+    store, X = _idx_file(tmp_path / "train")
+    y = np.arange(N, dtype=np.int32) % 10
+    parts = {1: np.arange(0, 4000), 2: np.arange(4000, 6000)[::-1]}
+    paths = []
+    for r, ids in parts.items():
+        paths.append(write_shard(tmp_path / f"worker-{r:04d}.h5", None, y[ids], ids, {"rank": r},
+                                 rows_from=store.ref_json()))
+    return X, parts, paths
+
+
+def test_shards_read_ahead_are_the_rows_read_later_and_taken_without_reading(tmp_path: Path, monkeypatch) -> None:
+    X, parts, paths = _dealt(tmp_path)
+    ahead = ShardsAhead([*paths, tmp_path / "worker-0009.h5"], raw=True, budget=N * D)  # one missing: passed over
+    assert ahead.held == N * D
+    calls = []
+    monkeypatch.setattr(shards_mod, "read_shard", lambda *a, **k: calls.append(a))  # nothing is read any more
+    got = ahead.take(paths[1])
+    assert got is not None and not calls
+    assert got.X.dtype == np.uint8 and np.array_equal(got.X, X[parts[2]]) and np.array_equal(got.ids, parts[2])
+    assert ahead.take(paths[1]) is None, "taken once"
+
+
+def test_a_changed_file_or_a_budget_too_small_reads_nothing_ahead(tmp_path: Path) -> None:
+    X, parts, paths = _dealt(tmp_path)
+    assert ShardsAhead(paths, raw=True, budget=N * D - 1).held == 0, "over the budget: nothing held"
+    assert ShardsAhead(paths, raw=False, budget=N * D).held == 0, "float32 rows take four times as much"
+    ahead = ShardsAhead(paths, raw=True, budget=N * D)
+    y = np.arange(N, dtype=np.int32) % 10
+    ids = parts[1][::2]
+    write_shard(paths[0], None, y[ids], ids, {"rank": 1}, rows_from=RowStore(tmp_path / "train", 12, N, D, np.uint8,
+                                                                             1 / 255).ref_json())
+    assert ahead.take(paths[0]) is None, "rewritten since: read it anew"
+    fresh = read_shard(paths[0], raw=True)
+    assert np.array_equal(fresh.X, X[ids])
