@@ -376,14 +376,13 @@ def _extent(path: str | os.PathLike[str], raw: bool) -> tuple[int, int, int, Row
     return None
 
 
-def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int], int], raw: bool = False,
-                  buffer: bool = True) -> int:
+def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int], int], raw: bool = False) -> int:
     """Get this process ready to :func:`read_shard` any one of the shard files ``paths`` (with ``room`` and
     ``raw`` as it will be read) at short notice: the training rows they refer to stay mapped with their
     pages in (:func:`~ftmpi.storage.rows.keep_resident`), and a buffer for the largest of them with its room
-    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`; not if ``buffer`` is false). A hot spare does it
-    while it waits (the buffer only when the shards are too large to read ahead whole, :class:`ShardsAhead`);
-    the files are only looked at (ids' length, the row reference), and one that cannot be read is passed
+    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`). A hot spare does it
+    while it waits when the shards are too large to read ahead whole (:class:`ShardsAhead`); the files are
+    only looked at (ids' length, the row reference), and one that cannot be read is passed
     over (the read then goes as it would have). Returns the bytes reserved (0: none)."""
     biggest, stores = 0, {}
     for p in paths:
@@ -396,7 +395,7 @@ def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int],
         biggest = max(biggest, (n + max(int(room(n)), 0)) * d * size)
     for store in stores.values():
         keep_resident(store)
-    return biggest if buffer and biggest and reserve(biggest) else 0
+    return biggest if biggest and reserve(biggest) else 0
 
 
 class ShardsAhead:

@@ -277,10 +277,9 @@ class Worker:
     def _get_ready_as_spare(self) -> None:
         """A waiting spare, at the first ping after every worker's shard file is written (pings come before
         the deal too; at most :data:`_READY_TRIES` looks): every worker's shard read ahead when they fit in
-        ``executor.spare_memory_mb`` (:class:`~ftmpi.storage.shards.ShardsAhead`: taking one is then free),
-        and in any case the dataset's pages mapped in (:func:`~ftmpi.storage.shards.ready_for_any`, which
-        also maps a buffer ahead for a shard that was not read ahead), so that the others wait ~1 ms for its
-        rows after a loss (~7 ms from the mapping) instead of ~25."""
+        ``executor.spare_memory_mb`` (:class:`~ftmpi.storage.shards.ShardsAhead`: taking one is then free), else
+        the dataset's pages mapped in and a buffer mapped ahead (:func:`~ftmpi.storage.shards.ready_for_any`),
+        so that the others wait ~0.4 ms for its rows after a loss (~7 ms from the mapping) instead of ~25."""
         ex = self.cfg.executor
         idle = set(spare_ranks(self.ch.size, ex.spares)) | ({1} if ex.standby_coordinator else set())
         paths = [shard_path(self.run_dir, r) for r in range(1, self.ch.size) if r not in idle]
@@ -290,7 +289,8 @@ class Worker:
         self._spare_ready = _READY_TRIES
         np.random.default_rng([0, 1]).permutation(8)  # numpy.random's first use costs ~15 ms: not in its round
         self._ahead = ShardsAhead(paths, raw=True, budget=ex.spare_memory_mb << 20)
-        ready_for_any(paths, _room, raw=True, buffer=not self._ahead.held)
+        if not self._ahead.held:  # too large to hold
+            ready_for_any(paths, _room, raw=True)
         mark("spare-ready")
 
     def _read_run_dir_ahead(self) -> None:
