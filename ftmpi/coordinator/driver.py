@@ -546,7 +546,7 @@ class Coordinator:
                     events.append(Lost(r, How.ULFM, "", self.ctx.mark(r)))
             for r in ended:
                 self._silent.add(r)
-                events.append(Lost(r, How.EXITED, "its process ended (seen on this host)", self.ctx.mark(r)))
+                events.append(Lost(r, How.EXITED, "its process ended on this host", self.ctx.mark(r)))
             if events:
                 effects = s.apply(events, time.time())
                 if rules.active:  # a late reply (an earlier round's) is folded, not this round's

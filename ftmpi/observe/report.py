@@ -371,8 +371,10 @@ def failure_lines(run_dirs: Sequence[Path]) -> list[str]:
         for f in (run.summary or {}).get("failures") or []:
             if not isinstance(f, dict):
                 continue
+            seen = "its process seen ending on the coordinator's host" if f.get("how") == "exited" \
+                else f"seen by {f.get('how')}"
             text = (f"{run.name}: rank {f.get('rank')} lost at round {f.get('round')} "
-                    f"({f.get('kind') or 'not injected'}, seen by {f.get('how')})")
+                    f"({f.get('kind') or 'not injected'}, {seen})")
             for key, label in (("detection_latency", "detected after"), ("recovery_time", "recovered after")):
                 text += f", {label} {f[key]:.3f}s" if _num(f.get(key)) is not None else ""
             if f.get("rows_handed") is not None:

@@ -802,6 +802,7 @@ class Worker:
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.ident)
         return self.shard.ids[local].astype(np.int64)
 
+
 _READY_TRIES = 40  # pings (a quarter of the timeout apart, at most 0.25 s) a spare waits for the deal to get ready
 
 

@@ -16,6 +16,7 @@ from ftmpi.observe.report import (
     add_report_args,
     collect,
     expand_run_dirs,
+    failure_lines,
     load_run,
     main_report,
     run_report,
@@ -310,3 +311,12 @@ def test_plot_cli_and_missing_matplotlib(runs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     assert main_plot([str(runs["kill"]), "-o", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err.strip() == f"ftmpi: error: {NEED_MPL}"
+
+
+def test_a_loss_seen_ending_on_the_coordinators_host_is_said_so(tmp_path):
+    run = make_run(tmp_path, "w4-exited", kill_at=5)
+    summary = load_run(run).summary
+    summary["failures"][0]["how"] = "exited"
+    write_json_atomic(run / "summary.json", summary)
+    (line,) = failure_lines([run])
+    assert "rank 2 lost at round 5 (kill, its process seen ending on the coordinator's host), detected after" in line
