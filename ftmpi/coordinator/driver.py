@@ -80,6 +80,9 @@ class Prefetched(Protocol):
         """The dataset, once read; raises what reading it raised."""
 
 
+_EXIT_LOOK = 0.001  # seconds between two looks of the exit watch while polling
+
+
 class Coordinator:
     """Rank 0's driver, or a deputy's that took over (``takeover``: the replica it holds and the change).
 
@@ -175,6 +178,7 @@ class Coordinator:
         # the ranks on this host whose process ends are lost at once, not when MPI says so (or never does)
         self._exits = ExitWatch() if cfg.executor.watch_exits else None
         self._ended: list[int] = []  # ranks whose process the watch saw end, not acted on yet
+        self._next_exit_look = 0.0
         self._host = hostname()
         self._rebuild_when_known: tuple[list[int], set[int]] | None = None  # members; dead ULFM must know of
 
@@ -576,8 +580,13 @@ class Coordinator:
                 self._exits.watch(r, m.pid if same else 0, m.start_time if same else 0)  # type: ignore[union-attr]
 
     def _exit_seen(self) -> bool:
+        """Whether the watch saw a process end; it looks at most every :data:`_EXIT_LOOK` seconds (a poll
+        iterates every 50-250 µs; a killed process takes milliseconds to end anyway)."""
         if self._exits is not None:
-            self._ended += self._exits.ended()
+            now = time.monotonic()
+            if now >= self._next_exit_look:
+                self._next_exit_look = now + _EXIT_LOOK
+                self._ended += self._exits.ended()
         return bool(self._ended)
 
     @property
