@@ -108,9 +108,9 @@ class Log:
 class Adopt:
     """Spare ``rank`` takes lost worker ``lost``'s whole shard, ``ids`` with their ``weights`` (its shard file,
     or the lost worker's when it holds exactly these rows, is named by its first round message, which carries
-    the setup and the full model). ``in_flight``: the
-    loss came while the round's replies were being collected, and the spare trains that round in the lost
-    worker's place (sent at once, waited for); else it starts with the next round."""
+    the setup and the full model). ``in_flight``: the loss came while the round's replies were being
+    collected, and the spare trains that round in the lost worker's place (sent at once, waited for); else it
+    starts with the next round."""
 
     rank: int
     lost: int

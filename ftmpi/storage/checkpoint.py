@@ -77,7 +77,7 @@ import yaml
 from ftmpi.core.partition import coverage as _coverage
 from ftmpi.errors import CheckpointError
 from ftmpi.kernels.layout import layer_slices
-from ftmpi.storage.fsutil import TEMP_RE, fsync_dir, temp_beside, write_error
+from ftmpi.storage.fsutil import TEMP_RE, fsync_dir, identity, temp_beside, write_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SET_ASIDE", "Snapshot", "ckpt_path", "format_summary", "intact",
            "list_checkpoints", "load", "newest_valid", "prune", "save", "shard_key", "summarize"]
@@ -698,7 +698,7 @@ def intact(path: _PathLike) -> bool:
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            key = identity(st)
             if key in _VERIFIED:
                 return True
             if fh.read(len(_MAGIC)) != _MAGIC:

@@ -19,13 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["TEMP_RE", "file_mode", "fsync_dir", "replace_atomic", "temp_beside", "umask", "write_error"]
+__all__ = ["TEMP_RE", "file_mode", "fsync_dir", "identity", "replace_atomic", "temp_beside", "umask", "write_error"]
 
 #: Names of the temp files :func:`temp_beside` makes for ``name``: ``.name.XXXXXXXX.tmp``.
 TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{6,}\.tmp$")
 
 _lock = threading.Lock()
 _umask: int | None = None
+
+
+def identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """Which file, as it is now: (device, inode, size, modification time); a file rewritten, replaced, or an
+    inode freed and reused for another file has another."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def umask() -> int:

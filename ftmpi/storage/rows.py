@@ -52,7 +52,8 @@ def keep_resident(store: RowStore) -> bool:
         return True
     try:
         with open(store.path, "rb") as fh:
-            if (os.fstat(fh.fileno()).st_size, os.fstat(fh.fileno()).st_mtime_ns) != key[1:]:
+            st = os.fstat(fh.fileno())
+            if (st.st_size, st.st_mtime_ns) != key[1:]:
                 return False  # changed since the store was opened
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):

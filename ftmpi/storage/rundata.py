@@ -37,6 +37,7 @@ import numpy as np
 
 from ftmpi.errors import DataError
 from ftmpi.storage.data import PIXEL_SCALE, Dataset
+from ftmpi.storage.fsutil import identity
 from ftmpi.storage.rows import PackedRows, RowMatrix, RowStore
 from ftmpi.storage.shards import ensure_shard, read_shard
 
@@ -246,7 +247,7 @@ class RunRows(RowMatrix):
             return 0  # gone since it was listed
         try:
             st = os.fstat(fh.fileno())
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # an inode freed and reused is another file
+            key = identity(st)
             if key in self._seen:
                 return 0
             self._seen.add(key)

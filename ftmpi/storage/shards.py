@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from ftmpi.errors import DataError
-from ftmpi.storage.fsutil import temp_beside
+from ftmpi.storage.fsutil import identity, temp_beside
 from ftmpi.storage.h5zip import write_deflated
 from ftmpi.storage.membuf import populated, reserve
 from ftmpi.storage.rows import RowBlocks, RowStore, features, keep_resident
@@ -380,10 +380,10 @@ def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int],
     """Get this process ready to :func:`read_shard` any one of the shard files ``paths`` (with ``room`` and
     ``raw`` as it will be read) at short notice: the training rows they refer to stay mapped with their
     pages in (:func:`~ftmpi.storage.rows.keep_resident`), and a buffer for the largest of them with its room
-    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`). A hot spare does it
-    while it waits when the shards are too large to read ahead whole (:class:`ShardsAhead`); the files are
-    only looked at (ids' length, the row reference), and one that cannot be read is passed
-    over (the read then goes as it would have). Returns the bytes reserved (0: none)."""
+    is mapped ahead (:func:`~ftmpi.storage.membuf.reserve`). A hot spare does it while it waits when the
+    shards are too large to read ahead whole (:class:`ShardsAhead`); the files are only looked at (ids'
+    length, the row reference), and one that cannot be read is passed over (the read then goes as it would
+    have). Returns the bytes reserved (0: none)."""
     biggest, stores = 0, {}
     for p in paths:
         ext = _extent(p, raw)
@@ -406,7 +406,7 @@ class ShardsAhead:
     (``self.held`` is 0) and the caller falls back on :func:`ready_for_any`."""
 
     def __init__(self, paths: Iterable[str | os.PathLike[str]], raw: bool, budget: int) -> None:
-        self._shards: dict[str, tuple[tuple[int, int, int], Shard]] = {}
+        self._shards: dict[str, tuple[tuple[int, int, int, int], Shard]] = {}
         self.held = 0
         paths = [Path(p) for p in paths]
         ext = [_extent(p, raw) for p in paths]
@@ -417,29 +417,24 @@ class ShardsAhead:
             if e is None:
                 continue
             try:
-                stamp = _stamp(p)
+                stamp = identity(p.stat())
                 self._shards[str(p.resolve())] = (stamp, read_shard(p, room=lambda n: 0, raw=raw))
             except (OSError, DataError):
                 continue
         self.held = sum(sh.X.nbytes for _, sh in self._shards.values())
 
     def take(self, path: str | os.PathLike[str]) -> Shard | None:
-        """The shard of ``path`` as read ahead, if the file is still the one read (same inode, size and
-        modification time), else None. The others stay held until this object is let go (freeing them takes
+        """The shard of ``path`` as read ahead, if the file is still the one read (:func:`identity`), else
+        None. The others stay held until this object is let go (freeing them takes
         milliseconds: not while the others wait)."""
         key = str(Path(path).resolve())
         got = self._shards.pop(key, None)
         if got is None:
             return None
         try:
-            return got[1] if _stamp(Path(path)) == got[0] else None
+            return got[1] if identity(Path(path).stat()) == got[0] else None
         except OSError:
             return None
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _scale(v: Any, path: Path) -> float:

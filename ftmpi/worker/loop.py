@@ -55,6 +55,7 @@ _RING = 3  # rounds whose starting state a worker keeps, so that a new coordinat
 # an MPI probe costs about what a small local step does (py-spy: ~40 % of a logreg worker's busy time went
 # to probing after every step), and 2 ms is nothing next to how late a loss is reported (10-70 ms)
 _CTRL_POLL = 0.002
+_READY_TRIES = 40  # pings (a quarter of the timeout apart, at most 0.25 s) a spare waits for the deal to get ready
 
 
 class Worker:
@@ -801,9 +802,6 @@ class Worker:
         local = select_representative(o.rep_selection, self.scores, self.shard.y, k, self.n_classes,
                                       seed=self.cfg.model.seed * 104729 + rnd * 31 + self.ident)
         return self.shard.ids[local].astype(np.int64)
-
-
-_READY_TRIES = 40  # pings (a quarter of the timeout apart, at most 0.25 s) a spare waits for the deal to get ready
 
 
 def _room(n: int) -> int:
