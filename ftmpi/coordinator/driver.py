@@ -461,6 +461,8 @@ class Coordinator:
         if deputy != self._spares_told:  # idle spares get no round message: told at once whom to follow
             for r in sorted(s.spares):
                 self.ch.send(r, TAG_CTRL, P.Ping(s.epoch, s.round, deputy, s.term))
+                if self._spares_told == -1:  # the first (the deal is written): it reads the shards ahead now,
+                    self._wake(s.spares.get(r))  # beside the others' start-up, not in the first training rounds
             self._spares_told = deputy
         for r in s.in_round():  # not a spare that took a shard during the round in flight: it starts with the next
             if r == self.me:  # its own rows, trained in this process once the others have their message
@@ -494,9 +496,14 @@ class Coordinator:
                       self.gm.model.sizes.tolist(), self.gm.ident.get(r, -1))
         self.ch.send(r, TAG_CTRL, P.Round(s.epoch, rnd, s.stragglers.iters_for(r, iters), lr, True, params, how,
                                           news, self.pending_rebuild, deputy, s.term))
-        m = s.members.get(r)
-        if m is not None and m.host == hostname():  # a napping spare on this host looks at once (a signal
-            kill_if_same(m.pid, m.start_time, signals.WAKE)  # ends its nap), not at its next look (<= 50 ms)
+        self._wake(s.members.get(r))
+
+    @staticmethod
+    def _wake(m: Any) -> None:
+        """A napping spare on this host looks at its messages at once (a signal ends its nap), not at its next
+        look (<= 50 ms later)."""
+        if m is not None and m.host == hostname():
+            kill_if_same(m.pid, m.start_time, signals.WAKE)
 
     def _collect(self, late: list[P.Reply] | None = None) -> dict[int, P.Reply]:
         """Wait for this round's replies in short polls, applying what arrives as it arrives. A worker is lost

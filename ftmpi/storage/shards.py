@@ -413,6 +413,9 @@ class ShardsAhead:
         total = sum(n * d * size for n, d, size, _ in (e for e in ext if e is not None))
         if not total or total > budget:
             return
+        for e in ext:  # gathered from a mapping with its pages in: about half the CPU of reading each shard by
+            if e is not None and e[3] is not None:  # windows (pages mapped in and given back once per shard)
+                keep_resident(e[3])
         for p, e in zip(paths, ext, strict=True):
             if e is None:
                 continue

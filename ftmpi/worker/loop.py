@@ -288,7 +288,6 @@ class Worker:
         if not all(p.is_file() for p in paths) and self._spare_ready < _READY_TRIES:
             return  # not dealt yet (files appear whole: written aside, then renamed)
         self._spare_ready = _READY_TRIES
-        np.random.default_rng([0, 1]).permutation(8)  # numpy.random's first use costs ~15 ms: not in its round
         self._ahead = ShardsAhead(paths, raw=True, budget=ex.spare_memory_mb << 20)
         if not self._ahead.held:  # too large to hold
             ready_for_any(paths, _room, raw=True)
@@ -407,6 +406,8 @@ class Worker:
         pid = os.getpid()
         if self.spare:  # rank 0 may signal it (on this host) as soon as it knows its pid: ready before the hello
             signals.wakeable()
+            np.random.default_rng([0, 1]).permutation(8)  # numpy.random's first use costs ~15 ms: a start-up
+            # cost (every worker pays it in its first round), not one in the round a spare takes a shard
         self.ch.send(self.coord, TAG_REPLY, P.Hello(self.rank, hostname(), pid, start_time(pid)))
         if self.spare:
             msg = self._wait_as_spare()
