@@ -12,7 +12,7 @@ from ftmpi.coordinator.files import write_handoff_file
 from ftmpi.coordinator.saver import BackgroundWriter
 from ftmpi.coordinator.staging import Standby
 from ftmpi.core import protocol as P
-from ftmpi.core.cluster import Chosen, ClusterState, Heard, Lost, SendHandoff, Stage, WriteHandoff
+from ftmpi.core.cluster import Adopt, Chosen, ClusterState, Heard, Lost, SendHandoff, Stage, WriteHandoff
 from ftmpi.core.handoff import Schedule, make_policy, rep_count, select_representative
 from ftmpi.core.partition import partition
 from ftmpi.model.models import Model
@@ -44,6 +44,8 @@ class Kit:
                 sent[e.rank] = e.msg
             elif isinstance(e, Stage):
                 self.stage(e.ranks)
+            elif isinstance(e, Adopt) and self.standby.active and not self.state.standby_stale(e.rank):
+                self.standby.transfer(e.lost, e.rank)  # as the driver does (Coordinator._on_adopt)
         return sent
 
     def apply(self, events: list) -> list:

@@ -143,6 +143,7 @@ class Coordinator:
                                                         time.time(), hfile, keep=self.local is not None,
                                                         how=takeover[1].how)
         self.state.term = term
+        self.gm.ident = self.state.ident  # one record of whose place each spare holds (replicated with the state)
         self.fence = Fence(self.run_dir, term)
         self.standby.term, self.standby.fence = term, self.fence
         if resume is not None:
@@ -285,8 +286,10 @@ class Coordinator:
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
         mark("adopt")
         st = self.gm.known_states.get(e.lost)
-        self.gm.ident[e.rank] = self.gm.ident.get(e.lost, e.lost)  # it trains as the lost worker would have,
-        self.gm.screen.inherit(e.rank, e.lost)  # and its updates are screened against that worker's record
+        # it trains as the lost worker would have (ClusterState.ident), its updates are screened against that
+        self.gm.screen.inherit(e.rank, e.lost)  # worker's record, and that worker's standby rows are its own
+        if self.standby.active and not self.state.standby_stale(e.rank):
+            self.standby.transfer(e.lost, e.rank)
         if st is not None:  # the lost worker's state as of its last reply (workers send it every round when
             # there are spares: the spare's round is then exactly the lost one's), else of its last checkpoint
             self._spare_states[e.rank] = st
@@ -456,7 +459,7 @@ class Coordinator:
     def _broadcast(self, rnd: int, iters: int, first: bool, setup: bool) -> None:
         s = self.state
         payload, full, lr = self.gm.payload(rnd, iters, first)
-        plans = self.standby.plans(s.epoch, s.alive) if self.standby.active else None
+        plans = self.standby.plans(s.epoch, s.alive, s.ident_of) if self.standby.active else None
         deputy = self.replication.name_deputy()
         if deputy != self._spares_told:  # idle spares get no round message: told at once whom to follow
             for r in sorted(s.spares):

@@ -11,13 +11,17 @@ loss is then served from memory.
 A file holds a draw of the rows the worker had when it was staged. A worker whose rows change (it is handed
 a lost worker's rows) is staged again once it trains on them (the :class:`~ftmpi.core.events.Stage` effect);
 until then its older file is not handed over (:meth:`ftmpi.core.cluster.ClusterState.standby_stale`): its
-loss draws from the rows it holds at the loss and writes them to that epoch's handoff file.
+loss draws from the rows it holds at the loss and writes them to that epoch's handoff file. A hot spare that
+takes a lost worker's whole shard takes its standby file too (:meth:`Standby.transfer`: the same rows, the same
+weights), and deals sort it where that worker stood (``ident``, seeds without the epoch), so after such a
+loss nothing is staged again and no survivor reads anything new ahead.
 
 Rank 0's :class:`ftmpi.core.cluster.ClusterState` owns membership, ownership and weights and passes them in; the
 draw itself is :func:`ftmpi.core.handoff.random_choice`; this module owns the files and the plans.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ import numpy as np
 from ftmpi.config import Config
 from ftmpi.coordinator.saver import BackgroundWriter
 from ftmpi.core.handoff import random_choice
-from ftmpi.core.partition import Ownership, deal_slices
+from ftmpi.core.partition import Ownership, deal_slices, standby_seed
 from ftmpi.storage.data import Dataset
 from ftmpi.storage.shards import ensure_shard, stale_standbys, standby_path
 from ftmpi.storage.term import Fence
@@ -49,6 +53,7 @@ class Standby:
         self._gen: dict[int, int] = {}  # bumped whenever a worker's rows change: older files are stale
         self._plan_key: tuple | None = None  # what the last plans were made from
         self._hinted: dict[int, Plan] = {}  # what each worker was last told to read ahead
+        self._heir: dict[int, int] = {}  # lost worker -> the spare its standby file went to (see transfer)
         # standby files hold ids only (every rank reads the rows from the prepared copy), else rows in the
         # source's own type; set by the coordinator once it knows where the workers are
         self.by_ref = False
@@ -62,9 +67,15 @@ class Standby:
         """Whether rank 0 chooses and stages the representative rows (remap representative, random rule)."""
         return self.cfg.executor.remap == "representative" and self.cfg.optimizer.rep_selection == "random"
 
-    def deal_seed(self, epoch: int, rank: int) -> int:
-        """Seed of :func:`deal_slices` for the standby file of worker ``rank`` handed over in ``epoch``."""
-        return self.cfg.model.seed + epoch + rank
+    def transfer(self, lost: int, spare: int) -> None:
+        """A spare took worker ``lost``'s whole shard (the same rows and weights): the lost worker's standby
+        file, or the one still being written for it, is a draw of the spare's rows too, and becomes the
+        spare's (nothing staged again, and the files the others read ahead stay the ones they hold)."""
+        self._gen[spare] = self._gen.get(lost, 0)
+        self._heir[lost] = spare
+        got = self.staged.pop(lost, None)
+        if got is not None:
+            self.staged[spare] = got
 
     def choice(self, rank: int, ownership: Ownership, weight: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``rep_selection: random``, chosen by rank 0: rows of the worker drawn in proportion to their weight
@@ -110,25 +121,30 @@ class Standby:
             self.fence.check(f"delete the older standby files of worker {rank}")
         for old in stale_standbys(path):
             old.unlink(missing_ok=True)
+        while rank in self._heir:  # written for a worker whose shard a spare took meanwhile
+            rank = self._heir[rank]
         if self._gen.get(rank) == gen:
             self.staged[rank] = (ids, hits, path)
 
-    def plans(self, epoch: int, alive: list[int]) -> dict[int, Plan] | None:
+    def plans(self, epoch: int, alive: list[int], ident: Callable[[int], int] = int) -> dict[int, Plan] | None:
         """For each alive worker, the slices of the other workers' standby files it would be handed if that
-        worker alone were lost next (the survivors and seed of the real deal, in epoch ``epoch + 1``); None
-        when nothing changed since the last call. Each worker holds about one representative set in all,
-        whatever the number of workers."""
+        worker alone were lost next (the survivors and seed of the real deal, :func:`deal_slices` in
+        :meth:`ftmpi.core.handoff.Policy.plan`; ``ident``: whose place each rank holds); None when nothing
+        changed since the last call. Each worker holds about one representative set in all, whatever the
+        number of workers."""
         staged = dict(self.staged)  # one copy (a C-level, atomic one): the writer thread publishes into it
-        key = (epoch, tuple(alive), tuple(sorted((d, str(p)) for d, (_, _, p) in staged.items())))
+        files = tuple(sorted((d, str(p)) for d, (_, _, p) in staged.items()))
+        key = (epoch, tuple((r, ident(r)) for r in alive), files)
         if key == self._plan_key:
             return None
         self._plan_key = key
         plans: dict[int, Plan] = {r: [] for r in alive}
-        for d, (ids, _, path) in sorted(staged.items()):
+        # in the order of whose place each holds: a spare's file comes where the lost worker's came
+        for d, (ids, _, path) in sorted(staged.items(), key=lambda t: (ident(t[0]), t[0])):
             others = [r for r in alive if r != d]
             if d not in alive or not others:
                 continue
-            for r, a, b in deal_slices(len(ids), others, self.deal_seed(epoch + 1, d)):
+            for r, a, b in deal_slices(len(ids), others, standby_seed(self.cfg.model.seed, ident(d)), ident):
                 if b > a:
                     plans[r].append((str(path), a, b))
         return plans

@@ -141,6 +141,9 @@ class ClusterState:
         # round in flight in the lost worker's place (not kept in snapshots: a restored state is between rounds)
         self.collecting = False
         self._starts: dict[int, int] = {}  # spare -> the first round it trains (the one after it took the shard)
+        # spare -> the worker whose place it holds (the first of a chain): it draws that worker's minibatches, its
+        # update is aggregated in that worker's place, and its standby rows are dealt as that worker's would be
+        self.ident: dict[int, int] = {}
         self._joined_spares: set[int] = set()  # idle spares that said hello (only those can take a shard)
         self._now = 0.0
 
@@ -151,6 +154,11 @@ class ClusterState:
 
     def representative(self, rank: int) -> np.ndarray:
         return self.members[rank].rep
+
+    def ident_of(self, rank: int) -> int:
+        """The worker whose place ``rank`` holds: itself, or for a spare that took a shard, the lost worker
+        (see :attr:`ident`)."""
+        return self.ident.get(rank, rank)
 
     def orphaned(self) -> np.ndarray:
         """Rows neither owned nor dropped (kept for a resume when every worker was lost)."""
@@ -449,6 +457,7 @@ class ClusterState:
             m.alive = True
             self.members[sp] = m
             self.adopting[sp] = self.epoch
+            self.ident[sp] = self.ident_of(r)
             self._starts[sp] = self.round if self.collecting else self.round + 1
             f.epoch, f.spare, f.rows_to_spare = self.epoch, sp, int(len(ids))
             self.spare_log.append({"spare": sp, "took": r, "round": self.round, "epoch": self.epoch,
@@ -469,7 +478,11 @@ class ClusterState:
                            + f"; nothing handed to the others; {len(self.spares)} spare(s) left",
                            tb=f"epoch {self.epoch}: spare {sp} takes worker {r}'s shard", kind="spare"))
         self._receivers[self.epoch] = set(adopted.values())
-        self._restage |= set(adopted.values())  # its representative rows are staged once it trains
+        for r, sp in adopted.items():  # the same rows and weights: the lost worker's standby rows are a draw of the
+            if r in self._restage:  # spare's (nothing to stage again), unless they were stale already
+                self._restage.add(sp)  # (staged once it trains)
+            else:
+                self.members[sp].rep = self.members[r].rep.copy()
         self._awaiting += [f for r, f in zip(dead, failures, strict=True) if r in adopted]
         failures = [f for r, f in zip(dead, failures, strict=True) if r not in adopted]
         dead = [r for r in dead if r not in adopted]
@@ -569,7 +582,7 @@ class ClusterState:
             "spares": {r: {"host": m.host, "pid": m.pid, "start_time": m.start_time,
                            "joined": r in self._joined_spares} for r, m in self.spares.items()},
             "spare_log": [dict(d) for d in self.spare_log], "adopting": dict(self.adopting),
-            "starts": dict(self._starts),
+            "starts": dict(self._starts), "ident": dict(self.ident),
         }
 
     def _sent_parts(self) -> list[tuple[int, int, str, int, int, np.ndarray]]:
@@ -607,6 +620,7 @@ class ClusterState:
         s.spare_log = [dict(d) for d in snap.get("spare_log", [])]
         s.adopting = {int(r): int(e) for r, e in snap.get("adopting", {}).items()}
         s._starts = {int(r): int(e) for r, e in snap.get("starts", {}).items()}
+        s.ident = {int(r): int(i) for r, i in snap.get("ident", {}).items()}
         ids, at = np.asarray(snap.get("sent_ids", np.zeros(0)), np.int64), 0
         for e, r, p, a, b in snap.get("sent", []):
             s._sent.setdefault(int(e), {}).setdefault(int(r), []).append((str(p), int(a), int(b),

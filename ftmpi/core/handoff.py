@@ -44,7 +44,7 @@ import numpy as np
 
 from ftmpi import kernels as K
 from ftmpi.core import weighting as W
-from ftmpi.core.partition import Ownership, assign_handoff, deal_slices
+from ftmpi.core.partition import Ownership, assign_handoff, deal_slices, standby_seed
 
 __all__ = ["SCORED", "Choice", "Coreset", "Drop", "Full", "HandoffPlan", "Policy", "Schedule", "Scored",
            "StagedRandom", "expand_weights", "make_policy", "pps_systematic", "random_choice", "rep_count",
@@ -154,6 +154,8 @@ class StateView(Protocol):
 
     def standby_stale(self, rank: int) -> bool: ...
 
+    def ident_of(self, rank: int) -> int: ...
+
 
 class Rows(Protocol):
     """The training rows rank 0 holds (:class:`ftmpi.storage.data.Dataset`): what ``coreset`` and ``classmix`` read."""
@@ -232,7 +234,8 @@ class Policy:
             if not len(c.ids):
                 continue
             if c.staged is not None:
-                for s, a, b in deal_slices(len(c.ids), survivors, state.seed + state.epoch + r):
+                for s, a, b in deal_slices(len(c.ids), survivors, standby_seed(state.seed, state.ident_of(r)),
+                                           state.ident_of):
                     if b > a:
                         out.parts.setdefault(s, []).append(Part(c.staged, a, b, c.ids[a:b], c.weights[a:b]))
             else:

@@ -7,14 +7,14 @@ one worker, or recorded as dropped, and ``coverage() = owned / total``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ftmpi.errors import ConfigError
 
 __all__ = ["KINDS", "Ownership", "PartitionError", "assign_handoff", "class_histogram", "coverage", "deal_slices",
-           "partition"]
+           "partition", "standby_seed"]
 
 #: Partition kinds understood by :func:`partition` (the ``data.partition`` config values).
 KINDS = ("iid", "label-skew", "unbalanced", "contiguous")
@@ -199,15 +199,25 @@ def assign_handoff(ids: np.ndarray, survivors: Sequence[int], seed: int) -> dict
     return {r: np.sort(shuffled[i::len(order)]) for i, r in sorted(enumerate(order), key=lambda t: t[1])}
 
 
-def deal_slices(n: int, survivors: Sequence[int], seed: int) -> list[tuple[int, int, int]]:
+def standby_seed(seed: int, ident: int) -> int:
+    """Seed of :func:`deal_slices` for the standby file of the worker whose place is ``ident``'s (its rank, or
+    for a spare the lost worker it stands for). Not the epoch: the deal of a file over the same workers is the
+    same whenever it comes, so what the workers read ahead (:mod:`ftmpi.coordinator.staging`) stays valid
+    across a loss a spare takes."""
+    return int(seed) + int(ident)
+
+
+def deal_slices(n: int, survivors: Sequence[int], seed: int,
+                ident: Callable[[int], int] | None = None) -> list[tuple[int, int, int]]:
     """Deal rows ``0..n-1`` of a file as contiguous slices, one per survivor: ``[(rank, start, stop)]``.
 
     For a file whose rows are already in random order (a staged standby file), a contiguous slice is a
     random subset, and each survivor reads one range. Sizes differ by at most one; the survivors take their
-    slices in ascending rank order from a seeded offset, so the larger slices do not always go to the
-    lowest ranks.
+    slices in ascending order of ``ident(rank)`` (default: the rank; a spare that took a lost worker's shard
+    sorts as that worker did, so the others' slices do not move) from a seeded offset, so the larger
+    slices do not always go to the lowest ranks.
     """
-    ranks = sorted(int(r) for r in survivors)
+    ranks = sorted((int(r) for r in survivors), key=lambda r: (r if ident is None else int(ident(r)), r))
     if not ranks:
         raise ValueError("no surviving workers to hand rows to")
     if len(set(ranks)) != len(ranks):

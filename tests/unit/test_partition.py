@@ -240,6 +240,13 @@ def test_deal_slices_cover_the_file_once_evenly(n):
     assert deal_slices(n, [1, 3, 4], seed=5) == out, "the order of the survivors does not matter"
 
 
+def test_deal_slices_by_ident_gives_a_spare_the_lost_workers_slice_and_moves_nobody_else():
+    before = deal_slices(10, [1, 2, 3, 4], seed=3)
+    after = deal_slices(10, [1, 3, 4, 7], seed=3, ident=lambda r: {7: 2}.get(r, r))
+    assert [(r if r != 7 else 2, a, b) for r, a, b in after] == before
+    assert deal_slices(10, [1, 3, 4, 7], seed=3) != after, "by rank, the spare sorts last and the slices move"
+
+
 def test_deal_slices_rotates_the_larger_slices_and_refuses_bad_survivors():
     first = {deal_slices(7, [1, 2, 3], seed)[0][0] for seed in range(30)}
     assert first == {1, 2, 3}, "the first (larger) slice does not always go to the lowest rank"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ftmpi.core import protocol as P
-from ftmpi.core.cluster import Adopt, ClusterState, Heard, Lost, SendHandoff, WriteHandoff
+from ftmpi.core.cluster import Adopt, ClusterState, Heard, Lost, Member, SendHandoff, Stage, WriteHandoff
 from ftmpi.core.failover import choose_deputy, spare_ranks, state_key, takeover_state
 from ftmpi.core.handoff import make_policy
 from ftmpi.errors import ConfigError
@@ -148,12 +148,60 @@ def test_an_adopted_spare_is_named_deputy_and_promoted(tmp_path):
     assert [d["spare"] for d in t.spare_log] == [3, 4]
 
 
+def test_a_spare_keeps_the_lost_workers_standby_rows_and_the_survivors_read_nothing_new(tmp_path):
+    """Staged representative rows (``rep_selection: random``): the spare's rows are the lost worker's, so
+    the lost worker's standby file becomes the spare's (nothing is staged again), the spare sorts where that
+    worker did in every deal, and the survivors' read-ahead plans do not change. A loss of the spare later
+    hands each survivor exactly the slice it read ahead before the first loss."""
+    k = _kit(tmp_path, "representative", "random", workers=(1, 2, 3, 4), spares=(5,))
+    s = k.state
+    k.stage(s.alive)
+    plans = k.standby.plans(s.epoch, s.alive, s.ident_of)
+    for r in s.alive:
+        assert k.standby.news_for(r, plans) == plans[r]
+    files = sorted(p.name for p in (k.run_dir / "shards").iterdir())
+    staged2, rep2 = k.standby.staged[2], s.members[2].rep.copy()
+    _, effects = k.lose(2)
+    assert of(effects, Adopt) and s.ident == {5: 2} and s.ident_of(5) == 2 and s.ident_of(3) == 3
+    effects = k.round_with_replies() + k.round_with_replies()
+    assert s.failures[0].recovered_round is not None
+    assert not of(effects, Stage) and not k.writer.pending, "nothing staged again"
+    assert sorted(p.name for p in (k.run_dir / "shards").iterdir()) == files
+    assert k.standby.staged[5] == staged2 and 2 not in k.standby.staged and np.array_equal(s.members[5].rep, rep2)
+    new = k.standby.plans(s.epoch, s.alive, s.ident_of)
+    assert all(k.standby.news_for(r, new) is None for r in (1, 3, 4)), "the survivors hold what they need"
+    assert new[5] == plans[2], "the spare reads what the lost worker held"
+    handed, _ = k.lose(5)  # no spare left: the spare's (the lost worker's) standby rows go to the survivors
+    assert sorted(handed) == [1, 3, 4]
+    for dest, m in handed.items():
+        [seg] = m.segments
+        assert seg.path == str(staged2[2]) and (seg.path, seg.start, seg.stop) in plans[dest]
+
+
+def test_a_spare_that_takes_a_stale_standby_is_staged_once_it_trains(tmp_path):
+    """A lost worker whose rows changed since its rows were staged (handed rows, not staged again yet):
+    its file is no draw of the rows the spare takes, so the spare is staged once it trains, as a receiver is."""
+    k = _kit(tmp_path, "representative", "random", workers=(1, 2, 3, 4), spares=(5,))
+    s = k.state
+    k.stage(s.alive)
+    s.spares.pop(5)  # no spare for the first loss: 1, 3 and 4 are handed 2's rows (and are stale until staged)
+    k.lose(2)
+    s.spares[5] = Member(5, "h", 105, 1)
+    assert s.standby_stale(3)
+    _, effects = k.lose(3)
+    assert of(effects, Adopt) and s.standby_stale(5) and 5 not in k.standby.staged
+    effects = k.round_with_replies(ready={1: 0.0}) + k.round_with_replies(ready={1: 0.0})
+    assert [sorted(e.ranks) for e in of(effects, Stage)] == [[1, 4, 5]]
+    assert k.standby.staged[5][2].name.endswith("w0005.h5")
+
+
 def test_snapshot_and_restore_keep_the_spares(tmp_path):
     k = _kit(tmp_path, workers=(1, 2, 3), spares=(4, 5))
     s = k.state
     k.lose(2)
     r = ClusterState.restore(s.snapshot(), s.policy)
     assert sorted(r.spares) == [5] and r.adopting == s.adopting and r.spare_log == s.spare_log
+    assert r.ident == s.ident == {4: 2}
     assert r._idle_spare() == 5 and state_key(r) == state_key(s)
 
 
