@@ -30,7 +30,7 @@ import numpy as np
 from ftmpi.errors import DataError
 from ftmpi.storage.fsutil import temp_beside
 
-__all__ = ["RowStore", "idx_store", "is_resident", "keep_resident", "let_go", "prepared_dir"]
+__all__ = ["RowStore", "idx_store", "keep_resident", "prepared_dir"]
 
 _CHUNK_BYTES = 8 << 20  # bytes of the file per read window (its pages are given back before the next one)
 _PAGE = mmap.PAGESIZE
@@ -64,18 +64,6 @@ def keep_resident(store: RowStore) -> bool:
         pass  # an older kernel: the pages are mapped at first read, and kept
     _RESIDENT[key] = mm
     return True
-
-
-def is_resident(store: RowStore) -> bool:
-    """Whether ``store``'s file is kept mapped (:func:`keep_resident`)."""
-    return store._key() in _RESIDENT
-
-
-def let_go(store: RowStore) -> None:
-    """Stop keeping ``store``'s file mapped (:func:`keep_resident`): later reads map it per read again."""
-    mm = _RESIDENT.pop(store._key(), None)
-    if mm is not None:
-        mm.close()
 
 
 class RowMatrix:

@@ -38,7 +38,7 @@ from ftmpi.errors import DataError
 from ftmpi.storage.fsutil import identity, temp_beside
 from ftmpi.storage.h5zip import write_deflated
 from ftmpi.storage.membuf import populated, reserve
-from ftmpi.storage.rows import RowBlocks, RowStore, features, is_resident, keep_resident, let_go
+from ftmpi.storage.rows import RowBlocks, RowStore, features, keep_resident
 
 __all__ = ["Shard", "ensure_shard", "handoff_path", "handoff_slices", "list_handoffs", "parse_handoff_name",
            "ShardsAhead", "read_shard", "ready_for_any", "rows_by_reference", "shard_path", "standby_path",
@@ -413,12 +413,9 @@ class ShardsAhead:
         total = sum(n * d * size for n, d, size, _ in (e for e in ext if e is not None))
         if not total or total > budget:
             return
-        # gathered from a mapping with its pages in: about half the CPU of reading each shard by windows (pages
-        # mapped in and given back once per shard); let go of afterwards, as it was not kept before
-        kept = list({e[3]._key(): e[3] for e in ext if e is not None and e[3] is not None
-                     and not is_resident(e[3])}.values())
-        for store in kept:
-            keep_resident(store)
+        for e in ext:  # gathered from a mapping with its pages in: about half the CPU of reading each shard by
+            if e is not None and e[3] is not None:  # windows (pages mapped in and given back once per shard)
+                keep_resident(e[3])
         for p, e in zip(paths, ext, strict=True):
             if e is None:
                 continue
@@ -428,8 +425,6 @@ class ShardsAhead:
             except (OSError, DataError):
                 continue
         self.held = sum(sh.X.nbytes for _, sh in self._shards.values())
-        for store in kept:
-            let_go(store)
 
     def take(self, path: str | os.PathLike[str]) -> Shard | None:
         """The shard of ``path`` as read ahead, if the file is still the one read (:func:`identity`), else

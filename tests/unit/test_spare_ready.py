@@ -116,16 +116,6 @@ def test_shards_read_ahead_are_the_rows_read_later_and_taken_without_reading(tmp
     assert ahead.take(paths[1]) is None, "taken once"
 
 
-def test_reading_ahead_leaves_the_dataset_mapped_as_it_found_it(tmp_path: Path) -> None:
-    _, _, paths = _dealt(tmp_path)
-    assert ShardsAhead(paths, raw=True, budget=N * D).held == N * D
-    assert not rows_mod._RESIDENT, "the dataset it gathered from is not kept mapped afterwards"
-    store = RowStore(tmp_path / "train", 12, N, D, np.uint8, 1 / 255)
-    assert rows_mod.keep_resident(store)
-    assert ShardsAhead(paths, raw=True, budget=N * D).held == N * D
-    assert rows_mod.is_resident(store), "one kept mapped before stays so"
-
-
 def test_a_changed_file_or_a_budget_too_small_reads_nothing_ahead(tmp_path: Path) -> None:
     X, parts, paths = _dealt(tmp_path)
     assert ShardsAhead(paths, raw=True, budget=N * D - 1).held == 0, "over the budget: nothing held"
