@@ -13,15 +13,16 @@ the same less the wall clock of round 0's row (start-up differs by tenths of a s
 and has nothing to do with the fault); its ratio to the fault-free run of the same repeat (median of the
 per-repeat ratios) is the goal's measure. Final accuracy after all 80 rounds, coverage, rows handed to the
 survivors (sum of ``failures[].rows_handed``), the round the spare first trained
-(``failures[].recovered_round``), the median round time; on label-skew, the accuracy of the lost worker's classes (those of which world rank 2 holds the
-most rows at the deal).
+(``failures[].recovered_round``), the median round time; on label-skew, the accuracy of the lost worker's
+classes (those of which world rank 2 holds the most rows at the deal).
 
 The spare's cost, per repeat: a longer fault-free run with one spare (``model.n_iterations`` from
 ``--cpu-iterations``, so that it lasts 20 s or more), watched from outside: every rank's process (a python
 process descended from this job whose environment has ``OMPI_COMM_WORLD_RANK``/``PMIX_RANK``), its
 utime+stime (``/proc/PID/stat``) from the first metrics row (training starts) to the last sample taken
 while fewer than all rounds were written (shortly before the end), as % of one core; and its resident
-memory (``VmRSS``, ``VmHWM`` of ``/proc/PID/status``) at that last sample.
+memory (``VmRSS``, ``VmHWM`` of ``/proc/PID/status``, and ``RssAnon``: the private part, without the mapped
+files whose pages the page cache shares) at that last sample.
 
 Writes benchmarks/results/spares.{json,md} (``--tag T``: spares-T.{json,md}). ``--config``, ``--target`` and
 ``--set`` run the same comparison on another config, e.g. the MLP, whose rounds are ~4x longer: a loss's fixed
@@ -187,7 +188,7 @@ def _rss(pid: int) -> dict:
     out = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:", "RssShmem:")):
                 out[line.split(":")[0]] = int(line.split()[1]) / 1024  # kB -> MiB
     except OSError:
         pass
@@ -244,7 +245,8 @@ def watched(run_dir: Path, iterations: int, limit: float = 900) -> dict:
         a, b = start[1].get(r), end[1].get(r)
         cpu = (b - a) / TICK if a is not None and b is not None else None
         res["ranks"][r] = {"cpu_s": cpu, "cpu_pct": 100 * cpu / res["seconds"] if cpu is not None else None,
-                           "rss_mib": end[2].get(r, {}).get("VmRSS"), "hwm_mib": end[2].get(r, {}).get("VmHWM")}
+                           "rss_mib": end[2].get(r, {}).get("VmRSS"), "hwm_mib": end[2].get(r, {}).get("VmHWM"),
+                           "anon_mib": end[2].get(r, {}).get("RssAnon")}
     return res
 
 
@@ -385,14 +387,16 @@ def cpu_table(cpu: list[dict]) -> list[str]:
           f"sample before the last rounds ({', '.join(format(c['seconds'], '.1f') for c in ok)} s), medians over "
           f"{len(ok)} run(s); exit {[c['rc'] for c in cpu]}, spares used "
           f"{[len((c.get('spares') or {}).get('used') or []) for c in cpu]}.",
-          "", "| world rank | role | CPU (% of a core) | per run | RSS (MiB) | peak RSS (MiB) |",
-          "|---|---|---|---|---|---|"]
+          "", "| world rank | role | CPU (% of a core) | per run | RSS (MiB) | of which private (`RssAnon`, MiB; the "
+          "rest: mapped files, the dataset's pages among them, shared with the page cache) | peak RSS (MiB) |",
+          "|---|---|---|---|---|---|---|"]
     for r in sorted({int(k) for c in ok for k in c["ranks"]}):
         per = [c["ranks"].get(r) or c["ranks"].get(str(r)) for c in ok]
         per = [x for x in per if x]
         md.append(f"| {r} | {role.get(r, 'worker')} | {fmt(med([x['cpu_pct'] for x in per]), '.2f')} | "
                   f"{', '.join(fmt(x['cpu_pct'], '.2f') for x in per)} | "
                   f"{fmt(med([x['rss_mib'] for x in per]), '.0f')} "
+                  f"| {fmt(med([x.get('anon_mib') for x in per if x.get('anon_mib') is not None]), '.0f')} "
                   f"| {fmt(med([x['hwm_mib'] for x in per]), '.0f')} |")
     return md
 
