@@ -286,8 +286,9 @@ class Coordinator:
         self.fence.check(f"the shard of spare {e.rank}")  # a deposed coordinator writes nothing
         mark("adopt")
         st = self.gm.known_states.get(e.lost)
-        # it trains as the lost worker would have (ClusterState.ident), its updates are screened against that
-        self.gm.screen.inherit(e.rank, e.lost)  # worker's record, and that worker's standby rows are its own
+        # it trains as the lost worker would have (ClusterState.ident), screened against that worker's record,
+        # with that worker's standby rows when they were a draw of the rows it takes
+        self.gm.screen.inherit(e.rank, e.lost)
         if self.standby.active and not self.state.standby_stale(e.rank):
             self.standby.transfer(e.lost, e.rank)
         if st is not None:  # the lost worker's state as of its last reply (workers send it every round when

@@ -478,10 +478,10 @@ class ClusterState:
                            + f"; nothing handed to the others; {len(self.spares)} spare(s) left",
                            tb=f"epoch {self.epoch}: spare {sp} takes worker {r}'s shard", kind="spare"))
         self._receivers[self.epoch] = set(adopted.values())
-        for r, sp in adopted.items():  # the same rows and weights: the lost worker's standby rows are a draw of the
-            if r in self._restage:  # spare's (nothing to stage again), unless they were stale already
-                self._restage.add(sp)  # (staged once it trains)
-            else:
+        for r, sp in adopted.items():
+            if r in self._restage:  # the lost worker's standby rows were stale already: staged once it trains
+                self._restage.add(sp)
+            else:  # the same rows and weights: the lost worker's standby rows are a draw of the spare's too
                 self.members[sp].rep = self.members[r].rep.copy()
         self._awaiting += [f for r, f in zip(dead, failures, strict=True) if r in adopted]
         failures = [f for r, f in zip(dead, failures, strict=True) if r not in adopted]
