@@ -384,18 +384,18 @@ def ready_for_any(paths: Iterable[str | os.PathLike[str]], room: Callable[[int],
     shards are too large to read ahead whole (:class:`ShardsAhead`); the files are only looked at (ids'
     length, the row reference), and one that cannot be read is passed over (the read then goes as it would
     have). Returns the bytes reserved (0: none)."""
-    biggest, stores = 0, {}
-    for p in paths:
-        ext = _extent(p, raw)
-        if ext is None:
-            continue
-        n, d, size, store = ext
-        if store is not None:
-            stores[str(store.path.resolve())] = store
-        biggest = max(biggest, (n + max(int(room(n)), 0)) * d * size)
+    ext = [e for e in (_extent(p, raw) for p in paths) if e is not None]
+    _keep_rows_resident(ext)
+    biggest = max(((n + max(int(room(n)), 0)) * d * size for n, d, size, _ in ext), default=0)
+    return biggest if biggest and reserve(biggest) else 0
+
+
+def _keep_rows_resident(ext: Iterable[tuple[int, int, int, RowStore | None] | None]) -> None:
+    """:func:`~ftmpi.storage.rows.keep_resident` the training rows the shards of ``ext`` (:func:`_extent`)
+    refer to, each file once."""
+    stores = {str(e[3].path.resolve()): e[3] for e in ext if e is not None and e[3] is not None}
     for store in stores.values():
         keep_resident(store)
-    return biggest if biggest and reserve(biggest) else 0
 
 
 class ShardsAhead:
@@ -413,9 +413,9 @@ class ShardsAhead:
         total = sum(n * d * size for n, d, size, _ in (e for e in ext if e is not None))
         if not total or total > budget:
             return
-        for e in ext:  # gathered from a mapping with its pages in: about half the CPU of reading each shard by
-            if e is not None and e[3] is not None:  # windows (pages mapped in and given back once per shard)
-                keep_resident(e[3])
+        # gathered from a mapping with its pages in: about half the CPU of reading each shard by windows (pages
+        # mapped in and given back once per shard)
+        _keep_rows_resident(ext)
         for p, e in zip(paths, ext, strict=True):
             if e is None:
                 continue
