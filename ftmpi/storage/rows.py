@@ -30,7 +30,7 @@ import numpy as np
 from ftmpi.errors import DataError
 from ftmpi.storage.fsutil import temp_beside
 
-__all__ = ["RowStore", "idx_store", "keep_resident", "prepared_dir"]
+__all__ = ["RowStore", "RowsOf", "idx_store", "keep_resident", "prepared_dir"]
 
 _CHUNK_BYTES = 8 << 20  # bytes of the file per read window (its pages are given back before the next one)
 _PAGE = mmap.PAGESIZE
@@ -126,6 +126,31 @@ def features(X: np.ndarray, scale: float | None) -> np.ndarray:
     out = X.astype(np.float32)
     out *= np.float32(scale)
     return out
+
+
+class RowsOf:
+    """Rows ``ids`` of a matrix ``base``, in that order, copied only when indexed: ``m[idx]`` is
+    ``base[ids[idx]]`` (an int array, a slice or a bool mask of positions), with ``shape``, ``dtype``, ``ndim``
+    and ``len()`` of the ``(len(ids), d)`` matrix it stands for. A hot spare holds every worker's shard so,
+    over the :func:`keep_resident` mapping of the training rows (:meth:`RowStore.resident`): nothing is
+    copied ahead, and the shard it takes trains from the page cache at once. :meth:`gather` copies them all."""
+
+    def __init__(self, base: np.ndarray, ids: np.ndarray) -> None:
+        self.base, self.ids = base, np.asarray(ids, np.int64).reshape(-1)
+        self.shape = (len(self.ids), *base.shape[1:])
+        self.dtype, self.ndim = base.dtype, base.ndim
+        self.nbytes = 0  # no memory of its own
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        return self.base[self.ids[idx]]
+
+    def gather(self, out: np.ndarray) -> np.ndarray:
+        """All the rows, into ``out`` (of ``shape`` and ``dtype``)."""
+        np.take(self.base, self.ids, axis=0, out=out)
+        return out
 
 
 class PackedRows(RowMatrix):
@@ -296,6 +321,14 @@ class RowStore(RowMatrix):
             o[...] = mat[ids[a:a + step]]
             if self.scale != 1.0:
                 o *= scale
+
+    def resident(self) -> np.ndarray | None:
+        """The ``(n, d)`` matrix of the stored rows as a read-only view of the :func:`keep_resident` mapping
+        of this file (no copy; indexing it copies from the page cache), or None when it is not kept."""
+        held = _RESIDENT.get(self._key()) if _RESIDENT else None
+        if held is None:
+            return None
+        return np.frombuffer(held, self.stored, count=self.n * self.d, offset=self.offset).reshape(self.n, self.d)
 
     def _key(self) -> tuple[str, int, int]:
         return str(self.path.resolve()), self.size, self.mtime_ns

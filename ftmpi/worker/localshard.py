@@ -9,7 +9,7 @@ import numpy as np
 
 from ftmpi.core.handoff import expand_weights
 from ftmpi.storage.membuf import populated
-from ftmpi.storage.rows import features
+from ftmpi.storage.rows import RowsOf, features
 from ftmpi.storage.shards import Shard
 
 
@@ -30,12 +30,17 @@ class LocalShard:
         if shard is None:
             shard = Shard(np.zeros((0, 0), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64))
         n, d = shard.X.shape
-        if shard.buf is not None:  # read_shard(room=...) already put the rows in a buffer with room
+        self.X: np.ndarray | RowsOf
+        if isinstance(shard.X, RowsOf):  # a spare's shard held by reference: read from the page cache
+            self._buf: np.ndarray | None = None  # a buffer when rows are handed over (see _own)
+            self.X = shard.X
+        elif shard.buf is not None:  # read_shard(room=...) already put the rows in a buffer with room
             self._buf = shard.buf
+            self.X = self._buf[:n]
         else:
             self._buf = populated((n + max(n // 2, 1024), d), shard.X.dtype, ready=n)
             self._buf[:n] = shard.X
-        self.X = self._buf[:n]
+            self.X = self._buf[:n]
         self.scale: float | None = shard.scale
         self.y, self.ids = shard.y, shard.ids
         self.w: np.ndarray | None = shard.w
@@ -60,22 +65,24 @@ class LocalShard:
         when both come from the same dataset) turn the shard into float32 features."""
         s, weight = self._reweigh_held(s, weight)
         n, m = len(self.y), len(s.ids)
-        X = s.X
-        if m and n == 0 and (X.dtype != self._buf.dtype or s.scale != self.scale or X.shape[1:] != self._buf.shape[1:]):
-            self._buf = populated((m + max(m // 2, 1024), X.shape[1]), X.dtype, ready=m)  # take the rows' type
+        if not m:
+            return 0
+        buf = self._own()
+        X = s.X[:] if isinstance(s.X, RowsOf) else s.X
+        if n == 0 and (X.dtype != buf.dtype or s.scale != self.scale or X.shape[1:] != buf.shape[1:]):
+            buf = populated((m + max(m // 2, 1024), X.shape[1]), X.dtype, ready=m)  # take the rows' type
             self.scale = s.scale
-        elif m and (X.dtype != self._buf.dtype or s.scale != self.scale):
-            grown = populated(self._buf.shape, np.float32, ready=n)
+        elif X.dtype != buf.dtype or s.scale != self.scale:
+            grown = populated(buf.shape, np.float32, ready=n)
             grown[:n] = self.rows(slice(0, n))
-            self._buf, self.scale = grown, None
-            self.X = grown[:n]
+            buf, self.scale = grown, None
             X = features(X, s.scale)
-        if n + m > len(self._buf):  # out of room: grow geometrically (one copy)
-            grown = populated((max(n + m, 2 * len(self._buf)), X.shape[1]), self._buf.dtype, ready=n + m)
-            grown[:n] = self.X
-            self._buf = grown
-        self._buf[n:n + m] = X
-        self.X = self._buf[:n + m]
+        if n + m > len(buf):  # out of room: grow geometrically (one copy)
+            grown = populated((max(n + m, 2 * len(buf)), X.shape[1]), buf.dtype, ready=n + m)
+            grown[:n] = buf[:n]
+            buf = grown
+        buf[n:n + m] = X
+        self._buf, self.X = buf, buf[:n + m]
         self.y = np.concatenate([self.y, s.y])
         self.ids = np.concatenate([self.ids, s.ids])
         w = np.broadcast_to(np.asarray(weight, np.float64), (m,)) if weight is not None else s.w
@@ -84,6 +91,16 @@ class LocalShard:
         elif self.w is not None:
             self.w = np.concatenate([self.w, np.ones(m)])
         return m
+
+    def _own(self) -> np.ndarray:
+        """The buffer the rows are in, with room after them; rows held by reference are copied into one first
+        (rows handed to a spare that took a shard; a copy then, not while it waited)."""
+        if self._buf is None:
+            assert isinstance(self.X, RowsOf)
+            n, d = self.X.shape
+            self._buf = populated((n + max(n // 2, 1024), d), self.X.dtype, ready=n)
+            self.X = self.X.gather(self._buf[:n])
+        return self._buf
 
     def _reweigh_held(self, s: Shard, weight: np.ndarray | float | None) -> tuple[Shard, np.ndarray | None]:
         """Of rows ``s`` weighing ``weight`` (as :meth:`append` takes them): the shard's own rows among them take

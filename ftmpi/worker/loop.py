@@ -289,7 +289,7 @@ class Worker:
             return  # not dealt yet (files appear whole: written aside, then renamed)
         self._spare_ready = _READY_TRIES
         self._ahead = ShardsAhead(paths, raw=True, budget=ex.spare_memory_mb << 20)
-        if not self._ahead.held:  # too large to hold
+        if not self._ahead.ready:  # too large to hold
             ready_for_any(paths, _room, raw=True)
         mark("spare-ready")
 

@@ -14,8 +14,9 @@ import pytest
 from ftmpi.storage import membuf
 from ftmpi.storage import rows as rows_mod
 from ftmpi.storage import shards as shards_mod
-from ftmpi.storage.rows import RowStore
+from ftmpi.storage.rows import RowsOf, RowStore
 from ftmpi.storage.shards import ShardsAhead, read_shard, ready_for_any, write_shard
+from ftmpi.worker.localshard import LocalShard
 
 N, D = 6000, 784
 
@@ -104,23 +105,46 @@ def _dealt(tmp_path: Path) -> tuple[np.ndarray, dict[int, np.ndarray], list[Path
     return X, parts, paths
 
 
-def test_shards_read_ahead_are_the_rows_read_later_and_taken_without_reading(tmp_path: Path, monkeypatch) -> None:
+def test_shards_by_reference_are_held_over_the_resident_rows_without_a_copy(tmp_path: Path, monkeypatch) -> None:
     X, parts, paths = _dealt(tmp_path)
-    ahead = ShardsAhead([*paths, tmp_path / "worker-0009.h5"], raw=True, budget=N * D)  # one missing: passed over
-    assert ahead.held == N * D
+    ahead = ShardsAhead([*paths, tmp_path / "worker-0009.h5"], raw=True, budget=0)  # one missing: passed over
+    assert ahead.ready and ahead.held == 0, "no copy: the budget is for copies"
+    assert len(rows_mod._RESIDENT) == 1
     calls = []
     monkeypatch.setattr(shards_mod, "read_shard", lambda *a, **k: calls.append(a))  # nothing is read any more
     got = ahead.take(paths[1])
-    assert got is not None and not calls
-    assert got.X.dtype == np.uint8 and np.array_equal(got.X, X[parts[2]]) and np.array_equal(got.ids, parts[2])
+    assert got is not None and not calls and isinstance(got.X, RowsOf)
+    assert got.X.shape == (2000, D) and got.X.dtype == np.uint8 and got.scale == pytest.approx(1 / 255)
+    mapping = np.frombuffer(next(iter(rows_mod._RESIDENT.values())), np.uint8)
+    assert np.shares_memory(got.X.base, mapping), "a view of the page cache's mapping"
+    assert np.array_equal(got.X[:], X[parts[2]]) and np.array_equal(got.ids, parts[2])
+    b = np.array([5, 0, 1999, 7])
+    assert np.array_equal(got.X[b], X[parts[2][b]]) and np.array_equal(got.X[3:9], X[parts[2][3:9]])
     assert ahead.take(paths[1]) is None, "taken once"
 
 
-def test_a_changed_file_or_a_budget_too_small_reads_nothing_ahead(tmp_path: Path) -> None:
+def test_shards_that_hold_their_rows_are_copied_ahead_within_the_budget(tmp_path: Path, monkeypatch) -> None:
+    X, parts, _ = _dealt(tmp_path)
+    y = np.arange(N, dtype=np.int32) % 10
+    paths = [write_shard(tmp_path / f"own-{r}.h5", X[ids].astype(np.float32), y[ids], ids, {"rank": r})
+             for r, ids in parts.items()]
+    assert ShardsAhead(paths, raw=True, budget=N * D * 4 - 1).held == 0, "float32 rows over the budget: none"
+    ahead = ShardsAhead(paths, raw=True, budget=N * D * 4)
+    assert ahead.ready and ahead.held == N * D * 4
+    got = ahead.take(paths[1])
+    assert got is not None and isinstance(got.X, np.ndarray)
+    assert np.array_equal(got.X, X[parts[2]].astype(np.float32)) and np.array_equal(got.ids, parts[2])
+
+
+def test_a_changed_file_or_rows_that_need_converting_over_the_budget_read_nothing_ahead(tmp_path: Path) -> None:
     X, parts, paths = _dealt(tmp_path)
-    assert ShardsAhead(paths, raw=True, budget=N * D - 1).held == 0, "over the budget: nothing held"
-    assert ShardsAhead(paths, raw=False, budget=N * D).held == 0, "float32 rows take four times as much"
-    ahead = ShardsAhead(paths, raw=True, budget=N * D)
+    over = ShardsAhead(paths, raw=False, budget=N * D * 4 - 1)
+    assert not over.ready and over.held == 0, "uint8 rows read as float32 features are copies, over the budget"
+    conv = ShardsAhead(paths, raw=False, budget=N * D * 4)
+    got = conv.take(paths[0])
+    assert got is not None and isinstance(got.X, np.ndarray) and got.scale is None
+    assert np.array_equal(got.X, X[parts[1]].astype(np.float32) * np.float32(1 / 255))
+    ahead = ShardsAhead(paths, raw=True, budget=0)
     y = np.arange(N, dtype=np.int32) % 10
     ids = parts[1][::2]
     write_shard(paths[0], None, y[ids], ids, {"rank": 1}, rows_from=RowStore(tmp_path / "train", 12, N, D, np.uint8,
@@ -128,3 +152,23 @@ def test_a_changed_file_or_a_budget_too_small_reads_nothing_ahead(tmp_path: Path
     assert ahead.take(paths[0]) is None, "rewritten since: read it anew"
     fresh = read_shard(paths[0], raw=True)
     assert np.array_equal(fresh.X, X[ids])
+
+
+def test_a_local_shard_by_reference_trains_on_the_same_features_and_copies_its_rows_once_rows_are_handed(
+        tmp_path: Path) -> None:
+    X, parts, paths = _dealt(tmp_path)
+    copied = LocalShard(read_shard(paths[1], raw=True))
+    held = LocalShard(ShardsAhead(paths, raw=True, budget=0).take(paths[1]))
+    assert isinstance(held.X, RowsOf) and held._buf is None and len(held) == 2000 and held.mass == 2000.0
+    b = np.sort(np.random.default_rng(3).choice(2000, 128, replace=False))
+    assert np.array_equal(held.rows(b), copied.rows(b)) and held.rows(b).dtype == np.float32
+    assert np.array_equal(held.rows(slice(100, 300)), copied.rows(slice(100, 300)))
+    handed = read_shard(paths[0], rows=(0, 50), raw=True)
+    held.append(handed, weight=2.0)
+    copied.append(handed, weight=2.0)
+    assert isinstance(held.X, np.ndarray) and held._buf is not None and len(held._buf) > len(held)
+    assert np.array_equal(held.X, copied.X) and np.array_equal(held.X[:2000], X[parts[2]])
+    assert np.array_equal(held.ids, copied.ids) and np.array_equal(held.w, copied.w)
+    again = LocalShard(ShardsAhead(paths, raw=True, budget=0).take(paths[1]))
+    assert again.append(read_shard(paths[1], rows=(0, 10), raw=True)) == 0, "rows it holds: none appended"
+    assert isinstance(again.X, RowsOf), "nothing appended: still by reference"
