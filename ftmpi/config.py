@@ -276,7 +276,8 @@ class ExecutorConfig:
     # worker is lost; one then takes that worker's whole shard (ftmpi/core/cluster.py). `ftmpi launch -n W`
     # starts 1 + W + spares ranks
     spares: int = _f(0, _int(0))
-    spare_memory_mb: int = _f(1024, _int(0))  # a waiting spare reads every shard ahead when they fit in this
+    spare_memory_mb: int = _f(1024, _int(0))  # a waiting spare copies ahead the shards that hold their rows
+    # (not shards by reference: those it holds over the mapped training rows, no copy) when they fit in this
     # ULFM: rebuild the survivors' communicator (Ack_failed, Shrink, Agree) at each epoch change, in a helper
     # thread. Off by default: the star traffic never needs it, and Open MPI 5.0.11 can segfault in its failure
     # handler while a rebuild runs beside the main thread's probes (docs/NOTES.md)

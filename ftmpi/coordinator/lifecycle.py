@@ -4,6 +4,7 @@ workers are stopped and hung ones reaped). The round loop is :mod:`ftmpi.coordin
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -48,12 +49,15 @@ class Lifecycle:
             above ``executor.target_accuracy``, or None.
         exact_resume: For a resumed run, ``{"round", "exact", "why"}``: whether every worker continues from
             the state it had at the checkpoint, and if not why; None for a fresh run.
+        given_back: For a resumed run, ``{"spare", "to", "round"}`` per place a spare held that went back to
+            the lost worker's rank (:func:`give_places_back`).
     """
 
     def __init__(self, ctx: Context, driver: Driver, replication: Replication, resume: Snapshot | None) -> None:
         self.ctx, self.driver, self.replication, self.resume = ctx, driver, replication, resume
         self.target_model: tuple[np.ndarray, float, np.ndarray] | None = None
         self.exact_resume: dict | None = None
+        self.given_back: list[dict[str, int]] = []
         self._test_write: EvalSetWrite | None = None
         # a failed checkpoint write ends the run (EXIT_DISK) only when no valid checkpoint is in the run dir:
         # one written by this process, by the coordinator a deputy took over from, or resumed from
@@ -114,6 +118,7 @@ class Lifecycle:
                               classes_per_worker=cfg.data.classes_per_worker, power=cfg.data.power)
             s.deal(dict(zip(s.alive, dealt, strict=True)))
         else:
+            snap, back = give_places_back(snap, s.alive)
             ctx.gm.restore(snap)
             if len(snap.owner) != len(d.y_train):
                 raise CheckpointError(f"checkpoint holds ownership of {len(snap.owner)} samples but the dataset "
@@ -123,6 +128,10 @@ class Lifecycle:
                               "rows_handed": snap.rows_handed, "failures": snap.failures,
                               "representative": snap.representative})
             t.bytes_before, t.wall_before = snap.bytes_total, snap.wall_seconds
+            self.given_back = [{"spare": sp, "to": lost, "round": snap.round} for sp, lost in sorted(back.items())]
+            for spare, lost in sorted(back.items()):
+                ctx.out.progress.event(f"worker {lost} takes back the shard spare {spare} trained in its place; "
+                                       f"spare {spare} waits again")
             ctx.out.progress.event(f"resumed at round {snap.round} (epoch {snap.epoch}): {moved} rows spread "
                                    f"over {s.alive}; coverage {s.ownership.coverage():.4f}")
         self.driver.ping(list(s.alive))  # writing the shards can take a while: the workers wait for them
@@ -215,10 +224,14 @@ class Lifecycle:
         weight = st["weight"]
         # the workers' states sent for this checkpoint (the replies of the round before, or a stop's Collect)
         workers = {r: w for r, w in ctx.gm.worker_states.items() if w["round"] == st["round"] and r in ctx.state.alive}
+        ident = {r: i for r, i in ctx.state.ident.items() if r in ctx.state.alive}
         return Snapshot(  # copies of everything the next rounds change in place (W); the rest is rebuilt
             round=st["round"], epoch=st["epoch"], **ctx.gm.checkpoint_fields(), members=ctx.state.alive,
             dead=[r for r, m in st["members"].items() if not m["alive"]], owner=st["owner"], dropped=st["dropped"],
-            representative=st["representative"], rng={"seed": ctx.cfg.model.seed},
+            representative=st["representative"],
+            # whose place each spare that took a shard holds (its seeds): a resume gives that place back
+            rng={"seed": ctx.cfg.model.seed, **({"ident": {str(r): i for r, i in sorted(ident.items())}} if ident
+                                               else {})},
             config=config_to_dict(ctx.cfg), test_acc=out.last_acc,
             per_class_acc=np.asarray(out.last_per_class, np.float64), train_loss=out.last_loss,
             failures=st["failures"], stale_dropped=st["stale"], rows_handed=st["rows_handed"],
@@ -287,7 +300,8 @@ class Lifecycle:
                              "rebalances": st.rebalances, "rebalanced_now": sorted(int(r) for r in st.share)}
         doc["spares"] = {"configured": ex.spares, "idle": sorted(s.spares),  # hot spares: who took which shard
                          "used": [d for d in s.spare_log if "took" in d],
-                         "lost": [d for d in s.spare_log if d.get("lost")]}
+                         "lost": [d for d in s.spare_log if d.get("lost")],
+                         "given_back": self.given_back}  # by a resume: to the lost worker's rank
         rep.check_replaced(now=True)  # the verdict is the current term's alone
         try:
             write_json_atomic(ctx.run_dir / "summary.json", doc)
@@ -331,3 +345,34 @@ class Lifecycle:
             if m.host == me:
                 kill_if_same(m.pid, m.start_time)
         self.replication.end_lost_coordinators()
+
+
+def give_places_back(snap: Snapshot, alive: list[int]) -> tuple[Snapshot, dict[int, int]]:
+    """A checkpoint written after spares took lost workers' shards (``snap.rng["ident"]``: spare -> the lost
+    worker whose place it holds), resumed by a job in which that worker's rank is a worker again (alive,
+    owning nothing in the checkpoint) and the spare's is not: the spare's rows, representative rows, state and
+    screening record go back to that rank, which draws the same seeds (they are its own), so the resume is
+    exact; the spare waits again. Returns the checkpoint so renamed and the places given back (spare -> rank)."""
+    ident = {int(r): int(i) for r, i in (snap.rng or {}).get("ident", {}).items()}
+    now = set(alive)
+    back = {sp: lost for sp, lost in ident.items()
+            if sp in snap.members and sp not in now and lost in now and lost not in snap.members}
+    if not back:
+        return snap, {}
+
+    def to(r: int) -> int:
+        return back.get(r, r)
+
+    owner = snap.owner.copy()
+    for sp, lost in back.items():
+        owner[snap.owner == sp] = lost
+    screen = snap.screen
+    if screen:
+        screen = {**screen, **{k: {str(to(int(r))): v for r, v in screen[k].items()}
+                               for k in ("history", "streak") if isinstance(screen.get(k), dict)}}
+    rest = {str(r): i for r, i in ident.items() if r not in back}
+    return dataclasses.replace(
+        snap, owner=owner, members=[to(r) for r in snap.members],
+        representative={to(r): ids for r, ids in snap.representative.items()},
+        workers=None if snap.workers is None else {to(r): st for r, st in snap.workers.items()}, screen=screen,
+        rng={k: v for k, v in snap.rng.items() if k != "ident"} | ({"ident": rest} if rest else {})), back

@@ -414,6 +414,10 @@ def spare_lines(run_dirs: Sequence[Path]) -> list[str]:
             start = _pick(starts.get(u.get("spare")), u["round"] + 1 if isinstance(u.get("round"), int) else None)
             parts.append(f"spare {u.get('spare')} took worker {u.get('took')}'s shard ({u.get('rows', '?')} rows) "
                          f"at round {u.get('round')}, training from round {start if start is not None else '?'}")
+        for g in sp.get("given_back") or []:
+            if isinstance(g, dict):
+                parts.append(f"resumed at round {g.get('round')}: spare {g.get('spare')}'s place back to worker "
+                             f"{g.get('to')}")
         lost = [d for d in sp.get("lost") or [] if isinstance(d, dict)]
         parts.append("lost: " + (", ".join(f"spare {d.get('spare')} at round {d.get('round')} ({d.get('how')})"
                                            for d in lost) or "none"))

@@ -277,10 +277,12 @@ class Worker:
 
     def _get_ready_as_spare(self) -> None:
         """A waiting spare, at the first ping after every worker's shard file is written (pings come before
-        the deal too; at most :data:`_READY_TRIES` looks): every worker's shard read ahead when they fit in
-        ``executor.spare_memory_mb`` (:class:`~ftmpi.storage.shards.ShardsAhead`: taking one is then free), else
-        the dataset's pages mapped in and a buffer mapped ahead (:func:`~ftmpi.storage.shards.ready_for_any`),
-        so that the others wait ~0.4 ms for its rows after a loss (~7 ms from the mapping) instead of ~25."""
+        the deal too; at most :data:`_READY_TRIES` looks): every worker's shard held ahead
+        (:class:`~ftmpi.storage.shards.ShardsAhead`: taking one is then free), by reference over the training
+        rows kept resident, or copied when the files hold their rows and the copies fit in
+        ``executor.spare_memory_mb``; else the dataset's pages mapped in and a buffer mapped ahead
+        (:func:`~ftmpi.storage.shards.ready_for_any`), so that the others wait ~0.4 ms for its rows after a loss
+        (~7 ms from the mapping) instead of ~25."""
         ex = self.cfg.executor
         idle = set(spare_ranks(self.ch.size, ex.spares)) | ({1} if ex.standby_coordinator else set())
         paths = [shard_path(self.run_dir, r) for r in range(1, self.ch.size) if r not in idle]

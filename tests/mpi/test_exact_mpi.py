@@ -98,6 +98,28 @@ def test_a_stop_signal_checkpoints_the_workers_state_and_the_resume_is_exact(tmp
     assert np.array_equal(_final(run_dir).params, _final(tmp_path / "ref").params)
 
 
+def test_a_resume_after_a_spare_took_a_shard_gives_the_place_back_and_is_exact(tmp_path):
+    """A spare took worker 2's shard at round 7; the job is resumed from round 10's checkpoint with every rank
+    again: rank 2 takes its shard back with the spare's state and seeds (its own), the spare waits again, and
+    the run continues bit for bit as the fault-free one (which the kill run itself matches)."""
+    spare = ("--set", "executor.spares=1")
+    ref = run_job(3, SMOKE, tmp_path / "ref", *ADAM, *spare)
+    assert ref.rc == 0, ref.err
+    kill = run_job(3, SMOKE, tmp_path / "kill", *ADAM, *spare, "--inject", "kill:2@7")
+    assert kill.rc == 0, kill.err
+    assert [u["spare"] for u in kill.summary["spares"]["used"]] == [4] and _rows(kill) == _rows(ref)
+    assert load(ckpt_path(tmp_path / "kill", 10)).rng.get("ident") == {"4": 2}
+    job = _resume_copy(tmp_path / "kill", tmp_path / "res", 10, *ADAM, *spare)
+    assert job.rc == 0, job.err
+    assert job.summary["spares"]["given_back"] == [{"spare": 4, "to": 2, "round": 10}], job.summary["spares"]
+    assert job.summary["exact"]["resume"] == {"round": 10, "exact": True, "why": ""}, job.summary["exact"]
+    assert job.summary["spares"]["idle"] == [4] and job.summary["failures"][-1]["rank"] == 2
+    assert _rows(job, 10) == _rows(ref, 10)
+    assert np.array_equal(_final(tmp_path / "res").params, _final(tmp_path / "ref").params)
+    v = _verify(tmp_path / "ref", tmp_path / "res")
+    assert v.returncode == 0 and v.stdout.strip().endswith("identical"), v.stdout + v.stderr
+
+
 STANDBY = ("--set", "executor.standby_coordinator=true")
 
 

@@ -234,13 +234,15 @@ def test_spares_are_reported(tmp_path, capsys):
     write_json_atomic(took / "summary.json", summary)
     idle = make_run(root, "w4-spare-idle", extra=("executor.spares=1",))
     summary = load_run(idle).summary
-    summary["spares"] = {"configured": 1, "idle": [5], "used": [], "lost": []}
+    summary["spares"] = {"configured": 1, "idle": [5], "used": [], "lost": [],
+                         "given_back": [{"spare": 5, "to": 2, "round": 40}]}
     write_json_atomic(idle / "summary.json", summary)
     plain = make_run(root, "w4-kill", kill_at=5)
     assert spare_lines([took, idle, plain]) == [
         "w4-kill-spare: 2 configured; spare 6 took worker 2's shard (800 rows) at round 5, training from round 6; "
         "lost: spare 5 at round 3 (ulfm); idle at the end: none",
-        "w4-spare-idle: 1 configured; lost: none; idle at the end: 5"]
+        "w4-spare-idle: 1 configured; resumed at round 40: spare 5's place back to worker 2; lost: none; "
+        "idle at the end: 5"]
     assert main_report([str(root)]) == 0
     out = capsys.readouterr().out
     assert "\nspares:\n  w4-kill-spare: 2 configured; spare 6 took worker 2's shard" in out

@@ -4,6 +4,8 @@ takes over, two losses and one spare, a spare that stands in for a worker that n
 spare named deputy and then promoted. Real handoff files are written and read back where rows move."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -234,3 +236,36 @@ def test_a_spare_that_takes_a_shard_while_the_replies_are_collected_trains_that_
     _, effects = k.lose(3)
     (adopt,) = of(effects, Adopt)
     assert adopt.rank == 5 and not adopt.in_flight and s.in_round() == [1, 4]
+
+
+def test_a_resume_gives_a_spares_place_back_to_the_relaunched_worker_whose_shard_it_took(tmp_path):
+    """A checkpoint written after spare 4 took worker 3's shard, resumed by a job in which rank 3 is a worker
+    again and rank 4 a spare: everything the spare held in rank 3's place goes back to rank 3 (which draws the
+    same seeds, its own), so the resume can be exact; the checkpoint file keeps whose place a spare holds."""
+    from ftmpi.coordinator.lifecycle import give_places_back
+    from ftmpi.storage.checkpoint import load, save
+    from tests.unit.test_checkpoint import make_snapshot
+
+    snap = make_snapshot()  # members [1, 2, 4], worker 3 dead
+    n = snap.params.size
+    state = {"round": 12, "step": 36, "m": np.ones(n, np.float32), "v": np.ones(n, np.float32),
+             "residual": np.zeros(0, np.float32), "shard": 7}
+    snap = dataclasses.replace(snap, rng={**snap.rng, "ident": {"4": 3}}, workers={1: dict(state), 4: dict(state)},
+                               screen={"history": {"1": [1.0], "4": [2.0, 3.0]}, "streak": {"4": 1}})
+    save(tmp_path / "c.h5", snap)
+    snap = load(tmp_path / "c.h5")
+    assert snap.rng["ident"] == {"4": 3}, "whose place spare 4 holds is in the checkpoint"
+    back, moved = give_places_back(snap, [1, 2, 3])
+    assert moved == {4: 3}
+    assert np.array_equal(back.owner, np.where(snap.owner == 4, 3, snap.owner)) and not np.any(back.owner == 4)
+    assert back.members == [1, 2, 3] and sorted(back.representative) == sorted(
+        3 if r == 4 else r for r in snap.representative)
+    assert np.array_equal(back.representative[3], snap.representative[4])
+    assert sorted(back.workers) == [1, 3] and back.workers[3] is snap.workers[4]
+    assert back.screen == {"history": {"1": [1.0], "3": [2.0, 3.0]}, "streak": {"3": 1}}
+    assert "ident" not in back.rng and back.rng["seed"] == snap.rng["seed"]
+    # nothing to give back: rank 4 is a worker of this job too, or rank 3 is not in it, or no spare took a place
+    for alive in ([1, 2, 3, 4], [1, 2]):
+        assert give_places_back(snap, alive) == (snap, {})
+    plain = dataclasses.replace(snap, rng={"seed": 0})
+    assert give_places_back(plain, [1, 2, 3]) == (plain, {})
