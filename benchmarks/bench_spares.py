@@ -6,7 +6,11 @@
 (``iid``, ``label-skew``), in interleaved runs (one of each per repeat): fault-free without a spare;
 fault-free with ``executor.spares=1`` (the spare waits the whole run: what it costs); ``--inject kill:2@32``
 with one spare (it takes world rank 2's whole shard); the same kill without a spare under ``remap: full``
-and under ``remap: representative``; repeat k runs every variant with ``model.seed=k``. Time to target: rank
+and under ``remap: representative``; repeat k runs every variant with ``model.seed=k``, in an order rotated
+by k (repeat k starts with variant k mod 5), so that each variant runs in each place of the sequence equally
+often: measured here, of three identical fault-free runs in a row the second and third ran their rounds ~4 %
+slower than the first (20 repeats), so a fixed order (fault-free always first) charged every other variant a
+few percent that had nothing to do with it. Time to target: rank
 0's wall clock (``metrics.csv`` ``wall``, as ``executor.target_accuracy`` would stop) at the first evaluated
 row at or above 0.84 (0.82 on label-skew, where the fault-free run ends near 0.83); training time to target:
 the same less the wall clock of round 0's row (start-up differs by tenths of a second between identical runs
@@ -41,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runs import ROOT, held_classes, machine, run, write  # noqa: E402
@@ -111,11 +116,18 @@ def loss_cost(rows: list[dict]) -> float | None:
     return sum(t[n] - base for n in LOSS_ROUNDS)
 
 
+def rotated(variants: list, k: int) -> list[tuple[int, Any]]:
+    """``(index, variant)`` pairs in the order repeat ``k`` runs them: the list rotated to start at ``k``
+    modulo its length (every variant in every place equally often over len(variants) repeats)."""
+    n = len(variants)
+    return [(i % n, variants[i % n]) for i in range(k, k + n)]
+
+
 def series(tmp: Path, partitions: list[str], repeats: int, cpu_iters: int) -> tuple[list[dict], list[dict]]:
     out, cpu = [], []
     for rep in range(repeats):  # interleaved: one run of each variant, then again
         for part in partitions:
-            for i, (label, args) in enumerate(VARIANTS):
+            for i, (label, args) in rotated(VARIANTS, rep):
                 d = tmp / f"{part}-{i}-{rep}"
                 load = os.getloadavg()[0]
                 s = run(WORKERS, CONFIG, d, "--set", f"data.partition={part}", "--set", f"model.seed={rep}", *EXTRA,
