@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import machine, run, write  # noqa: E402
+from _runs import machine, rotated, run, write  # noqa: E402
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -76,7 +76,7 @@ def main() -> int:
         rows.append((label, r))
     over: dict = {"deputy_true": [], "deputy_false": []}
     for i in range(args.repeats):  # interleaved, so that a change of the machine's load hits both alike
-        for deputy in ("true", "false"):
+        for _, deputy in rotated(["true", "false"], i):  # each first in every other repeat
             med = over[f"deputy_{deputy}"]
             d = tmp / f"over-{deputy}-{i}"
             s = run(args.overhead_workers, args.config, d, "--set", f"executor.deputy={deputy}", *common)

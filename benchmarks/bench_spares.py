@@ -45,10 +45,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import ROOT, held_classes, machine, run, write  # noqa: E402
+from _runs import ROOT, held_classes, machine, rotated, run, write  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 WORKERS = 4
@@ -114,13 +113,6 @@ def loss_cost(rows: list[dict]) -> float | None:
         return None
     base = statistics.median(before)
     return sum(t[n] - base for n in LOSS_ROUNDS)
-
-
-def rotated(variants: list, k: int) -> list[tuple[int, Any]]:
-    """``(index, variant)`` pairs in the order repeat ``k`` runs them: the list rotated to start at ``k``
-    modulo its length (every variant in every place equally often over len(variants) repeats)."""
-    n = len(variants)
-    return [(i % n, variants[i % n]) for i in range(k, k + n)]
 
 
 def series(tmp: Path, partitions: list[str], repeats: int, cpu_iters: int) -> tuple[list[dict], list[dict]]:

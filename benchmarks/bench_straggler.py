@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import held_classes, machine, run, write  # noqa: E402
+from _runs import held_classes, machine, rotated, run, write  # noqa: E402
 
 CONFIG = "configs/fashion_mnist.yaml"
 SLOW = ["--inject", "slowdown:2@0:4"]
@@ -68,7 +68,7 @@ def series(tmp: Path, name: str, variants: list, partitions: list[str], repeats:
     for rep in range(repeats):  # interleaved: one run of each variant, then again
         seed = ["--set", f"model.seed={rep}"] if seeds else []  # the same deal, another init and minibatches
         for part in partitions:
-            for i, (label, args) in enumerate(variants):
+            for i, (label, args) in rotated(variants, rep):  # each variant in each place equally often
                 d = tmp / f"{name}-{part}-{i}-{rep}"
                 s = run(4, CONFIG, d, "--set", f"data.partition={part}", *seed, *args)
                 row = {"series": name, "partition": part, "variant": label, "repeat": rep,
