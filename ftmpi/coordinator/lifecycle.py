@@ -128,8 +128,8 @@ class Lifecycle:
                               "rows_handed": snap.rows_handed, "failures": snap.failures,
                               "representative": snap.representative})
             t.bytes_before, t.wall_before = snap.bytes_total, snap.wall_seconds
-            self.given_back = [{"spare": sp, "to": lost, "round": snap.round} for sp, lost in sorted(back.items())]
             for spare, lost in sorted(back.items()):
+                self.given_back.append({"spare": spare, "to": lost, "round": snap.round})
                 ctx.out.progress.event(f"worker {lost} takes back the shard spare {spare} trained in its place; "
                                        f"spare {spare} waits again")
             ctx.out.progress.event(f"resumed at round {snap.round} (epoch {snap.epoch}): {moved} rows spread "

@@ -278,9 +278,9 @@ class RowStore(RowMatrix):
             return
         if ids.min() < 0 or ids.max() >= self.n:
             raise IndexError(f"{self.path}: row ids outside [0, {self.n})")
-        held = _RESIDENT.get(self._key()) if _RESIDENT else None
-        if held is not None:
-            self._copy_resident(held, ids, out, convert)
+        mat = self.resident()
+        if mat is not None:
+            self._copy_resident(mat, ids, out, convert)
             return
         order = np.argsort(ids, kind="stable")
         sids = ids[order]
@@ -307,11 +307,10 @@ class RowStore(RowMatrix):
         except OSError as exc:
             raise DataError(f"{self.path}: cannot read the training rows: {exc}") from None
 
-    def _copy_resident(self, mm: mmap.mmap, ids: np.ndarray, out: np.ndarray, convert: bool) -> None:
-        """:meth:`_gather` from a :func:`keep_resident` mapping: straight into ``out`` in the order given (no
-        temporary copy, whose fresh pages would cost more than the copy itself), a block at a time when
-        converting; no page is given back."""
-        mat = np.frombuffer(mm, self.stored, count=self.n * self.d, offset=self.offset).reshape(self.n, self.d)
+    def _copy_resident(self, mat: np.ndarray, ids: np.ndarray, out: np.ndarray, convert: bool) -> None:
+        """:meth:`_gather` from a :func:`keep_resident` mapping (``mat``: :meth:`resident`): straight into
+        ``out`` in the order given (no temporary copy, whose fresh pages would cost more than the copy itself),
+        a block at a time when converting; no page is given back."""
         if not convert:
             np.take(mat, ids, axis=0, out=out)
             return

@@ -344,7 +344,7 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
         d = store.d if store is not None else int(json.loads(str(attrs["rows_from"])).get("d", 0))
         n = len(ids)
         keep = raw and store is not None and store.stored == np.uint8
-        held = store.resident() if lazy and store is not None and _by_reference(store, raw) else None
+        held = store.resident() if lazy and store is not None and _converts_not(store, raw) else None
         if held is not None and store is not None:
             return _checked(path, Shard(RowsOf(held, ids), y, ids, attrs, arrays.get("w"), None,  # type: ignore[arg-type]
                                         store.scale if keep else None))
@@ -358,11 +358,6 @@ def read_shard(path: str | os.PathLike[str], rows: tuple[int, int] | None = None
         elif store is not None:
             store.rows(ids, out=X)
     return _checked(path, Shard(X, y, ids, attrs, arrays.get("w"), room_buf if room is not None else None, scale))
-
-
-def _plain_rows(store: RowStore) -> bool:
-    """Whether ``store``'s rows are the features as stored (float32, scale 1): read without converting."""
-    return store.stored == np.float32 and store.scale == 1.0
 
 
 def _checked(path: Path, sh: Shard) -> Shard:
@@ -471,9 +466,13 @@ class ShardsAhead:
 def _by_reference(store: RowStore | None, raw: bool) -> bool:
     """Whether ``read_shard(lazy=True)`` holds a shard of ``store``'s rows without copying them (its file kept
     resident, the rows needing no conversion)."""
-    if store is None or store.resident() is None:
-        return False
-    return (raw and store.stored == np.uint8) or _plain_rows(store)
+    return store is not None and _converts_not(store, raw) and store.resident() is not None
+
+
+def _converts_not(store: RowStore, raw: bool) -> bool:
+    """Whether ``read_shard`` with ``raw`` gives ``store``'s rows as stored: uint8 kept raw, or the features
+    themselves (float32, scale 1)."""
+    return (raw and store.stored == np.uint8) or (store.stored == np.float32 and store.scale == 1.0)
 
 
 def _scale(v: Any, path: Path) -> float:

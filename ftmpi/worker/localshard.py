@@ -68,7 +68,7 @@ class LocalShard:
         if not m:
             return 0
         buf = self._own()
-        X = s.X[:] if isinstance(s.X, RowsOf) else s.X
+        X = s.X
         if n == 0 and (X.dtype != buf.dtype or s.scale != self.scale or X.shape[1:] != buf.shape[1:]):
             buf = populated((m + max(m // 2, 1024), X.shape[1]), X.dtype, ready=m)  # take the rows' type
             self.scale = s.scale
